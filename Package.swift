@@ -1,0 +1,59 @@
+// swift-tools-version: 6.1
+// Flowmeter: eBPF network telemetry collector.
+//
+// Module cut (see README "Layout"): only FlowmeterBPF imports the C modules
+// (CLibbpf, FlowmeterABI); everything above it sees Swift values.
+import PackageDescription
+
+let package = Package(
+    name: "flowmeter",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "flowmeterd", targets: ["flowmeterd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+    ],
+    targets: [
+        // libbpf from the system (Debian libbpf-dev), plus static-inline shims
+        // for the option structs that Swift cannot build with LIBBPF_OPTS.
+        .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf",
+                       providers: [.apt(["libbpf-dev", "libelf-dev", "zlib1g-dev"])]),
+        // The one definition of every record, key and constant that crosses the
+        // kernel/user boundary. The .bpf.c programs include the same header.
+        .target(name: "FlowmeterABI"),
+        // Build-time tool: compiles bpf/*.bpf.c with clang -target bpf and turns
+        // each object into a Swift source so the executable carries its programs.
+        .executableTarget(name: "BPFEmbed"),
+        .plugin(name: "BPFObjects", capability: .buildTool(), dependencies: ["BPFEmbed"]),
+
+        .target(name: "FlowmeterCore"),
+        .target(
+            name: "FlowmeterBPF",
+            dependencies: ["CLibbpf", "FlowmeterABI", "FlowmeterCore",
+                           .product(name: "Logging", package: "swift-log")],
+            plugins: ["BPFObjects"]
+        ),
+        .target(
+            name: "FlowmeterExport",
+            dependencies: ["FlowmeterCore",
+                           .product(name: "Hummingbird", package: "hummingbird"),
+                           .product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "flowmeterd",
+            dependencies: ["FlowmeterCore", "FlowmeterBPF", "FlowmeterExport",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
+        ),
+
+        .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore"]),
+        .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore"]),
+        .testTarget(name: "FlowmeterBPFTests",
+                    dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI"]),
+    ]
+)

@@ -1,0 +1,157 @@
+/* libbpf as Swift sees it.
+ *
+ * libbpf 1.1's option structs are meant to be built with LIBBPF_OPTS, which
+ * Swift cannot import; these static inline wrappers build them in C (setting
+ * .sz) so the Swift side passes plain values. They add no logic of their own.
+ * Also: constants that libbpf 1.1 / the 6.1 uapi headers predate (TCX). */
+#ifndef FLOWMETER_CLIBBPF_SHIM_H
+#define FLOWMETER_CLIBBPF_SHIM_H
+
+#include <errno.h>
+#include <string.h>
+#include <linux/bpf.h>
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+
+/* enum bpf_attach_type values added in Linux 6.6 (TCX). */
+#define FM_BPF_TCX_INGRESS 46
+#define FM_BPF_TCX_EGRESS 47
+/* Link-create flag (6.6+): attach before the given relative program; with no
+ * relative program, at the head of the chain. */
+#define FM_BPF_F_BEFORE (1U << 3)
+
+/* Attach a SCHED_CLS program through a TCX link (kernel 6.6+), at the head of
+ * the chain: accounting must see a packet before another program (a CNI's, say)
+ * redirects or drops it, and ours returns TCX_NEXT so those still run.
+ * Returns the link fd or -errno. */
+static inline int fm_tcx_attach(int prog_fd, int ifindex, int ingress)
+{
+    struct bpf_link_create_opts opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.sz = sizeof(opts);
+    opts.flags = FM_BPF_F_BEFORE;
+    int fd = bpf_link_create(prog_fd, ifindex, ingress ? FM_BPF_TCX_INGRESS : FM_BPF_TCX_EGRESS, &opts);
+    return fd < 0 ? -errno : fd;
+}
+
+static inline void fm_tc_hook_init(struct bpf_tc_hook *hook, int ifindex, int ingress)
+{
+    memset(hook, 0, sizeof(*hook));
+    hook->sz = sizeof(*hook);
+    hook->ifindex = ifindex;
+    hook->attach_point = ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS;
+}
+
+/* Create the clsact qdisc. Returns 0 if created, -EEXIST if it was there, else -errno. */
+static inline int fm_clsact_create(int ifindex)
+{
+    struct bpf_tc_hook hook;
+    fm_tc_hook_init(&hook, ifindex, 1);
+    hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;
+    return bpf_tc_hook_create(&hook);
+}
+
+/* Delete the clsact qdisc (and every filter on it). */
+static inline int fm_clsact_destroy(int ifindex)
+{
+    struct bpf_tc_hook hook;
+    fm_tc_hook_init(&hook, ifindex, 1);
+    hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;
+    return bpf_tc_hook_destroy(&hook);
+}
+
+/* Attach a direct-action cls_bpf filter at (handle, priority). 0 or -errno. */
+static inline int fm_tc_attach(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 priority)
+{
+    struct bpf_tc_hook hook;
+    struct bpf_tc_opts opts;
+    fm_tc_hook_init(&hook, ifindex, ingress);
+    memset(&opts, 0, sizeof(opts));
+    opts.sz = sizeof(opts);
+    opts.prog_fd = prog_fd;
+    opts.handle = handle;
+    opts.priority = priority;
+    return bpf_tc_attach(&hook, &opts);
+}
+
+/* The program id of the filter at (handle, priority), 0 if none. */
+static inline __u32 fm_tc_query(int ifindex, int ingress, __u32 handle, __u32 priority)
+{
+    struct bpf_tc_hook hook;
+    struct bpf_tc_opts opts;
+    fm_tc_hook_init(&hook, ifindex, ingress);
+    memset(&opts, 0, sizeof(opts));
+    opts.sz = sizeof(opts);
+    opts.handle = handle;
+    opts.priority = priority;
+    if (bpf_tc_query(&hook, &opts) != 0)
+        return 0;
+    return opts.prog_id;
+}
+
+static inline int fm_tc_detach(int ifindex, int ingress, __u32 handle, __u32 priority)
+{
+    struct bpf_tc_hook hook;
+    struct bpf_tc_opts opts;
+    fm_tc_hook_init(&hook, ifindex, ingress);
+    memset(&opts, 0, sizeof(opts));
+    opts.sz = sizeof(opts);
+    opts.handle = handle;
+    opts.priority = priority;
+    return bpf_tc_detach(&hook, &opts);
+}
+
+/* Run a program once or `repeat` times on `data` (BPF_PROG_TEST_RUN).
+ * ctx/ctx_size: optional struct __sk_buff (ifindex, gso_segs ...).
+ * Returns 0 or -errno; *retval and *duration_ns (average per run) filled. */
+static inline int fm_prog_test_run(int prog_fd, const void *data, __u32 size,
+                                   const void *ctx, __u32 ctx_size, int repeat,
+                                   __u32 *retval, __u32 *duration_ns)
+{
+    struct bpf_test_run_opts opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.sz = sizeof(opts);
+    opts.data_in = data;
+    opts.data_size_in = size;
+    opts.ctx_in = ctx;
+    opts.ctx_size_in = ctx_size;
+    opts.repeat = repeat;
+    int err = bpf_prog_test_run_opts(prog_fd, &opts);
+    if (err)
+        return -errno;
+    *retval = opts.retval;
+    *duration_ns = opts.duration;
+    return 0;
+}
+
+/* One batch of BPF_MAP_LOOKUP_AND_DELETE_BATCH. *count in: capacity, out: got.
+ * Returns 0, -ENOENT when the map is exhausted (entries may still have been
+ * returned), or another -errno (-EINVAL/-ENOTSUP/-EOPNOTSUPP: no batch ops). */
+static inline int fm_map_lookup_and_delete_batch(int fd, void *in_batch, void *out_batch,
+                                                 void *keys, void *values, __u32 *count)
+{
+    struct bpf_map_batch_opts opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.sz = sizeof(opts);
+    int err = bpf_map_lookup_and_delete_batch(fd, in_batch, out_batch, keys, values, count, &opts);
+    return err ? -errno : 0;
+}
+
+/* Load a one-instruction-pair program (r0 = -1; exit) of `type`: the smallest
+ * probe of whether the kernel has a program type. Returns fd or -errno. */
+static inline int fm_probe_load_trivial(enum bpf_prog_type type)
+{
+    struct bpf_insn insns[2];
+    memset(insns, 0, sizeof(insns));
+    insns[0].code = BPF_ALU64 | BPF_MOV | BPF_K; /* r0 = -1 */
+    insns[0].dst_reg = BPF_REG_0;
+    insns[0].imm = -1;
+    insns[1].code = BPF_JMP | BPF_EXIT;
+    int fd = bpf_prog_load(type, "fm_probe", "GPL", insns, 2, NULL);
+    return fd < 0 ? -errno : fd;
+}
+
+static inline int fm_errno(void) { return errno; }
+
+#endif

@@ -1,0 +1,111 @@
+/* Flowmeter kernel/user ABI: the only definition of what crosses the boundary.
+ *
+ * Included by the BPF programs (after vmlinux.h, which provides the __uN types)
+ * and imported by Swift as the FlowmeterABI C module. Rules, so that clang -target
+ * bpf, the host C compiler and Swift's importer all see the same bytes:
+ *  - fixed-width types only, fixed arrays, explicit padding, no bitfields, unions,
+ *    bool, size_t or __int128 (Swift drops __int128 fields silently);
+ *  - every struct size and field offset is pinned by _Static_assert in
+ *    abi_asserts.c and checked again from Swift (Tests/FlowmeterBPFTests/ABITests);
+ *  - records that travel through a ring buffer start with a version field;
+ *  - integers are host byte order, addresses are network order.
+ * Changing a layout means bumping FM_ABI_VERSION.
+ */
+#ifndef FLOWMETER_ABI_H
+#define FLOWMETER_ABI_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Version carried by every ring record; user space rejects other versions
+ * instead of misreading them. */
+#define FM_ABI_VERSION 1
+
+/* Direction of a packet relative to the interface it was seen on. */
+enum fm_direction {
+    FM_DIR_RECEIVE = 0,  /* tc ingress */
+    FM_DIR_TRANSMIT = 1, /* tc egress */
+};
+
+/* Address family of a flow key. FM_FAMILY_OTHER marks frames that are not IP,
+ * or IP headers too malformed to trust: they are still counted (so interface
+ * totals stay complete) but carry no addresses. */
+enum fm_family {
+    FM_FAMILY_OTHER = 0,
+    FM_FAMILY_IPV4 = 4,
+    FM_FAMILY_IPV6 = 6,
+};
+
+/* fm_flow_key.flags bits. */
+enum fm_key_flags {
+    /* Non-first IP fragment: no L4 header, so ports are 0 and the fragments
+     * of a datagram count toward this port-less flow. */
+    FM_KEY_FRAGMENT = 1,
+    /* IP header was fine but the L4 header was missing or cut short: ports 0. */
+    FM_KEY_L4_TRUNCATED = 2,
+    /* Not trusted as IP (family OTHER): bad version, header length or total
+     * length, or a truncated IP header. */
+    FM_KEY_MALFORMED = 4,
+};
+
+/* Flow map key: one flow per interface, direction and 5-tuple. 44 bytes. */
+struct fm_flow_key {
+    __u8 saddr[16];  /* source address, network order; IPv4 stored v4-mapped (::ffff:a.b.c.d) */
+    __u8 daddr[16];  /* destination address, same encoding; all zero for FM_FAMILY_OTHER */
+    __u32 ifindex;   /* interface index the tc program ran on (skb->ifindex) */
+    __u16 sport;     /* source port, host order; 0 when the protocol has none or for fragments;
+                      * ICMP/ICMPv6: 0 */
+    __u16 dport;     /* destination port, host order; ICMP/ICMPv6: (type << 8) | code, as
+                      * IPFIX collectors expect; FM_FAMILY_OTHER: the frame's ethertype */
+    __u8 direction;  /* enum fm_direction */
+    __u8 family;     /* enum fm_family */
+    __u8 protocol;   /* IP protocol number (final next-header for IPv6); 0 for FAMILY_OTHER */
+    __u8 flags;      /* enum fm_key_flags bits */
+};
+
+/* Counters of one flow on one CPU (the flow maps are per-CPU hashes, so no
+ * atomics on the packet path; user space sums CPUs). 40 bytes. */
+struct fm_flow_stats {
+    __u64 packets;       /* wire packets: a GSO/GRO super-packet counts gso_segs */
+    __u64 bytes;         /* L3 wire bytes: the sum of the IP total lengths of those wire
+                          * packets (IPv6: payload length + 40); FAMILY_OTHER: frame length
+                          * after the link-layer header(s) */
+    __u64 first_seen_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) of the first packet */
+    __u64 last_seen_ns;  /* CLOCK_MONOTONIC of the latest packet */
+    __u8 tcp_flags;      /* OR of the TCP flag bytes seen (FIN=0x01 ... CWR=0x80) */
+    __u8 _pad[7];        /* explicit padding, always zero */
+};
+
+/* Kinds of record in the "flows" ring buffer. */
+enum fm_flow_event_kind {
+    /* The flow map could not take a new flow (full), so this one packet travels
+     * alone; user space merges it like an evicted map entry. */
+    FM_FLOW_EVENT_OVERFLOW = 1,
+};
+
+/* Record in the "flows" ring buffer. 96 bytes. */
+struct fm_flow_event {
+    __u16 version;              /* FM_ABI_VERSION */
+    __u16 kind;                 /* enum fm_flow_event_kind */
+    __u32 cpu;                  /* CPU that produced it (diagnostics) */
+    struct fm_flow_key key;     /* as in the flow map */
+    __u32 _pad;                 /* explicit padding to 8-byte alignment, always zero */
+    struct fm_flow_stats stats; /* this packet's counters */
+};
+
+/* Indexes of the per-CPU "fm_stats" array of __u64 counters. */
+enum fm_stat {
+    FM_STAT_FLOWS_RING_LOST = 0,     /* failed reservations on the "flows" ring */
+    FM_STAT_FLOW_INSERT_FAILED = 1,  /* new flows the flow map could not take */
+    FM_STAT_MALFORMED = 2,           /* packets recorded as FAMILY_OTHER + MALFORMED */
+    FM_STAT_FLOW_TABLE_MISSING = 3,  /* packets seen while no flow table was installed */
+    FM_STAT_COUNT = 4,               /* number of entries, not a counter */
+};
+
+/* Default number of flows each of the two flow tables holds. */
+#define FM_DEFAULT_FLOW_TABLE_SIZE 65536
+/* Default size of the "flows" ring buffer in bytes (power of two, page multiple). */
+#define FM_DEFAULT_FLOWS_RING_BYTES 4194304 /* 4 MiB; a literal so Swift imports it */
+
+#endif /* FLOWMETER_ABI_H */

@@ -1,0 +1,52 @@
+// The one place where kernel records become Swift values.
+import FlowmeterABI
+import FlowmeterCore
+
+extension IPAddress16 {
+    init(tuple t: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                   UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)) {
+        let hi = UInt64(t.0) << 56 | UInt64(t.1) << 48 | UInt64(t.2) << 40 | UInt64(t.3) << 32
+            | UInt64(t.4) << 24 | UInt64(t.5) << 16 | UInt64(t.6) << 8 | UInt64(t.7)
+        let lo = UInt64(t.8) << 56 | UInt64(t.9) << 48 | UInt64(t.10) << 40 | UInt64(t.11) << 32
+            | UInt64(t.12) << 24 | UInt64(t.13) << 16 | UInt64(t.14) << 8 | UInt64(t.15)
+        self.init(hi: hi, lo: lo)
+    }
+}
+
+extension FlowKey {
+    /// From the kernel's struct fm_flow_key.
+    public init(abi k: fm_flow_key) {
+        self.init(source: IPAddress16(tuple: k.saddr), destination: IPAddress16(tuple: k.daddr),
+                  ifindex: k.ifindex, sourcePort: k.sport, destinationPort: k.dport,
+                  direction: Direction(rawValue: k.direction) ?? .receive,
+                  family: Family(rawValue: k.family) ?? .other,
+                  ipProtocol: k.protocol, flags: FlowKeyFlags(rawValue: k.flags))
+    }
+}
+
+extension FlowStats {
+    /// From the kernel's struct fm_flow_stats (one CPU's slice).
+    public init(abi s: fm_flow_stats) {
+        self.init(packets: s.packets, bytes: s.bytes, firstSeenNanos: s.first_seen_ns,
+                  lastSeenNanos: s.last_seen_ns, tcpFlags: s.tcp_flags)
+    }
+}
+
+/// ABI facts the loader checks and the tests pin.
+public enum ABI {
+    public static let version = UInt16(FM_ABI_VERSION)
+    public static let flowKeySize = MemoryLayout<fm_flow_key>.size
+    public static let flowStatsSize = MemoryLayout<fm_flow_stats>.size
+    public static let flowEventSize = MemoryLayout<fm_flow_event>.size
+    public static let defaultFlowTableSize = Int(FM_DEFAULT_FLOW_TABLE_SIZE)
+    public static let defaultFlowsRingBytes = Int(FM_DEFAULT_FLOWS_RING_BYTES)
+    public static let statCount = Int(FM_STAT_COUNT.rawValue)
+
+    /// Decodes a "flows" ring record; nil if its size or version is not ours.
+    public static func decodeFlowEvent(_ data: UnsafeRawBufferPointer) -> FlowRecord? {
+        guard data.count >= MemoryLayout<fm_flow_event>.size else { return nil }
+        let ev = data.loadUnaligned(as: fm_flow_event.self)
+        guard ev.version == UInt16(FM_ABI_VERSION), ev.kind == UInt16(FM_FLOW_EVENT_OVERFLOW.rawValue) else { return nil }
+        return FlowRecord(key: FlowKey(abi: ev.key), stats: FlowStats(abi: ev.stats), source: .flowsRing)
+    }
+}

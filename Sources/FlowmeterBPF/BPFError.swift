@@ -1,0 +1,72 @@
+import CLibbpf
+import Foundation
+import Synchronization
+
+/// An error from the kernel or libbpf, with what we were doing when it happened.
+public struct BPFError: Error, CustomStringConvertible {
+    /// What failed, e.g. "attach tc ingress on eth0".
+    public let operation: String
+    /// errno from the kernel (0 if none).
+    public let errno: Int32
+    /// Extra lines (libbpf's own messages, e.g. the verifier log tail).
+    public let detail: String
+
+    public init(_ operation: String, errno: Int32, detail: String = "") {
+        self.operation = operation; self.errno = errno; self.detail = detail
+    }
+
+    public var description: String {
+        var s = operation
+        if errno != 0 { s += ": " + String(cString: strerror(errno)) + " (errno \(errno))" }
+        if !detail.isEmpty { s += "\n" + detail }
+        return s
+    }
+
+    /// Builds an error from a libbpf/kernel return value (negative errno or -1 with errno set).
+    static func from(_ operation: String, result: Int32, withLibbpfLog: Bool = false) -> BPFError {
+        let e = result < -1 ? -result : (result == -1 ? fm_errno() : -result)
+        return BPFError(operation, errno: e, detail: withLibbpfLog ? LibbpfLog.recent() : "")
+    }
+}
+
+/// libbpf's messages: kept (last lines) so a failure can say what libbpf said,
+/// and printed to stderr when FLOWMETER_LIBBPF_DEBUG is set.
+enum LibbpfLog {
+    private static let lines = Mutex<[String]>([])
+    private static let installed = Mutex(false)
+
+    static func install() {
+        installed.withLock { done in
+            guard !done else { return }
+            done = true
+            libbpf_set_print { level, format, args in
+                guard let format, let args else { return 0 }
+                var buf = [CChar](repeating: 0, count: 4096)
+                let n = vsnprintf(&buf, buf.count, format, args)
+                let text = String(cString: buf)
+                let debug = ProcessInfo.processInfo.environment["FLOWMETER_LIBBPF_DEBUG"] != nil
+                if debug { FileHandle.standardError.write(Data(text.utf8)) }
+                if level.rawValue <= LIBBPF_INFO.rawValue {
+                    LibbpfLog.record(text)
+                }
+                return n
+            }
+        }
+    }
+
+    static func record(_ text: String) {
+        lines.withLock { l in
+            for line in text.split(separator: "\n") { l.append(String(line)) }
+            if l.count > 40 { l.removeFirst(l.count - 40) }
+        }
+    }
+
+    static func recent() -> String {
+        lines.withLock { l in
+            defer { l.removeAll() }
+            return l.suffix(20).map { "  libbpf: " + $0 }.joined(separator: "\n")
+        }
+    }
+
+    static func clear() { lines.withLock { $0.removeAll() } }
+}

@@ -1,0 +1,76 @@
+import CLibbpf
+import Foundation
+
+/// A libbpf object opened from one of the embedded BPF programs.
+final class BPFObject {
+    let handle: OpaquePointer
+    let name: String
+    // The ELF bytes must outlive the open object (libbpf keeps pointers into them until load).
+    private let image: UnsafeMutableRawBufferPointer
+
+    /// Opens (does not load) an embedded object; `base64` comes from EmbeddedBPF.
+    init(name: String, base64: String) throws {
+        LibbpfLog.install()
+        guard let data = Data(base64Encoded: base64) else {
+            throw BPFError("decode embedded BPF object \(name)", errno: 0, detail: "corrupt base64 (rebuild)")
+        }
+        let image = UnsafeMutableRawBufferPointer.allocate(byteCount: data.count, alignment: 16)
+        data.copyBytes(to: image)
+        self.image = image
+        self.name = name
+        var opts = bpf_object_open_opts()
+        opts.sz = MemoryLayout<bpf_object_open_opts>.size
+        let handle = name.withCString { cname -> OpaquePointer? in
+            opts.object_name = cname
+            return bpf_object__open_mem(image.baseAddress, image.count, &opts)
+        }
+        guard let handle else {
+            image.deallocate()
+            throw BPFError.from("open BPF object \(name)", result: -1, withLibbpfLog: true)
+        }
+        self.handle = handle
+    }
+
+    func load() throws {
+        LibbpfLog.clear()
+        let r = bpf_object__load(handle)
+        if r != 0 { throw BPFError.from("load BPF object \(name)", result: r, withLibbpfLog: true) }
+    }
+
+    func map(_ mapName: String) throws -> OpaquePointer {
+        guard let m = bpf_object__find_map_by_name(handle, mapName) else {
+            throw BPFError("find map \(mapName) in \(name)", errno: ENOENT)
+        }
+        return m
+    }
+
+    func mapFD(_ mapName: String) throws -> Int32 {
+        let fd = bpf_map__fd(try map(mapName))
+        if fd < 0 { throw BPFError("map \(mapName) of \(name) is not loaded", errno: EBADF) }
+        return fd
+    }
+
+    func program(_ progName: String) throws -> OpaquePointer {
+        guard let p = bpf_object__find_program_by_name(handle, progName) else {
+            throw BPFError("find program \(progName) in \(name)", errno: ENOENT)
+        }
+        return p
+    }
+
+    func programFD(_ progName: String) throws -> Int32 {
+        let fd = bpf_program__fd(try program(progName))
+        if fd < 0 { throw BPFError("program \(progName) of \(name) is not loaded", errno: EBADF) }
+        return fd
+    }
+
+    deinit {
+        bpf_object__close(handle)
+        image.deallocate()
+    }
+}
+
+/// Number of possible CPUs: the per-CPU map value stride.
+let possibleCPUs: Int = {
+    let n = libbpf_num_possible_cpus()
+    return n > 0 ? Int(n) : 1
+}()

@@ -1,0 +1,223 @@
+import CLibbpf
+import FlowmeterABI
+import FlowmeterCore
+import Foundation
+
+/// The tc flow-accounting programs (bpf/flowmeter_tc.bpf.c), loaded, with
+/// their maps. Attaching is `TCAttacher`'s job; this type owns the programs,
+/// evicts the flow tables, and reads the kernel-side counters.
+///
+/// Not thread-safe: one owner (the collector) calls evict/readCounters.
+public final class FlowAccountingProgram: @unchecked Sendable {
+    public enum Program: String, CaseIterable, Sendable {
+        case ingress = "flowmeter_ingress"
+        case egress = "flowmeter_egress"
+        /// The empty classifier in the same object (benchmark baseline).
+        case noop = "flowmeter_noop"
+    }
+
+    let object: BPFObject
+    public let ingressFD: Int32
+    public let egressFD: Int32
+    let noopFD: Int32
+    let outerFD: Int32
+    let tableFDs: (a: Int32, b: Int32)
+    let statsFD: Int32
+    public let flowsRingFD: Int32
+    public let flowTableSize: Int
+    /// Which table slot 0 of the outer map points at (the one being written).
+    private var activeIsA = true
+    /// nil until probed; false once the kernel refused batch ops.
+    public private(set) var batchOps: Bool?
+
+    /// Opens and loads the object. `flowTableSize` flows per table (two tables),
+    /// `ringBytes` for the "flows" ring (power of two, multiple of the page size).
+    public init(flowTableSize: Int = ABI.defaultFlowTableSize, ringBytes: Int = ABI.defaultFlowsRingBytes) throws {
+        guard flowTableSize >= 1, flowTableSize <= 1 << 24 else {
+            throw BPFError("flow table size \(flowTableSize) is out of range (1 ... 16777216)", errno: EINVAL)
+        }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard ringBytes >= page, ringBytes & (ringBytes - 1) == 0 else {
+            throw BPFError("ring size \(ringBytes) must be a power of two of at least \(page) bytes", errno: EINVAL)
+        }
+        let obj = try BPFObject(name: "flowmeter_tc", base64: EmbeddedBPF.flowmeterTc)
+        for t in ["flows_a", "flows_b"] {
+            let r = bpf_map__set_max_entries(try obj.map(t), UInt32(flowTableSize))
+            if r != 0 { throw BPFError.from("set size of flow table \(t)", result: r) }
+        }
+        let r = bpf_map__set_max_entries(try obj.map("flows"), UInt32(ringBytes))
+        if r != 0 { throw BPFError.from("set size of ring flows", result: r) }
+        try obj.load()
+        object = obj
+        ingressFD = try obj.programFD(Program.ingress.rawValue)
+        egressFD = try obj.programFD(Program.egress.rawValue)
+        noopFD = try obj.programFD(Program.noop.rawValue)
+        outerFD = try obj.mapFD("flow_tables")
+        tableFDs = (try obj.mapFD("flows_a"), try obj.mapFD("flows_b"))
+        statsFD = try obj.mapFD("fm_stats")
+        flowsRingFD = try obj.mapFD("flows")
+        self.flowTableSize = flowTableSize
+        // libbpf put flows_a into slot 0 at load; say so explicitly anyway.
+        try point(at: tableFDs.a)
+    }
+
+    public func fd(of program: Program) -> Int32 {
+        switch program {
+        case .ingress: ingressFD
+        case .egress: egressFD
+        case .noop: noopFD
+        }
+    }
+
+    /// Kernel program id (for matching what `tc`/`bpftool` show).
+    public func programID(_ program: Program) -> UInt32 {
+        var info = bpf_prog_info()
+        var len = UInt32(MemoryLayout<bpf_prog_info>.size)
+        guard bpf_obj_get_info_by_fd(fd(of: program), &info, &len) == 0 else { return 0 }
+        return info.id
+    }
+
+    private func point(at tableFD: Int32) throws {
+        var key: UInt32 = 0
+        var value = UInt32(bitPattern: tableFD)
+        // For a map-in-map the kernel waits for an RCU grace period before the
+        // update returns: afterwards no program still writes the old table.
+        let r = bpf_map_update_elem(outerFD, &key, &value, UInt64(BPF_ANY))
+        if r != 0 { throw BPFError.from("switch flow table", result: r) }
+    }
+
+    /// Swaps the tables and drains the one that was being written. Exact: the
+    /// programs write only the new table by the time the drain starts.
+    public func evict() throws -> [FlowRecord] {
+        let old = activeIsA ? tableFDs.a : tableFDs.b
+        try point(at: activeIsA ? tableFDs.b : tableFDs.a)
+        activeIsA.toggle()
+        return try drain(tableFD: old)
+    }
+
+    /// Drains both tables without swapping: for the final flush, after the
+    /// programs are detached, and for tests.
+    public func drainAll() throws -> [FlowRecord] {
+        try drain(tableFD: tableFDs.a) + drain(tableFD: tableFDs.b)
+    }
+
+    private func drain(tableFD fd: Int32) throws -> [FlowRecord] {
+        if batchOps != false {
+            do {
+                let out = try drainBatched(fd)
+                batchOps = true
+                return out
+            } catch let e as BPFError where batchOps == nil && [EINVAL, ENOTSUP, EOPNOTSUPP, ENOTTY, 524].contains(e.errno) {
+                // 524 = ENOTSUPP (kernel-internal). No batch ops on this kernel: iterate.
+                batchOps = false
+            }
+        }
+        return try drainIterating(fd)
+    }
+
+    private func merge(keyPtr: UnsafeRawPointer, valuesPtr: UnsafeRawPointer) -> FlowRecord {
+        let key = FlowKey(abi: keyPtr.loadUnaligned(as: fm_flow_key.self))
+        var stats = FlowStats.zero
+        let stride = (MemoryLayout<fm_flow_stats>.size + 7) & ~7
+        for cpu in 0..<possibleCPUs {
+            stats.merge(FlowStats(abi: valuesPtr.loadUnaligned(fromByteOffset: cpu * stride, as: fm_flow_stats.self)))
+        }
+        return FlowRecord(key: key, stats: stats, source: .flowMap)
+    }
+
+    private func drainBatched(_ fd: Int32) throws -> [FlowRecord] {
+        let keySize = MemoryLayout<fm_flow_key>.size
+        let valueSize = ((MemoryLayout<fm_flow_stats>.size + 7) & ~7) * possibleCPUs
+        var capacity = 1024
+        var records: [FlowRecord] = []
+        var inBatch: UInt64 = 0, outBatch: UInt64 = 0
+        var first = true
+        while true {
+            let keys = UnsafeMutableRawPointer.allocate(byteCount: keySize * capacity, alignment: 8)
+            let values = UnsafeMutableRawPointer.allocate(byteCount: valueSize * capacity, alignment: 8)
+            defer { keys.deallocate(); values.deallocate() }
+            var count = UInt32(capacity)
+            let r = withUnsafeMutablePointer(to: &inBatch) { inp in
+                withUnsafeMutablePointer(to: &outBatch) { outp in
+                    fm_map_lookup_and_delete_batch(fd, first ? nil : UnsafeMutableRawPointer(inp),
+                                                   UnsafeMutableRawPointer(outp), keys, values, &count)
+                }
+            }
+            if r == -ENOSPC && count == 0 {
+                capacity *= 4 // one bucket holds more entries than the buffer: grow and retry
+                continue
+            }
+            if r != 0 && r != -ENOENT { throw BPFError("drain flow table (batch)", errno: -r) }
+            for i in 0..<Int(count) {
+                records.append(merge(keyPtr: keys + i * keySize, valuesPtr: values + i * valueSize))
+            }
+            if r == -ENOENT { return records }
+            inBatch = outBatch
+            first = false
+        }
+    }
+
+    private func drainIterating(_ fd: Int32) throws -> [FlowRecord] {
+        let keySize = MemoryLayout<fm_flow_key>.size
+        var keys: [[UInt8]] = []
+        var cur = [UInt8](repeating: 0, count: keySize), next = cur
+        var haveCur = false
+        while true {
+            let r = haveCur ? bpf_map_get_next_key(fd, &cur, &next) : bpf_map_get_next_key(fd, nil, &next)
+            if r != 0 {
+                if fm_errno() == ENOENT { break }
+                throw BPFError.from("iterate flow table", result: r)
+            }
+            keys.append(next)
+            cur = next
+            haveCur = true
+        }
+        let valueSize = ((MemoryLayout<fm_flow_stats>.size + 7) & ~7) * possibleCPUs
+        let values = UnsafeMutableRawPointer.allocate(byteCount: valueSize, alignment: 8)
+        defer { values.deallocate() }
+        var records: [FlowRecord] = []
+        for var k in keys {
+            guard bpf_map_lookup_elem(fd, &k, values) == 0 else { continue }
+            _ = bpf_map_delete_elem(fd, &k)
+            records.append(k.withUnsafeBytes { merge(keyPtr: $0.baseAddress!, valuesPtr: values) })
+        }
+        return records
+    }
+
+    /// The kernel-side counters (cumulative since load, summed over CPUs).
+    public func readCounters() throws -> KernelCounters {
+        var c = KernelCounters()
+        let values = UnsafeMutablePointer<UInt64>.allocate(capacity: possibleCPUs)
+        defer { values.deallocate() }
+        func read(_ stat: fm_stat) throws -> UInt64 {
+            var key = stat.rawValue
+            let r = bpf_map_lookup_elem(statsFD, &key, values)
+            if r != 0 { throw BPFError.from("read counter \(stat.rawValue)", result: r) }
+            return (0..<possibleCPUs).reduce(0) { $0 &+ values[$1] }
+        }
+        c.flowsRingLost = try read(FM_STAT_FLOWS_RING_LOST)
+        c.flowInsertFailures = try read(FM_STAT_FLOW_INSERT_FAILED)
+        c.malformedPackets = try read(FM_STAT_MALFORMED)
+        c.flowTableMissing = try read(FM_STAT_FLOW_TABLE_MISSING)
+        return c
+    }
+
+    /// Runs a program on one packet with BPF_PROG_TEST_RUN, as if it arrived on
+    /// `ifindex` (0: loopback) as a super-packet of `gsoSegs` segments (0: none).
+    /// Returns the program's verdict and the kernel-measured average run time.
+    public func testRun(_ program: Program, packet: [UInt8], ifindex: UInt32 = 0,
+                        gsoSegs: UInt32 = 0, repeat count: Int32 = 1) throws -> (verdict: Int32, nanoseconds: UInt32) {
+        var ctx = __sk_buff()
+        ctx.ifindex = ifindex
+        ctx.gso_segs = gsoSegs
+        var retval: UInt32 = 0, duration: UInt32 = 0
+        let r = packet.withUnsafeBytes { p in
+            withUnsafeBytes(of: &ctx) { c in
+                fm_prog_test_run(fd(of: program), p.baseAddress, UInt32(p.count), c.baseAddress,
+                                 UInt32(c.count), count, &retval, &duration)
+            }
+        }
+        if r != 0 { throw BPFError("test run of \(program.rawValue)", errno: -r) }
+        return (Int32(bitPattern: retval), duration)
+    }
+}

@@ -1,0 +1,171 @@
+import CLibbpf
+import FlowmeterCore
+import Foundation
+
+/// What the running kernel offers, found by trying (loading, attaching,
+/// creating), never by reading version numbers: distributions backport.
+public struct KernelFeatures: Sendable {
+    public struct Feature: Sendable {
+        public let name: String
+        public let available: Bool
+        public let detail: String
+    }
+    public var features: [Feature] = []
+
+    public func has(_ name: String) -> Bool { features.first { $0.name == name }?.available ?? false }
+
+    /// The minimum flowmeterd needs: BTF, ring buffers, and a way to attach tc programs.
+    public var missingMinimum: [String] {
+        var m: [String] = []
+        if !has("btf") { m.append("btf") }
+        if !has("ringbuf") { m.append("ringbuf") }
+        if !has("tc") || !(has("tcx") || has("clsact")) { m.append("tc (tcx or clsact)") }
+        return m
+    }
+
+    /// The tc attach mode `auto` resolves to.
+    public var tcMode: String { has("tcx") ? "tcx" : (has("clsact") ? "clsact" : "none") }
+
+    /// The socket-hook rung `auto` resolves to: fentry, else kprobe, else tracepoint (tp_btf, else classic).
+    public var socketRung: String {
+        if has("fentry") { return "fentry" }
+        if has("kprobe") { return "kprobe" }
+        if has("tp_btf") { return "tracepoint (tp_btf)" }
+        if has("tracepoint") { return "tracepoint (classic)" }
+        return "none"
+    }
+}
+
+public enum KernelProbe {
+    /// Probes everything `flowmeterd check` reports. Needs CAP_BPF/CAP_NET_ADMIN
+    /// (root); without them most probes report the permission error.
+    public static func run() -> KernelFeatures {
+        LibbpfLog.install()
+        var f = KernelFeatures()
+        func add(_ name: String, _ ok: Bool, _ detail: String) { f.features.append(.init(name: name, available: ok, detail: detail)) }
+        func errText(_ e: Int32) -> String { String(cString: strerror(e)) }
+
+        // BTF
+        if let btf = btf__load_vmlinux_btf() {
+            add("btf", true, "/sys/kernel/btf/vmlinux, \(btf__type_cnt(btf)) types")
+            btf__free(btf)
+        } else {
+            add("btf", false, "kernel BTF not found: \(errText(fm_errno())) (needs CONFIG_DEBUG_INFO_BTF)")
+        }
+
+        // Ring buffer
+        let rb = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil)
+        add("ringbuf", rb == 1, rb == 1 ? "BPF_MAP_TYPE_RINGBUF" : (rb == 0 ? "map type unknown to this kernel" : "probe failed: \(errText(-rb))"))
+
+        // tc programs
+        let cls = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SCHED_CLS, nil)
+        add("tc", cls == 1, cls == 1 ? "BPF_PROG_TYPE_SCHED_CLS loads" : (cls == 0 ? "program type unknown" : "probe failed: \(errText(-cls))"))
+
+        // TCX: attach a trivial classifier to loopback ingress and take it off.
+        let prog = fm_probe_load_trivial(BPF_PROG_TYPE_SCHED_CLS)
+        if prog >= 0 {
+            let lo = Int32(if_nametoindex("lo"))
+            let link = fm_tcx_attach(prog, lo, 1)
+            if link >= 0 {
+                close(link)
+                add("tcx", true, "bpf_link_create BPF_TCX_INGRESS")
+            } else {
+                add("tcx", false, "bpf_link_create BPF_TCX_INGRESS: \(errText(-link)) (needs Linux 6.6+)")
+            }
+            close(prog)
+        } else {
+            add("tcx", false, "cannot load a classifier: \(errText(-prog))")
+        }
+
+        // clsact: create on loopback (and remove only if we created it).
+        let lo = Int32(if_nametoindex("lo"))
+        let q = fm_clsact_create(lo)
+        if q == 0 || q == -EEXIST {
+            if q == 0 { _ = fm_clsact_destroy(lo) }
+            add("clsact", true, q == 0 ? "qdisc created and removed on lo" : "qdisc present on lo")
+        } else {
+            add("clsact", false, "create clsact on lo: \(errText(-q))")
+        }
+
+        // Socket-hook rungs: load and attach the probe programs one at a time.
+        for (name, prog, what) in [("fentry", "probe_fentry", "fentry/tcp_set_state"),
+                                   ("kprobe", "probe_kprobe", "kprobe/tcp_set_state"),
+                                   ("tp_btf", "probe_tp_btf", "tp_btf/inet_sock_set_state"),
+                                   ("tracepoint", "probe_tracepoint", "tracepoint/sock/inet_sock_set_state")] {
+            var (ok, detail) = probeAttach(program: prog)
+            if !ok && name == "tracepoint" && !FileManager.default.fileExists(atPath: "/sys/kernel/tracing/events")
+                && !FileManager.default.fileExists(atPath: "/sys/kernel/debug/tracing/events") {
+                detail += " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)"
+            }
+            add(name, ok, ok ? what : "\(what): \(detail)")
+        }
+
+        // Batch map operations on a scratch hash map.
+        let m = bpf_map_create(BPF_MAP_TYPE_HASH, "fm_probe", 4, 4, 4, nil)
+        if m >= 0 {
+            var keys = [UInt32](repeating: 0, count: 4), vals = keys
+            var out: UInt64 = 0, count: UInt32 = 4
+            let r = fm_map_lookup_and_delete_batch(m, nil, &out, &keys, &vals, &count)
+            add("batch_map_ops", r == 0 || r == -ENOENT,
+                r == 0 || r == -ENOENT ? "BPF_MAP_LOOKUP_AND_DELETE_BATCH" : "lookup-and-delete batch: \(errText(-r)) (will iterate)")
+            close(m)
+        } else {
+            add("batch_map_ops", false, "cannot create a hash map: \(errText(-m))")
+        }
+
+        // cgroup v2
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        if let line = mounts.split(separator: "\n").first(where: { $0.split(separator: " ").count > 2 && $0.split(separator: " ")[2] == "cgroup2" }) {
+            add("cgroup_v2", true, "mounted at \(line.split(separator: " ")[1])")
+        } else {
+            add("cgroup_v2", false, "no cgroup2 mount in /proc/self/mounts")
+        }
+        return f
+    }
+
+    /// Loads only `program` from the probe object and attaches it.
+    static func probeAttach(program: String) -> (Bool, String) {
+        do {
+            let obj = try BPFObject(name: "flowmeter_probe", base64: EmbeddedBPF.flowmeterProbe)
+            var p: OpaquePointer? = nil
+            while let next = bpf_object__next_program(obj.handle, p) {
+                let n = String(cString: bpf_program__name(next))
+                bpf_program__set_autoload(next, n == program)
+                p = next
+            }
+            do { try obj.load() } catch let e as BPFError {
+                return (false, "load: \(String(cString: strerror(e.errno)))")
+            }
+            guard let link = bpf_program__attach(try obj.program(program)) else {
+                return (false, "attach: \(String(cString: strerror(fm_errno())))")
+            }
+            bpf_link__destroy(link)
+            return (true, "")
+        } catch {
+            return (false, "\(error)")
+        }
+    }
+}
+
+/// Capabilities of this process (from /proc/self/status CapEff).
+public enum Capabilities {
+    public static let netAdmin = 12, sysAdmin = 21, perfmon = 38, bpf = 39
+
+    public static func effective() -> UInt64 {
+        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+              let v = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) else { return 0 }
+        return v
+    }
+
+    /// Names of the capabilities flowmeterd needs and lacks (empty when fine).
+    /// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as the kernel allows.
+    public static func missing(effective caps: UInt64 = effective()) -> [String] {
+        func has(_ c: Int) -> Bool { caps & (1 << UInt64(c)) != 0 }
+        var m: [String] = []
+        if !has(bpf) && !has(sysAdmin) { m.append("CAP_BPF") }
+        if !has(netAdmin) { m.append("CAP_NET_ADMIN") }
+        if !has(perfmon) && !has(sysAdmin) { m.append("CAP_PERFMON") }
+        return m
+    }
+}

@@ -1,0 +1,200 @@
+import CLibbpf
+import FlowmeterCore
+import Foundation
+
+/// How the tc programs are attached.
+public enum TCMode: String, Sendable, CaseIterable {
+    /// TCX links where the kernel has them (6.6+), else clsact.
+    case auto
+    /// TCX links only (bpf_link_create); they vanish with the process, even on SIGKILL.
+    case tcx
+    /// cls_bpf filters on a clsact qdisc (any kernel); these outlive a killed
+    /// process, so a state file records them and the next start removes them.
+    case clsact
+}
+
+/// The host's network interfaces.
+public enum HostInterfaces {
+    /// Every interface with its index and up/loopback flags (from sysfs).
+    public static func list() -> [InterfaceSelection.Candidate] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net") else { return [] }
+        return names.sorted().compactMap { name in
+            let idx = if_nametoindex(name)
+            guard idx != 0 else { return nil }
+            let flagsText = (try? String(contentsOfFile: "/sys/class/net/\(name)/flags", encoding: .utf8)) ?? "0x0"
+            let flags = UInt32(flagsText.trimmingCharacters(in: .whitespacesAndNewlines).dropFirst(2), radix: 16) ?? 0
+            return .init(name: name, ifindex: idx, isUp: flags & 0x1 != 0, isLoopback: flags & 0x8 != 0)
+        }
+    }
+}
+
+/// Attaches the accounting programs to interfaces and takes them off again.
+public final class TCAttacher: @unchecked Sendable {
+    /// cls_bpf filter identity on clsact. Priority 1 so we run before filters
+    /// added later with the usual priorities and see packets they may redirect;
+    /// a handle nobody else is likely to pick.
+    public static let clsactHandle: UInt32 = 0xF10E
+    public static let clsactPriority: UInt32 = 1
+
+    public struct Attachment: Sendable {
+        public let name: String
+        public let ifindex: UInt32
+        public let mode: TCMode
+        var linkFDs: [Int32]
+        var createdQdisc: Bool
+    }
+
+    private let ingressFD: Int32
+    private let egressFD: Int32
+    private let statePath: String
+    public private(set) var attachments: [Attachment] = []
+
+    /// `stateDir` holds the record of clsact attachments (default /run/flowmeter).
+    public init(ingressFD: Int32, egressFD: Int32, stateDir: String) {
+        self.ingressFD = ingressFD
+        self.egressFD = egressFD
+        statePath = stateDir + "/tc-attachments"
+    }
+
+    // MARK: attach
+
+    /// Attaches to every interface given. All or nothing: on an error, what was
+    /// attached is detached again before the error is thrown.
+    /// Returns the mode used ("tcx" or "clsact").
+    @discardableResult
+    public func attach(_ interfaces: [InterfaceSelection.Candidate], mode: TCMode) throws -> TCMode {
+        var resolved = mode
+        do {
+            for iface in interfaces {
+                switch resolved {
+                case .tcx:
+                    try attachTCX(iface)
+                case .clsact:
+                    try attachClsact(iface)
+                case .auto:
+                    do {
+                        try attachTCX(iface)
+                        resolved = .tcx
+                    } catch let e as BPFError where [EINVAL, EOPNOTSUPP, ENOTSUP, 524].contains(e.errno) {
+                        // No TCX on this kernel: every interface goes through clsact.
+                        resolved = .clsact
+                        try attachClsact(iface)
+                    }
+                }
+            }
+        } catch {
+            detachAll()
+            throw error
+        }
+        return resolved == .auto ? .tcx : resolved
+    }
+
+    private func attachTCX(_ iface: InterfaceSelection.Candidate) throws {
+        let inFD = fm_tcx_attach(ingressFD, Int32(iface.ifindex), 1)
+        if inFD < 0 { throw BPFError("attach tcx ingress on \(iface.name)", errno: -inFD) }
+        let outFD = fm_tcx_attach(egressFD, Int32(iface.ifindex), 0)
+        if outFD < 0 {
+            close(inFD)
+            throw BPFError("attach tcx egress on \(iface.name)", errno: -outFD)
+        }
+        attachments.append(Attachment(name: iface.name, ifindex: iface.ifindex, mode: .tcx,
+                                      linkFDs: [inFD, outFD], createdQdisc: false))
+    }
+
+    private func attachClsact(_ iface: InterfaceSelection.Candidate) throws {
+        let idx = Int32(iface.ifindex)
+        removeStaleFilters(ifindex: idx)
+        let created = fm_clsact_create(idx)
+        if created != 0 && created != -EEXIST {
+            throw BPFError("create clsact qdisc on \(iface.name)", errno: -created)
+        }
+        let a = Attachment(name: iface.name, ifindex: iface.ifindex, mode: .clsact, linkFDs: [], createdQdisc: created == 0)
+        attachments.append(a)
+        writeState() // before the filters, so a kill right now still leaves a record
+        for (ingress, fd) in [(Int32(1), ingressFD), (Int32(0), egressFD)] {
+            let r = fm_tc_attach(fd, idx, ingress, Self.clsactHandle, Self.clsactPriority)
+            if r != 0 {
+                throw BPFError("attach tc \(ingress == 1 ? "ingress" : "egress") filter on \(iface.name)", errno: -r)
+            }
+        }
+    }
+
+    // MARK: detach
+
+    /// Takes everything off. Safe to call twice.
+    public func detachAll() {
+        for a in attachments {
+            switch a.mode {
+            case .tcx, .auto:
+                // Closing the last fd of an unpinned link detaches it.
+                for fd in a.linkFDs { close(fd) }
+            case .clsact:
+                let idx = Int32(a.ifindex)
+                for ingress in [Int32(1), 0] {
+                    if fm_tc_query(idx, ingress, Self.clsactHandle, Self.clsactPriority) != 0 {
+                        _ = fm_tc_detach(idx, ingress, Self.clsactHandle, Self.clsactPriority)
+                    }
+                }
+                if a.createdQdisc { _ = fm_clsact_destroy(idx) }
+            }
+        }
+        attachments.removeAll()
+        try? FileManager.default.removeItem(atPath: statePath)
+    }
+
+    // MARK: what an earlier, killed run left behind
+
+    /// Removes clsact filters and qdiscs that an earlier run recorded in the
+    /// state file and did not take off (it was killed). TCX links need no
+    /// cleanup: the kernel drops them with the process. Returns what it removed.
+    @discardableResult
+    public func removeLeftovers() -> [String] {
+        var removed: [String] = []
+        guard let text = try? String(contentsOfFile: statePath, encoding: .utf8) else { return removed }
+        for line in text.split(separator: "\n") {
+            // "clsact <ifindex> <name> created=<0|1>"
+            let f = line.split(separator: " ")
+            guard f.count == 4, f[0] == "clsact", let idx = Int32(f[1]) else { continue }
+            let name = String(f[2])
+            // The index must still be the interface the record names; else it is gone.
+            guard if_nametoindex(name) == UInt32(idx) else { continue }
+            let filters = removeStaleFilters(ifindex: idx)
+            if filters > 0 { removed.append("\(filters) tc filter(s) on \(name)") }
+            if f[3] == "created=1" && fm_clsact_destroy(idx) == 0 { removed.append("clsact qdisc on \(name)") }
+        }
+        try? FileManager.default.removeItem(atPath: statePath)
+        return removed
+    }
+
+    /// Detaches filters at our (handle, priority) whose program is one of ours.
+    @discardableResult
+    private func removeStaleFilters(ifindex: Int32) -> Int {
+        var n = 0
+        for ingress in [Int32(1), 0] {
+            let id = fm_tc_query(ifindex, ingress, Self.clsactHandle, Self.clsactPriority)
+            guard id != 0, Self.programName(id: id).hasPrefix("flowmeter_") else { continue }
+            if fm_tc_detach(ifindex, ingress, Self.clsactHandle, Self.clsactPriority) == 0 { n += 1 }
+        }
+        return n
+    }
+
+    static func programName(id: UInt32) -> String {
+        let fd = bpf_prog_get_fd_by_id(id)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var info = bpf_prog_info()
+        var len = UInt32(MemoryLayout<bpf_prog_info>.size)
+        guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else { return "" }
+        return withUnsafeBytes(of: info.name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+    }
+
+    private func writeState() {
+        let lines = attachments.filter { $0.mode == .clsact }
+            .map { "clsact \($0.ifindex) \($0.name) created=\($0.createdQdisc ? 1 : 0)\n" }.joined()
+        let dir = (statePath as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try? lines.write(toFile: statePath, atomically: true, encoding: .utf8)
+    }
+
+    deinit { detachAll() }
+}

@@ -1,0 +1,93 @@
+// What the daemon has counted so far, built from flow records. Pure state:
+// the collector feeds it, the exporters read snapshots of it.
+
+/// Per interface and direction: packets and L3 bytes seen by tc.
+public struct InterfaceTotals: Sendable, Equatable {
+    public var packets: UInt64 = 0
+    public var bytes: UInt64 = 0
+    public init(packets: UInt64 = 0, bytes: UInt64 = 0) { self.packets = packets; self.bytes = bytes }
+}
+
+/// Counters the kernel keeps for us (cumulative since load, summed over CPUs).
+public struct KernelCounters: Sendable, Equatable {
+    /// Failed reservations on the "flows" ring: packets that went uncounted.
+    public var flowsRingLost: UInt64 = 0
+    /// New flows the flow table could not take (sent through the ring instead).
+    public var flowInsertFailures: UInt64 = 0
+    /// Packets counted as malformed (family other).
+    public var malformedPackets: UInt64 = 0
+    /// Packets seen while no flow table was installed (sent through the ring).
+    public var flowTableMissing: UInt64 = 0
+    public init() {}
+}
+
+/// Which hook serves which job, e.g. ("tc", "tcx").
+public struct HookMode: Sendable, Equatable, Hashable {
+    public var hook: String
+    public var mode: String
+    public init(hook: String, mode: String) { self.hook = hook; self.mode = mode }
+}
+
+/// The daemon's counted state.
+public struct Accounting: Sendable {
+    /// Keyed by interface name; an index we have no name for shows as "if<N>".
+    public private(set) var interfaces: [String: [Direction: InterfaceTotals]] = [:]
+    /// Flow records received, by source.
+    public private(set) var records: [FlowSource: UInt64] = [:]
+    /// Entries found in the flow table at the last eviction (live flows per interval).
+    public private(set) var flowTableEntries: UInt64 = 0
+    public var kernel = KernelCounters()
+    public var hooks: [HookMode] = []
+
+    public init() {}
+
+    /// Adds one eviction's (or ring drain's) records.
+    public mutating func add(_ batch: [FlowRecord], names: [UInt32: String]) {
+        for r in batch {
+            let name = names[r.key.ifindex] ?? "if\(r.key.ifindex)"
+            var t = interfaces[name, default: [:]][r.key.direction, default: InterfaceTotals()]
+            t.packets &+= r.stats.packets
+            t.bytes &+= r.stats.bytes
+            interfaces[name, default: [:]][r.key.direction] = t
+            records[r.source, default: 0] &+= 1
+        }
+    }
+
+    public mutating func setFlowTableEntries(_ n: Int) { flowTableEntries = UInt64(n) }
+}
+
+/// Converts CLOCK_MONOTONIC nanoseconds (what bpf_ktime_get_ns returns) to wall
+/// time, given one simultaneous reading of both clocks.
+public struct ClockMapping: Sendable {
+    public let realtimeNanos: Int64
+    public let monotonicNanos: Int64
+    public init(realtimeNanos: Int64, monotonicNanos: Int64) {
+        self.realtimeNanos = realtimeNanos; self.monotonicNanos = monotonicNanos
+    }
+    public func wallNanos(monotonic: UInt64) -> Int64 {
+        realtimeNanos + (Int64(truncatingIfNeeded: monotonic) - monotonicNanos)
+    }
+}
+
+/// RFC 3339 UTC timestamp with nanoseconds: 2026-11-29T16:12:00.123456789Z.
+public func rfc3339(nanosSinceEpoch ns: Int64) -> String {
+    let secs = ns >= 0 ? ns / 1_000_000_000 : (ns - 999_999_999) / 1_000_000_000
+    let frac = ns - secs * 1_000_000_000
+    var days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400
+    let sod = secs - days * 86400
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    days += 719_468
+    let era = (days >= 0 ? days : days - 146_096) / 146_097
+    let doe = days - era * 146_097
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+    var y = yoe + era * 400
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+    let mp = (5 * doy + 2) / 153
+    let d = doy - (153 * mp + 2) / 5 + 1
+    let m = mp < 10 ? mp + 3 : mp - 9
+    if m <= 2 { y += 1 }
+    func pad(_ v: Int64, _ w: Int) -> String {
+        let s = String(v); return String(repeating: "0", count: max(0, w - s.count)) + s
+    }
+    return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(sod / 3600, 2)):\(pad(sod % 3600 / 60, 2)):\(pad(sod % 60, 2)).\(pad(frac, 9))Z"
+}

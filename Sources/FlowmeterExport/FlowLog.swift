@@ -1,0 +1,90 @@
+import FlowmeterCore
+import Foundation
+
+/// JSON-lines flow log: one object per evicted flow (schema in README, "Flow log").
+public enum FlowLogEncoder {
+    /// Schema version of the flow-log objects.
+    public static let schemaVersion = 1
+
+    public static func encode(_ r: FlowRecord, interface: String, clock: ClockMapping) -> String {
+        let k = r.key
+        var o = "{\"version\":\(schemaVersion),\"type\":\"flow\""
+        o += ",\"interface\":" + quote(interface)
+        o += ",\"ifindex\":\(k.ifindex)"
+        o += ",\"direction\":\"\(k.direction.label)\""
+        o += ",\"family\":\"\(k.family.label)\""
+        if k.family == .other {
+            o += ",\"ethertype\":\(k.destinationPort)"
+        } else {
+            o += ",\"protocol\":" + quote(IPProtocolName.name(k.ipProtocol, family: k.family))
+            o += ",\"protocol_number\":\(k.ipProtocol)"
+            o += ",\"src_addr\":" + quote(k.source.description)
+            o += ",\"dst_addr\":" + quote(k.destination.description)
+            o += ",\"src_port\":\(k.sourcePort),\"dst_port\":\(k.destinationPort)"
+        }
+        o += ",\"packets\":\(r.stats.packets),\"bytes\":\(r.stats.bytes)"
+        if k.family != .other && k.ipProtocol == 6 {
+            o += ",\"tcp_flags\":" + quote(TCPFlags.describe(r.stats.tcpFlags))
+            o += ",\"tcp_flags_raw\":\(r.stats.tcpFlags)"
+        }
+        var flags: [String] = []
+        if k.flags.contains(.fragment) { flags.append("fragment") }
+        if k.flags.contains(.l4Truncated) { flags.append("l4_truncated") }
+        if k.flags.contains(.malformed) { flags.append("malformed") }
+        if !flags.isEmpty { o += ",\"flags\":[" + flags.map(quote).joined(separator: ",") + "]" }
+        o += ",\"first_seen\":" + quote(rfc3339(nanosSinceEpoch: clock.wallNanos(monotonic: r.stats.firstSeenNanos)))
+        o += ",\"last_seen\":" + quote(rfc3339(nanosSinceEpoch: clock.wallNanos(monotonic: r.stats.lastSeenNanos)))
+        o += ",\"source\":\"\(r.source.rawValue)\"}"
+        return o
+    }
+
+    static func quote(_ s: String) -> String {
+        var o = "\""
+        for c in s.unicodeScalars {
+            switch c {
+            case "\"": o += "\\\""
+            case "\\": o += "\\\\"
+            case "\n": o += "\\n"
+            case "\r": o += "\\r"
+            case "\t": o += "\\t"
+            default:
+                if c.value < 0x20 { o += String(format: "\\u%04x", c.value) } else { o.unicodeScalars.append(c) }
+            }
+        }
+        return o + "\""
+    }
+}
+
+/// Appends lines to a file (or stdout for "-"), flushing after each batch so a
+/// reader (or a crash) sees whole intervals.
+public final class FlowLogWriter: @unchecked Sendable {
+    private let handle: FileHandle
+    private let ownsHandle: Bool
+    public let path: String
+
+    public init(path: String) throws {
+        self.path = path
+        if path == "-" {
+            handle = FileHandle.standardOutput
+            ownsHandle = false
+            return
+        }
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        guard fd >= 0 else {
+            throw ValueError("cannot open flow log \(path): \(String(cString: strerror(errno)))")
+        }
+        handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        ownsHandle = true
+    }
+
+    public func write(lines: [String]) {
+        guard !lines.isEmpty else { return }
+        var buf = lines.joined(separator: "\n")
+        buf += "\n"
+        handle.write(Data(buf.utf8))
+    }
+
+    public func close() {
+        if ownsHandle { try? handle.synchronize() }
+    }
+}

@@ -1,0 +1,88 @@
+import FlowmeterBPF
+import FlowmeterCore
+import FlowmeterExport
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// The accounting state, shared between the collector (writer) and the
+/// HTTP handlers (readers of snapshots).
+final class SharedAccounting: Sendable {
+    private let state = Mutex(Accounting())
+    func update(_ body: (inout Accounting) -> Void) { state.withLock { body(&$0) } }
+    func snapshot() -> Accounting { state.withLock { $0 } }
+}
+
+/// Evicts the flow tables every interval, drains the ring, updates the
+/// accounting and writes the flow log. On graceful shutdown it detaches the
+/// programs first and then flushes what the kernel still holds, so a stop
+/// loses nothing.
+final class Collector: Service, @unchecked Sendable {
+    let program: FlowAccountingProgram
+    let attacher: TCAttacher
+    let ring: FlowsRing
+    let shared: SharedAccounting
+    let names: [UInt32: String]
+    let flowLog: FlowLogWriter?
+    let interval: FlowDuration
+    let logger: Logger
+
+    init(program: FlowAccountingProgram, attacher: TCAttacher, ring: FlowsRing, shared: SharedAccounting,
+         names: [UInt32: String], flowLog: FlowLogWriter?, interval: FlowDuration, logger: Logger) {
+        self.program = program; self.attacher = attacher; self.ring = ring; self.shared = shared
+        self.names = names; self.flowLog = flowLog; self.interval = interval; self.logger = logger
+    }
+
+    func run() async throws {
+        ring.start()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do { try await Task.sleep(nanoseconds: self.interval.nanoseconds) } catch { break }
+                self.tick(final: false)
+            }
+        }
+        // Detach first so nothing new is counted, then flush both tables and the ring.
+        attacher.detachAll()
+        ring.stop()
+        tick(final: true)
+        flowLog?.close()
+        logger.info("detached and flushed", metadata: ["records": "\(shared.snapshot().records.values.reduce(0, +))"])
+    }
+
+    func tick(final: Bool) {
+        var batch: [FlowRecord]
+        do {
+            batch = final ? try program.drainAll() : try program.evict()
+        } catch {
+            logger.error("flow table eviction failed", metadata: ["error": "\(error)"])
+            batch = []
+        }
+        let entries = batch.count
+        let fromRing = ring.take()
+        if fromRing.rejected > 0 {
+            logger.warning("ring records with an unknown layout", metadata: ["count": "\(fromRing.rejected)"])
+        }
+        batch += fromRing.records
+        let counters = try? program.readCounters()
+        shared.update { a in
+            a.add(batch, names: names)
+            a.setFlowTableEntries(entries)
+            if let counters { a.kernel = counters }
+        }
+        if let flowLog, !batch.isEmpty {
+            let clock = Self.clockNow()
+            flowLog.write(lines: batch.map {
+                FlowLogEncoder.encode($0, interface: names[$0.key.ifindex] ?? "if\($0.key.ifindex)", clock: clock)
+            })
+        }
+    }
+
+    static func clockNow() -> ClockMapping {
+        var rt = timespec(), mono = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &mono)
+        clock_gettime(CLOCK_REALTIME, &rt)
+        return ClockMapping(realtimeNanos: Int64(rt.tv_sec) * 1_000_000_000 + Int64(rt.tv_nsec),
+                            monotonicNanos: Int64(mono.tv_sec) * 1_000_000_000 + Int64(mono.tv_nsec))
+    }
+}

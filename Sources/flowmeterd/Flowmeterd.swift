@@ -1,0 +1,177 @@
+import ArgumentParser
+import FlowmeterBPF
+import FlowmeterCore
+import FlowmeterExport
+import Foundation
+import Logging
+import ServiceLifecycle
+
+@main
+struct Flowmeterd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "flowmeterd",
+        abstract: "eBPF network telemetry collector: per-interface and per-flow accounting in the kernel, served as Prometheus metrics and a JSON-lines flow log.",
+        discussion: "Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).",
+        version: FlowmeterVersion.current,
+        subcommands: [Run.self, Check.self],
+        defaultSubcommand: Run.self
+    )
+}
+
+/// Exit with one line on stderr, e.g. for missing capabilities.
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    FileHandle.standardError.write(Data("flowmeterd: \(message)\n".utf8))
+    exit(code)
+}
+
+func requireCapabilities() {
+    let missing = Capabilities.missing()
+    if !missing.isEmpty {
+        fail("missing capabilities: \(missing.joined(separator: ", ")) (run as root, or grant them)")
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Attach to the interfaces and serve metrics (the default command)."
+    )
+
+    @Option(name: .long, help: ArgumentHelp("Interfaces to attach to: names or globs, comma-separated. Default: every interface that is up, except loopback.", valueName: "names"))
+    var interfaces: String?
+
+    @Option(name: .customLong("exclude-interfaces"), help: ArgumentHelp("Interfaces to leave alone: names or globs, comma-separated.", valueName: "names"))
+    var excludeInterfaces: String?
+
+    @Option(name: .long, help: ArgumentHelp("How often the flow tables are evicted (e.g. 500ms, 5s, 1m).", valueName: "duration"),
+            transform: { s in do { return try FlowDuration(parsing: s) } catch { throw ValidationError("\(error)") } })
+    var interval = FlowDuration(nanoseconds: 5_000_000_000)
+
+    @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Address of the metrics endpoint: :PORT, HOST:PORT or [V6]:PORT.", valueName: "address"),
+            transform: { s in do { return try ListenAddress(parsing: s) } catch { throw ValidationError("\(error)") } })
+    var metricsListen = ListenAddress(host: "0.0.0.0", port: 9810)
+
+    @Option(name: .customLong("flow-log"), help: ArgumentHelp("Write one JSON object per evicted flow to this file ('-' for stdout).", valueName: "path"))
+    var flowLog: String?
+
+    @Option(name: .customLong("flow-table-size"), help: ArgumentHelp("Flows each of the two kernel flow tables holds; packets of flows beyond it travel through the flows ring.", valueName: "n"))
+    var flowTableSize: Int = ABI.defaultFlowTableSize
+
+    @Option(name: .customLong("tc-mode"), help: ArgumentHelp("How to attach tc programs: auto (TCX, else clsact), tcx, clsact.", valueName: "mode"),
+            transform: { s in
+                guard let m = TCMode(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, tcx, clsact") }
+                return m
+            })
+    var tcMode: TCMode = .auto
+
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where flowmeterd records clsact attachments so a later start can remove what a killed run left.", valueName: "dir"))
+    var stateDir = "/run/flowmeter"
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"),
+            transform: { s in
+                guard let l = Logger.Level(rawValue: s) else { throw ValidationError("'\(s)' is not a log level (trace, debug, info, notice, warning, error, critical)") }
+                return l
+            })
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        guard (1...(1 << 24)).contains(flowTableSize) else {
+            throw ValidationError("--flow-table-size must be from 1 to 16777216, got \(flowTableSize)")
+        }
+    }
+
+    func run() async throws {
+        requireCapabilities()
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "flowmeterd")
+
+        let selection = InterfaceSelection(include: InterfaceSelection.patterns(interfaces ?? ""),
+                                           exclude: InterfaceSelection.patterns(excludeInterfaces ?? ""))
+        let chosen: [InterfaceSelection.Candidate]
+        do { chosen = try selection.select(from: HostInterfaces.list()) } catch { fail("--interfaces: \(error)") }
+        if chosen.isEmpty { fail("no interface to attach to (all excluded, or none is up); see --interfaces") }
+
+        let program: FlowAccountingProgram
+        do { program = try FlowAccountingProgram(flowTableSize: flowTableSize) } catch { fail("\(error)") }
+
+        let attacher = TCAttacher(ingressFD: program.ingressFD, egressFD: program.egressFD, stateDir: stateDir)
+        for item in attacher.removeLeftovers() {
+            logger.notice("removed what an earlier run left behind", metadata: ["removed": "\(item)"])
+        }
+        let mode: TCMode
+        do { mode = try attacher.attach(chosen, mode: tcMode) } catch { fail("\(error)") }
+        logger.info("attached", metadata: ["interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)"])
+
+        var writer: FlowLogWriter?
+        if let flowLog {
+            do { writer = try FlowLogWriter(path: flowLog) } catch { attacher.detachAll(); fail("--flow-log: \(error)") }
+        }
+        let ring: FlowsRing
+        do { ring = try FlowsRing(ringFD: program.flowsRingFD) } catch { attacher.detachAll(); fail("\(error)") }
+
+        let shared = SharedAccounting()
+        shared.update { $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] }
+        let names = Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a })
+        let collector = Collector(program: program, attacher: attacher, ring: ring, shared: shared, names: names,
+                                  flowLog: writer, interval: interval, logger: logger)
+        let listen = metricsListen
+        let http = MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
+            logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
+        }, render: { MetricsRenderer.render(shared.snapshot(), version: FlowmeterVersion.current) })
+
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: collector), .init(service: http)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            attacher.detachAll()
+            fail("\(error)")
+        }
+    }
+}
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Probe what this kernel offers and print what flowmeterd would use.",
+        discussion: "Exit status 1 when the minimum (BTF, ring buffer, tc) is missing."
+    )
+
+    func run() async throws {
+        requireCapabilities()
+        let f = KernelProbe.run()
+        let w = max(16, f.features.map(\.name.count).max() ?? 0 + 2)
+        func pad(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(1, n - s.count)) }
+        print(pad("FEATURE", w) + pad("AVAILABLE", 11) + "DETAIL")
+        for x in f.features {
+            print(pad(x.name, w) + pad(x.available ? "yes" : "no", 11) + x.detail)
+        }
+        print("")
+        print("Would use:")
+        print("  " + pad("tc attach", w - 2) + f.tcMode)
+        print("  " + pad("flow eviction", w - 2) + (f.has("batch_map_ops") ? "table swap + batch lookup-and-delete" : "table swap + iterate and delete"))
+        print("  " + pad("socket hooks", w - 2) + f.socketRung)
+        let missing = f.missingMinimum
+        if !missing.isEmpty {
+            print("")
+            print("flowmeterd cannot run here: missing \(missing.joined(separator: ", "))")
+            throw ExitCode(1)
+        }
+    }
+}
+
+extension TCMode: ExpressibleByArgument {}
+extension FlowDuration: ExpressibleByArgument {
+    public init?(argument: String) { try? self.init(parsing: argument) }
+}
+extension ListenAddress: ExpressibleByArgument {
+    public init?(argument: String) { try? self.init(parsing: argument) }
+}
+extension Logger.Level: @retroactive ExpressibleByArgument {}
