@@ -12,6 +12,7 @@ public struct Exposition {
         public let name: String
         public let kind: Kind
         public let help: String
+        public init(name: String, kind: Kind, help: String) { self.name = name; self.kind = kind; self.help = help }
     }
 
     private(set) public var text = ""

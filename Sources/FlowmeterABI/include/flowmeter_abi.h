@@ -108,4 +108,10 @@ enum fm_stat {
 /* Default size of the "flows" ring buffer in bytes (power of two, page multiple). */
 #define FM_DEFAULT_FLOWS_RING_BYTES 4194304 /* 4 MiB; a literal so Swift imports it */
 
+#ifndef __VMLINUX_H__
+/* User space only: sizeof(struct fm_flow_event) as the C compiler saw it, so the
+ * Swift tests compare it with what Swift's importer made of the same struct. */
+extern const unsigned int fm_abi_flow_event_size;
+#endif
+
 #endif /* FLOWMETER_ABI_H */

@@ -1,0 +1,92 @@
+import FlowmeterCore
+import FlowmeterExport
+import Foundation
+import Testing
+
+@Suite struct ExpositionTests {
+    @Test func familiesHaveHelpTypeAndEscapedLabels() {
+        var e = Exposition()
+        e.family(.init(name: "x_total", kind: .counter, help: "a \\ b\nc"),
+                 [([("a", "q\"u\\o\nte")], 3), ([], 1.5)])
+        #expect(e.text == "# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\nx_total{a=\"q\\\"u\\\\o\\nte\"} 3\nx_total 1.5\n")
+    }
+
+    @Test func renderedMetricsCoverTheCatalog() {
+        var a = Accounting()
+        a.add([FlowRecord(key: FlowKey(source: .zero, destination: .zero, ifindex: 2, sourcePort: 0, destinationPort: 0,
+                                       direction: .transmit, family: .ipv4, ipProtocol: 6, flags: []),
+                          stats: FlowStats(packets: 4, bytes: 4000, firstSeenNanos: 0, lastSeenNanos: 0, tcpFlags: 0), source: .flowMap)],
+              names: [2: "eth0"])
+        a.hooks = [HookMode(hook: "tc", mode: "tcx")]
+        a.kernel.flowsRingLost = 7
+        let text = MetricsRenderer.render(a, version: "9.9.9")
+        for f in MetricCatalog.all {
+            #expect(text.contains("# HELP \(f.name) "), "\(f.name)")
+            #expect(text.contains("# TYPE \(f.name) \(f.kind.rawValue)\n"), "\(f.name)")
+        }
+        #expect(text.contains("flowmeter_interface_io_bytes_total{interface=\"eth0\",direction=\"transmit\"} 4000\n"))
+        #expect(text.contains("flowmeter_interface_packets_total{interface=\"eth0\",direction=\"transmit\"} 4\n"))
+        #expect(!text.contains("direction=\"receive\""))
+        #expect(text.contains("flowmeter_ringbuf_lost_records_total{ring=\"flows\"} 7\n"))
+        #expect(text.contains("flowmeter_hook_info{hook=\"tc\",mode=\"tcx\"} 1\n"))
+        #expect(text.contains("flowmeter_build_info{version=\"9.9.9\"} 1\n"))
+        #expect(text.contains("flowmeter_records_total{source=\"flow_map\"} 1\n"))
+    }
+}
+
+@Suite struct FlowLogTests {
+    static let clock = ClockMapping(realtimeNanos: 1_796_000_000_000_000_000, monotonicNanos: 1_000)
+
+    func decode(_ line: String) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+    }
+
+    @Test func tcpFlowObject() throws {
+        let r = FlowRecord(key: FlowKey(source: .v4(10, 0, 0, 1), destination: .v4(10, 0, 0, 2), ifindex: 3, sourcePort: 443,
+                                        destinationPort: 51000, direction: .transmit, family: .ipv4, ipProtocol: 6, flags: []),
+                           stats: FlowStats(packets: 3, bytes: 4500, firstSeenNanos: 1_000, lastSeenNanos: 2_000_001_000, tcpFlags: 0x12),
+                           source: .flowMap)
+        let line = FlowLogEncoder.encode(r, interface: "eth\"0", clock: Self.clock)
+        #expect(!line.contains("\n"))
+        let o = try decode(line)
+        #expect(o["version"] as? Int == 1)
+        #expect(o["type"] as? String == "flow")
+        #expect(o["interface"] as? String == "eth\"0")
+        #expect(o["ifindex"] as? Int == 3)
+        #expect(o["direction"] as? String == "transmit")
+        #expect(o["family"] as? String == "ipv4")
+        #expect(o["protocol"] as? String == "tcp" && o["protocol_number"] as? Int == 6)
+        #expect(o["src_addr"] as? String == "10.0.0.1" && o["dst_addr"] as? String == "10.0.0.2")
+        #expect(o["src_port"] as? Int == 443 && o["dst_port"] as? Int == 51000)
+        #expect(o["packets"] as? Int == 3 && o["bytes"] as? Int == 4500)
+        #expect(o["tcp_flags"] as? String == "S." && o["tcp_flags_raw"] as? Int == 0x12)
+        #expect(o["first_seen"] as? String == "2026-11-30T00:53:20.000000000Z")
+        #expect(o["last_seen"] as? String == "2026-11-30T00:53:22.000000000Z")
+        #expect(o["source"] as? String == "flow_map")
+        #expect(o["flags"] == nil)
+    }
+
+    @Test func otherFamilyCarriesEthertypeNotAddresses() throws {
+        let r = FlowRecord(key: FlowKey(source: .zero, destination: .zero, ifindex: 3, sourcePort: 0, destinationPort: 0x0806,
+                                        direction: .receive, family: .other, ipProtocol: 0, flags: [.malformed]),
+                           stats: FlowStats(packets: 1, bytes: 28, firstSeenNanos: 1_000, lastSeenNanos: 1_000, tcpFlags: 0),
+                           source: .flowsRing)
+        let o = try decode(FlowLogEncoder.encode(r, interface: "eth0", clock: Self.clock))
+        #expect(o["ethertype"] as? Int == 0x0806)
+        #expect(o["src_addr"] == nil && o["protocol"] == nil && o["tcp_flags"] == nil)
+        #expect(o["flags"] as? [String] == ["malformed"])
+        #expect(o["source"] as? String == "flows_ring")
+    }
+
+    @Test func writerAppendsLines() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("fm-flowlog-\(getpid()).jsonl").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let w = try FlowLogWriter(path: path)
+        w.write(lines: ["{\"a\":1}", "{\"a\":2}"])
+        w.write(lines: [])
+        w.write(lines: ["{\"a\":3}"])
+        w.close()
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n")
+        #expect(throws: ValueError.self) { try FlowLogWriter(path: "/nonexistent-dir/x.jsonl") }
+    }
+}
