@@ -50,6 +50,8 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
         ),
+        // Benchmarks that need the real kernel (tools/bench); not part of the tests.
+        .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore"]),
 
         .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore"]),
         .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore"]),

@@ -70,7 +70,7 @@ final class BPFObject {
 }
 
 /// Number of possible CPUs: the per-CPU map value stride.
-let possibleCPUs: Int = {
+public let possibleCPUs: Int = {
     let n = libbpf_num_possible_cpus()
     return n > 0 ? Int(n) : 1
 }()

@@ -30,9 +30,26 @@ public final class FlowAccountingProgram: @unchecked Sendable {
     /// nil until probed; false once the kernel refused batch ops.
     public private(set) var batchOps: Bool?
 
+    /// Default flows per table: FM_DEFAULT_FLOW_TABLE_SIZE (65536) where that
+    /// keeps the two preallocated per-CPU tables under about 64 MiB of kernel
+    /// memory, else the largest power of two that does (at least 4096), so the
+    /// default stays cheap on many-core nodes.
+    public static func defaultFlowTableSize(cpus: Int = possibleCPUs) -> Int {
+        let perFlow = 2 * (cpus * ((MemoryLayout<fm_flow_stats>.size + 7) & ~7) + 96)
+        var size = ABI.defaultFlowTableSize
+        while size > 4096 && size * perFlow > 64 << 20 { size /= 2 }
+        return size
+    }
+
+    /// Kernel memory the two tables take at `size` flows each (approximate:
+    /// per-CPU values plus ~96 bytes of element and key per flow).
+    public static func tableMemoryBytes(size: Int, cpus: Int = possibleCPUs) -> Int {
+        2 * size * (cpus * ((MemoryLayout<fm_flow_stats>.size + 7) & ~7) + 96)
+    }
+
     /// Opens and loads the object. `flowTableSize` flows per table (two tables),
     /// `ringBytes` for the "flows" ring (power of two, multiple of the page size).
-    public init(flowTableSize: Int = ABI.defaultFlowTableSize, ringBytes: Int = ABI.defaultFlowsRingBytes) throws {
+    public init(flowTableSize: Int = FlowAccountingProgram.defaultFlowTableSize(), ringBytes: Int = ABI.defaultFlowsRingBytes) throws {
         guard flowTableSize >= 1, flowTableSize <= 1 << 24 else {
             throw BPFError("flow table size \(flowTableSize) is out of range (1 ... 16777216)", errno: EINVAL)
         }

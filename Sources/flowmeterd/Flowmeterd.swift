@@ -54,8 +54,8 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("flow-log"), help: ArgumentHelp("Write one JSON object per evicted flow to this file ('-' for stdout).", valueName: "path"))
     var flowLog: String?
 
-    @Option(name: .customLong("flow-table-size"), help: ArgumentHelp("Flows each of the two kernel flow tables holds; packets of flows beyond it travel through the flows ring.", valueName: "n"))
-    var flowTableSize: Int = ABI.defaultFlowTableSize
+    @Option(name: .customLong("flow-table-size"), help: ArgumentHelp("Flows each of the two kernel flow tables holds; packets of flows beyond it travel through the flows ring. Default: 65536, less on hosts with many CPUs (the tables are preallocated per CPU; about 64 MiB at most).", valueName: "n"))
+    var flowTableSize: Int = FlowAccountingProgram.defaultFlowTableSize()
 
     @Option(name: .customLong("tc-mode"), help: ArgumentHelp("How to attach tc programs: auto (TCX, else clsact), tcx, clsact.", valueName: "mode"),
             transform: { s in
@@ -105,7 +105,10 @@ struct Run: AsyncParsableCommand {
         }
         let mode: TCMode
         do { mode = try attacher.attach(chosen, mode: tcMode) } catch { fail("\(error)") }
-        logger.info("attached", metadata: ["interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)"])
+        logger.info("attached", metadata: [
+            "interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)",
+            "flow_table_size": "\(flowTableSize)",
+            "flow_table_kernel_bytes": "\(FlowAccountingProgram.tableMemoryBytes(size: flowTableSize))"])
 
         var writer: FlowLogWriter?
         if let flowLog {

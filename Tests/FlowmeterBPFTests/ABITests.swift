@@ -86,3 +86,16 @@ import Testing
         #expect(bytes == Array(Self.goldenEvent[8..<52]))
     }
 }
+
+@Suite struct FlowTableSizingTests {
+    @Test func defaultSizeStaysUnderTheMemoryBudget() {
+        #expect(FlowAccountingProgram.defaultFlowTableSize(cpus: 2) == 65536)
+        #expect(FlowAccountingProgram.defaultFlowTableSize(cpus: 8) == 65536)
+        for cpus in [16, 32, 64, 128, 256] {
+            let size = FlowAccountingProgram.defaultFlowTableSize(cpus: cpus)
+            #expect(size < 65536 && size >= 4096 && size & (size - 1) == 0, "\(cpus) CPUs: \(size)")
+            #expect(FlowAccountingProgram.tableMemoryBytes(size: size, cpus: cpus) <= 64 << 20 || size == 4096)
+        }
+        #expect(FlowAccountingProgram.defaultFlowTableSize(cpus: 1024) == 4096)
+    }
+}
