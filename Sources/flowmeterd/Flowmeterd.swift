@@ -144,8 +144,11 @@ struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check",
         abstract: "Probe what this kernel offers and print what flowmeterd would use.",
-        discussion: "Exit status 1 when the minimum (BTF, ring buffer, tc) is missing."
+        discussion: "Exit status 1 when the minimum (BTF, ring buffer, tc) is missing, or when --selftest finds a fault."
     )
+
+    @Flag(name: .long, help: "Also load the programs, run crafted packets through them, attach to loopback and check that known traffic is counted exactly (briefly attaches to the loopback interface).")
+    var selftest = false
 
     func run() async throws {
         requireCapabilities()
@@ -166,6 +169,12 @@ struct Check: AsyncParsableCommand {
             print("")
             print("flowmeterd cannot run here: missing \(missing.joined(separator: ", "))")
             throw ExitCode(1)
+        }
+        if selftest {
+            print("")
+            print("Self-test:")
+            let code = SelfTest.run()
+            if code != 0 { throw ExitCode(code) }
         }
     }
 }
