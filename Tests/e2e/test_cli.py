@@ -1,0 +1,73 @@
+"""What a user sees for bad input, missing privileges and `flowmeterd check`."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from conftest import IF_A, sh, unique_port
+
+
+def run_in(pair, *args: str, timeout: float = 30):
+    return pair.run(pair.a, *args, check=False, timeout=timeout)
+
+
+def test_unknown_interface(netpair, flowmeterd, tmp_path):
+    p = run_in(netpair, flowmeterd, "--interfaces", f"{IF_A},nosuch0", "--metrics-listen",
+               f"127.0.0.1:{unique_port()}", "--state-dir", str(tmp_path / "state"))
+    assert p.returncode == 1, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert "unknown interface" in p.stderr and "nosuch0" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--interval", "abc"),
+    ("--interval", "0s"),
+    ("--interval", "-5s"),
+    ("--metrics-listen", "nope"),
+    ("--metrics-listen", "127.0.0.1:99999"),
+    ("--tc-mode", "bogus"),
+    ("--flow-table-size", "0"),
+    ("--log-level", "loud"),
+])
+def test_bad_flag_value(netpair, flowmeterd, tmp_path, flag, value):
+    try:
+        p = run_in(netpair, flowmeterd, "--interfaces", IF_A, "--state-dir", str(tmp_path / "state"),
+                   "--metrics-listen", f"127.0.0.1:{unique_port()}", f"{flag}={value}", timeout=15)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{flag}={value} was accepted: flowmeterd kept running\n{e.stderr}") from None
+    assert p.returncode != 0, f"{flag}={value} was accepted\nstderr: {p.stderr}"
+    assert flag in p.stderr, f"stderr does not name {flag}:\n{p.stderr}"
+    assert "serving metrics" not in p.stderr
+
+
+@pytest.mark.parametrize("how", [
+    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+    ["setpriv", "--inh-caps=-all", "--bounding-set=-all"],
+], ids=["nobody", "root-without-caps"])
+@pytest.mark.parametrize("sub", [[], ["check"]], ids=["run", "check"])
+def test_missing_capabilities(netpair, flowmeterd, tmp_path, how, sub):
+    p = run_in(netpair, *how, flowmeterd, *sub, *([] if sub else ["--interfaces", IF_A, "--state-dir",
+                                                                  str(tmp_path / "state")]))
+    assert p.returncode == 1, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{p.stderr}"
+    assert re.match(r"^flowmeterd: missing capabilities: CAP_\w+", lines[0]), lines[0]
+    assert "CAP_BPF" in lines[0] and "CAP_NET_ADMIN" in lines[0], lines[0]
+
+
+def test_check(netpair, flowmeterd):
+    # Inside the test namespace: check probes by attaching to (that namespace's) lo.
+    p = run_in(netpair, flowmeterd, "check")
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    assert re.search(r"^tcx\s+yes\b", p.stdout, re.M), p.stdout
+    for feature in ("btf", "ringbuf", "tc"):
+        assert re.search(rf"^{feature}\s+yes\b", p.stdout, re.M), p.stdout
+    print(p.stdout)
+
+
+def test_version_and_help(flowmeterd):
+    p = sh(flowmeterd, "run", "--help")
+    for flag in ("--interfaces", "--interval", "--metrics-listen", "--flow-log", "--tc-mode", "--state-dir"):
+        assert flag in p.stdout, f"--help does not mention {flag}"
+    assert sh(flowmeterd, "--version").stdout.strip()
