@@ -134,8 +134,11 @@ struct Run: AsyncParsableCommand {
         do {
             try await group.run()
         } catch {
+            // The collector does not throw; what fails here is the HTTP server
+            // (typically: the address is taken). The collector has already
+            // detached and flushed by the time the group returns.
             attacher.detachAll()
-            fail("\(error)")
+            fail("--metrics-listen \(listen): \(error)")
         }
     }
 }

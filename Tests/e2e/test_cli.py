@@ -71,3 +71,26 @@ def test_version_and_help(flowmeterd):
     for flag in ("--interfaces", "--interval", "--metrics-listen", "--flow-log", "--tc-mode", "--state-dir"):
         assert flag in p.stdout, f"--help does not mention {flag}"
     assert sh(flowmeterd, "--version").stdout.strip()
+
+
+def test_metrics_address_in_use(netpair, flowmeterd, tmp_path):
+    """A taken metrics port: one error naming the flag, exit 1, and nothing left attached."""
+    port = unique_port()
+    holder = netpair.popen(netpair.a, "python3", "-c",
+                           "import socket,sys,time\n"
+                           f"s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen()\n"
+                           "print('ready', flush=True); time.sleep(30)",
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        p = run_in(netpair, flowmeterd, "--interfaces", IF_A, "--state-dir", str(tmp_path / "state"),
+                   "--metrics-listen", f"127.0.0.1:{port}")
+        assert p.returncode == 1, f"exit {p.returncode}\nstderr: {p.stderr}"
+        assert f"--metrics-listen 127.0.0.1:{port}" in p.stderr and "in use" in p.stderr, p.stderr
+        links = sh("ip", "netns", "exec", netpair.a, "bpftool", "link", "show").stdout
+        progs = sh("bpftool", "prog", "show").stdout
+        assert "flowmeter_" not in progs, progs
+        assert links.strip() == "", f"links left behind:\n{links}"
+    finally:
+        holder.kill()
+        holder.wait()
