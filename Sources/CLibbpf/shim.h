@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <string.h>
 #include <linux/bpf.h>
+#include <linux/netlink.h>  /* link events (LinkMonitor) */
+#include <linux/rtnetlink.h>
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>

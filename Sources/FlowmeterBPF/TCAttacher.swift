@@ -29,6 +29,7 @@ public enum HostInterfaces {
 }
 
 /// Attaches the accounting programs to interfaces and takes them off again.
+/// Thread-safe: the link monitor attaches and detaches while the collector runs.
 public final class TCAttacher: @unchecked Sendable {
     /// cls_bpf filter identity on clsact. Priority 1 so we run before filters
     /// added later with the usual priorities and see packets they may redirect;
@@ -47,7 +48,15 @@ public final class TCAttacher: @unchecked Sendable {
     private let ingressFD: Int32
     private let egressFD: Int32
     private let statePath: String
-    public private(set) var attachments: [Attachment] = []
+    private let lock = NSLock()
+    private var attachments: [Attachment] = []
+    /// The mode `auto` resolved to at the first attach; later attaches use it.
+    private var resolvedMode: TCMode?
+
+    /// ifindex -> name of every interface we are attached to.
+    public var attached: [UInt32: String] {
+        lock.withLock { Dictionary(attachments.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }) }
+    }
 
     /// `stateDir` holds the record of clsact attachments (default /run/flowmeter).
     public init(ingressFD: Int32, egressFD: Int32, stateDir: String) {
@@ -63,7 +72,35 @@ public final class TCAttacher: @unchecked Sendable {
     /// Returns the mode used ("tcx" or "clsact").
     @discardableResult
     public func attach(_ interfaces: [InterfaceSelection.Candidate], mode: TCMode) throws -> TCMode {
-        var resolved = mode
+        try lock.withLock { try attachLocked(interfaces, mode: mode) }
+    }
+
+    /// Attaches one more interface (one that appeared after start), in the mode
+    /// the first attach resolved to. On error nothing of it stays attached.
+    public func attachAnother(_ iface: InterfaceSelection.Candidate, mode: TCMode) throws {
+        try lock.withLock {
+            let m = resolvedMode ?? mode
+            do {
+                switch m {
+                case .tcx: try attachTCX(iface)
+                case .clsact: try attachClsact(iface)
+                case .auto: _ = try attachLocked([iface], mode: .auto, rollBackAll: false)
+                }
+            } catch {
+                detachLocked { $0.ifindex == iface.ifindex }
+                throw error
+            }
+        }
+    }
+
+    /// Detaches from one interface (it went away, or no longer matches).
+    public func detach(ifindex: UInt32) {
+        lock.withLock { detachLocked { $0.ifindex == ifindex } }
+    }
+
+    private func attachLocked(_ interfaces: [InterfaceSelection.Candidate], mode: TCMode,
+                              rollBackAll: Bool = true) throws -> TCMode {
+        var resolved = resolvedMode ?? mode
         do {
             for iface in interfaces {
                 switch resolved {
@@ -83,10 +120,12 @@ public final class TCAttacher: @unchecked Sendable {
                 }
             }
         } catch {
-            detachAll()
+            if rollBackAll { detachLocked { _ in true } }
             throw error
         }
-        return resolved == .auto ? .tcx : resolved
+        let final: TCMode = resolved == .auto ? .tcx : resolved
+        if !interfaces.isEmpty { resolvedMode = final }
+        return final
     }
 
     private func attachTCX(_ iface: InterfaceSelection.Candidate) throws {
@@ -123,7 +162,11 @@ public final class TCAttacher: @unchecked Sendable {
 
     /// Takes everything off. Safe to call twice.
     public func detachAll() {
-        for a in attachments {
+        lock.withLock { detachLocked { _ in true } }
+    }
+
+    private func detachLocked(where match: (Attachment) -> Bool) {
+        for a in attachments where match(a) {
             switch a.mode {
             case .tcx, .auto:
                 // Closing the last fd of an unpinned link detaches it.
@@ -138,8 +181,12 @@ public final class TCAttacher: @unchecked Sendable {
                 if a.createdQdisc { _ = fm_clsact_destroy(idx) }
             }
         }
-        attachments.removeAll()
-        try? FileManager.default.removeItem(atPath: statePath)
+        attachments.removeAll(where: match)
+        if attachments.contains(where: { $0.mode == .clsact }) {
+            writeState()
+        } else {
+            try? FileManager.default.removeItem(atPath: statePath)
+        }
     }
 
     // MARK: what an earlier, killed run left behind
@@ -196,5 +243,5 @@ public final class TCAttacher: @unchecked Sendable {
         try? lines.write(toFile: statePath, atomically: true, encoding: .utf8)
     }
 
-    deinit { detachAll() }
+    deinit { detachLocked { _ in true } }
 }

@@ -142,18 +142,14 @@ public struct InterfaceSelection: Sendable, Equatable {
     /// (tc can attach to a down interface; it starts counting when it comes up).
     public func select(from all: [Candidate]) throws -> [Candidate] {
         let isGlob: (String) -> Bool = { $0.contains(where: { "*?[".contains($0) }) }
-        var chosen: [Candidate]
-        if include.isEmpty {
-            chosen = all.filter { $0.isUp && !$0.isLoopback }
-        } else {
+        if !include.isEmpty {
             let missing = include.filter { p in !isGlob(p) && !all.contains(where: { $0.name == p }) }
             if !missing.isEmpty {
                 let known = all.map(\.name).joined(separator: ", ")
                 throw ValueError("unknown interface\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) (this host has: \(known))")
             }
-            chosen = all.filter { c in include.contains(where: { globMatch($0, c.name) }) }
         }
-        return chosen.filter { c in !exclude.contains(where: { globMatch($0, c.name) }) }
+        return matching(all)
     }
 }
 

@@ -14,6 +14,15 @@ final class SharedAccounting: Sendable {
     func snapshot() -> Accounting { state.withLock { $0 } }
 }
 
+/// ifindex -> interface name, for labels. Names of interfaces that went away
+/// are kept: their last flows are still evicted after they are gone.
+final class InterfaceNames: Sendable {
+    private let names: Mutex<[UInt32: String]>
+    init(_ initial: [UInt32: String]) { names = Mutex(initial) }
+    func set(_ ifindex: UInt32, _ name: String) { names.withLock { $0[ifindex] = name } }
+    func snapshot() -> [UInt32: String] { names.withLock { $0 } }
+}
+
 /// Evicts the flow tables every interval, drains the ring, updates the
 /// accounting and writes the flow log. On graceful shutdown it detaches the
 /// programs first and then flushes what the kernel still holds, so a stop
@@ -23,15 +32,16 @@ final class Collector: Service, @unchecked Sendable {
     let attacher: TCAttacher
     let ring: FlowsRing
     let shared: SharedAccounting
-    let names: [UInt32: String]
+    let names: InterfaceNames
+    let links: LinkMonitor?
     let flowLog: FlowLogWriter?
     let interval: FlowDuration
     let logger: Logger
 
     init(program: FlowAccountingProgram, attacher: TCAttacher, ring: FlowsRing, shared: SharedAccounting,
-         names: [UInt32: String], flowLog: FlowLogWriter?, interval: FlowDuration, logger: Logger) {
+         names: InterfaceNames, links: LinkMonitor?, flowLog: FlowLogWriter?, interval: FlowDuration, logger: Logger) {
         self.program = program; self.attacher = attacher; self.ring = ring; self.shared = shared
-        self.names = names; self.flowLog = flowLog; self.interval = interval; self.logger = logger
+        self.names = names; self.links = links; self.flowLog = flowLog; self.interval = interval; self.logger = logger
     }
 
     func run() async throws {
@@ -42,7 +52,9 @@ final class Collector: Service, @unchecked Sendable {
                 self.tick(final: false)
             }
         }
-        // Detach first so nothing new is counted, then flush both tables and the ring.
+        // Stop following interfaces and detach, so nothing new is counted; then
+        // flush both tables and the ring.
+        links?.stop()
         attacher.detachAll()
         ring.stop()
         tick(final: true)
@@ -65,6 +77,7 @@ final class Collector: Service, @unchecked Sendable {
         }
         batch += fromRing.records
         let counters = try? program.readCounters()
+        let names = self.names.snapshot()
         shared.update { a in
             a.add(batch, names: names)
             a.setFlowTableEntries(entries)

@@ -64,6 +64,10 @@ struct Run: AsyncParsableCommand {
             })
     var tcMode: TCMode = .auto
 
+    @Flag(name: .customLong("follow-interfaces"), inversion: .prefixedNo,
+          help: "Attach to matching interfaces that appear (or come up) after start, and let go of those that disappear.")
+    var followInterfaces = true
+
     @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where flowmeterd records clsact attachments so a later start can remove what a killed run left.", valueName: "dir"))
     var stateDir = "/run/flowmeter"
 
@@ -94,7 +98,9 @@ struct Run: AsyncParsableCommand {
                                            exclude: InterfaceSelection.patterns(excludeInterfaces ?? ""))
         let chosen: [InterfaceSelection.Candidate]
         do { chosen = try selection.select(from: HostInterfaces.list()) } catch { fail("--interfaces: \(error)") }
-        if chosen.isEmpty { fail("no interface to attach to (all excluded, or none is up); see --interfaces") }
+        if chosen.isEmpty && !followInterfaces {
+            fail("no interface to attach to (all excluded, or none is up); see --interfaces")
+        }
 
         let program: FlowAccountingProgram
         do { program = try FlowAccountingProgram(flowTableSize: flowTableSize) } catch { fail("\(error)") }
@@ -105,6 +111,7 @@ struct Run: AsyncParsableCommand {
         }
         let mode: TCMode
         do { mode = try attacher.attach(chosen, mode: tcMode) } catch { fail("\(error)") }
+        if chosen.isEmpty { logger.notice("no matching interface yet; waiting for one to appear") }
         logger.info("attached", metadata: [
             "interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)",
             "flow_table_size": "\(flowTableSize)",
@@ -119,9 +126,40 @@ struct Run: AsyncParsableCommand {
 
         let shared = SharedAccounting()
         shared.update { $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] }
-        let names = Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a })
+        let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
+        var links: LinkMonitor?
+        if followInterfaces {
+            // Subscribe first, then reconcile once, so an interface that came up
+            // between the first attach and the subscription is not missed.
+            let requested = tcMode
+            let reconcile: @Sendable ([LinkEvent]) -> Void = { _ in
+                let plan = AttachPlan.make(selection: selection, host: HostInterfaces.list(), attached: attacher.attached)
+                for idx in plan.detach {
+                    attacher.detach(ifindex: idx)
+                    logger.info("detached", metadata: ["ifindex": "\(idx)"])
+                }
+                for c in plan.attach {
+                    do {
+                        try attacher.attachAnother(c, mode: requested)
+                        names.set(c.ifindex, c.name)
+                        logger.info("attached", metadata: ["interface": "\(c.name)", "ifindex": "\(c.ifindex)"])
+                    } catch {
+                        // Typically the interface vanished again before we got to it.
+                        logger.warning("cannot attach", metadata: ["interface": "\(c.name)", "error": "\(error)"])
+                    }
+                }
+            }
+            do {
+                let monitor = try LinkMonitor(onChange: reconcile)
+                monitor.start()
+                reconcile([])
+                links = monitor
+            } catch {
+                logger.warning("not following interfaces", metadata: ["error": "\(error)"])
+            }
+        }
         let collector = Collector(program: program, attacher: attacher, ring: ring, shared: shared, names: names,
-                                  flowLog: writer, interval: interval, logger: logger)
+                                  links: links, flowLog: writer, interval: interval, logger: logger)
         let listen = metricsListen
         let http = MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
             logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
