@@ -84,7 +84,8 @@ public enum KernelProbe {
             if q == 0 { _ = fm_clsact_destroy(lo) }
             add("clsact", true, q == 0 ? "qdisc created and removed on lo" : "qdisc present on lo")
         } else {
-            add("clsact", false, "create clsact on lo: \(errText(-q))")
+            add("clsact", false, "create clsact on lo: \(errText(-q))"
+                + (q == -ENOENT || q == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""))
         }
 
         // Socket-hook rungs: load and attach the probe programs one at a time.

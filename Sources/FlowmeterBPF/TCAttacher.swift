@@ -145,7 +145,9 @@ public final class TCAttacher: @unchecked Sendable {
         removeStaleFilters(ifindex: idx)
         let created = fm_clsact_create(idx)
         if created != 0 && created != -EEXIST {
-            throw BPFError("create clsact qdisc on \(iface.name)", errno: -created)
+            throw BPFError("create clsact qdisc on \(iface.name)"
+                + (created == -ENOENT || created == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""),
+                errno: -created)
         }
         let a = Attachment(name: iface.name, ifindex: iface.ifindex, mode: .clsact, linkFDs: [], createdQdisc: created == 0)
         attachments.append(a)
