@@ -63,17 +63,23 @@ static inline int fm_clsact_destroy(int ifindex)
     return bpf_tc_hook_destroy(&hook);
 }
 
+/* The filter identity (handle, priority) as bpf_tc_opts. */
+static inline void fm_tc_opts_init(struct bpf_tc_opts *opts, __u32 handle, __u32 priority)
+{
+    memset(opts, 0, sizeof(*opts));
+    opts->sz = sizeof(*opts);
+    opts->handle = handle;
+    opts->priority = priority;
+}
+
 /* Attach a direct-action cls_bpf filter at (handle, priority). 0 or -errno. */
 static inline int fm_tc_attach(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 priority)
 {
     struct bpf_tc_hook hook;
     struct bpf_tc_opts opts;
     fm_tc_hook_init(&hook, ifindex, ingress);
-    memset(&opts, 0, sizeof(opts));
-    opts.sz = sizeof(opts);
+    fm_tc_opts_init(&opts, handle, priority);
     opts.prog_fd = prog_fd;
-    opts.handle = handle;
-    opts.priority = priority;
     return bpf_tc_attach(&hook, &opts);
 }
 
@@ -83,13 +89,8 @@ static inline __u32 fm_tc_query(int ifindex, int ingress, __u32 handle, __u32 pr
     struct bpf_tc_hook hook;
     struct bpf_tc_opts opts;
     fm_tc_hook_init(&hook, ifindex, ingress);
-    memset(&opts, 0, sizeof(opts));
-    opts.sz = sizeof(opts);
-    opts.handle = handle;
-    opts.priority = priority;
-    if (bpf_tc_query(&hook, &opts) != 0)
-        return 0;
-    return opts.prog_id;
+    fm_tc_opts_init(&opts, handle, priority);
+    return bpf_tc_query(&hook, &opts) == 0 ? opts.prog_id : 0;
 }
 
 static inline int fm_tc_detach(int ifindex, int ingress, __u32 handle, __u32 priority)
@@ -97,10 +98,7 @@ static inline int fm_tc_detach(int ifindex, int ingress, __u32 handle, __u32 pri
     struct bpf_tc_hook hook;
     struct bpf_tc_opts opts;
     fm_tc_hook_init(&hook, ifindex, ingress);
-    memset(&opts, 0, sizeof(opts));
-    opts.sz = sizeof(opts);
-    opts.handle = handle;
-    opts.priority = priority;
+    fm_tc_opts_init(&opts, handle, priority);
     return bpf_tc_detach(&hook, &opts);
 }
 
