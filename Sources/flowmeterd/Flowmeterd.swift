@@ -57,6 +57,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("flow-table-size"), help: ArgumentHelp("Flows each of the two kernel flow tables holds; packets of flows beyond it travel through the flows ring. Default: 65536, less on hosts with many CPUs (the tables are preallocated per CPU; about 64 MiB at most).", valueName: "n"))
     var flowTableSize: Int = FlowAccountingProgram.defaultFlowTableSize()
 
+    @Option(name: .customLong("flows-ring-size"), help: ArgumentHelp("Bytes of the ring that carries packets the full flow table cannot take (a power of two, at least the page size; a record is 96 bytes).", valueName: "bytes"))
+    var flowsRingSize: Int = ABI.defaultFlowsRingBytes
+
     @Option(name: .customLong("tc-mode"), help: ArgumentHelp("How to attach tc programs: auto (TCX, else clsact), tcx, clsact.", valueName: "mode"),
             transform: { s in
                 guard let m = TCMode(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, tcx, clsact") }
@@ -82,6 +85,10 @@ struct Run: AsyncParsableCommand {
         guard (1...(1 << 24)).contains(flowTableSize) else {
             throw ValidationError("--flow-table-size must be from 1 to 16777216, got \(flowTableSize)")
         }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard flowsRingSize >= page, flowsRingSize <= 1 << 30, flowsRingSize & (flowsRingSize - 1) == 0 else {
+            throw ValidationError("--flows-ring-size must be a power of two from \(page) to 1073741824, got \(flowsRingSize)")
+        }
     }
 
     func run() async throws {
@@ -103,7 +110,7 @@ struct Run: AsyncParsableCommand {
         }
 
         let program: FlowAccountingProgram
-        do { program = try FlowAccountingProgram(flowTableSize: flowTableSize) } catch { fail("\(error)") }
+        do { program = try FlowAccountingProgram(flowTableSize: flowTableSize, ringBytes: flowsRingSize) } catch { fail("\(error)") }
 
         let attacher = TCAttacher(ingressFD: program.ingressFD, egressFD: program.egressFD, stateDir: stateDir)
         for item in attacher.removeLeftovers() {

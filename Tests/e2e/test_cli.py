@@ -28,6 +28,8 @@ def test_unknown_interface(netpair, flowmeterd, tmp_path):
     ("--metrics-listen", "127.0.0.1:99999"),
     ("--tc-mode", "bogus"),
     ("--flow-table-size", "0"),
+    ("--flows-ring-size", "5000"),
+    ("--flows-ring-size", "1024"),
     ("--log-level", "loud"),
 ])
 def test_bad_flag_value(netpair, flowmeterd, tmp_path, flag, value):
