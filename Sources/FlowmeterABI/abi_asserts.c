@@ -30,6 +30,26 @@ _Static_assert(offsetof(struct fm_flow_event, cpu) == 4, "cpu");
 _Static_assert(offsetof(struct fm_flow_event, key) == 8, "key");
 _Static_assert(offsetof(struct fm_flow_event, stats) == 56, "stats");
 
+_Static_assert(sizeof(struct fm_owner) == 32, "fm_owner size");
+_Static_assert(offsetof(struct fm_owner, tgid) == 8, "owner tgid");
+_Static_assert(offsetof(struct fm_owner, comm) == 16, "owner comm");
+_Static_assert(sizeof(struct fm_sock_state) == 56, "fm_sock_state size");
+_Static_assert(offsetof(struct fm_sock_state, sport) == 48, "state sport");
+_Static_assert(sizeof(struct fm_listener_key) == 8, "fm_listener_key size");
+_Static_assert(sizeof(struct fm_sock_event) == 136, "fm_sock_event size");
+_Static_assert(offsetof(struct fm_sock_event, sock_id) == 8, "sock_id");
+_Static_assert(offsetof(struct fm_sock_event, ts_ns) == 16, "ts_ns");
+_Static_assert(offsetof(struct fm_sock_event, start_ns) == 24, "start_ns");
+_Static_assert(offsetof(struct fm_sock_event, owner) == 32, "owner");
+_Static_assert(offsetof(struct fm_sock_event, saddr) == 64, "ev saddr");
+_Static_assert(offsetof(struct fm_sock_event, daddr) == 80, "ev daddr");
+_Static_assert(offsetof(struct fm_sock_event, sport) == 96, "ev sport");
+_Static_assert(offsetof(struct fm_sock_event, srtt_us) == 100, "srtt_us");
+_Static_assert(offsetof(struct fm_sock_event, bytes_sent) == 104, "bytes_sent");
+_Static_assert(offsetof(struct fm_sock_event, bytes_received) == 112, "bytes_received");
+_Static_assert(offsetof(struct fm_sock_event, retransmits) == 120, "retransmits");
+_Static_assert(offsetof(struct fm_sock_event, err) == 132, "err");
+
 /* Exported so the layout can be compared at run time with what the loaded
  * BPF object's BTF says (FlowmeterBPF checks the record size). */
 const unsigned int fm_abi_flow_event_size = sizeof(struct fm_flow_event);

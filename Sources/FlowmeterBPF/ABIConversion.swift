@@ -50,3 +50,25 @@ public enum ABI {
         return FlowRecord(key: FlowKey(abi: ev.key), stats: FlowStats(abi: ev.stats), source: .flowsRing)
     }
 }
+
+extension ABI {
+    public static let sockEventSize = MemoryLayout<fm_sock_event>.size
+
+    /// Decodes an "events" ring record; nil if its size, version or kind is not ours.
+    public static func decodeSocketEvent(_ data: UnsafeRawBufferPointer) -> SocketEvent? {
+        guard data.count >= MemoryLayout<fm_sock_event>.size else { return nil }
+        let e = data.loadUnaligned(as: fm_sock_event.self)
+        guard e.version == UInt16(FM_ABI_VERSION), let kind = SocketEvent.Kind(rawValue: e.kind) else { return nil }
+        let comm = withUnsafeBytes(of: e.owner.comm) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let owner: SocketOwner? = e.owner.tgid == 0 && e.owner.cgroup_id == 0 ? nil
+            : SocketOwner(tgid: e.owner.tgid, pid: e.owner.pid, name: comm, cgroupID: e.owner.cgroup_id)
+        return SocketEvent(kind: kind, role: SocketEvent.Role(rawValue: e.role) ?? .unknown,
+                           family: Family(rawValue: e.family) ?? .other, ipProtocol: e.protocol,
+                           reason: SocketEvent.FailReason(rawValue: e.reason) ?? .other, socketID: e.sock_id,
+                           timestampNanos: e.ts_ns, startNanos: e.start_ns, owner: owner,
+                           localAddress: IPAddress16(tuple: e.saddr), remoteAddress: IPAddress16(tuple: e.daddr),
+                           localPort: e.sport, remotePort: e.dport, srttMicros: e.srtt_us, bytesSent: e.bytes_sent,
+                           bytesReceived: e.bytes_received, retransmits: e.retransmits, resetsSent: e.resets_sent,
+                           resetsReceived: e.resets_received, error: e.err)
+    }
+}

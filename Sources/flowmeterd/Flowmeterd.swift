@@ -198,6 +198,13 @@ struct Check: AsyncParsableCommand {
     @Flag(name: .long, help: "Also load the programs, run crafted packets through them, attach to loopback and check that known traffic is counted exactly (briefly attaches to the loopback interface).")
     var selftest = false
 
+    @Option(name: .long, help: ArgumentHelp("Socket-hook rung for --selftest: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint (tp_btf, else classic), tracepoint-classic.", valueName: "rung"),
+            transform: { s in
+                guard let r = HookRequest(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, fentry, kprobe, tracepoint, tracepoint-classic") }
+                return r
+            })
+    var hooks: HookRequest = .auto
+
     func run() async throws {
         requireCapabilities()
         let f = KernelProbe.run()
@@ -221,7 +228,7 @@ struct Check: AsyncParsableCommand {
         if selftest {
             print("")
             print("Self-test:")
-            let code = SelfTest.run()
+            let code = SelfTest.run(hooks: hooks)
             if code != 0 { throw ExitCode(code) }
         }
     }

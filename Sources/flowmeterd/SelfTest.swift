@@ -6,8 +6,8 @@ import Foundation
 /// load, parse, count loopback traffic exactly once attached, and stop
 /// counting once detached. One line per check, then "N passed, N failed".
 struct SelfTest {
-    private(set) var passed = 0
-    private(set) var failed = 0
+    var passed = 0
+    var failed = 0
 
     mutating func check(_ name: String, _ body: () throws -> String?) {
         do {
@@ -50,7 +50,7 @@ struct SelfTest {
         return p + l4
     }
 
-    static func run() -> Int32 {
+    static func run(hooks: HookRequest = .auto) -> Int32 {
         var t = SelfTest()
         var program: FlowAccountingProgram?
         t.check("load tc programs (verifier accepts them on this kernel)") {
@@ -137,6 +137,7 @@ struct SelfTest {
                 return left.isEmpty ? nil : "\(left.count) flows counted after detach"
             }
         }
+        SocketSelfTest.run(&t, hooks: hooks)
         return t.finish()
     }
 

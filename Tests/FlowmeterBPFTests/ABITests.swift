@@ -99,3 +99,67 @@ import Testing
         #expect(FlowAccountingProgram.defaultFlowTableSize(cpus: 1024) == 4096)
     }
 }
+
+/// The socket-telemetry records, as Swift imports them.
+@Suite struct SocketABITests {
+    @Test func sizesAndOffsets() {
+        #expect(MemoryLayout<fm_owner>.size == 32)
+        #expect(MemoryLayout<fm_sock_state>.size == 56)
+        #expect(MemoryLayout<fm_sock_state>.offset(of: \.sport) == 48)
+        #expect(MemoryLayout<fm_listener_key>.size == 8)
+        #expect(MemoryLayout<fm_sock_event>.size == 136)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.sock_id) == 8)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.owner) == 32)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.saddr) == 64)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.sport) == 96)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.srtt_us) == 100)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.bytes_sent) == 104)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.retransmits) == 120)
+        #expect(MemoryLayout<fm_sock_event>.offset(of: \.err) == 132)
+        #expect(ABI.sockEventSize == 136)
+    }
+
+    /// A close record written byte by byte (little-endian): client socket of
+    /// pid 4242 "curl" in cgroup 77, 10.0.0.1:40000 -> 10.0.0.2:443, 1500 bytes
+    /// sent, 9000 received, srtt 250 us, 2 retransmits, 1 reset received.
+    static func goldenClose() -> [UInt8] {
+        func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+        var b: [UInt8] = []
+        b += le(1, 2) + le(2, 2) + [1, 4, 6, 0]                      // version, kind close, client, ipv4, tcp, reason
+        b += le(0xffff_8880_1234_5678, 8)                          // sock_id
+        b += le(5_000_000_000, 8) + le(4_000_000_000, 8)           // ts, start
+        b += le(77, 8) + le(4242, 4) + le(4243, 4)                 // owner: cgroup, tgid, pid
+        b += Array("curl".utf8) + [UInt8](repeating: 0, count: 12) // comm
+        b += [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1]
+        b += [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2]
+        b += le(40000, 2) + le(443, 2) + le(250, 4)                // ports, srtt
+        b += le(1500, 8) + le(9000, 8)                             // bytes
+        b += le(2, 4) + le(0, 4) + le(1, 4) + le(104, 4)           // retrans, resets sent/received, err
+        return b
+    }
+
+    @Test func goldenCloseDecodes() throws {
+        let bytes = Self.goldenClose()
+        #expect(bytes.count == 136)
+        let e = try #require(bytes.withUnsafeBytes { ABI.decodeSocketEvent($0) })
+        #expect(e.kind == .close && e.role == .client && e.family == .ipv4 && e.ipProtocol == 6)
+        #expect(e.socketID == 0xffff_8880_1234_5678)
+        #expect(e.owner == SocketOwner(tgid: 4242, pid: 4243, name: "curl", cgroupID: 77))
+        #expect(e.localAddress.description == "10.0.0.1" && e.remoteAddress.description == "10.0.0.2")
+        #expect(e.localPort == 40000 && e.remotePort == 443 && e.srttMicros == 250)
+        #expect(e.bytesSent == 1500 && e.bytesReceived == 9000)
+        #expect(e.retransmits == 2 && e.resetsSent == 0 && e.resetsReceived == 1 && e.error == 104)
+        #expect(e.startNanos == 4_000_000_000 && e.timestampNanos == 5_000_000_000)
+    }
+
+    @Test func unknownOwnerAndBadRecords() {
+        var b = Self.goldenClose()
+        for i in 32..<64 { b[i] = 0 } // an all-zero owner: the socket predates flowmeterd
+        #expect(b.withUnsafeBytes { ABI.decodeSocketEvent($0) }?.owner == nil)
+        var v = Self.goldenClose(); v[0] = 9
+        #expect(v.withUnsafeBytes { ABI.decodeSocketEvent($0) } == nil)
+        var k = Self.goldenClose(); k[2] = 99
+        #expect(k.withUnsafeBytes { ABI.decodeSocketEvent($0) } == nil)
+        #expect(Array(Self.goldenClose().prefix(100)).withUnsafeBytes { ABI.decodeSocketEvent($0) } == nil)
+    }
+}

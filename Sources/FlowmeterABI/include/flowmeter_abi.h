@@ -108,6 +108,97 @@ enum fm_stat {
 /* Default size of the "flows" ring buffer in bytes (power of two, page multiple). */
 #define FM_DEFAULT_FLOWS_RING_BYTES 4194304 /* 4 MiB; a literal so Swift imports it */
 
+
+/* ---- Socket telemetry (bpf/flowmeter_sock.bpf.c) ---- */
+
+/* Kinds of record in the "events" ring buffer. */
+enum fm_sock_event_kind {
+    FM_SOCK_OPEN = 1,   /* connection established (client: SYN_SENT->ESTABLISHED, server: SYN_RECV->ESTABLISHED) */
+    FM_SOCK_CLOSE = 2,  /* connection closed, with final counters */
+    FM_SOCK_FAILED = 3, /* connect failed (SYN_SENT->CLOSE), with a reason */
+};
+
+/* Which end of the connection the local socket is. */
+enum fm_role {
+    FM_ROLE_UNKNOWN = 0, /* opened before flowmeterd attached */
+    FM_ROLE_CLIENT = 1,
+    FM_ROLE_SERVER = 2,
+};
+
+/* Why a connect failed (from sk_err at SYN_SENT -> CLOSE). */
+enum fm_fail_reason {
+    FM_FAIL_NONE = 0,
+    FM_FAIL_REFUSED = 1,     /* ECONNREFUSED: the peer answered with a reset */
+    FM_FAIL_TIMEOUT = 2,     /* ETIMEDOUT: SYN retransmissions ran out */
+    FM_FAIL_UNREACHABLE = 3, /* EHOSTUNREACH / ENETUNREACH */
+    FM_FAIL_OTHER = 4,       /* any other errno (see fm_sock_event.err) */
+};
+
+/* The process that owns a socket. 32 bytes. */
+struct fm_owner {
+    __u64 cgroup_id; /* cgroup v2 id of the task (bpf_get_current_cgroup_id) */
+    __u32 tgid;      /* process id (thread group id) */
+    __u32 pid;       /* thread id */
+    __u8 comm[16];   /* task name, NUL-padded (TASK_COMM_LEN) */
+};
+
+/* Per-socket state kept in the kernel while a connection lives. 56 bytes. */
+struct fm_sock_state {
+    struct fm_owner owner; /* who opened it (client) or listens for it (server) */
+    __u64 start_ns;        /* CLOCK_MONOTONIC when the connect began / it was accepted */
+    __u32 resets_sent;     /* resets this socket sent while it lived */
+    __u32 resets_received; /* resets this socket received */
+    __u16 sport;           /* local port, host order, kept from ESTABLISHED: the kernel
+                            * has released it by the time the socket reaches CLOSE */
+    __u8 role;             /* enum fm_role */
+    __u8 _pad[5];          /* explicit padding, always zero */
+};
+
+/* Key of the listener-owner table. 8 bytes. */
+struct fm_listener_key {
+    __u32 netns; /* network namespace inode number */
+    __u16 port;  /* local port, host order */
+    __u16 _pad;  /* explicit padding, always zero */
+};
+
+/* Record in the "events" ring buffer. 136 bytes. */
+struct fm_sock_event {
+    __u16 version;         /* FM_ABI_VERSION */
+    __u16 kind;            /* enum fm_sock_event_kind */
+    __u8 role;             /* enum fm_role */
+    __u8 family;           /* enum fm_family */
+    __u8 protocol;         /* IP protocol (6) */
+    __u8 reason;           /* enum fm_fail_reason (FAILED only) */
+    __u64 sock_id;         /* kernel address of the socket: identity while it lives */
+    __u64 ts_ns;           /* CLOCK_MONOTONIC of the event */
+    __u64 start_ns;        /* CLOCK_MONOTONIC of the open (0 if unknown) */
+    struct fm_owner owner; /* all zero if the socket predates flowmeterd */
+    __u8 saddr[16];        /* local address, network order, IPv4 v4-mapped */
+    __u8 daddr[16];        /* remote address, same encoding */
+    __u16 sport;           /* local port, host order (0 for a failed connect: never bound) */
+    __u16 dport;           /* remote port, host order */
+    __u32 srtt_us;         /* smoothed RTT in microseconds (CLOSE) */
+    __u64 bytes_sent;      /* payload bytes transmitted, each once: tcp_sock.bytes_sent -
+                            * bytes_retrans (SYN and FIN carry none; CLOSE) */
+    __u64 bytes_received;  /* payload bytes received in order: tcp_sock.bytes_received
+                            * less the sequence number a received FIN takes (CLOSE) */
+    __u32 retransmits;     /* segments retransmitted (tcp_sock.total_retrans; CLOSE) */
+    __u32 resets_sent;     /* resets sent (CLOSE) */
+    __u32 resets_received; /* resets received (CLOSE) */
+    __u32 err;             /* sk_err at the event (positive errno, 0 if none) */
+};
+
+/* Indexes of the per-CPU "fm_sock_stats" array of __u64 counters. */
+enum fm_sock_stat {
+    FM_SOCK_STAT_EVENTS_LOST = 0, /* failed reservations on the "events" ring */
+    FM_SOCK_STAT_TABLE_FULL = 1,  /* sockets the socket table could not take */
+    FM_SOCK_STAT_COUNT = 2,       /* number of entries, not a counter */
+};
+
+/* Default number of live sockets tracked, and the "events" ring size in bytes. */
+#define FM_DEFAULT_SOCKET_TABLE_SIZE 65536
+#define FM_DEFAULT_EVENTS_RING_BYTES 1048576
+
 #ifndef __VMLINUX_H__
 /* User space only: sizeof(struct fm_flow_event) as the C compiler saw it, so the
  * Swift tests compare it with what Swift's importer made of the same struct. */
