@@ -120,24 +120,16 @@ public final class SocketPrograms: @unchecked Sendable {
         return (try read(0), try read(1))
     }
 
-    /// Empties the events ring on the caller's thread.
+    /// A reader of the "events" ring (start it, or consume on demand).
+    public func eventsReader() throws -> RingReader {
+        try RingReader(ringFD: eventsRingFD, name: "events-ring")
+    }
+
+    /// Empties the events ring on the caller's thread (self-test).
     public func drainEvents() throws -> [SocketEvent] {
-        struct Sink { var events: [SocketEvent] = [] }
-        let sink = UnsafeMutablePointer<Sink>.allocate(capacity: 1)
-        sink.initialize(to: Sink())
-        defer { sink.deinitialize(count: 1); sink.deallocate() }
-        let cb: ring_buffer_sample_fn = { ctx, data, size in
-            if let e = ABI.decodeSocketEvent(UnsafeRawBufferPointer(start: data, count: size)) {
-                ctx!.assumingMemoryBound(to: Sink.self).pointee.events.append(e)
-            }
-            return 0
-        }
-        guard let rb = ring_buffer__new(eventsRingFD, cb, UnsafeMutableRawPointer(sink), nil) else {
-            throw BPFError.from("open ring buffer events", result: -1)
-        }
-        defer { ring_buffer__free(rb) }
-        _ = ring_buffer__consume(rb)
-        return sink.pointee.events
+        let r = try eventsReader()
+        r.consumeNow()
+        return r.take(ABI.decodeSocketEvent).records
     }
 
     /// Detaches every hook.

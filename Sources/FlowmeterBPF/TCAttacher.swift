@@ -13,18 +13,35 @@ public enum TCMode: String, Sendable, CaseIterable {
     case clsact
 }
 
-/// The host's network interfaces.
+/// The network interfaces of this process's network namespace.
 public enum HostInterfaces {
-    /// Every interface with its index and up/loopback flags (from sysfs).
+    /// Every interface with its index and up/loopback flags. Asks the kernel
+    /// (if_nameindex, SIOCGIFFLAGS on a socket of our own), not /sys/class/net:
+    /// sysfs shows the namespace it was mounted in, which is not ours under
+    /// `nsenter --net` or in a container that shares the host's /sys.
     public static func list() -> [InterfaceSelection.Candidate] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net") else { return [] }
-        return names.sorted().compactMap { name in
-            let idx = if_nametoindex(name)
-            guard idx != 0 else { return nil }
-            let flagsText = (try? String(contentsOfFile: "/sys/class/net/\(name)/flags", encoding: .utf8)) ?? "0x0"
-            let flags = UInt32(flagsText.trimmingCharacters(in: .whitespacesAndNewlines).dropFirst(2), radix: 16) ?? 0
-            return .init(name: name, ifindex: idx, isUp: flags & 0x1 != 0, isLoopback: flags & 0x8 != 0)
+        guard let head = if_nameindex() else { return [] }
+        defer { if_freenameindex(head) }
+        let sock = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { if sock >= 0 { close(sock) } }
+        var out: [InterfaceSelection.Candidate] = []
+        var p = head
+        while p.pointee.if_index != 0, let cname = p.pointee.if_name {
+            let name = String(cString: cname)
+            var req = ifreq()
+            withUnsafeMutableBytes(of: &req.ifr_ifrn.ifrn_name) { dst in
+                let bytes = Array(name.utf8.prefix(dst.count - 1))
+                dst.copyBytes(from: bytes)
+            }
+            var flags: Int32 = 0
+            if sock >= 0, ioctl(sock, UInt(SIOCGIFFLAGS), &req) == 0 {
+                flags = Int32(req.ifr_ifru.ifru_flags)
+            }
+            out.append(.init(name: name, ifindex: p.pointee.if_index, isUp: flags & Int32(IFF_UP) != 0,
+                             isLoopback: flags & Int32(IFF_LOOPBACK) != 0))
+            p += 1
         }
+        return out.sorted { $0.name < $1.name }
     }
 }
 

@@ -38,6 +38,13 @@ public struct Accounting: Sendable {
     public private(set) var flowTableEntries: UInt64 = 0
     public var kernel = KernelCounters()
     public var hooks: [HookMode] = []
+    /// Socket telemetry, when its hooks are attached: records received from the
+    /// "events" ring, and the kernel's counts of events lost (failed ring
+    /// reservations) and of sockets its table could not take.
+    public var socketTelemetry = false
+    public private(set) var socketEvents: UInt64 = 0
+    public var socketEventsLost: UInt64 = 0
+    public var socketTableFull: UInt64 = 0
 
     public init() {}
 
@@ -54,6 +61,8 @@ public struct Accounting: Sendable {
     }
 
     public mutating func setFlowTableEntries(_ n: Int) { flowTableEntries = UInt64(n) }
+
+    public mutating func addSocketEvents(_ n: Int) { socketEvents &+= UInt64(n) }
 }
 
 /// Converts CLOCK_MONOTONIC nanoseconds (what bpf_ktime_get_ns returns) to wall

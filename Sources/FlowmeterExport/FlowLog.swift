@@ -38,6 +38,37 @@ public enum FlowLogEncoder {
         return o
     }
 
+    /// One connection record (schema in README, "Flow log").
+    public static func encodeConnection(_ e: SocketEvent, cgroupPath: String?, clock: ClockMapping) -> String {
+        let event = switch e.kind { case .open: "open"; case .close: "close"; case .failed: "failed" }
+        let role = switch e.role { case .client: "client"; case .server: "server"; case .unknown: "unknown" }
+        var o = "{\"version\":\(schemaVersion),\"type\":\"connection\",\"event\":\"\(event)\""
+        o += ",\"time\":" + quote(rfc3339(nanosSinceEpoch: clock.wallNanos(monotonic: e.timestampNanos)))
+        o += ",\"protocol\":" + quote(IPProtocolName.name(e.ipProtocol, family: e.family))
+        o += ",\"family\":\"\(e.family.label)\",\"role\":\"\(role)\""
+        o += ",\"local_addr\":" + quote(e.localAddress.description) + ",\"local_port\":\(e.localPort)"
+        o += ",\"remote_addr\":" + quote(e.remoteAddress.description) + ",\"remote_port\":\(e.remotePort)"
+        if let owner = e.owner {
+            o += ",\"pid\":\(owner.tgid),\"tid\":\(owner.pid),\"process\":" + quote(owner.name)
+            o += ",\"cgroup_id\":\(owner.cgroupID)"
+            if let cgroupPath { o += ",\"cgroup_path\":" + quote(cgroupPath) }
+        }
+        switch e.kind {
+        case .close:
+            o += ",\"bytes_sent\":\(e.bytesSent),\"bytes_received\":\(e.bytesReceived)"
+            o += ",\"srtt_us\":\(e.srttMicros),\"retransmits\":\(e.retransmits)"
+            o += ",\"resets_sent\":\(e.resetsSent),\"resets_received\":\(e.resetsReceived)"
+            if e.startNanos > 0 && e.timestampNanos >= e.startNanos {
+                o += ",\"duration_ms\":" + String(format: "%.3f", Double(e.timestampNanos - e.startNanos) / 1e6)
+            }
+        case .failed:
+            o += ",\"reason\":\"\(e.reason.label)\",\"errno\":\(e.error)"
+        case .open:
+            break
+        }
+        return o + "}"
+    }
+
     static func quote(_ s: String) -> String {
         var o = "\""
         for c in s.unicodeScalars {

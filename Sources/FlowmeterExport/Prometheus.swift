@@ -74,7 +74,7 @@ public enum MetricCatalog {
         help: "New flows the kernel flow table could not take; each such packet was sent through the flows ring instead.")
     public static let records = Exposition.Family(
         name: "flowmeter_records_total", kind: .counter,
-        help: "Records received from the kernel, by source (flow_map: evicted flow entries; flows_ring: overflow packets).")
+        help: "Records received from the kernel, by source (flow_map: evicted flow entries; flows_ring: overflow packets; events_ring: socket events).")
     public static let hookInfo = Exposition.Family(
         name: "flowmeter_hook_info", kind: .gauge,
         help: "Hooks in use: 1 for each hook and the mode it was attached with.")
@@ -106,10 +106,12 @@ public enum MetricsRenderer {
         }
         e.family(MetricCatalog.interfaceBytes, perInterface(\.bytes))
         e.family(MetricCatalog.interfacePackets, perInterface(\.packets))
-        e.family(MetricCatalog.ringLost, [([("ring", "flows")], Double(a.kernel.flowsRingLost))])
+        e.family(MetricCatalog.ringLost, [([("ring", "flows")], Double(a.kernel.flowsRingLost))]
+                 + (a.socketTelemetry ? [([("ring", "events")], Double(a.socketEventsLost))] : []))
         e.family(MetricCatalog.flowTableEntries, [([], Double(a.flowTableEntries))])
         e.family(MetricCatalog.insertFailures, [([], Double(a.kernel.flowInsertFailures))])
-        e.family(MetricCatalog.records, [FlowSource.flowMap, .flowsRing].map { ([("source", $0.rawValue)], Double(a.records[$0] ?? 0)) })
+        e.family(MetricCatalog.records, [FlowSource.flowMap, .flowsRing].map { ([("source", $0.rawValue)], Double(a.records[$0] ?? 0)) }
+                 + (a.socketTelemetry ? [([("source", "events_ring")], Double(a.socketEvents))] : []))
         e.family(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
         e.family(MetricCatalog.seriesDropped, [([], 0)])
         e.family(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])

@@ -34,18 +34,24 @@ final class Collector: Service, @unchecked Sendable {
     let shared: SharedAccounting
     let names: InterfaceNames
     let links: LinkMonitor?
+    /// Socket telemetry, when its hooks are attached.
+    let sockets: SocketPrograms?
+    let socketEvents: RingReader?
+    let cgroups = CgroupPaths()
     let flowLog: FlowLogWriter?
     let interval: FlowDuration
     let logger: Logger
 
     init(program: FlowAccountingProgram, attacher: TCAttacher, ring: FlowsRing, shared: SharedAccounting,
-         names: InterfaceNames, links: LinkMonitor?, flowLog: FlowLogWriter?, interval: FlowDuration, logger: Logger) {
+         names: InterfaceNames, links: LinkMonitor?, sockets: SocketPrograms?, socketEvents: RingReader?,
+         flowLog: FlowLogWriter?, interval: FlowDuration, logger: Logger) {
         self.program = program; self.attacher = attacher; self.ring = ring; self.shared = shared
-        self.names = names; self.links = links; self.flowLog = flowLog; self.interval = interval; self.logger = logger
+        self.names = names; self.links = links; self.sockets = sockets; self.socketEvents = socketEvents; self.flowLog = flowLog; self.interval = interval; self.logger = logger
     }
 
     func run() async throws {
         ring.start()
+        socketEvents?.start()
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do { try await Task.sleep(nanoseconds: self.interval.nanoseconds) } catch { break }
@@ -56,7 +62,9 @@ final class Collector: Service, @unchecked Sendable {
         // flush both tables and the ring.
         links?.stop()
         attacher.detachAll()
+        sockets?.detach()
         ring.stop()
+        socketEvents?.stop()
         tick(final: true)
         flowLog?.close()
         logger.info("detached and flushed", metadata: ["records": "\(shared.snapshot().records.values.reduce(0, +))"])
@@ -78,16 +86,27 @@ final class Collector: Service, @unchecked Sendable {
         batch += fromRing.records
         let counters = try? program.readCounters()
         let names = self.names.snapshot()
+        let events = socketEvents?.take(ABI.decodeSocketEvent).records ?? []
+        let socketCounters = try? sockets?.readCounters()
         shared.update { a in
             a.add(batch, names: names)
             a.setFlowTableEntries(entries)
             if let counters { a.kernel = counters }
+            a.addSocketEvents(events.count)
+            if let socketCounters {
+                a.socketEventsLost = socketCounters.eventsLost
+                a.socketTableFull = socketCounters.tableFull
+            }
         }
-        if let flowLog, !batch.isEmpty {
+        if let flowLog, !batch.isEmpty || !events.isEmpty {
             let clock = Self.clockNow()
-            flowLog.write(lines: batch.map {
+            var lines = batch.map {
                 FlowLogEncoder.encode($0, interface: names[$0.key.ifindex] ?? "if\($0.key.ifindex)", clock: clock)
-            })
+            }
+            lines += events.map {
+                FlowLogEncoder.encodeConnection($0, cgroupPath: $0.owner.flatMap { cgroups.path(of: $0.cgroupID) }, clock: clock)
+            }
+            flowLog.write(lines: lines)
         }
     }
 

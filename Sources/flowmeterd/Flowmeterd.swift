@@ -67,6 +67,14 @@ struct Run: AsyncParsableCommand {
             })
     var tcMode: TCMode = .auto
 
+    @Option(name: .long, help: ArgumentHelp("Socket-hook rung: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint, tracepoint-classic, or off. A forced rung that cannot be had is an error; with auto, no rung at all only disables socket telemetry.", valueName: "rung"),
+            transform: { s in
+                if s == "off" { return nil }
+                guard let r = HookRequest(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, fentry, kprobe, tracepoint, tracepoint-classic, off") }
+                return r
+            })
+    var hooks: HookRequest? = .auto
+
     @Flag(name: .customLong("follow-interfaces"), inversion: .prefixedNo,
           help: "Attach to matching interfaces that appear (or come up) after start, and let go of those that disappear.")
     var followInterfaces = true
@@ -131,8 +139,30 @@ struct Run: AsyncParsableCommand {
         let ring: FlowsRing
         do { ring = try FlowsRing(ringFD: program.flowsRingFD) } catch { attacher.detachAll(); fail("\(error)") }
 
+        var sockets: SocketPrograms?
+        var socketEvents: RingReader?
+        if let hooks {
+            do {
+                let s = try SocketPrograms.load(hooks)
+                socketEvents = try s.eventsReader()
+                sockets = s
+                logger.info("socket hooks attached", metadata: [
+                    "rung": "\(s.rung.rawValue)",
+                    "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))"])
+            } catch {
+                if hooks != .auto {
+                    attacher.detachAll()
+                    fail("--hooks \(hooks.rawValue): \(error)")
+                }
+                logger.warning("no socket-hook rung available: socket telemetry is off", metadata: ["error": "\(error)"])
+            }
+        }
+
         let shared = SharedAccounting()
-        shared.update { $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] }
+        shared.update {
+            $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
+            $0.socketTelemetry = sockets != nil
+        }
         let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
         var links: LinkMonitor?
         if followInterfaces {
@@ -166,7 +196,8 @@ struct Run: AsyncParsableCommand {
             }
         }
         let collector = Collector(program: program, attacher: attacher, ring: ring, shared: shared, names: names,
-                                  links: links, flowLog: writer, interval: interval, logger: logger)
+                                  links: links, sockets: sockets, socketEvents: socketEvents,
+                                  flowLog: writer, interval: interval, logger: logger)
         let listen = metricsListen
         let http = MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
             logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])

@@ -1,6 +1,7 @@
 import FlowmeterABI
 import FlowmeterBPF
 import FlowmeterCore
+import Foundation
 import Testing
 
 /// The layout pinned in abi_asserts.c, checked again as Swift imports it.
@@ -161,5 +162,31 @@ import Testing
         var k = Self.goldenClose(); k[2] = 99
         #expect(k.withUnsafeBytes { ABI.decodeSocketEvent($0) } == nil)
         #expect(Array(Self.goldenClose().prefix(100)).withUnsafeBytes { ABI.decodeSocketEvent($0) } == nil)
+    }
+}
+
+@Suite struct CgroupPathTests {
+    @Test func findsTheCgroup2Mount() {
+        let mounts = """
+        proc /proc proc rw 0 0
+        cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0
+        cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0
+        """
+        #expect(CgroupPaths.cgroup2Mount(in: mounts) == "/sys/fs/cgroup/unified")
+        #expect(CgroupPaths.cgroup2Mount(in: "cgroup2 /sys/fs/my\\040cg cgroup2 rw 0 0") == "/sys/fs/my cg")
+        #expect(CgroupPaths.cgroup2Mount(in: "proc /proc proc rw 0 0") == nil)
+        #expect(CgroupPaths(mounts: "proc /proc proc rw 0 0").path(of: 1) == nil)
+    }
+
+    @Test(.privileged) func resolvesTheIDsOfRealCgroups() throws {
+        let paths = CgroupPaths()
+        let root = try #require(paths.root)
+        let rel = "/fm-unit-\(getpid())"
+        #expect(mkdir(root + rel, 0o755) == 0)
+        defer { rmdir(root + rel) }
+        var st = stat()
+        #expect(stat(root + rel, &st) == 0)
+        #expect(paths.path(of: UInt64(st.st_ino)) == rel)
+        #expect(paths.path(of: 0) == nil)
     }
 }

@@ -90,3 +90,42 @@ import Testing
         #expect(throws: ValueError.self) { try FlowLogWriter(path: "/nonexistent-dir/x.jsonl") }
     }
 }
+
+@Suite struct ConnectionLogTests {
+    static let clock = ClockMapping(realtimeNanos: 1_796_000_000_000_000_000, monotonicNanos: 0)
+
+    static func event(_ kind: SocketEvent.Kind, owner: SocketOwner? = SocketOwner(tgid: 7, pid: 8, name: "nginx", cgroupID: 99)) -> SocketEvent {
+        SocketEvent(kind: kind, role: .server, family: .ipv6, ipProtocol: 6, reason: kind == .failed ? .timeout : .none,
+                    socketID: 1, timestampNanos: 3_000_000, startNanos: 1_000_000, owner: owner,
+                    localAddress: IPAddress16(bytes: [0xfd] + [UInt8](repeating: 0, count: 14) + [1]),
+                    remoteAddress: .v4(10, 0, 0, 9), localPort: 443, remotePort: 50000, srttMicros: 120,
+                    bytesSent: 10, bytesReceived: 20, retransmits: 1, resetsSent: 2, resetsReceived: 3, error: 110)
+    }
+
+    func decode(_ s: String) throws -> [String: Any] {
+        try #require(JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any])
+    }
+
+    @Test func closeRecord() throws {
+        let o = try decode(FlowLogEncoder.encodeConnection(Self.event(.close), cgroupPath: "/system.slice/nginx.service", clock: Self.clock))
+        #expect(o["type"] as? String == "connection" && o["event"] as? String == "close" && o["version"] as? Int == 1)
+        #expect(o["role"] as? String == "server" && o["family"] as? String == "ipv6" && o["protocol"] as? String == "tcp")
+        #expect(o["local_addr"] as? String == "fd00::1" && o["local_port"] as? Int == 443)
+        #expect(o["remote_addr"] as? String == "10.0.0.9" && o["remote_port"] as? Int == 50000)
+        #expect(o["pid"] as? Int == 7 && o["tid"] as? Int == 8 && o["process"] as? String == "nginx")
+        #expect(o["cgroup_id"] as? Int == 99 && o["cgroup_path"] as? String == "/system.slice/nginx.service")
+        #expect(o["bytes_sent"] as? Int == 10 && o["bytes_received"] as? Int == 20 && o["srtt_us"] as? Int == 120)
+        #expect(o["retransmits"] as? Int == 1 && o["resets_sent"] as? Int == 2 && o["resets_received"] as? Int == 3)
+        #expect(o["duration_ms"] as? Double == 2.0)
+        #expect(o["time"] as? String == "2026-11-30T00:53:20.003000000Z")
+        #expect(o["reason"] == nil)
+    }
+
+    @Test func failedAndOwnerless() throws {
+        let f = try decode(FlowLogEncoder.encodeConnection(Self.event(.failed), cgroupPath: nil, clock: Self.clock))
+        #expect(f["reason"] as? String == "timeout" && f["errno"] as? Int == 110 && f["bytes_sent"] == nil)
+        #expect(f["cgroup_path"] == nil && f["pid"] as? Int == 7)
+        let o = try decode(FlowLogEncoder.encodeConnection(Self.event(.open, owner: nil), cgroupPath: nil, clock: Self.clock))
+        #expect(o["event"] as? String == "open" && o["pid"] == nil && o["process"] == nil && o["bytes_sent"] == nil)
+    }
+}
