@@ -5,6 +5,7 @@ connect to a closed port gives a failure with reason "refused"."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -134,3 +135,173 @@ def test_connection_records_with_owners(netpair, flowmeterd, tmp_path):
     assert c_close["srtt_us"] > 0 and c_close["resets_sent"] == 0 and s_close["resets_received"] == 0
     fail = one(event="failed", remote_port=closed)
     assert (fail["reason"], fail["pid"], fail["cgroup_path"], fail["role"]) == ("refused", client.pid, rel + "/cli", "client"), fail
+
+
+CLIENT2 = r"""
+import socket, struct, sys
+addr, port, up, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = socket.create_connection((addr, port), timeout=30)
+print(s.getsockname()[1], flush=True)
+s.sendall(b"c" * up)
+s.recv(1)                               # the server's one-byte answer: all data arrived
+if mode == "pause":
+    print("idle", flush=True)
+    sys.stdin.readline()                # the test reads `ss -ti` now
+if mode == "abort":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+else:
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    s.close()
+print("done", flush=True)
+"""
+
+SERVER2 = r"""
+import socket, sys
+addr, port, up = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((addr, port)); l.listen(1); l.settimeout(60)
+print("ready", flush=True)
+c, _ = l.accept(); c.settimeout(60)
+got = 0
+while got < up:
+    b = c.recv(65536)
+    if not b: break
+    got += len(b)
+c.sendall(b"k")
+try:
+    while c.recv(65536): pass
+except ConnectionResetError:
+    pass
+c.close(); l.close()
+print(got, flush=True)
+"""
+
+
+class Telemetry:
+    """flowmeterd in namespace A (nsenter: the host's mounts stay), writing a flow log."""
+
+    def __init__(self, pair, flowmeterd, tmp_path):
+        self.log = tmp_path / "flows.jsonl"
+        self.err_path = tmp_path / "daemon.stderr"
+        self.err = open(self.err_path, "w")
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{pair.a}", flowmeterd, "--interfaces", IF_A,
+                                      "--interval", "1s", "--metrics-listen", f"127.0.0.1:{unique_port()}",
+                                      "--flow-log", str(self.log), "--state-dir", str(tmp_path / "state")],
+                                     stdout=subprocess.DEVNULL, stderr=self.err)
+        wait_for(lambda: "serving metrics" in self.err_path.read_text() or self.proc.poll() is not None,
+                 timeout=20, what="flowmeterd to start")
+        assert self.proc.poll() is None, self.err_path.read_text()
+
+    def stop(self) -> list[dict]:
+        time.sleep(1.2)
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=20) == 0, self.err_path.read_text()
+        self.err.close()
+        return [json.loads(l) for l in self.log.read_text().splitlines() if '"type":"connection"' in l]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
+
+
+def close_records(conns, client_port, server_port):
+    c = [r for r in conns if r["event"] == "close" and r["local_port"] == client_port and r["remote_port"] == server_port]
+    s = [r for r in conns if r["event"] == "close" and r["local_port"] == server_port and r["remote_port"] == client_port]
+    assert len(c) == 1 and len(s) == 1, f"close records: client {c}, server {s}"
+    return c[0], s[0]
+
+
+def run_pair(pair, up, mode, on_idle=None):
+    sport = unique_port()
+    server = pair.popen(pair.b, "python3", "-c", SERVER2, V4_B, str(sport), str(up))
+    assert server.stdout.readline().strip() == "ready"
+    client = pair.popen(pair.a, "python3", "-c", CLIENT2, V4_B, str(sport), str(up), mode, stdin=subprocess.PIPE)
+    cport = int(client.stdout.readline())
+    if mode == "pause":
+        assert client.stdout.readline().strip() == "idle"
+        on_idle(cport, sport)
+        client.stdin.write("\n")
+        client.stdin.flush()
+    assert client.stdout.readline().strip() == "done"
+    assert int(pair.finish(server).strip().splitlines()[-1]) == up
+    return cport, sport
+
+
+def retrans_segs(pair, ns) -> int:
+    lines = [l.split() for l in pair.run(ns, "cat", "/proc/net/snmp").stdout.splitlines() if l.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("RetransSegs")])
+
+
+def test_retransmits_match_the_kernel(netpair, flowmeterd, tmp_path):
+    """Drop a share of the client's packets at the server (nftables numgen):
+    the connection's retransmit count equals the kernel's own RetransSegs
+    delta in the client's namespace, where this connection is the only one."""
+    pair = netpair
+    t = Telemetry(pair, flowmeterd, tmp_path)
+    try:
+        sport = unique_port()
+        for rule in (["add", "table", "inet", "fmdrop"],
+                     ["add", "chain", "inet", "fmdrop", "in", "{ type filter hook input priority 0; }"],
+                     ["add", "rule", "inet", "fmdrop", "in", "tcp", "dport", str(sport), "numgen", "random", "mod", "20", "==", "0", "drop"]):
+            pair.run(pair.b, "nft", *rule)
+        before = retrans_segs(pair, pair.a)
+        server = pair.popen(pair.b, "python3", "-c", SERVER2, V4_B, str(sport), str(2_000_000))
+        assert server.stdout.readline().strip() == "ready"
+        client = pair.popen(pair.a, "python3", "-c", CLIENT2, V4_B, str(sport), str(2_000_000), "graceful")
+        cport = int(client.stdout.readline())
+        assert client.stdout.readline().strip() == "done"
+        pair.finish(server)
+        delta = retrans_segs(pair, pair.a) - before
+        conns = t.stop()
+    finally:
+        t.close()
+    c, _ = close_records(conns, cport, sport)
+    print(f"retransmits: record {c['retransmits']}, kernel RetransSegs delta {delta}")
+    assert delta > 0, "nothing was retransmitted: the drop rule did not work"
+    assert c["retransmits"] == delta
+    assert c["bytes_sent"] == 2_000_000
+
+
+def test_rtt_matches_ss(netpair, flowmeterd, tmp_path):
+    """A TBF shaper on the client's egress adds queueing delay; the srtt in the
+    close record is within 20% of what `ss -ti` shows for the idle socket."""
+    pair = netpair
+    pair.run(pair.a, "tc", "qdisc", "add", "dev", IF_A, "root", "tbf", "rate", "20mbit", "burst", "32kbit", "latency", "400ms")
+    t = Telemetry(pair, flowmeterd, tmp_path)
+    seen = {}
+
+    def read_ss(cport, sport):
+        out = pair.run(pair.a, "ss", "-tin", "dst", V4_B, "dport", f"= :{sport}", "sport", f"= :{cport}").stdout
+        m = re.search(r"\brtt:([0-9.]+)/", out)
+        assert m, out
+        seen["rtt_ms"] = float(m.group(1))
+
+    try:
+        cport, sport = run_pair(pair, 1_500_000, "pause", read_ss)
+        conns = t.stop()
+    finally:
+        t.close()
+    c, _ = close_records(conns, cport, sport)
+    rec_ms = c["srtt_us"] / 1000
+    print(f"srtt: record {rec_ms:.3f} ms, ss {seen['rtt_ms']:.3f} ms")
+    assert seen["rtt_ms"] > 1, f"the shaper added no delay (rtt {seen['rtt_ms']} ms)"
+    assert abs(rec_ms - seen["rtt_ms"]) <= 0.2 * seen["rtt_ms"]
+
+
+def test_abortive_close_resets(netpair, flowmeterd, tmp_path):
+    """SO_LINGER 0: one reset sent by the client, one received by the server."""
+    pair = netpair
+    t = Telemetry(pair, flowmeterd, tmp_path)
+    try:
+        cport, sport = run_pair(pair, 100_000, "abort")
+        conns = t.stop()
+    finally:
+        t.close()
+    c, s = close_records(conns, cport, sport)
+    assert (c["resets_sent"], c["resets_received"]) == (1, 0), c
+    assert (s["resets_sent"], s["resets_received"]) == (0, 1), s
+    assert c["bytes_sent"] == 100_000 and s["bytes_received"] == 100_000
