@@ -35,12 +35,9 @@ extension FlowStats {
 /// ABI facts the loader checks and the tests pin.
 public enum ABI {
     public static let version = UInt16(FM_ABI_VERSION)
-    public static let flowKeySize = MemoryLayout<fm_flow_key>.size
-    public static let flowStatsSize = MemoryLayout<fm_flow_stats>.size
     public static let flowEventSize = MemoryLayout<fm_flow_event>.size
     public static let defaultFlowTableSize = Int(FM_DEFAULT_FLOW_TABLE_SIZE)
     public static let defaultFlowsRingBytes = Int(FM_DEFAULT_FLOWS_RING_BYTES)
-    public static let statCount = Int(FM_STAT_COUNT.rawValue)
 
     /// Decodes a "flows" ring record; nil if its size or version is not ours.
     public static func decodeFlowEvent(_ data: UnsafeRawBufferPointer) -> FlowRecord? {

@@ -86,14 +86,6 @@ public final class FlowAccountingProgram: @unchecked Sendable {
         }
     }
 
-    /// Kernel program id (for matching what `tc`/`bpftool` show).
-    public func programID(_ program: Program) -> UInt32 {
-        var info = bpf_prog_info()
-        var len = UInt32(MemoryLayout<bpf_prog_info>.size)
-        guard bpf_obj_get_info_by_fd(fd(of: program), &info, &len) == 0 else { return 0 }
-        return info.id
-    }
-
     private func point(at tableFD: Int32) throws {
         var key: UInt32 = 0
         var value = UInt32(bitPattern: tableFD)

@@ -39,12 +39,10 @@ public struct Accounting: Sendable {
     public var kernel = KernelCounters()
     public var hooks: [HookMode] = []
     /// Socket telemetry, when its hooks are attached: records received from the
-    /// "events" ring, and the kernel's counts of events lost (failed ring
-    /// reservations) and of sockets its table could not take.
+    /// "events" ring, and the kernel's count of events lost (failed ring reservations).
     public var socketTelemetry = false
     public private(set) var socketEvents: UInt64 = 0
     public var socketEventsLost: UInt64 = 0
-    public var socketTableFull: UInt64 = 0
 
     public init() {}
 

@@ -93,10 +93,7 @@ final class Collector: Service, @unchecked Sendable {
             a.setFlowTableEntries(entries)
             if let counters { a.kernel = counters }
             a.addSocketEvents(events.count)
-            if let socketCounters {
-                a.socketEventsLost = socketCounters.eventsLost
-                a.socketTableFull = socketCounters.tableFull
-            }
+            if let socketCounters { a.socketEventsLost = socketCounters.eventsLost }
         }
         if let flowLog, !batch.isEmpty || !events.isEmpty {
             let clock = Self.clockNow()

@@ -40,9 +40,6 @@ enum SocketSelfTest {
             t.check("read socket events") { "\(error)" }
             return
         }
-        if ProcessInfo.processInfo.environment["FLOWMETER_SELFTEST_DEBUG"] != nil {
-            for e in events { print("      event: \(e.kind) \(e.role) \(e.localPort)->\(e.remotePort) sent \(e.bytesSent) recv \(e.bytesReceived) resets \(e.resetsSent)/\(e.resetsReceived) owner \(e.owner?.name ?? "-")") }
-        }
         let me = UInt32(getpid())
         let myName = ((try? String(contentsOfFile: "/proc/self/comm", encoding: .utf8)) ?? "")
             .trimmingCharacters(in: .whitespacesAndNewlines)
