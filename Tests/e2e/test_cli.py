@@ -31,6 +31,7 @@ def test_unknown_interface(netpair, flowmeterd, tmp_path):
     ("--flows-ring-size", "5000"),
     ("--flows-ring-size", "1024"),
     ("--log-level", "loud"),
+    ("--hooks", "bogus"),
 ])
 def test_bad_flag_value(netpair, flowmeterd, tmp_path, flag, value):
     try:
@@ -137,3 +138,26 @@ def test_forced_rung_matches_check(netpair, flowmeterd, rung):
     else:
         assert p.returncode == 1, p.stdout
         assert line.startswith("FAIL") and f"--hooks {rung}" in line and f"{rung}:" in line, line
+
+
+def test_run_hooks(netpair, flowmeterd, daemons, tmp_path):
+    """`run --hooks`: a forced rung that `check` reports unavailable is an error
+    naming --hooks; `off` runs without socket hooks; `auto` exports one
+    flowmeter_hook_info series per socket hook besides tc."""
+    import fmlib
+    from conftest import scrape
+    check = run_in(netpair, flowmeterd, "check").stdout
+    for rung in ("fentry", "kprobe"):
+        if re.search(rf"^{rung}\s+no\b", check, re.M):
+            p = run_in(netpair, flowmeterd, "--interfaces", IF_A, "--hooks", rung, "--state-dir",
+                       str(tmp_path / "s1"), "--metrics-listen", f"127.0.0.1:{unique_port()}")
+            assert p.returncode == 1 and f"--hooks {rung}" in p.stderr, p.stderr
+    for hooks, socket_series in (("off", 0), ("auto", 4)):
+        port = unique_port()
+        d = daemons(netpair.a, "--interfaces", IF_A, "--hooks", hooks, "--metrics-listen", f"127.0.0.1:{port}",
+                    "--state-dir", str(tmp_path / hooks)).wait_ready()
+        m = fmlib.parse_exposition(scrape(netpair, netpair.a, port)[1])
+        seen = [dict(k[1]) for k in m.samples if k[0] == "flowmeter_hook_info"]
+        assert sum(1 for h in seen if h["hook"] != "tc") == socket_series, seen
+        assert any(h["hook"] == "tc" for h in seen), seen
+        assert d.terminate() == 0, d.stderr
