@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Flowmeter socket telemetry: TCP connection lifecycle with its owner.
+/* Flowmeter socket telemetry: TCP connection lifecycle and UDP sockets, with
+ * their owner.
  *
  * Why these hooks: the TCP state machine is the one place every connection
- * passes through on open, close and failure, whatever the application does.
- * Each logical hook has three twins sharing one __always_inline body, and the
+ * passes through on open, close and failure, whatever the application does;
+ * UDP has no state machine, so its sockets are seen where payload crosses the
+ * socket layer (send, receive) and where the socket is destroyed.
+ * Each logical hook has twins sharing one __always_inline body, and the
  * loader enables exactly one twin per hook (bpf_program__set_autoload):
  *   fentry  (BTF trampolines: cheapest, needs CONFIG_FUNCTION_TRACER + BTF),
  *   kprobe  (any kernel with CONFIG_KPROBES),
@@ -15,18 +18,31 @@
  *                                               which fires it but never calls tcp_set_state)
  *   reset received tcp_reset                    tcp:tcp_receive_reset
  *   reset sent     tcp_send_active_reset        tcp:tcp_send_reset
+ *   udp send       udp_sendmsg, udpv6_sendmsg   sock:sock_send_length (6.3+)
+ *                  (fexit / kretprobe: the return value is what was sent)
+ *   udp receive    skb_consume_udp              sock:sock_recv_length (6.3+)
+ *   udp close      udp_destroy_sock,            cgroup/sock_release on the cgroup v2 root
+ *                  udpv6_destroy_sock           (no tracepoint sees a UDP socket go)
+ * Plus one iterator, the same on every rung: "fm_updates" walks this file's
+ * socket table when the daemon reads it (once per interval) and writes an
+ * UPDATE for each socket older than the interval whose bytes changed. Reading
+ * the counters then, rather than on every send and receive, costs the data
+ * path nothing, and it bounds updates to one per socket per interval in the
+ * kernel.
  *
  * Facts the bodies rely on (true on every kernel of the matrix):
  *  - connect() moves the socket CLOSE -> SYN_SENT in process context, and
  *    listen() moves it to LISTEN in process context: that is where the owner
  *    (pid, name, cgroup) is recorded. An accepted socket reaches ESTABLISHED in
  *    softirq context; it takes the owner of the listener on its (netns, port).
- *  - Payload bytes, smoothed RTT and retransmits come from the kernel's own
- *    tcp_sock counters, read with CO-RE at close: exact, and the same on every
- *    rung. Sent: bytes_sent - bytes_retrans (bytes_acked would count SYN and
- *    FIN). Received: bytes_received, which counts a received FIN's sequence
- *    number too, less 1 when RCV_SHUTDOWN is set at the CLOSE transition
- *    (tcp_fin sets it; tcp_done sets the whole mask only after the change).
+ *    UDP send and receive hooks run in the calling process.
+ *  - TCP payload bytes, smoothed RTT and retransmits come from the kernel's own
+ *    tcp_sock counters, read with CO-RE at close and by the iterator: exact,
+ *    and the same on every rung. Sent: bytes_sent - bytes_retrans (bytes_acked
+ *    would count SYN and FIN). Received: bytes_received, which counts a
+ *    received FIN's sequence number too, less 1 when RCV_SHUTDOWN is set at the
+ *    CLOSE transition (tcp_fin sets it; tcp_done sets the whole mask only after
+ *    the change).
  *  - A connect that fails goes SYN_SENT -> CLOSE with sk_err set: ECONNREFUSED
  *    (a reset), ETIMEDOUT, EHOSTUNREACH/ENETUNREACH.
  *  - tcp_disconnect() (SO_LINGER 0, close with unread data) moves the socket to
@@ -34,6 +50,9 @@
  *    the socket. Such a close is the only way from ESTABLISHED or CLOSE_WAIT to
  *    CLOSE with sk_err still 0 (a received reset or a timeout sets it first), so
  *    that transition itself counts as one reset sent.
+ *  - udpv6_sendmsg hands a v4-mapped destination to udp_sendmsg with the same
+ *    (AF_INET6) socket, so each sendmsg hook counts only sockets of its own
+ *    family: every datagram is counted once.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -44,6 +63,9 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define MSG_PEEK_ 2
+#define MSG_ERRQUEUE_ 0x2000
 #define ECONNREFUSED_ 111
 #define ETIMEDOUT_ 110
 #define EHOSTUNREACH_ 113
@@ -86,6 +108,23 @@ struct {
     __type(key, __u32);
     __type(value, __u64);
 } fm_sock_stats SEC(".maps");
+
+/* Settings the daemon writes, indexed by enum fm_sock_config. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, FM_SOCK_CONFIG_COUNT);
+    __type(key, __u32);
+    __type(value, __u64);
+} fm_sock_config SEC(".maps");
+
+/* kprobe rung: the socket of a udp_sendmsg / udpv6_sendmsg in flight, by
+ * thread, from the entry probe to the return probe. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, __u64);
+} fm_udp_send_stash SEC(".maps");
 
 static __always_inline void sstat_inc(__u32 idx)
 {
@@ -136,21 +175,36 @@ static __always_inline void fill_addrs(struct sock *sk, struct fm_sock_event *e)
     e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 }
 
-static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_state *st, __u8 reason,
-                                 __u32 err, __u32 inferred_resets_sent)
+/* Counters so far into the event: UDP from our state, TCP from tcp_sock. */
+static __always_inline void fill_counters(struct sock *sk, struct fm_sock_state *st, struct fm_sock_event *e)
 {
-    struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        sstat_inc(FM_SOCK_STAT_EVENTS_LOST);
+    if (e->protocol == IPPROTO_UDP_) {
+        if (st) {
+            e->bytes_sent = st->udp_bytes_sent;
+            e->bytes_received = st->udp_bytes_received;
+        }
         return;
     }
+    struct tcp_sock *tp = (struct tcp_sock *)sk;
+    e->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
+    __u64 received = BPF_CORE_READ(tp, bytes_received);
+    if ((BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) & RCV_SHUTDOWN_) && received > 0)
+        received -= 1;
+    e->bytes_received = received;
+    e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+    e->retransmits = BPF_CORE_READ(tp, total_retrans);
+}
+
+/* The record for a socket; sk may be NULL (the cgroup hook cannot read it):
+ * then addresses stay zero and the daemon has them from the open. */
+static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct sock *sk, __u16 kind,
+                                       __u8 protocol, struct fm_sock_state *st)
+{
     __builtin_memset(e, 0, sizeof(*e));
     e->version = FM_ABI_VERSION;
     e->kind = kind;
-    e->protocol = IPPROTO_TCP_;
-    e->reason = reason;
-    e->err = err;
-    e->sock_id = (__u64)(unsigned long)sk;
+    e->protocol = protocol;
+    e->sock_id = id;
     e->ts_ns = bpf_ktime_get_ns();
     if (st) {
         e->role = st->role;
@@ -159,20 +213,30 @@ static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_sta
         e->resets_sent = st->resets_sent;
         e->resets_received = st->resets_received;
     }
-    e->resets_sent += inferred_resets_sent;
-    fill_addrs(sk, e);
+    if (sk) {
+        fill_addrs(sk, e);
+        if (kind == FM_SOCK_CLOSE || kind == FM_SOCK_UPDATE)
+            fill_counters(sk, st, e);
+    } else if (st && protocol == IPPROTO_UDP_) {
+        e->bytes_sent = st->udp_bytes_sent;
+        e->bytes_received = st->udp_bytes_received;
+    }
     if (e->sport == 0 && st)
         e->sport = st->sport;
-    if (kind == FM_SOCK_CLOSE) {
-        struct tcp_sock *tp = (struct tcp_sock *)sk;
-        e->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-        __u64 received = BPF_CORE_READ(tp, bytes_received);
-        if ((BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) & RCV_SHUTDOWN_) && received > 0)
-            received -= 1;
-        e->bytes_received = received;
-        e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-        e->retransmits = BPF_CORE_READ(tp, total_retrans);
+}
+
+static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_state *st, __u8 reason,
+                                 __u32 err, __u32 inferred_resets_sent)
+{
+    struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        sstat_inc(FM_SOCK_STAT_EVENTS_LOST);
+        return;
     }
+    fill_event(e, (__u64)(unsigned long)sk, sk, kind, st ? st->protocol : IPPROTO_TCP_, st);
+    e->reason = reason;
+    e->err = err;
+    e->resets_sent += inferred_resets_sent;
     bpf_ringbuf_submit(e, 0);
 }
 
@@ -202,6 +266,7 @@ static __always_inline void on_state(struct sock *sk, int old, int new)
         __builtin_memset(&st, 0, sizeof(st));
         owner_now(&st.owner);
         st.role = FM_ROLE_CLIENT;
+        st.protocol = IPPROTO_TCP_;
         st.start_ns = bpf_ktime_get_ns();
         if (bpf_map_update_elem(&fm_socks, &id, &st, BPF_ANY))
             sstat_inc(FM_SOCK_STAT_TABLE_FULL);
@@ -222,14 +287,17 @@ static __always_inline void on_state(struct sock *sk, int old, int new)
             if (o)
                 ns.owner = *o;
             ns.role = FM_ROLE_SERVER;
+            ns.protocol = IPPROTO_TCP_;
             ns.start_ns = bpf_ktime_get_ns();
             if (bpf_map_update_elem(&fm_socks, &id, &ns, BPF_ANY))
                 sstat_inc(FM_SOCK_STAT_TABLE_FULL);
             st = bpf_map_lookup_elem(&fm_socks, &id);
         }
-        if (st)
-            st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
         emit(sk, FM_SOCK_OPEN, st, 0, 0, 0);
+        if (st) {
+            st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+            st->opened = 1;
+        }
         return;
     }
     if (new != ST_CLOSE)
@@ -274,6 +342,99 @@ static __always_inline void on_reset(struct sock *sk, int sent)
         st->resets_received += 1;
 }
 
+/* ---- UDP */
+
+static __always_inline int is_udp_inet(struct sock *sk, __u16 want_family)
+{
+    if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP_)
+        return 0;
+    __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    if (want_family)
+        return family == want_family;
+    return family == AF_INET || family == AF_INET6;
+}
+
+/* Payload crossed a UDP socket in process context (len: bytes, <= 0 none).
+ * The first time sees the socket open: the caller owns it, and a socket that
+ * sends first is the client of its exchange, one that receives first the server. */
+static __always_inline void on_udp_bytes(struct sock *sk, long len, int sent)
+{
+    if (len <= 0)
+        return;
+    __u64 id = (__u64)(unsigned long)sk;
+    struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
+    if (!st) {
+        struct fm_sock_state ns;
+        __builtin_memset(&ns, 0, sizeof(ns));
+        owner_now(&ns.owner);
+        ns.role = sent ? FM_ROLE_CLIENT : FM_ROLE_SERVER;
+        ns.protocol = IPPROTO_UDP_;
+        ns.start_ns = bpf_ktime_get_ns();
+        ns.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+        ns.opened = 1;
+        /* NOEXIST: of two threads meeting a new socket at once, one opens it. */
+        long r = bpf_map_update_elem(&fm_socks, &id, &ns, BPF_NOEXIST);
+        if (r == 0)
+            emit(sk, FM_SOCK_OPEN, &ns, 0, 0, 0);
+        else if (r != -17 /* EEXIST */)
+            sstat_inc(FM_SOCK_STAT_TABLE_FULL);
+        st = bpf_map_lookup_elem(&fm_socks, &id);
+        if (!st)
+            return;
+    }
+    /* Threads of one process may send on one socket at once: a non-fetching
+     * atomic add (a fetching one is refused before 5.12). */
+    if (sent)
+        __atomic_fetch_add(&st->udp_bytes_sent, (__u64)len, __ATOMIC_RELAXED);
+    else
+        __atomic_fetch_add(&st->udp_bytes_received, (__u64)len, __ATOMIC_RELAXED);
+}
+
+static __always_inline void on_udp_close(struct sock *sk)
+{
+    __u64 id = (__u64)(unsigned long)sk;
+    struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
+    if (!st || st->protocol != IPPROTO_UDP_)
+        return;
+    emit(sk, FM_SOCK_CLOSE, st, 0, 0, 0);
+    bpf_map_delete_elem(&fm_socks, &id);
+}
+
+/* ---- Updates: the daemon reads this iterator over fm_socks once per interval. */
+static __always_inline int tcp_alive(struct sock *sk)
+{
+    int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+    return state == ST_ESTABLISHED || state == ST_FIN_WAIT1 || state == ST_FIN_WAIT2 ||
+           state == ST_CLOSE_WAIT || state == ST_LAST_ACK || state == ST_CLOSING;
+}
+
+SEC("iter/bpf_map_elem")
+int fm_updates(struct bpf_iter__bpf_map_elem *ctx)
+{
+    __u64 *key = ctx->key;
+    struct fm_sock_state *st = ctx->value;
+    if (!key || !st || !st->opened)
+        return 0;
+    __u32 idx = FM_SOCK_CONFIG_UPDATE_MIN_AGE_NS;
+    __u64 *min_age = bpf_map_lookup_elem(&fm_sock_config, &idx);
+    __u64 now = bpf_ktime_get_ns();
+    if (min_age && now - st->start_ns < *min_age)
+        return 0;
+    struct sock *sk = (struct sock *)(unsigned long)*key;
+    /* A TCP entry whose socket is already past CLOSE (its close record is on
+     * the ring) sends nothing: an update must not follow the close. */
+    if (st->protocol == IPPROTO_TCP_ && !tcp_alive(sk))
+        return 0;
+    struct fm_sock_event e;
+    fill_event(&e, *key, sk, FM_SOCK_UPDATE, st->protocol, st);
+    __u64 total = e.bytes_sent + e.bytes_received;
+    if (total == st->reported)
+        return 0;
+    st->reported = total;
+    bpf_seq_write(ctx->meta->seq, &e, sizeof(e));
+    return 0;
+}
+
 /* ---- fentry twins */
 SEC("fentry/tcp_set_state")
 int BPF_PROG(fm_state_fentry, struct sock *sk, int state)
@@ -301,6 +462,46 @@ SEC("fentry/tcp_send_active_reset")
 int BPF_PROG(fm_reset_tx_fentry, struct sock *sk)
 {
     on_reset(sk, 1);
+    return 0;
+}
+
+SEC("fexit/udp_sendmsg")
+int BPF_PROG(fm_udp_send_fexit, struct sock *sk, struct msghdr *msg, size_t len, int ret)
+{
+    if (is_udp_inet(sk, AF_INET))
+        on_udp_bytes(sk, ret, 1);
+    return 0;
+}
+
+SEC("fexit/udpv6_sendmsg")
+int BPF_PROG(fm_udp6_send_fexit, struct sock *sk, struct msghdr *msg, size_t len, int ret)
+{
+    if (is_udp_inet(sk, AF_INET6))
+        on_udp_bytes(sk, ret, 1);
+    return 0;
+}
+
+/* len: what recvmsg returns (copied, or the datagram's length under
+ * MSG_TRUNC), negative when peeking. */
+SEC("fentry/skb_consume_udp")
+int BPF_PROG(fm_udp_recv_fentry, struct sock *sk, struct sk_buff *skb, int len)
+{
+    if (is_udp_inet(sk, 0))
+        on_udp_bytes(sk, len, 0);
+    return 0;
+}
+
+SEC("fentry/udp_destroy_sock")
+int BPF_PROG(fm_udp_close_fentry, struct sock *sk)
+{
+    on_udp_close(sk);
+    return 0;
+}
+
+SEC("fentry/udpv6_destroy_sock")
+int BPF_PROG(fm_udp6_close_fentry, struct sock *sk)
+{
+    on_udp_close(sk);
     return 0;
 }
 
@@ -334,6 +535,81 @@ int BPF_KPROBE(fm_reset_tx_kprobe, struct sock *sk)
     return 0;
 }
 
+static __always_inline void udp_send_stash(struct sock *sk, __u16 family)
+{
+    if (!is_udp_inet(sk, family))
+        return;
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u64 v = (__u64)(unsigned long)sk;
+    bpf_map_update_elem(&fm_udp_send_stash, &tid, &v, BPF_ANY);
+}
+
+/* The stash holds one socket per thread; a return probe takes it only when the
+ * socket is of its own family (udpv6_sendmsg's v4-mapped call into
+ * udp_sendmsg returns into the v6 probe, which then counts it). */
+static __always_inline void udp_send_return(long ret, __u16 family)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u64 *v = bpf_map_lookup_elem(&fm_udp_send_stash, &tid);
+    if (!v)
+        return;
+    struct sock *sk = (struct sock *)(unsigned long)*v;
+    if (BPF_CORE_READ(sk, __sk_common.skc_family) != family)
+        return;
+    bpf_map_delete_elem(&fm_udp_send_stash, &tid);
+    on_udp_bytes(sk, ret, 1);
+}
+
+SEC("kprobe/udp_sendmsg")
+int BPF_KPROBE(fm_udp_send_kprobe, struct sock *sk)
+{
+    udp_send_stash(sk, AF_INET);
+    return 0;
+}
+
+SEC("kretprobe/udp_sendmsg")
+int BPF_KRETPROBE(fm_udp_send_kretprobe, int ret)
+{
+    udp_send_return(ret, AF_INET);
+    return 0;
+}
+
+SEC("kprobe/udpv6_sendmsg")
+int BPF_KPROBE(fm_udp6_send_kprobe, struct sock *sk)
+{
+    udp_send_stash(sk, AF_INET6);
+    return 0;
+}
+
+SEC("kretprobe/udpv6_sendmsg")
+int BPF_KRETPROBE(fm_udp6_send_kretprobe, int ret)
+{
+    udp_send_return(ret, AF_INET6);
+    return 0;
+}
+
+SEC("kprobe/skb_consume_udp")
+int BPF_KPROBE(fm_udp_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
+{
+    if (is_udp_inet(sk, 0))
+        on_udp_bytes(sk, len, 0);
+    return 0;
+}
+
+SEC("kprobe/udp_destroy_sock")
+int BPF_KPROBE(fm_udp_close_kprobe, struct sock *sk)
+{
+    on_udp_close(sk);
+    return 0;
+}
+
+SEC("kprobe/udpv6_destroy_sock")
+int BPF_KPROBE(fm_udp6_close_kprobe, struct sock *sk)
+{
+    on_udp_close(sk);
+    return 0;
+}
+
 /* ---- tracepoint twins: tp_btf */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(fm_state_tp_btf, struct sock *sk, int oldstate, int newstate)
@@ -354,6 +630,48 @@ int BPF_PROG(fm_reset_tx_tp_btf, struct sock *sk)
 {
     on_reset(sk, 1);
     return 0;
+}
+
+/* sock_sendmsg / sock_recvmsg of every socket (6.3+): UDP ones counted. */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(fm_udp_send_tp_btf, struct sock *sk, int ret, int flags)
+{
+    if (is_udp_inet(sk, 0))
+        on_udp_bytes(sk, ret, 1);
+    return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(fm_udp_recv_tp_btf, struct sock *sk, int ret, int flags)
+{
+    if (!(flags & (MSG_PEEK_ | MSG_ERRQUEUE_)) && is_udp_inet(sk, 0))
+        on_udp_bytes(sk, ret, 0);
+    return 0;
+}
+
+/* The tracepoint rung's UDP close: no tracepoint sees a UDP socket go, so a
+ * cgroup-sock program on the cgroup v2 root (it runs for every socket
+ * released on the node). Its context is the socket itself, which it may not
+ * read beyond bpf_sock: the record carries no addresses (the daemon has them
+ * from the open). */
+SEC("cgroup/sock_release")
+int fm_udp_close_cgroup(struct bpf_sock *ctx)
+{
+    if (ctx->protocol != IPPROTO_UDP_)
+        return 1;
+    __u64 id = (__u64)(unsigned long)ctx;
+    struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
+    if (!st || st->protocol != IPPROTO_UDP_)
+        return 1;
+    struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (e) {
+        fill_event(e, id, 0, FM_SOCK_CLOSE, IPPROTO_UDP_, st);
+        bpf_ringbuf_submit(e, 0);
+    } else {
+        sstat_inc(FM_SOCK_STAT_EVENTS_LOST);
+    }
+    bpf_map_delete_elem(&fm_socks, &id);
+    return 1;
 }
 
 /* ---- tracepoint twins: classic (kernels whose BTF cannot serve tp_btf) */
@@ -386,6 +704,24 @@ int fm_reset_tx_tp(void *ctx)
     else
         sk = BPF_CORE_READ((struct trace_event_raw_tcp_event_sk_skb___fm *)ctx, skaddr);
     on_reset((struct sock *)sk, 1);
+    return 0;
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int fm_udp_send_tp(struct trace_event_raw_sock_msg_length *ctx)
+{
+    struct sock *sk = (struct sock *)BPF_CORE_READ(ctx, sk);
+    if (is_udp_inet(sk, 0))
+        on_udp_bytes(sk, BPF_CORE_READ(ctx, ret), 1);
+    return 0;
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int fm_udp_recv_tp(struct trace_event_raw_sock_msg_length *ctx)
+{
+    struct sock *sk = (struct sock *)BPF_CORE_READ(ctx, sk);
+    if (!(BPF_CORE_READ(ctx, flags) & (MSG_PEEK_ | MSG_ERRQUEUE_)) && is_udp_inet(sk, 0))
+        on_udp_bytes(sk, BPF_CORE_READ(ctx, ret), 0);
     return 0;
 }
 

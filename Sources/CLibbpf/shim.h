@@ -152,6 +152,29 @@ static inline int fm_probe_load_trivial(enum bpf_prog_type type)
     return fd < 0 ? -errno : fd;
 }
 
+/* Attach an "iter/bpf_map_elem" program to the map it walks. NULL on failure
+ * (errno set). */
+static inline struct bpf_link *fm_attach_map_iter(struct bpf_program *prog, int map_fd)
+{
+    union bpf_iter_link_info linfo;
+    memset(&linfo, 0, sizeof(linfo));
+    linfo.map.map_fd = map_fd;
+    LIBBPF_OPTS(bpf_iter_attach_opts, opts, .link_info = &linfo, .link_info_len = sizeof(linfo));
+    return bpf_program__attach_iter(prog, &opts);
+}
+
+/* Whether the kernel's BTF has a type of this name and kind (e.g. the
+ * "btf_trace_<tracepoint>" typedef behind every raw tracepoint). */
+static inline int fm_vmlinux_has_type(const char *name, int kind)
+{
+    struct btf *btf = btf__load_vmlinux_btf();
+    if (!btf)
+        return 0;
+    int id = btf__find_by_name_kind(btf, name, kind);
+    btf__free(btf);
+    return id > 0;
+}
+
 static inline int fm_errno(void) { return errno; }
 
 #endif

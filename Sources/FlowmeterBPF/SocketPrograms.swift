@@ -1,4 +1,5 @@
 import CLibbpf
+import FlowmeterABI
 import FlowmeterCore
 import Foundation
 
@@ -19,39 +20,98 @@ public enum HookRequest: String, Sendable, CaseIterable {
 /// attached on one rung: exactly one twin per hook, chosen by trying (load and
 /// attach), never by kernel version.
 public final class SocketPrograms: @unchecked Sendable {
-    /// The logical hooks and their twins: (fentry, kprobe, tp_btf, classic tracepoint) program names.
-    /// nil: on that rung another twin's body covers the hook (listen() reaches
-    /// the state tracepoint, but not tcp_set_state).
-    static let twins: [(hook: String, fentry: String, kprobe: String, tpBTF: String?, tracepoint: String?)] = [
-        ("tcp_state", "fm_state_fentry", "fm_state_kprobe", "fm_state_tp_btf", "fm_state_tp"),
-        ("tcp_listen", "fm_listen_fentry", "fm_listen_kprobe", nil, nil),
-        ("tcp_reset_received", "fm_reset_rx_fentry", "fm_reset_rx_kprobe", "fm_reset_rx_tp_btf", "fm_reset_rx_tp"),
-        ("tcp_reset_sent", "fm_reset_tx_fentry", "fm_reset_tx_kprobe", "fm_reset_tx_tp_btf", "fm_reset_tx_tp"),
+    /// A logical hook and its twins: per rung variant, the programs that make
+    /// it (a hook may need two, e.g. one per address family). On the
+    /// tracepoint variants nil means another twin's body covers the hook
+    /// (listen() reaches the state tracepoint, but not tcp_set_state).
+    struct Twin {
+        let hook: String
+        let fentry: [String]
+        let kprobe: [String]
+        let tpBTF: [String]?
+        let tracepoint: [String]?
+        /// A UDP hook: on the tracepoint rung it needs the sock_*_length
+        /// tracepoints (6.3+) and a cgroup v2 mount.
+        var udp = false
+    }
+
+    static let twins: [Twin] = [
+        Twin(hook: "tcp_state", fentry: ["fm_state_fentry"], kprobe: ["fm_state_kprobe"],
+             tpBTF: ["fm_state_tp_btf"], tracepoint: ["fm_state_tp"]),
+        Twin(hook: "tcp_listen", fentry: ["fm_listen_fentry"], kprobe: ["fm_listen_kprobe"], tpBTF: nil, tracepoint: nil),
+        Twin(hook: "tcp_reset_received", fentry: ["fm_reset_rx_fentry"], kprobe: ["fm_reset_rx_kprobe"],
+             tpBTF: ["fm_reset_rx_tp_btf"], tracepoint: ["fm_reset_rx_tp"]),
+        Twin(hook: "tcp_reset_sent", fentry: ["fm_reset_tx_fentry"], kprobe: ["fm_reset_tx_kprobe"],
+             tpBTF: ["fm_reset_tx_tp_btf"], tracepoint: ["fm_reset_tx_tp"]),
+        Twin(hook: "udp_send", fentry: ["fm_udp_send_fexit", "fm_udp6_send_fexit"],
+             kprobe: ["fm_udp_send_kprobe", "fm_udp_send_kretprobe", "fm_udp6_send_kprobe", "fm_udp6_send_kretprobe"],
+             tpBTF: ["fm_udp_send_tp_btf"], tracepoint: ["fm_udp_send_tp"], udp: true),
+        Twin(hook: "udp_receive", fentry: ["fm_udp_recv_fentry"], kprobe: ["fm_udp_recv_kprobe"],
+             tpBTF: ["fm_udp_recv_tp_btf"], tracepoint: ["fm_udp_recv_tp"], udp: true),
+        Twin(hook: "udp_close", fentry: ["fm_udp_close_fentry", "fm_udp6_close_fentry"],
+             kprobe: ["fm_udp_close_kprobe", "fm_udp6_close_kprobe"],
+             tpBTF: [cgroupRelease], tracepoint: [cgroupRelease], udp: true),
     ]
+    /// The tracepoint rung's UDP close: attached to the cgroup v2 root.
+    static let cgroupRelease = "fm_udp_close_cgroup"
+    /// The per-interval update iterator, the same on every rung.
+    static let updatesIterator = "fm_updates"
 
     public let rung: HookRung
-    /// Per hook, the mode in use: "fentry", "kprobe", "tp_btf" or "tracepoint".
+    /// Per hook, the mode in use: "fentry", "kprobe", "tp_btf", "tracepoint",
+    /// "cgroup" or "unsupported" (why: `udpUnsupported`).
     public let modes: [HookMode]
+    /// Why UDP sockets are not seen on this rung and kernel (nil: they are).
+    public let udpUnsupported: String?
     let object: BPFObject
     private var links: [OpaquePointer] = []
+    private var updatesLink: OpaquePointer?
     public let eventsRingFD: Int32
     let statsFD: Int32
+    let configFD: Int32
 
     private enum Variant: String { case fentry, kprobe, tpBTF = "tp_btf", tracepoint }
 
+    /// On the tracepoint rung UDP needs the sock_*_length tracepoints (6.3+)
+    /// and a cgroup v2 mount for its close hook; nil when both are there.
+    private static func udpMissing(_ variant: Variant, cgroupRoot: String?) -> String? {
+        switch variant {
+        case .fentry, .kprobe:
+            return nil
+        case .tpBTF:
+            if fm_vmlinux_has_type("btf_trace_sock_send_length", Int32(BTF_KIND_TYPEDEF)) == 0 {
+                return "this kernel has no sock:sock_send_length tracepoint (6.3+)"
+            }
+        case .tracepoint:
+            let fs = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+            if !fs.contains(where: { FileManager.default.fileExists(atPath: $0 + "/sock/sock_send_length") }) {
+                return "this kernel has no sock:sock_send_length tracepoint (6.3+)"
+            }
+        }
+        return cgroupRoot == nil ? "no cgroup v2 mount for the UDP close hook (cgroup/sock_release)" : nil
+    }
+
     private init(variant: Variant, rung: HookRung) throws {
         let obj = try BPFObject(name: "flowmeter_sock", base64: EmbeddedBPF.flowmeterSock)
-        var chosen = Set<String>()
+        let cgroupRoot = CgroupPaths().root
+        let udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupRoot)
+        var chosen = Set<String>([Self.updatesIterator])
         var modes: [HookMode] = []
         for t in Self.twins {
-            let name: String? = switch variant {
+            if t.udp, let udpMissing {
+                modes.append(HookMode(hook: t.hook, mode: "unsupported"))
+                continue
+            }
+            let names: [String]? = switch variant {
             case .fentry: t.fentry
             case .kprobe: t.kprobe
             case .tpBTF: t.tpBTF
             case .tracepoint: t.tracepoint
             }
-            if let name { chosen.insert(name) }
-            modes.append(HookMode(hook: t.hook, mode: name == nil ? "\(variant.rawValue) (tcp_state)" : variant.rawValue))
+            names?.forEach { chosen.insert($0) }
+            let mode = names == [Self.cgroupRelease] ? "cgroup"
+                : names == nil ? "\(variant.rawValue) (tcp_state)" : variant.rawValue
+            modes.append(HookMode(hook: t.hook, mode: mode))
         }
         var p: OpaquePointer? = nil
         while let next = bpf_object__next_program(obj.handle, p) {
@@ -62,20 +122,74 @@ public final class SocketPrograms: @unchecked Sendable {
         object = obj
         self.rung = rung
         self.modes = modes
+        self.udpUnsupported = udpMissing
         eventsRingFD = try obj.mapFD("events")
         statsFD = try obj.mapFD("fm_sock_stats")
-        for name in chosen.sorted() {
-            guard let link = bpf_program__attach(try obj.program(name)) else {
-                let e = fm_errno()
-                links.forEach { bpf_link__destroy($0) }
-                links.removeAll()
-                let tracefs = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
-                    .contains { FileManager.default.fileExists(atPath: $0) }
-                let hint = variant == .tracepoint && e == ENOENT && !tracefs
-                    ? " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)" : ""
-                throw BPFError("attach \(name)\(hint)", errno: e)
+        configFD = try obj.mapFD("fm_sock_config")
+        var cgroupFD: Int32 = -1
+        defer { if cgroupFD >= 0 { close(cgroupFD) } }
+        func fail(_ what: String, _ e: Int32) -> BPFError {
+            links.forEach { bpf_link__destroy($0) }
+            links.removeAll()
+            if let l = updatesLink { bpf_link__destroy(l); updatesLink = nil }
+            let tracefs = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+                .contains { FileManager.default.fileExists(atPath: $0) }
+            let hint = variant == .tracepoint && e == ENOENT && !tracefs
+                ? " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)" : ""
+            return BPFError("attach \(what)\(hint)", errno: e)
+        }
+        for name in chosen.sorted() where name != Self.updatesIterator {
+            let prog = try obj.program(name)
+            var link: OpaquePointer?
+            if name == Self.cgroupRelease, let cgroupRoot {
+                if cgroupFD < 0 { cgroupFD = open(cgroupRoot, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+                if cgroupFD < 0 { throw fail("\(name) to \(cgroupRoot)", errno) }
+                link = bpf_program__attach_cgroup(prog, cgroupFD)
+            } else {
+                link = bpf_program__attach(prog)
             }
+            guard let link else { throw fail(name, fm_errno()) }
             links.append(link)
+        }
+        guard let it = fm_attach_map_iter(try obj.program(Self.updatesIterator), try obj.mapFD("fm_socks")) else {
+            throw fail(Self.updatesIterator, fm_errno())
+        }
+        updatesLink = it
+    }
+
+    /// Sockets younger than this get no UPDATE record: a connection that lives
+    /// less than an interval sends open and close only.
+    public func setUpdateMinAge(nanoseconds: UInt64) throws {
+        var key = UInt32(FM_SOCK_CONFIG_UPDATE_MIN_AGE_NS.rawValue)
+        var value = nanoseconds
+        let r = bpf_map_update_elem(configFD, &key, &value, UInt64(BPF_ANY))
+        if r != 0 { throw BPFError.from("set the update age", result: r) }
+    }
+
+    /// Runs the update iterator once: an UPDATE (counters so far) for every
+    /// socket older than the update age whose bytes changed since its last one.
+    /// Lossless: the records come back through read(), not the ring.
+    public func collectUpdates() throws -> [SocketEvent] {
+        guard let updatesLink else { return [] }
+        let fd = bpf_iter_create(bpf_link__fd(updatesLink))
+        if fd < 0 { throw BPFError.from("run the socket update iterator", result: fd) }
+        defer { close(fd) }
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw BPFError("read the socket update iterator", errno: errno)
+            }
+            if n == 0 { break }
+            data += chunk[0..<n]
+        }
+        let size = MemoryLayout<fm_sock_event>.size
+        return data.withUnsafeBytes { raw in
+            stride(from: 0, to: raw.count - size + 1, by: size).compactMap {
+                ABI.decodeSocketEvent(UnsafeRawBufferPointer(rebasing: raw[$0..<($0 + size)]))
+            }
         }
     }
 
@@ -132,11 +246,15 @@ public final class SocketPrograms: @unchecked Sendable {
         return r.take(ABI.decodeSocketEvent).records
     }
 
-    /// Detaches every hook.
+    /// Detaches every hook (the update iterator stays readable: a last run
+    /// after detaching flushes what the sockets still hold).
     public func detach() {
         links.forEach { bpf_link__destroy($0) }
         links.removeAll()
     }
 
-    deinit { detach() }
+    deinit {
+        detach()
+        if let l = updatesLink { bpf_link__destroy(l) }
+    }
 }

@@ -42,7 +42,11 @@ public struct Accounting: Sendable {
     /// "events" ring, and the kernel's count of events lost (failed ring reservations).
     public var socketTelemetry = false
     public private(set) var socketEvents: UInt64 = 0
+    /// UPDATE records read from the socket update iterator.
+    public private(set) var socketUpdates: UInt64 = 0
     public var socketEventsLost: UInt64 = 0
+    /// Live TCP connections and UDP sockets in the daemon's connection table.
+    public var liveSockets: (tcp: Int, udp: Int) = (0, 0)
 
     public init() {}
 
@@ -61,6 +65,7 @@ public struct Accounting: Sendable {
     public mutating func setFlowTableEntries(_ n: Int) { flowTableEntries = UInt64(n) }
 
     public mutating func addSocketEvents(_ n: Int) { socketEvents &+= UInt64(n) }
+    public mutating func addSocketUpdates(_ n: Int) { socketUpdates &+= UInt64(n) }
 }
 
 /// Converts CLOCK_MONOTONIC nanoseconds (what bpf_ktime_get_ns returns) to wall

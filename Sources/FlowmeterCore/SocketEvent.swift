@@ -12,7 +12,7 @@ public struct SocketOwner: Sendable, Hashable {
 }
 
 public struct SocketEvent: Sendable, Hashable {
-    public enum Kind: UInt16, Sendable { case open = 1, close = 2, failed = 3 }
+    public enum Kind: UInt16, Sendable { case open = 1, close = 2, failed = 3, update = 4 }
     public enum Role: UInt8, Sendable { case unknown = 0, client = 1, server = 2 }
     public enum FailReason: UInt8, Sendable {
         case none = 0, refused = 1, timeout = 2, unreachable = 3, other = 4

@@ -40,7 +40,7 @@ public enum FlowLogEncoder {
 
     /// One connection record (schema in README, "Flow log").
     public static func encodeConnection(_ e: SocketEvent, cgroupPath: String?, clock: ClockMapping) -> String {
-        let event = switch e.kind { case .open: "open"; case .close: "close"; case .failed: "failed" }
+        let event = switch e.kind { case .open: "open"; case .close: "close"; case .failed: "failed"; case .update: "update" }
         let role = switch e.role { case .client: "client"; case .server: "server"; case .unknown: "unknown" }
         var o = "{\"version\":\(schemaVersion),\"type\":\"connection\",\"event\":\"\(event)\""
         o += ",\"time\":" + quote(rfc3339(nanosSinceEpoch: clock.wallNanos(monotonic: e.timestampNanos)))
@@ -54,10 +54,12 @@ public enum FlowLogEncoder {
             if let cgroupPath { o += ",\"cgroup_path\":" + quote(cgroupPath) }
         }
         switch e.kind {
-        case .close:
+        case .close, .update:
             o += ",\"bytes_sent\":\(e.bytesSent),\"bytes_received\":\(e.bytesReceived)"
-            o += ",\"srtt_us\":\(e.srttMicros),\"retransmits\":\(e.retransmits)"
-            o += ",\"resets_sent\":\(e.resetsSent),\"resets_received\":\(e.resetsReceived)"
+            if e.ipProtocol == 6 {
+                o += ",\"srtt_us\":\(e.srttMicros),\"retransmits\":\(e.retransmits)"
+                o += ",\"resets_sent\":\(e.resetsSent),\"resets_received\":\(e.resetsReceived)"
+            }
             if e.startNanos > 0 && e.timestampNanos >= e.startNanos {
                 o += ",\"duration_ms\":" + String(format: "%.3f", Double(e.timestampNanos - e.startNanos) / 1e6)
             }

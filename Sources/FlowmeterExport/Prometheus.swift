@@ -74,7 +74,10 @@ public enum MetricCatalog {
         help: "New flows the kernel flow table could not take; each such packet was sent through the flows ring instead.")
     public static let records = Exposition.Family(
         name: "flowmeter_records_total", kind: .counter,
-        help: "Records received from the kernel, by source (flow_map: evicted flow entries; flows_ring: overflow packets; events_ring: socket events).")
+        help: "Records received from the kernel, by source (flow_map: evicted flow entries; flows_ring: overflow packets; events_ring: socket events; socket_updates: counters of live sockets, read each interval).")
+    public static let socketsTracked = Exposition.Family(
+        name: "flowmeter_sockets_tracked", kind: .gauge,
+        help: "Live TCP connections and UDP sockets in flowmeterd's connection table, by transport.")
     public static let hookInfo = Exposition.Family(
         name: "flowmeter_hook_info", kind: .gauge,
         help: "Hooks in use: 1 for each hook and the mode it was attached with.")
@@ -89,7 +92,7 @@ public enum MetricCatalog {
         help: "Packets whose IP header could not be trusted; counted on the interface as non-IP under their ethertype.")
 
     public static let all = [interfaceBytes, interfacePackets, ringLost, flowTableEntries, insertFailures,
-                             records, hookInfo, seriesDropped, buildInfo, malformed]
+                             records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed]
 }
 
 public enum MetricsRenderer {
@@ -111,7 +114,12 @@ public enum MetricsRenderer {
         e.family(MetricCatalog.flowTableEntries, [([], Double(a.flowTableEntries))])
         e.family(MetricCatalog.insertFailures, [([], Double(a.kernel.flowInsertFailures))])
         e.family(MetricCatalog.records, [FlowSource.flowMap, .flowsRing].map { ([("source", $0.rawValue)], Double(a.records[$0] ?? 0)) }
-                 + (a.socketTelemetry ? [([("source", "events_ring")], Double(a.socketEvents))] : []))
+                 + (a.socketTelemetry ? [([("source", "events_ring")], Double(a.socketEvents)),
+                                         ([("source", "socket_updates")], Double(a.socketUpdates))] : []))
+        if a.socketTelemetry {
+            e.family(MetricCatalog.socketsTracked, [([("transport", "tcp")], Double(a.liveSockets.tcp)),
+                                                    ([("transport", "udp")], Double(a.liveSockets.udp))])
+        }
         e.family(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
         e.family(MetricCatalog.seriesDropped, [([], 0)])
         e.family(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])

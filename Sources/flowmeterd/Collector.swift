@@ -38,6 +38,8 @@ final class Collector: Service, @unchecked Sendable {
     let sockets: SocketPrograms?
     let socketEvents: RingReader?
     let cgroups = CgroupPaths()
+    /// Live connections and UDP sockets (only the collector's tick touches it).
+    var connections = ConnectionTable()
     let flowLog: FlowLogWriter?
     let interval: FlowDuration
     let logger: Logger
@@ -86,13 +88,25 @@ final class Collector: Service, @unchecked Sendable {
         batch += fromRing.records
         let counters = try? program.readCounters()
         let names = self.names.snapshot()
-        let events = socketEvents?.take(ABI.decodeSocketEvent).records ?? []
+        // Updates first, then the ring: a close raised after the iterator ran
+        // is in this drain, and the table orders both by kernel timestamp.
+        var updates: [SocketEvent] = []
+        if let sockets {
+            do { updates = try sockets.collectUpdates() } catch {
+                logger.error("socket updates failed", metadata: ["error": "\(error)"])
+            }
+        }
+        let ringEvents = socketEvents?.take(ABI.decodeSocketEvent).records ?? []
+        let events = connections.apply(ringEvents + updates)
         let socketCounters = try? sockets?.readCounters()
+        let live = (tcp: connections.count(ipProtocol: 6), udp: connections.count(ipProtocol: 17))
         shared.update { a in
             a.add(batch, names: names)
             a.setFlowTableEntries(entries)
             if let counters { a.kernel = counters }
-            a.addSocketEvents(events.count)
+            a.addSocketEvents(ringEvents.count)
+            a.addSocketUpdates(updates.count)
+            a.liveSockets = live
             if let socketCounters { a.socketEventsLost = socketCounters.eventsLost }
         }
         if let flowLog, !batch.isEmpty || !events.isEmpty {

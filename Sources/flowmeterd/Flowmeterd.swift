@@ -146,9 +146,13 @@ struct Run: AsyncParsableCommand {
                 let s = try SocketPrograms.load(hooks)
                 socketEvents = try s.eventsReader()
                 sockets = s
+                try s.setUpdateMinAge(nanoseconds: interval.nanoseconds)
                 logger.info("socket hooks attached", metadata: [
                     "rung": "\(s.rung.rawValue)",
                     "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))"])
+                if let why = s.udpUnsupported {
+                    logger.warning("UDP sockets are not seen on this rung", metadata: ["reason": "\(why)"])
+                }
             } catch {
                 if hooks != .auto {
                     attacher.detachAll()

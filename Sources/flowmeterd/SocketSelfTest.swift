@@ -4,9 +4,14 @@ import Foundation
 
 /// The socket part of `check --selftest`: attaches the socket hooks on the
 /// requested rung, makes loopback TCP connections with known payload sizes,
-/// an abortive close and a connect to a closed port, and checks every record.
+/// an abortive close, a connect to a closed port, a long-lived connection
+/// read by the update iterator and a UDP exchange (IPv4, and IPv6 to a
+/// v4-mapped address), and checks every record.
 enum SocketSelfTest {
     static let clientBytes = 12_345, serverBytes = 6_789
+    /// UDP datagrams: client -> server (IPv4 socket), server -> client, and
+    /// from an IPv6 socket to the server's v4-mapped address.
+    static let udpUp = [100, 1400, 7], udpDown = [300, 50], udpMapped = [200]
 
     static func run(_ t: inout SelfTest, hooks: HookRequest) {
         var programs: SocketPrograms?
@@ -33,6 +38,18 @@ enum SocketSelfTest {
         t.check("connect to a closed port is refused") {
             refusedPort = try refusedConnect()
             return nil
+        }
+        t.check("long-lived TCP: one update with the bytes so far, none while idle, none when younger than the update age") {
+            try longLivedUpdates(programs)
+        }
+        var udp: UDPPorts?
+        if let why = programs.udpUnsupported {
+            print("--    UDP sockets: unsupported on this rung: \(why)")
+        } else {
+            t.check("loopback UDP: datagrams \(udpUp) up, \(udpDown) down, \(udpMapped) from IPv6 to v4-mapped") {
+                udp = try udpExchange()
+                return nil
+            }
         }
         usleep(200_000) // the last state changes (LAST_ACK -> CLOSE) follow the final ACK
         let events: [SocketEvent]
@@ -96,11 +113,129 @@ enum SocketSelfTest {
                 return f.reason == .refused ? nil : "reason \(f.reason.label) (errno \(f.error))"
             }
         }
+        if let u = udp {
+            func udpRecord(_ kind: SocketEvent.Kind, port: UInt16) -> SocketEvent? {
+                events.first { $0.kind == kind && $0.ipProtocol == 17 && $0.localPort == port }
+            }
+            func sum(_ a: [Int]) -> UInt64 { UInt64(a.reduce(0, +)) }
+            let want: [(String, UInt16, SocketEvent.Role, UInt64, UInt64)] = [
+                ("client", u.client, .client, sum(udpUp), sum(udpDown)),
+                ("server", u.server, .server, sum(udpDown), sum(udpUp) + sum(udpMapped)),
+                ("IPv6 client (v4-mapped, counted once)", u.mapped, .client, sum(udpMapped), 0),
+            ]
+            for (name, port, role, sent, received) in want {
+                t.check("UDP \(name): open and close with owner, role and exact bytes") {
+                    guard udpRecord(.open, port: port) != nil else { return "no open record" }
+                    guard let c = udpRecord(.close, port: port) else { return "no close record" }
+                    if let p = owned(c) { return p }
+                    guard c.role == role else { return "role \(c.role)" }
+                    guard c.bytesSent == sent, c.bytesReceived == received else {
+                        return "bytes sent/received \(c.bytesSent)/\(c.bytesReceived), want \(sent)/\(received)"
+                    }
+                    return nil
+                }
+            }
+        }
         t.check("no socket event lost") {
             let c = try programs.readCounters()
             return c.eventsLost == 0 ? nil : "\(c.eventsLost) events lost"
         }
         programs.detach()
+    }
+
+    /// A connection kept open: after a known exchange the iterator reports it
+    /// once with exact bytes, then not again while nothing moves; with an
+    /// update age longer than its life it reports nothing.
+    static func longLivedUpdates(_ programs: SocketPrograms) throws -> String? {
+        let lfd = try tcpSocket()
+        defer { close(lfd) }
+        var any = loopback(port: 0)
+        guard withAddr(&any, { bind(lfd, $0, $1) }) == 0, listen(lfd, 4) == 0 else {
+            throw ValueError("listen: \(String(cString: strerror(errno)))")
+        }
+        let cfd = try tcpSocket()
+        defer { close(cfd) }
+        var to = loopback(port: localPort(lfd))
+        guard withAddr(&to, { connect(cfd, $0, $1) }) == 0 else { throw ValueError("connect: \(String(cString: strerror(errno)))") }
+        let sfd = accept(lfd, nil, nil)
+        guard sfd >= 0 else { throw ValueError("accept: \(String(cString: strerror(errno)))") }
+        defer { close(sfd) }
+        let (cport, sport) = (localPort(cfd), localPort(lfd))
+        try sendAll(cfd, 1000); try recvExactly(sfd, 1000)
+        try sendAll(sfd, 500); try recvExactly(cfd, 500)
+        usleep(20_000) // the last ACKs
+        func mine(_ u: [SocketEvent]) -> [SocketEvent] {
+            u.filter { $0.ipProtocol == 6 && (($0.localPort == cport && $0.remotePort == sport) || ($0.localPort == sport && $0.remotePort == cport)) }
+        }
+        try programs.setUpdateMinAge(nanoseconds: 3_600_000_000_000)
+        let young = mine(try programs.collectUpdates())
+        guard young.isEmpty else { return "\(young.count) updates for connections younger than the update age" }
+        try programs.setUpdateMinAge(nanoseconds: 0)
+        let first = mine(try programs.collectUpdates())
+        guard first.count == 2, let c = first.first(where: { $0.localPort == cport }),
+              let s = first.first(where: { $0.localPort == sport }) else { return "\(first.count) updates, want 2 (client and server)" }
+        guard c.kind == .update, c.bytesSent == 1000, c.bytesReceived == 500, s.bytesSent == 500, s.bytesReceived == 1000 else {
+            return "client \(c.bytesSent)/\(c.bytesReceived), server \(s.bytesSent)/\(s.bytesReceived); want 1000/500 and 500/1000"
+        }
+        guard c.role == .client, s.role == .server, c.owner?.tgid == UInt32(getpid()) else { return "roles \(c.role)/\(s.role), owner \(String(describing: c.owner))" }
+        let idle = mine(try programs.collectUpdates())
+        guard idle.isEmpty else { return "\(idle.count) updates while idle" }
+        try sendAll(cfd, 10); try recvExactly(sfd, 10)
+        usleep(20_000)
+        let again = mine(try programs.collectUpdates())
+        guard again.count == 2, again.first(where: { $0.localPort == cport })?.bytesSent == 1010 else {
+            return "after 10 more bytes: \(again.map { "\($0.localPort):\($0.bytesSent)/\($0.bytesReceived)" })"
+        }
+        return nil
+    }
+
+    struct UDPPorts { var client: UInt16; var server: UInt16; var mapped: UInt16 }
+
+    /// A connected IPv4 client and a server socket exchange datagrams of known
+    /// sizes; an IPv6 socket sends to the server's v4-mapped address (the
+    /// kernel's udpv6_sendmsg hands that to udp_sendmsg: counted once).
+    static func udpExchange() throws -> UDPPorts {
+        func sock(_ family: Int32) throws -> Int32 {
+            let fd = socket(family, Int32(SOCK_DGRAM.rawValue), 0)
+            guard fd >= 0 else { throw ValueError("socket: \(String(cString: strerror(errno)))") }
+            var tv = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            return fd
+        }
+        let server = try sock(AF_INET), client = try sock(AF_INET), mapped = try sock(AF_INET6)
+        defer { close(server); close(client); close(mapped) }
+        var any = loopback(port: 0)
+        guard withAddr(&any, { bind(server, $0, $1) }) == 0 else { throw ValueError("bind: \(String(cString: strerror(errno)))") }
+        var to = loopback(port: localPort(server))
+        guard withAddr(&to, { connect(client, $0, $1) }) == 0 else { throw ValueError("connect: \(String(cString: strerror(errno)))") }
+        var buf = [UInt8](repeating: 0x55, count: 2048)
+        func receive(_ fd: Int32, _ size: Int) throws {
+            let r = recv(fd, &buf, buf.count, 0)
+            guard r == size else { throw ValueError("received \(r) bytes, want \(size)") }
+        }
+        for n in udpUp {
+            guard send(client, buf, n, 0) == n else { throw ValueError("send: \(String(cString: strerror(errno)))") }
+            try receive(server, n)
+        }
+        var back = loopback(port: localPort(client))
+        for n in udpDown {
+            guard withAddr(&back, { sendto(server, buf, n, 0, $0, $1) }) == n else { throw ValueError("sendto: \(String(cString: strerror(errno)))") }
+            try receive(client, n)
+        }
+        var v6 = sockaddr_in6()
+        v6.sin6_family = sa_family_t(AF_INET6)
+        v6.sin6_port = localPort(server).bigEndian
+        guard inet_pton(AF_INET6, "::ffff:127.0.0.1", &v6.sin6_addr) == 1 else { throw ValueError("inet_pton") }
+        for n in udpMapped {
+            let w = withUnsafePointer(to: &v6) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(mapped, buf, n, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+            guard w == n else { throw ValueError("sendto v4-mapped: \(String(cString: strerror(errno)))") }
+            try receive(server, n)
+        }
+        var a6 = sockaddr_in6(); var len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        _ = withUnsafeMutablePointer(to: &a6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(mapped, $0, &len) } }
+        return UDPPorts(client: localPort(client), server: localPort(server), mapped: UInt16(bigEndian: a6.sin6_port))
     }
 
     // MARK: sockets

@@ -105,8 +105,10 @@ import Testing
 @Suite struct SocketABITests {
     @Test func sizesAndOffsets() {
         #expect(MemoryLayout<fm_owner>.size == 32)
-        #expect(MemoryLayout<fm_sock_state>.size == 56)
-        #expect(MemoryLayout<fm_sock_state>.offset(of: \.sport) == 48)
+        #expect(MemoryLayout<fm_sock_state>.size == 80)
+        #expect(MemoryLayout<fm_sock_state>.offset(of: \.udp_bytes_sent) == 40)
+        #expect(MemoryLayout<fm_sock_state>.offset(of: \.sport) == 72)
+        #expect(MemoryLayout<fm_sock_state>.offset(of: \.opened) == 76)
         #expect(MemoryLayout<fm_listener_key>.size == 8)
         #expect(MemoryLayout<fm_sock_event>.size == 136)
         #expect(MemoryLayout<fm_sock_event>.offset(of: \.sock_id) == 8)

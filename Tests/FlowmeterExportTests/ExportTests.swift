@@ -128,4 +128,16 @@ import Testing
         let o = try decode(FlowLogEncoder.encodeConnection(Self.event(.open, owner: nil), cgroupPath: nil, clock: Self.clock))
         #expect(o["event"] as? String == "open" && o["pid"] == nil && o["process"] == nil && o["bytes_sent"] == nil)
     }
+
+    @Test func updateAndUDPRecords() throws {
+        let u = try decode(FlowLogEncoder.encodeConnection(Self.event(.update), cgroupPath: nil, clock: Self.clock))
+        #expect(u["event"] as? String == "update" && u["bytes_sent"] as? Int == 10 && u["srtt_us"] as? Int == 120)
+        #expect(u["duration_ms"] as? Double == 2.0 && u["reason"] == nil)
+        var e = Self.event(.close)
+        e.ipProtocol = 17
+        let d = try decode(FlowLogEncoder.encodeConnection(e, cgroupPath: nil, clock: Self.clock))
+        #expect(d["protocol"] as? String == "udp" && d["bytes_sent"] as? Int == 10 && d["bytes_received"] as? Int == 20)
+        // RTT, retransmits and resets are TCP's: a UDP record has none.
+        #expect(d["srtt_us"] == nil && d["retransmits"] == nil && d["resets_sent"] == nil)
+    }
 }

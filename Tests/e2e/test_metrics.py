@@ -15,6 +15,7 @@ FAMILIES = {
     "flowmeter_flow_table_entries": "gauge",
     "flowmeter_flow_table_insert_failures_total": "counter",
     "flowmeter_records_total": "counter",
+    "flowmeter_sockets_tracked": "gauge",
     "flowmeter_hook_info": "gauge",
     "flowmeter_series_dropped_total": "counter",
     "flowmeter_build_info": "gauge",

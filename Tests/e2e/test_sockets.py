@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 
-from conftest import IF_A, V4_B, unique_port, wait_for
+from conftest import IF_A, V4_B, V6_B, unique_port, wait_for
 
 SERVER = r"""
 import socket, sys
@@ -305,3 +305,154 @@ def test_abortive_close_resets(netpair, flowmeterd, tmp_path):
     assert (c["resets_sent"], c["resets_received"]) == (1, 0), c
     assert (s["resets_sent"], s["resets_received"]) == (0, 1), s
     assert c["bytes_sent"] == 100_000 and s["bytes_received"] == 100_000
+
+
+UDP_SERVER = r"""
+import socket, sys
+addr, port, ups, downs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ups, downs = [int(x) for x in ups.split(",")], [int(x) for x in downs.split(",")]
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM); s.bind((addr, port)); s.settimeout(20)
+print("ready", flush=True)
+got, peer = [], None
+for _ in ups:
+    b, peer = s.recvfrom(65536)
+    got.append(len(b))
+for n in downs:
+    s.sendto(b"d" * n, peer)
+s.recvfrom(16)                 # the client's "bye": it has every reply
+s.close()
+print(",".join(map(str, got)), flush=True)
+"""
+
+UDP_CLIENT = r"""
+import socket, sys
+addr, port, ups, downs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ups, downs = [int(x) for x in ups.split(",")], [int(x) for x in downs.split(",")]
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(20)
+s.connect((addr, port))
+for n in ups:
+    s.send(b"u" * n)
+got = [len(s.recv(65536)) for _ in downs]
+s.send(b"bye")
+print(s.getsockname()[1], ",".join(map(str, got)), open("/proc/self/comm").read().strip(), flush=True)
+s.close()
+"""
+
+
+def test_udp_sockets_exact_bytes(netpair, flowmeterd, tmp_path):
+    """Datagrams of known sizes each way, over IPv4 and IPv6 between the
+    namespaces: each UDP socket's open and close records carry its owner, its
+    role and its exact payload bytes (a datagram above the MTU is fragmented on
+    the wire and still counts its payload once)."""
+    pair = netpair
+    ups, downs = [1, 512, 1472, 4000], [300, 7, 2000]
+    up_bytes = sum(ups) + len(b"bye")   # the client's last datagram tells the server it is done
+    t = Telemetry(pair, flowmeterd, tmp_path)
+    results = []
+    try:
+        for addr in (V4_B, V6_B):
+            sport = unique_port()
+            server = pair.popen(pair.b, "python3", "-c", UDP_SERVER, addr, str(sport),
+                                ",".join(map(str, ups)), ",".join(map(str, downs)))
+            assert server.stdout.readline().strip() == "ready"
+            client = pair.popen(pair.a, "python3", "-c", UDP_CLIENT, addr, str(sport),
+                                ",".join(map(str, ups)), ",".join(map(str, downs)))
+            cport, got, comm = pair.finish(client).split()
+            assert got == ",".join(map(str, downs))
+            assert pair.finish(server).strip().splitlines()[-1] == ",".join(map(str, ups))
+            results.append((addr, int(cport), sport, client.pid, comm))
+        conns = t.stop()
+    finally:
+        t.close()
+    udp = [c for c in conns if c["protocol"] == "udp"]
+    print("\n".join(json.dumps(c) for c in udp))
+    for addr, cport, sport, pid, comm in results:
+        recs = {e: [c for c in udp if c["local_port"] == cport and c["event"] == e] for e in ("open", "close")}
+        assert len(recs["open"]) == 1 and len(recs["close"]) == 1, (addr, recs)
+        close = recs["close"][0]
+        assert (close["role"], close["pid"], close["process"]) == ("client", pid, comm), close
+        assert (close["remote_addr"], close["remote_port"]) == (addr, sport), close
+        assert (close["bytes_sent"], close["bytes_received"]) == (up_bytes, sum(downs)), close
+        assert "srtt_us" not in close and "retransmits" not in close, close
+    # The servers live in namespace B, which flowmeterd (namespace A) sees as
+    # well: socket hooks are node-wide.
+    for addr, cport, sport, pid, comm in results:
+        s = [c for c in udp if c["local_port"] == sport and c["event"] == "close"]
+        assert len(s) == 1, s
+        assert (s[0]["role"], s[0]["bytes_sent"], s[0]["bytes_received"]) == ("server", sum(downs), up_bytes), s[0]
+
+
+LONG_CLIENT = r"""
+import socket, sys, time
+addr, port, first, second, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+s = socket.create_connection((addr, port), timeout=20)
+print(s.getsockname()[1], flush=True)
+s.sendall(b"a" * first)
+time.sleep(pause)              # long-lived: idle for a few intervals
+s.sendall(b"b" * second)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+s.close()
+short = socket.create_connection((addr, port + 1), timeout=20)   # short-lived: open and close only
+print(short.getsockname()[1], flush=True)
+short.sendall(b"x" * 10)
+short.shutdown(socket.SHUT_WR)
+short.recv(1)
+short.close()
+print("done", flush=True)
+"""
+
+SINK = r"""
+import socket, sys, threading
+addr, port = sys.argv[1], int(sys.argv[2])
+def serve(p):
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, p)); l.listen(1); l.settimeout(30)
+    c, _ = l.accept(); c.settimeout(30)
+    while c.recv(65536): pass
+    c.close(); l.close()
+ts = [threading.Thread(target=serve, args=(p,)) for p in (port, port + 1)]
+for t in ts: t.start()
+print("ready", flush=True)
+for t in ts: t.join()
+print("done", flush=True)
+"""
+
+
+def test_long_lived_connection_updates(netpair, flowmeterd, tmp_path):
+    """A connection that lives for several 1 s intervals gets update records
+    with its bytes so far (exact while it idles), at most one per interval and
+    none while nothing moves; a connection shorter than an interval gets open
+    and close only."""
+    pair = netpair
+    first, second, pause = 300_000, 70_000, 3.5
+    t = Telemetry(pair, flowmeterd, tmp_path)
+    try:
+        sport = unique_port()
+        server = pair.popen(pair.b, "python3", "-c", SINK, V4_B, str(sport))
+        assert server.stdout.readline().strip() == "ready"
+        client = pair.popen(pair.a, "python3", "-c", LONG_CLIENT, V4_B, str(sport), str(first), str(second), str(pause))
+        out = pair.finish(client).split()
+        cport, short_port = int(out[0]), int(out[1])
+        assert out[-1] == "done"
+        pair.finish(server)
+        conns = t.stop()
+    finally:
+        t.close()
+    mine = [c for c in conns if c["local_port"] == cport and c["remote_port"] == sport]
+    print("\n".join(json.dumps(c) for c in mine))
+    updates = [c for c in mine if c["event"] == "update"]
+    close = [c for c in mine if c["event"] == "close"]
+    assert len(close) == 1 and close[0]["bytes_sent"] == first + second, close
+    # While idle the connection was read at least twice; the first of those
+    # reads reports exactly the first burst, the second (unchanged) nothing.
+    assert any(u["bytes_sent"] == first for u in updates), updates
+    assert sum(1 for u in updates if u["bytes_sent"] == first) == 1, updates
+    assert len(updates) <= pause / 1.0 + 2, updates
+    assert all(u["role"] == "client" and u["pid"] == client.pid for u in updates), updates
+    sent = [u["bytes_sent"] for u in updates] + [close[0]["bytes_sent"]]
+    assert sent == sorted(sent), sent
+    short = [c["event"] for c in conns if c["local_port"] == short_port]
+    assert sorted(short) == ["close", "open"], short

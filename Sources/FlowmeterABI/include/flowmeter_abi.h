@@ -116,6 +116,9 @@ enum fm_sock_event_kind {
     FM_SOCK_OPEN = 1,   /* connection established (client: SYN_SENT->ESTABLISHED, server: SYN_RECV->ESTABLISHED) */
     FM_SOCK_CLOSE = 2,  /* connection closed, with final counters */
     FM_SOCK_FAILED = 3, /* connect failed (SYN_SENT->CLOSE), with a reason */
+    FM_SOCK_UPDATE = 4, /* counters so far of a socket older than one interval (the
+                         * "fm_updates" iterator: at most one per socket per run,
+                         * none while nothing changed) */
 };
 
 /* Which end of the connection the local socket is. */
@@ -142,16 +145,32 @@ struct fm_owner {
     __u8 comm[16];   /* task name, NUL-padded (TASK_COMM_LEN) */
 };
 
-/* Per-socket state kept in the kernel while a connection lives. 56 bytes. */
+/* Per-socket state kept in the kernel while a TCP connection or a UDP socket
+ * lives, keyed by the socket's kernel address. 80 bytes. */
 struct fm_sock_state {
-    struct fm_owner owner; /* who opened it (client) or listens for it (server) */
-    __u64 start_ns;        /* CLOCK_MONOTONIC when the connect began / it was accepted */
-    __u32 resets_sent;     /* resets this socket sent while it lived */
-    __u32 resets_received; /* resets this socket received */
-    __u16 sport;           /* local port, host order, kept from ESTABLISHED: the kernel
-                            * has released it by the time the socket reaches CLOSE */
-    __u8 role;             /* enum fm_role */
-    __u8 _pad[5];          /* explicit padding, always zero */
+    struct fm_owner owner;     /* who opened it (client), listens for it (server), or
+                                * first sent or received on it (UDP) */
+    __u64 start_ns;            /* CLOCK_MONOTONIC when the connect began / it was
+                                * accepted / UDP: first seen */
+    __u64 udp_bytes_sent;      /* UDP only: payload bytes sent (TCP reads tcp_sock) */
+    __u64 udp_bytes_received;  /* UDP only: payload bytes received */
+    __u64 reported;            /* bytes sent + received in the last UPDATE: none is
+                                * sent while this has not changed */
+    __u32 resets_sent;         /* resets this socket sent while it lived */
+    __u32 resets_received;     /* resets this socket received */
+    __u16 sport;               /* local port, host order, kept from ESTABLISHED: the
+                                * kernel has released it by the time TCP reaches CLOSE */
+    __u8 role;                 /* enum fm_role */
+    __u8 protocol;             /* IP protocol: 6 (TCP) or 17 (UDP) */
+    __u8 opened;               /* 1 once the OPEN record was sent: UPDATEs only after it */
+    __u8 _pad[3];              /* explicit padding, always zero */
+};
+
+/* Index of the "fm_sock_config" array (one __u64 each), written by the daemon. */
+enum fm_sock_config {
+    FM_SOCK_CONFIG_UPDATE_MIN_AGE_NS = 0, /* sockets younger than this get no UPDATE
+                                           * (short ones send only open and close) */
+    FM_SOCK_CONFIG_COUNT = 1,             /* number of entries, not a setting */
 };
 
 /* Key of the listener-owner table. 8 bytes. */
@@ -167,24 +186,30 @@ struct fm_sock_event {
     __u16 kind;            /* enum fm_sock_event_kind */
     __u8 role;             /* enum fm_role */
     __u8 family;           /* enum fm_family */
-    __u8 protocol;         /* IP protocol (6) */
+    __u8 protocol;         /* IP protocol: 6 (TCP) or 17 (UDP) */
     __u8 reason;           /* enum fm_fail_reason (FAILED only) */
     __u64 sock_id;         /* kernel address of the socket: identity while it lives */
     __u64 ts_ns;           /* CLOCK_MONOTONIC of the event */
     __u64 start_ns;        /* CLOCK_MONOTONIC of the open (0 if unknown) */
     struct fm_owner owner; /* all zero if the socket predates flowmeterd */
-    __u8 saddr[16];        /* local address, network order, IPv4 v4-mapped */
-    __u8 daddr[16];        /* remote address, same encoding */
+    __u8 saddr[16];        /* local address, network order, IPv4 v4-mapped; all zero
+                            * with family 0 when the hook cannot read the socket (UDP
+                            * close on the tracepoint rung: the daemon has them from
+                            * the open) */
+    __u8 daddr[16];        /* remote address, same encoding (UDP: the connected peer,
+                            * zero for an unconnected socket) */
     __u16 sport;           /* local port, host order (0 for a failed connect: never bound) */
     __u16 dport;           /* remote port, host order */
-    __u32 srtt_us;         /* smoothed RTT in microseconds (CLOSE) */
-    __u64 bytes_sent;      /* payload bytes transmitted, each once: tcp_sock.bytes_sent -
-                            * bytes_retrans (SYN and FIN carry none; CLOSE) */
-    __u64 bytes_received;  /* payload bytes received in order: tcp_sock.bytes_received
-                            * less the sequence number a received FIN takes (CLOSE) */
-    __u32 retransmits;     /* segments retransmitted (tcp_sock.total_retrans; CLOSE) */
-    __u32 resets_sent;     /* resets sent (CLOSE) */
-    __u32 resets_received; /* resets received (CLOSE) */
+    __u32 srtt_us;         /* TCP smoothed RTT in microseconds (CLOSE, UPDATE) */
+    __u64 bytes_sent;      /* payload bytes so far (CLOSE, UPDATE). TCP: transmitted,
+                            * each once: tcp_sock.bytes_sent - bytes_retrans (SYN and FIN
+                            * carry none). UDP: what sendmsg reported sent */
+    __u64 bytes_received;  /* TCP: received in order: tcp_sock.bytes_received less the
+                            * sequence number a received FIN takes. UDP: what recvmsg
+                            * handed to the application (MSG_PEEK not counted) */
+    __u32 retransmits;     /* TCP segments retransmitted (tcp_sock.total_retrans) */
+    __u32 resets_sent;     /* TCP resets sent (CLOSE, UPDATE) */
+    __u32 resets_received; /* TCP resets received (CLOSE, UPDATE) */
     __u32 err;             /* sk_err at the event (positive errno, 0 if none) */
 };
 
