@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // libbpf from the system (Debian libbpf-dev), plus static-inline shims
@@ -43,9 +44,15 @@ let package = Package(
                            .product(name: "Hummingbird", package: "hummingbird"),
                            .product(name: "Logging", package: "swift-log")]
         ),
+        // The config file (YAML) and FLOWMETER_* environment, validated with
+        // positions; layered under the flags by flowmeterd.
+        .target(
+            name: "FlowmeterConfig",
+            dependencies: ["FlowmeterCore", .product(name: "Yams", package: "Yams")]
+        ),
         .executableTarget(
             name: "flowmeterd",
-            dependencies: ["FlowmeterCore", "FlowmeterBPF", "FlowmeterExport",
+            dependencies: ["FlowmeterCore", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
@@ -54,6 +61,10 @@ let package = Package(
         .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore"]),
 
         .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore"]),
+        // FlowmeterBPF and Logging only to check that the allowed values are the flags'.
+        .testTarget(name: "FlowmeterConfigTests",
+                    dependencies: ["FlowmeterConfig", "FlowmeterCore", "FlowmeterBPF",
+                                   .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore"]),
         .testTarget(name: "FlowmeterBPFTests",
                     dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI"]),

@@ -75,6 +75,7 @@ public final class SocketPrograms: @unchecked Sendable {
     /// On the tracepoint rung UDP needs the sock_*_length tracepoints (6.3+)
     /// and a cgroup v2 mount for its close hook; nil when both are there.
     private static func udpMissing(_ variant: Variant, cgroupRoot: String?) -> String? {
+        // cgroupRoot: non-nil when the cgroup v2 root could be opened.
         switch variant {
         case .fentry, .kprobe:
             return nil
@@ -88,17 +89,36 @@ public final class SocketPrograms: @unchecked Sendable {
                 return "this kernel has no sock:sock_send_length tracepoint (6.3+)"
             }
         }
-        return cgroupRoot == nil ? "no cgroup v2 mount for the UDP close hook (cgroup/sock_release)" : nil
+        return cgroupRoot == nil ? "no cgroup v2 hierarchy for the UDP close hook (cgroup/sock_release)" : nil
+    }
+
+    /// The cgroup v2 root directory, opened: from its mount, or, where this
+    /// process sees none (`ip netns exec` remounts /sys without it; a
+    /// cgroup v1 host), from a private mount of the hierarchy that is detached
+    /// again at once (the descriptor stays valid). -1 when neither works.
+    static func openCgroup2Root(mounted: String?) -> Int32 {
+        if let mounted {
+            return open(mounted, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        }
+        var template = Array("/tmp/flowmeter-cgroup2-XXXXXX".utf8CString)
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else { return -1 }
+        defer { rmdir(dir) }
+        guard mount("cgroup2", dir, "cgroup2", 0, nil) == 0 else { return -1 }
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        umount2(dir, Int32(MNT_DETACH))
+        return fd
     }
 
     private init(variant: Variant, rung: HookRung) throws {
         let obj = try BPFObject(name: "flowmeter_sock", base64: EmbeddedBPF.flowmeterSock)
-        let cgroupRoot = CgroupPaths().root
-        let udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupRoot)
+        var cgroupFD: Int32 = -1
+        defer { if cgroupFD >= 0 { close(cgroupFD) } }
+        if variant == .tpBTF || variant == .tracepoint { cgroupFD = Self.openCgroup2Root(mounted: CgroupPaths().root) }
+        let udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupFD >= 0 ? "" : nil)
         var chosen = Set<String>([Self.updatesIterator])
         var modes: [HookMode] = []
         for t in Self.twins {
-            if t.udp, let udpMissing {
+            if t.udp, udpMissing != nil {
                 modes.append(HookMode(hook: t.hook, mode: "unsupported"))
                 continue
             }
@@ -126,8 +146,6 @@ public final class SocketPrograms: @unchecked Sendable {
         eventsRingFD = try obj.mapFD("events")
         statsFD = try obj.mapFD("fm_sock_stats")
         configFD = try obj.mapFD("fm_sock_config")
-        var cgroupFD: Int32 = -1
-        defer { if cgroupFD >= 0 { close(cgroupFD) } }
         func fail(_ what: String, _ e: Int32) -> BPFError {
             links.forEach { bpf_link__destroy($0) }
             links.removeAll()
@@ -141,9 +159,7 @@ public final class SocketPrograms: @unchecked Sendable {
         for name in chosen.sorted() where name != Self.updatesIterator {
             let prog = try obj.program(name)
             var link: OpaquePointer?
-            if name == Self.cgroupRelease, let cgroupRoot {
-                if cgroupFD < 0 { cgroupFD = open(cgroupRoot, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-                if cgroupFD < 0 { throw fail("\(name) to \(cgroupRoot)", errno) }
+            if name == Self.cgroupRelease {
                 link = bpf_program__attach_cgroup(prog, cgroupFD)
             } else {
                 link = bpf_program__attach(prog)

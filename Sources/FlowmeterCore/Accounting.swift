@@ -45,6 +45,8 @@ public struct Accounting: Sendable {
     /// UPDATE records read from the socket update iterator.
     public private(set) var socketUpdates: UInt64 = 0
     public var socketEventsLost: UInt64 = 0
+    /// Per service pair state, when socket telemetry runs.
+    public var services: ServiceAggregator?
     /// Live TCP connections and UDP sockets in the daemon's connection table.
     public var liveSockets: (tcp: Int, udp: Int) = (0, 0)
 

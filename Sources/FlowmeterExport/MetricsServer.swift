@@ -1,19 +1,22 @@
 import Hummingbird
 import Logging
 import FlowmeterCore
+import Foundation
 
-/// The read-only HTTP endpoint: GET /metrics (Prometheus text), GET /healthz.
+/// The read-only HTTP endpoint: GET /metrics (Prometheus text 0.0.4, or
+/// OpenMetrics 1.0 when the scraper's Accept header asks for it), GET /healthz.
 public enum MetricsServer {
     /// Builds the Hummingbird application (a swift-service-lifecycle Service).
     /// `render` produces the exposition text on each scrape.
     public static func make(listen: ListenAddress, logger: Logger,
                             onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
-                            render: @escaping @Sendable () -> String) -> some ApplicationProtocol {
+                            render: @escaping @Sendable (_ openMetrics: Bool) -> String) -> some ApplicationProtocol {
         let router = Router()
-        router.get("/metrics") { _, _ -> Response in
-            let body = render()
+        router.get("/metrics") { request, _ -> Response in
+            let om = wantsOpenMetrics(request.headers[.accept])
+            let body = render(om)
             return Response(status: .ok,
-                            headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            headers: [.contentType: om ? Exposition.openMetricsContentType : Exposition.textContentType],
                             body: .init(byteBuffer: ByteBuffer(string: body)))
         }
         router.get("/healthz") { _, _ -> String in "ok\n" }
@@ -23,5 +26,22 @@ public enum MetricsServer {
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? listen.port) },
             logger: logger
         )
+    }
+
+    /// Content negotiation, as Prometheus does it: OpenMetrics when the Accept
+    /// header lists application/openmetrics-text with a q-value no lower than
+    /// any text/plain entry.
+    public static func wantsOpenMetrics(_ accept: String?) -> Bool {
+        guard let accept else { return false }
+        var om = -1.0, text = -1.0
+        for entry in accept.split(separator: ",") {
+            let parts = entry.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard let type = parts.first?.lowercased() else { continue }
+            var q = 1.0
+            for p in parts.dropFirst() where p.hasPrefix("q=") { q = Double(p.dropFirst(2)) ?? 1.0 }
+            if type == "application/openmetrics-text" { om = max(om, q) }
+            if type == "text/plain" || type == "*/*" { text = max(text, q) }
+        }
+        return om > 0 && om >= text
     }
 }

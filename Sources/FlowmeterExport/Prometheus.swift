@@ -16,19 +16,49 @@ public struct Exposition {
     }
 
     private(set) public var text = ""
+    /// OpenMetrics 1.0 instead of the 0.0.4 text format: counter families are
+    /// named without "_total" in HELP and TYPE, and the text ends with "# EOF".
+    public let openMetrics: Bool
 
-    public init() {}
+    public static let textContentType = "text/plain; version=0.0.4; charset=utf-8"
+    public static let openMetricsContentType = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+    public init(openMetrics: Bool = false) { self.openMetrics = openMetrics }
+
+    private mutating func header(_ f: Family) {
+        let name = openMetrics && f.kind == .counter && f.name.hasSuffix("_total") ? String(f.name.dropLast(6)) : f.name
+        text += "# HELP \(name) \(Self.escapeHelp(f.help))\n# TYPE \(name) \(f.kind.rawValue)\n"
+    }
+
+    private mutating func sample(_ name: String, _ labels: [(String, String)], _ value: String) {
+        text += name
+        if !labels.isEmpty {
+            text += "{" + labels.map { "\($0.0)=\"\(Self.escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
+        }
+        text += " " + value + "\n"
+    }
 
     public mutating func family(_ f: Family, _ samples: [(labels: [(String, String)], value: Double)]) {
-        text += "# HELP \(f.name) \(Self.escapeHelp(f.help))\n# TYPE \(f.name) \(f.kind.rawValue)\n"
-        for s in samples {
-            text += f.name
-            if !s.labels.isEmpty {
-                text += "{" + s.labels.map { "\($0.0)=\"\(Self.escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
+        header(f)
+        for s in samples { sample(f.name, s.labels, Self.format(s.value)) }
+    }
+
+    /// A histogram family: per series the cumulative "le" buckets, +Inf, sum and count.
+    public mutating func histogram(_ f: Family, _ series: [(labels: [(String, String)], value: Histogram)]) {
+        header(f)
+        for s in series {
+            let cum = s.value.cumulative
+            for (i, bound) in s.value.bounds.enumerated() {
+                sample(f.name + "_bucket", s.labels + [("le", Self.format(bound))], String(cum[i]))
             }
-            text += " " + Self.format(s.value) + "\n"
+            sample(f.name + "_bucket", s.labels + [("le", "+Inf")], String(s.value.count))
+            sample(f.name + "_sum", s.labels, Self.format(s.value.sum))
+            sample(f.name + "_count", s.labels, String(s.value.count))
         }
     }
+
+    /// The exposition as served: OpenMetrics ends with "# EOF".
+    public var body: String { openMetrics ? text + "# EOF\n" : text }
 
     static func escapeLabel(_ v: String) -> String {
         var o = ""
@@ -91,14 +121,43 @@ public enum MetricCatalog {
         name: "flowmeter_malformed_packets_total", kind: .counter,
         help: "Packets whose IP header could not be trusted; counted on the interface as non-IP under their ethertype.")
 
+    // Per service pair (labels service, peer_service, transport, and
+    // direction or role where they apply). README "Metric reference".
+    public static let networkBytes = Exposition.Family(
+        name: "flowmeter_network_io_bytes_total", kind: .counter,
+        help: "Payload bytes (what the application sent or received; no headers) per service pair, by direction, from the socket hooks.")
+    public static let networkPackets = Exposition.Family(
+        name: "flowmeter_network_packets_total", kind: .counter,
+        help: "Wire packets per service pair, by direction, from tc flows joined to their socket by 5-tuple.")
+    public static let tcpOpened = Exposition.Family(
+        name: "flowmeter_tcp_connections_opened_total", kind: .counter,
+        help: "TCP connections established per service pair, by the local end's role.")
+    public static let tcpFailed = Exposition.Family(
+        name: "flowmeter_tcp_connections_failed_total", kind: .counter,
+        help: "TCP connects that failed per service pair, by reason (refused, timeout, unreachable, other).")
+    public static let tcpActive = Exposition.Family(
+        name: "flowmeter_tcp_connections_active", kind: .gauge,
+        help: "Live TCP connections opened while flowmeterd ran, per service pair, by the local end's role.")
+    public static let tcpRetransmits = Exposition.Family(
+        name: "flowmeter_tcp_retransmits_total", kind: .counter,
+        help: "TCP segments retransmitted per service pair.")
+    public static let tcpResets = Exposition.Family(
+        name: "flowmeter_tcp_resets_total", kind: .counter,
+        help: "TCP resets per service pair, by direction (transmit: sent, receive: received).")
+    public static let tcpRTT = Exposition.Family(
+        name: "flowmeter_tcp_rtt_seconds", kind: .histogram,
+        help: "Smoothed RTT of TCP connections per service pair: one sample per connection update and one at close.")
+
     public static let all = [interfaceBytes, interfacePackets, ringLost, flowTableEntries, insertFailures,
-                             records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed]
+                             records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
+                             networkBytes, networkPackets, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
+                             tcpResets, tcpRTT]
 }
 
 public enum MetricsRenderer {
     /// Renders the whole exposition from one snapshot of the accounting state.
-    public static func render(_ a: Accounting, version: String) -> String {
-        var e = Exposition()
+    public static func render(_ a: Accounting, version: String, openMetrics: Bool = false) -> String {
+        var e = Exposition(openMetrics: openMetrics)
         let ifaces = a.interfaces.keys.sorted()
         func perInterface(_ value: (InterfaceTotals) -> UInt64) -> [(labels: [(String, String)], value: Double)] {
             ifaces.flatMap { name in
@@ -121,9 +180,41 @@ public enum MetricsRenderer {
                                                     ([("transport", "udp")], Double(a.liveSockets.udp))])
         }
         e.family(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
-        e.family(MetricCatalog.seriesDropped, [([], 0)])
+        e.family(MetricCatalog.seriesDropped, [([], Double(a.services?.seriesDropped ?? 0))])
         e.family(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])
         e.family(MetricCatalog.buildInfo, [([("version", version)], 1)])
-        return e.text
+        if let agg = a.services { services(agg, into: &e) }
+        return e.body
+    }
+
+    static func services(_ agg: ServiceAggregator, into e: inout Exposition) {
+        let sorted: [(key: ServicePair, value: PairStats)] = agg.pairs.sorted { $0.key < $1.key }
+        let pairs: [(ServicePair, PairStats)] = sorted.map { ($0.key, agg.exposed($0.key, $0.value)) }
+        let tcp = pairs.filter { $0.0.transport == "tcp" }
+        func base(_ p: ServicePair) -> [(String, String)] {
+            [("service", p.service), ("peer_service", p.peer), ("transport", p.transport)]
+        }
+        let directions: [Direction] = [.transmit, .receive]
+        let roles: [(String, Int)] = [("client", 0), ("server", 1)]
+        e.family(MetricCatalog.networkBytes, pairs.flatMap { p, s in
+            directions.map { (base(p) + [("direction", $0.label)], Double(s.bytes[Int($0.rawValue)])) }
+        })
+        e.family(MetricCatalog.networkPackets, pairs.flatMap { p, s in
+            directions.map { (base(p) + [("direction", $0.label)], Double(s.packets[Int($0.rawValue)])) }
+        })
+        e.family(MetricCatalog.tcpOpened, tcp.flatMap { p, s in
+            roles.map { (base(p) + [("role", $0.0)], Double(s.opened[$0.1])) }
+        })
+        e.family(MetricCatalog.tcpFailed, tcp.flatMap { p, s in
+            s.failed.sorted { $0.key < $1.key }.map { (base(p) + [("reason", $0.key)], Double($0.value)) }
+        })
+        e.family(MetricCatalog.tcpActive, tcp.flatMap { p, s in
+            roles.map { (base(p) + [("role", $0.0)], Double(s.active[$0.1])) }
+        })
+        e.family(MetricCatalog.tcpRetransmits, tcp.map { p, s in (base(p), Double(s.retransmits)) })
+        e.family(MetricCatalog.tcpResets, tcp.flatMap { p, s in
+            directions.map { (base(p) + [("direction", $0.label)], Double(s.resets[Int($0.rawValue)])) }
+        })
+        e.histogram(MetricCatalog.tcpRTT, tcp.map { p, s in (base(p), s.rtt) })
     }
 }

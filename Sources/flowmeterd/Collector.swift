@@ -98,12 +98,23 @@ final class Collector: Service, @unchecked Sendable {
         }
         let ringEvents = socketEvents?.take(ABI.decodeSocketEvent).records ?? []
         let events = connections.apply(ringEvents + updates)
+        // Cgroup paths are looked up here, outside the lock (a miss rescans cgroupfs).
+        var paths: [UInt64: String] = [:]
+        for e in events { if let id = e.owner?.cgroupID, paths[id] == nil, let p = cgroups.path(of: id) { paths[id] = p } }
+        let now = Self.monotonicNow()
         let socketCounters = try? sockets?.readCounters()
         let live = (tcp: connections.count(ipProtocol: 6), udp: connections.count(ipProtocol: 17))
         shared.update { a in
             a.add(batch, names: names)
             a.setFlowTableEntries(entries)
             if let counters { a.kernel = counters }
+            if a.services != nil {
+                // Sockets first: a flow of a connection opened in this interval
+                // then finds its socket.
+                a.services?.apply(events, cgroupPath: { paths[$0] })
+                a.services?.apply(flows: batch, now: now)
+                a.services?.expire(now: now)
+            }
             a.addSocketEvents(ringEvents.count)
             a.addSocketUpdates(updates.count)
             a.liveSockets = live
@@ -115,10 +126,16 @@ final class Collector: Service, @unchecked Sendable {
                 FlowLogEncoder.encode($0, interface: names[$0.key.ifindex] ?? "if\($0.key.ifindex)", clock: clock)
             }
             lines += events.map {
-                FlowLogEncoder.encodeConnection($0, cgroupPath: $0.owner.flatMap { cgroups.path(of: $0.cgroupID) }, clock: clock)
+                FlowLogEncoder.encodeConnection($0, cgroupPath: $0.owner.flatMap { paths[$0.cgroupID] }, clock: clock)
             }
             flowLog.write(lines: lines)
         }
+    }
+
+    static func monotonicNow() -> UInt64 {
+        var mono = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &mono)
+        return UInt64(mono.tv_sec) * 1_000_000_000 + UInt64(mono.tv_nsec)
     }
 
     static func clockNow() -> ClockMapping {

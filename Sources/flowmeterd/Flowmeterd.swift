@@ -1,5 +1,6 @@
 import ArgumentParser
 import FlowmeterBPF
+import FlowmeterConfig
 import FlowmeterCore
 import FlowmeterExport
 import Foundation
@@ -13,7 +14,7 @@ struct Flowmeterd: AsyncParsableCommand {
         abstract: "eBPF network telemetry collector: per-interface and per-flow accounting in the kernel, served as Prometheus metrics and a JSON-lines flow log.",
         discussion: "Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).",
         version: FlowmeterVersion.current,
-        subcommands: [Run.self, Check.self],
+        subcommands: [Run.self, Check.self, ConfigCommand.self],
         defaultSubcommand: Run.self
     )
 }
@@ -37,60 +38,62 @@ struct Run: AsyncParsableCommand {
         abstract: "Attach to the interfaces and serve metrics (the default command)."
     )
 
+    @Option(name: .long, help: ArgumentHelp("YAML configuration file (see config/flowmeter.example.yaml). Default: $FLOWMETER_CONFIG, else /etc/flowmeter/flowmeter.yaml if it exists. Precedence: flags, then FLOWMETER_* variables, then this file. SIGHUP reloads its service rules and series limits.", valueName: "path"))
+    var config: String?
+
     @Option(name: .long, help: ArgumentHelp("Interfaces to attach to: names or globs, comma-separated. Default: every interface that is up, except loopback.", valueName: "names"))
     var interfaces: String?
 
     @Option(name: .customLong("exclude-interfaces"), help: ArgumentHelp("Interfaces to leave alone: names or globs, comma-separated.", valueName: "names"))
     var excludeInterfaces: String?
 
-    @Option(name: .long, help: ArgumentHelp("How often the flow tables are evicted (e.g. 500ms, 5s, 1m).", valueName: "duration"),
+    @Option(name: .long, help: ArgumentHelp("How often the flow tables are evicted and socket updates read (e.g. 500ms, 5s, 1m). Default: 5s.", valueName: "duration"),
             transform: { s in do { return try FlowDuration(parsing: s) } catch { throw ValidationError("\(error)") } })
-    var interval = FlowDuration(nanoseconds: 5_000_000_000)
+    var interval: FlowDuration?
 
-    @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Address of the metrics endpoint: :PORT, HOST:PORT or [V6]:PORT.", valueName: "address"),
+    @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Address of the metrics endpoint: :PORT, HOST:PORT or [V6]:PORT. Default: 0.0.0.0:9810.", valueName: "address"),
             transform: { s in do { return try ListenAddress(parsing: s) } catch { throw ValidationError("\(error)") } })
-    var metricsListen = ListenAddress(host: "0.0.0.0", port: 9810)
+    var metricsListen: ListenAddress?
 
-    @Option(name: .customLong("flow-log"), help: ArgumentHelp("Write one JSON object per evicted flow to this file ('-' for stdout).", valueName: "path"))
+    @Option(name: .customLong("flow-log"), help: ArgumentHelp("Write one JSON object per evicted flow and per connection event to this file ('-' for stdout).", valueName: "path"))
     var flowLog: String?
 
     @Option(name: .customLong("flow-table-size"), help: ArgumentHelp("Flows each of the two kernel flow tables holds; packets of flows beyond it travel through the flows ring. Default: 65536, less on hosts with many CPUs (the tables are preallocated per CPU; about 64 MiB at most).", valueName: "n"))
-    var flowTableSize: Int = FlowAccountingProgram.defaultFlowTableSize()
+    var flowTableSize: Int?
 
     @Option(name: .customLong("flows-ring-size"), help: ArgumentHelp("Bytes of the ring that carries packets the full flow table cannot take (a power of two, at least the page size; a record is 96 bytes).", valueName: "bytes"))
     var flowsRingSize: Int = ABI.defaultFlowsRingBytes
 
-    @Option(name: .customLong("tc-mode"), help: ArgumentHelp("How to attach tc programs: auto (TCX, else clsact), tcx, clsact.", valueName: "mode"),
+    @Option(name: .customLong("tc-mode"), help: ArgumentHelp("How to attach tc programs: auto (TCX, else clsact), tcx, clsact. Default: auto.", valueName: "mode"),
             transform: { s in
                 guard let m = TCMode(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, tcx, clsact") }
                 return m
             })
-    var tcMode: TCMode = .auto
+    var tcMode: TCMode?
 
-    @Option(name: .long, help: ArgumentHelp("Socket-hook rung: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint, tracepoint-classic, or off. A forced rung that cannot be had is an error; with auto, no rung at all only disables socket telemetry.", valueName: "rung"),
+    @Option(name: .long, help: ArgumentHelp("Socket-hook rung: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint, tracepoint-classic, or off. A forced rung that cannot be had is an error; with auto, no rung at all only disables socket telemetry. Default: auto.", valueName: "rung"),
             transform: { s in
-                if s == "off" { return nil }
-                guard let r = HookRequest(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, fentry, kprobe, tracepoint, tracepoint-classic, off") }
-                return r
+                guard s == "off" || HookRequest(rawValue: s) != nil else { throw ValidationError("'\(s)' is not one of auto, fentry, kprobe, tracepoint, tracepoint-classic, off") }
+                return s
             })
-    var hooks: HookRequest? = .auto
+    var hooks: String?
 
     @Flag(name: .customLong("follow-interfaces"), inversion: .prefixedNo,
-          help: "Attach to matching interfaces that appear (or come up) after start, and let go of those that disappear.")
-    var followInterfaces = true
+          help: "Attach to matching interfaces that appear (or come up) after start, and let go of those that disappear. Default: on.")
+    var followInterfaces: Bool?
 
-    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where flowmeterd records clsact attachments so a later start can remove what a killed run left.", valueName: "dir"))
-    var stateDir = "/run/flowmeter"
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where flowmeterd records clsact attachments so a later start can remove what a killed run left. Default: /run/flowmeter.", valueName: "dir"))
+    var stateDir: String?
 
-    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"),
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical. Default: info.", valueName: "level"),
             transform: { s in
-                guard let l = Logger.Level(rawValue: s) else { throw ValidationError("'\(s)' is not a log level (trace, debug, info, notice, warning, error, critical)") }
-                return l
+                guard Logger.Level(rawValue: s) != nil else { throw ValidationError("'\(s)' is not a log level (trace, debug, info, notice, warning, error, critical)") }
+                return s
             })
-    var logLevel: Logger.Level = .info
+    var logLevel: String?
 
     func validate() throws {
-        guard (1...(1 << 24)).contains(flowTableSize) else {
+        if let flowTableSize, !(1...(1 << 24)).contains(flowTableSize) {
             throw ValidationError("--flow-table-size must be from 1 to 16777216, got \(flowTableSize)")
         }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -99,18 +102,45 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// The flags as the top layer of the configuration.
+    var flagLayer: FileConfig {
+        FileConfig(interfaces: interfaces.map { InterfaceSelection.patterns($0) },
+                   excludeInterfaces: excludeInterfaces.map { InterfaceSelection.patterns($0) },
+                   interval: interval, metricsListen: metricsListen.map { "\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" },
+                   flowLog: flowLog, flowTableSize: flowTableSize, tcMode: tcMode?.rawValue, hooks: hooks,
+                   followInterfaces: followInterfaces, stateDir: stateDir, logLevel: logLevel)
+    }
+
     func run() async throws {
+        let layers: ConfigLayers
+        do { layers = try ConfigLayers.load(flagPath: config) } catch { fail("\(error)") }
+        let settings = layers.file.overlaid(by: layers.environment).overlaid(by: flagLayer)
+        let interval = settings.interval ?? FlowDuration(nanoseconds: 5_000_000_000)
+        let metricsListen: ListenAddress
+        do { metricsListen = try settings.metricsListen.map { try ListenAddress(parsing: $0) } ?? ListenAddress(host: "0.0.0.0", port: 9810) } catch {
+            fail("metrics_listen: \(error)")
+        }
+        let flowLog = settings.flowLog
+        let flowTableSize = settings.flowTableSize ?? FlowAccountingProgram.defaultFlowTableSize()
+        let tcMode = settings.tcMode.flatMap { TCMode(rawValue: $0) } ?? .auto
+        let hooks: HookRequest? = settings.hooks == "off" ? nil : settings.hooks.flatMap { HookRequest(rawValue: $0) } ?? .auto
+        let followInterfaces = settings.followInterfaces ?? true
+        let stateDir = settings.stateDir ?? "/run/flowmeter"
+        let level = settings.logLevel.flatMap { Logger.Level(rawValue: $0) } ?? .info
+
         requireCapabilities()
-        let level = logLevel
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
             return h
         }
         let logger = Logger(label: "flowmeterd")
+        if let path = layers.path {
+            logger.info("configuration read", metadata: ["file": "\(path)", "service_rules": "\(settings.services?.count ?? 0)",
+                                                          "peer_rules": "\(settings.peers?.count ?? 0)"])
+        }
 
-        let selection = InterfaceSelection(include: InterfaceSelection.patterns(interfaces ?? ""),
-                                           exclude: InterfaceSelection.patterns(excludeInterfaces ?? ""))
+        let selection = InterfaceSelection(include: settings.interfaces ?? [], exclude: settings.excludeInterfaces ?? [])
         let chosen: [InterfaceSelection.Candidate]
         do { chosen = try selection.select(from: HostInterfaces.list()) } catch { fail("--interfaces: \(error)") }
         if chosen.isEmpty && !followInterfaces {
@@ -166,6 +196,20 @@ struct Run: AsyncParsableCommand {
         shared.update {
             $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
             $0.socketTelemetry = sockets != nil
+            if sockets != nil {
+                $0.services = ServiceAggregator(resolver: ServiceResolver(rules: settings.services ?? [], peers: settings.peers ?? []),
+                                                limits: settings.limits)
+            }
+        }
+        // SIGHUP: read the file and the environment again; new service rules
+        // and series limits apply to what comes next, counters stay.
+        let hup = SignalReloader(logger: logger) {
+            let l = try ConfigLayers.load(flagPath: config)
+            let s = l.file.overlaid(by: l.environment).overlaid(by: flagLayer)
+            shared.update {
+                $0.services?.reconfigure(resolver: ServiceResolver(rules: s.services ?? [], peers: s.peers ?? []), limits: s.limits)
+            }
+            return "service_rules=\(s.services?.count ?? 0) peer_rules=\(s.peers?.count ?? 0) max_series_per_metric=\(s.limits.maxSeriesPerMetric)"
         }
         let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
         var links: LinkMonitor?
@@ -205,13 +249,22 @@ struct Run: AsyncParsableCommand {
         let listen = metricsListen
         let http = MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
             logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
-        }, render: { MetricsRenderer.render(shared.snapshot(), version: FlowmeterVersion.current) })
+        }, render: { om in
+            let snapshot = shared.snapshot()
+            let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)
+            // New pairs were shown at zero; the next scrape shows their counts.
+            if let seen = snapshot.services?.unexposed, !seen.isEmpty {
+                shared.update { $0.services?.markExposed(seen) }
+            }
+            return text
+        })
 
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: collector), .init(service: http)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {
+            defer { withExtendedLifetime(hup) {} }
             try await group.run()
         } catch {
             // The collector does not throw; what fails here is the HTTP server

@@ -19,6 +19,8 @@ import Testing
               names: [2: "eth0"])
         a.hooks = [HookMode(hook: "tc", mode: "tcx")]
         a.kernel.flowsRingLost = 7
+        a.socketTelemetry = true
+        a.services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: .defaults)
         let text = MetricsRenderer.render(a, version: "9.9.9")
         for f in MetricCatalog.all {
             #expect(text.contains("# HELP \(f.name) "), "\(f.name)")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -166,3 +168,56 @@ def test_run_hooks(netpair, flowmeterd, daemons, tmp_path):
         assert sum(1 for h in seen if h["hook"] != "tc") == socket_series, seen
         assert any(h["hook"] == "tc" for h in seen), seen
         assert d.terminate() == 0, d.stderr
+
+
+def test_config_check(flowmeterd, tmp_path):
+    """`config check`: the shipped example is valid; a file with several
+    mistakes gets every one, each with its line and key, and exit 1."""
+    example = Path(__file__).resolve().parents[2] / "config" / "flowmeter.example.yaml"
+    p = subprocess.run([flowmeterd, "config", "check", str(example)], capture_output=True, text=True)
+    assert p.returncode == 0 and "ok" in p.stdout and p.stderr == "", p.stdout + p.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("interval: 5 parsecs\n"
+                   "services:\n"
+                   "  - name: checkout\n"
+                   "    ports: 80-70\n"
+                   "  - name: nothing\n"
+                   "intervall: 5s\n")
+    p = subprocess.run([flowmeterd, "config", "check", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 4, p.stderr
+    assert lines[0].startswith(f"{bad}:1:") and "interval" in lines[0], lines
+    assert lines[1].startswith(f"{bad}:4:") and "services[0].ports" in lines[1], lines
+    assert lines[2].startswith(f"{bad}:5:") and "services[1]" in lines[2], lines
+    assert lines[3].startswith(f"{bad}:6:") and "intervall" in lines[3], lines
+    p = subprocess.run([flowmeterd, "config", "check", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    assert p.returncode == 1 and "missing.yaml" in p.stderr, p.stderr
+
+
+def test_config_precedence(netpair, flowmeterd, tmp_path):
+    """Flags over FLOWMETER_* over the file: the metrics port comes from the
+    flag when given, else the environment, else the file; a bad file stops
+    the daemon with the file's line."""
+    cfg = tmp_path / "f.yaml"
+    file_port, env_port, flag_port = unique_port(), unique_port(), unique_port()
+    cfg.write_text(f"metrics_listen: \"127.0.0.1:{file_port}\"\nhooks: off\ninterfaces: [{IF_A}]\n")
+    for env, flags, want in (({}, [], file_port), ({"FLOWMETER_METRICS_LISTEN": f"127.0.0.1:{env_port}"}, [], env_port),
+                             ({"FLOWMETER_METRICS_LISTEN": f"127.0.0.1:{env_port}"},
+                              ["--metrics-listen", f"127.0.0.1:{flag_port}"], flag_port)):
+        d = subprocess.Popen(["ip", "netns", "exec", netpair.a, "env", *[f"{k}={v}" for k, v in env.items()], flowmeterd,
+                              "--config", str(cfg), "--state-dir", str(tmp_path / "s"), *flags],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            line = ""
+            deadline = time.monotonic() + 20
+            while "serving metrics" not in line and time.monotonic() < deadline:
+                line = d.stderr.readline()
+                assert line, "daemon exited"
+            assert f":{want}/metrics" in line, line
+        finally:
+            d.terminate()
+            d.wait(timeout=20)
+    cfg.write_text("interval: -3s\n")
+    p = run_in(netpair, flowmeterd, "--config", str(cfg), timeout=30)
+    assert p.returncode == 1 and f"{cfg}:1:" in p.stderr and "interval" in p.stderr, p.stderr

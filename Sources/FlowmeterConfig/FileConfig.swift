@@ -1,0 +1,228 @@
+// Settings that come from a config file or the environment, as opposed to the
+// command line. Every field is optional so that sources can be layered.
+
+import FlowmeterCore
+
+/// Settings from one source (a YAML config file, or the `FLOWMETER_*`
+/// environment). A nil field means "this source does not say": the layer
+/// below decides. A non-nil field, even `[]` or `false`, decides.
+///
+/// Precedence, highest first:
+///
+/// 1. command-line flags given explicitly,
+/// 2. the environment (`FileConfig.environment(_:)`),
+/// 3. the config file (`FileConfig.parse(yaml:source:)`),
+/// 4. the built-in defaults (the flags' defaults; `AggregationLimits.defaults`).
+///
+/// So a caller builds the effective settings as
+///
+///     let file = try FileConfig.parse(yaml: text, source: path)
+///     let env = try FileConfig.environment(ProcessInfo.processInfo.environment)
+///     let layered = file.overlaid(by: env)
+///
+/// and then lets each flag that was given on the command line win over
+/// `layered`, and a built-in default fill what is still nil.
+public struct FileConfig: Sendable, Equatable {
+    /// Interfaces to attach to: names or globs (`--interfaces`). Empty means
+    /// every interface that is up, except loopback.
+    public var interfaces: [String]?
+    /// Interfaces to leave alone: names or globs (`--exclude-interfaces`).
+    public var excludeInterfaces: [String]?
+    /// How often the flow tables are evicted (`--interval`).
+    public var interval: FlowDuration?
+    /// `HOST:PORT`, `:PORT` or `[V6]:PORT` (`--metrics-listen`); checked with
+    /// `ListenAddress(parsing:)`, kept as written.
+    public var metricsListen: String?
+    /// JSON-lines flow log path, `-` for stdout (`--flow-log`).
+    public var flowLog: String?
+    /// Flows per kernel flow table (`--flow-table-size`), 1 to 16777216.
+    public var flowTableSize: Int?
+    /// One of `FileConfig.tcModes` (`--tc-mode`).
+    public var tcMode: String?
+    /// One of `FileConfig.hookRequests` (`--hooks`); `off` disables socket hooks.
+    public var hooks: String?
+    /// Follow interfaces that appear or vanish after start (`--follow-interfaces`).
+    public var followInterfaces: Bool?
+    /// Where clsact attachments are recorded (`--state-dir`).
+    public var stateDir: String?
+    /// One of `FileConfig.logLevels` (`--log-level`).
+    public var logLevel: String?
+    /// Rules naming the local end of a socket; the first match wins.
+    public var services: [ServiceRule]?
+    /// Rules naming the remote end; the first match wins.
+    public var peers: [PeerRule]?
+    /// Series per metric family (at least `FileConfig.minSeriesPerMetric`).
+    public var maxSeriesPerMetric: Int?
+    /// Idle time after which a series is dropped.
+    public var seriesExpiry: FlowDuration?
+    /// Label unknown peers with their address instead of "unknown".
+    public var peerAddresses: Bool?
+
+    public init(interfaces: [String]? = nil, excludeInterfaces: [String]? = nil, interval: FlowDuration? = nil,
+                metricsListen: String? = nil, flowLog: String? = nil, flowTableSize: Int? = nil,
+                tcMode: String? = nil, hooks: String? = nil, followInterfaces: Bool? = nil,
+                stateDir: String? = nil, logLevel: String? = nil,
+                services: [ServiceRule]? = nil, peers: [PeerRule]? = nil,
+                maxSeriesPerMetric: Int? = nil, seriesExpiry: FlowDuration? = nil, peerAddresses: Bool? = nil) {
+        self.interfaces = interfaces; self.excludeInterfaces = excludeInterfaces; self.interval = interval
+        self.metricsListen = metricsListen; self.flowLog = flowLog; self.flowTableSize = flowTableSize
+        self.tcMode = tcMode; self.hooks = hooks; self.followInterfaces = followInterfaces
+        self.stateDir = stateDir; self.logLevel = logLevel
+        self.services = services; self.peers = peers
+        self.maxSeriesPerMetric = maxSeriesPerMetric; self.seriesExpiry = seriesExpiry; self.peerAddresses = peerAddresses
+    }
+
+    /// This config with every field that `top` sets taken from `top` (a higher
+    /// layer: environment over file, see the type's precedence). Lists are
+    /// replaced whole, not merged: `top`'s `services` replace these.
+    public func overlaid(by top: FileConfig) -> FileConfig {
+        FileConfig(interfaces: top.interfaces ?? interfaces,
+                   excludeInterfaces: top.excludeInterfaces ?? excludeInterfaces,
+                   interval: top.interval ?? interval,
+                   metricsListen: top.metricsListen ?? metricsListen,
+                   flowLog: top.flowLog ?? flowLog,
+                   flowTableSize: top.flowTableSize ?? flowTableSize,
+                   tcMode: top.tcMode ?? tcMode,
+                   hooks: top.hooks ?? hooks,
+                   followInterfaces: top.followInterfaces ?? followInterfaces,
+                   stateDir: top.stateDir ?? stateDir,
+                   logLevel: top.logLevel ?? logLevel,
+                   services: top.services ?? services,
+                   peers: top.peers ?? peers,
+                   maxSeriesPerMetric: top.maxSeriesPerMetric ?? maxSeriesPerMetric,
+                   seriesExpiry: top.seriesExpiry ?? seriesExpiry,
+                   peerAddresses: top.peerAddresses ?? peerAddresses)
+    }
+
+    /// The series limits, with `AggregationLimits.defaults` where unset.
+    public var limits: AggregationLimits {
+        let d = AggregationLimits.defaults
+        return AggregationLimits(maxSeriesPerMetric: maxSeriesPerMetric ?? d.maxSeriesPerMetric,
+                                 seriesExpiry: seriesExpiry ?? d.seriesExpiry,
+                                 peerAddresses: peerAddresses ?? d.peerAddresses)
+    }
+
+    // MARK: Allowed values (the same as the flags')
+
+    /// `--tc-mode` values (FlowmeterBPF's `TCMode`).
+    public static let tcModes = ["auto", "tcx", "clsact"]
+    /// `--hooks` values (FlowmeterBPF's `HookRequest`, plus `off`).
+    public static let hookRequests = ["auto", "fentry", "kprobe", "tracepoint", "tracepoint-classic", "off"]
+    /// `--log-level` values (swift-log's `Logger.Level`).
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+    /// What `--flow-table-size` accepts.
+    public static let flowTableSizes = 1...(1 << 24)
+    /// The least `series.max_per_metric`.
+    public static let minSeriesPerMetric = 10
+    /// The characters a service or peer name may have (it becomes a label value).
+    public static let nameCharacters = "A-Z a-z 0-9 _ . : / @ -"
+}
+
+/// Value checks shared by the YAML and the environment readers; each throws a
+/// `ValueError` that says what is wrong with the value.
+enum Check {
+    static func duration(_ s: String) throws -> FlowDuration { try FlowDuration(parsing: s) }
+
+    static func listen(_ s: String) throws -> String {
+        _ = try ListenAddress(parsing: s)
+        return s
+    }
+
+    static func nonEmpty(_ s: String) throws -> String {
+        guard !s.trimmed.isEmpty else { throw ValueError("must not be empty") }
+        return s
+    }
+
+    static func oneOf(_ s: String, _ allowed: [String]) throws -> String {
+        guard allowed.contains(s) else {
+            throw ValueError("\(quoted(s)) is not one of \(allowed.joined(separator: ", "))")
+        }
+        return s
+    }
+
+    static func wholeNumber(_ s: String) throws -> Int {
+        guard let n = Int(s.trimmed) else { throw ValueError("\(quoted(s)) is not a whole number") }
+        return n
+    }
+
+    static func flowTableSize(_ n: Int) throws -> Int {
+        let r = FileConfig.flowTableSizes
+        guard r.contains(n) else { throw ValueError("must be from \(r.lowerBound) to \(r.upperBound), got \(n)") }
+        return n
+    }
+
+    static func maxSeries(_ n: Int) throws -> Int {
+        guard n >= FileConfig.minSeriesPerMetric else {
+            throw ValueError("must be at least \(FileConfig.minSeriesPerMetric), got \(n)")
+        }
+        return n
+    }
+
+    static func bool(_ s: String) throws -> Bool {
+        switch s.trimmed.lowercased() {
+        case "true", "1": return true
+        case "false", "0": return false
+        default: throw ValueError("\(quoted(s)) is not true, false, 1 or 0")
+        }
+    }
+
+    static func ruleName(_ s: String) throws -> String {
+        guard !s.isEmpty else { throw ValueError("must not be empty") }
+        let ok = s.unicodeScalars.allSatisfy { c in
+            ("A"..."Z").contains(c) || ("a"..."z").contains(c) || ("0"..."9").contains(c) || "_.:/@-".unicodeScalars.contains(c)
+        }
+        guard ok else { throw ValueError("\(quoted(s)) may only contain \(FileConfig.nameCharacters)") }
+        return s
+    }
+
+    /// The kernel's comm is at most 15 characters: a longer literal never matches.
+    static func processGlob(_ s: String) throws -> String {
+        _ = try nonEmpty(s)
+        if !s.contains(where: { "*?[".contains($0) }) && s.unicodeScalars.count > 15 {
+            throw ValueError("\(quoted(s)) never matches: process names (comm) are at most 15 characters; use \(quoted(String(String.UnicodeScalarView(s.unicodeScalars.prefix(15))))) or a glob")
+        }
+        return s
+    }
+
+    /// A path below the cgroup v2 mount starts with "/".
+    static func cgroupGlob(_ s: String) throws -> String {
+        _ = try nonEmpty(s)
+        guard let first = s.first, "/*?[".contains(first) else {
+            throw ValueError("\(quoted(s)) never matches: cgroup paths start with \"/\" (e.g. /system.slice/\(s))")
+        }
+        return s
+    }
+}
+
+func quoted(_ s: String) -> String { "\"\(s)\"" }
+
+extension String {
+    var trimmed: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\n" || f == "\r" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\n" || l == "\r" { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// "Did you mean" for a misspelt key or variable: the closest allowed name
+/// within two edits, if any.
+func closest(to word: String, in candidates: [String]) -> String? {
+    func distance(_ a: [Character], _ b: [Character]) -> Int {
+        if a.isEmpty { return b.count }
+        if b.isEmpty { return a.count }
+        var prev = Array(0...b.count)
+        for i in 1...a.count {
+            var cur = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...b.count {
+                cur[j] = Swift.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            prev = cur
+        }
+        return prev[b.count]
+    }
+    let w = Array(word.lowercased())
+    let limit = Swift.min(2, Swift.max(1, w.count / 3))
+    let scored = candidates.map { ($0, distance(w, Array($0.lowercased()))) }.filter { $0.1 <= limit }
+    return scored.min(by: { $0.1 < $1.1 })?.0
+}

@@ -1,0 +1,353 @@
+// Per service pair accounting: who talks to whom, how much, how fast, how
+// badly. Pure state fed by socket records and tc flows; the exporter renders
+// it on each scrape.
+//
+// Counting rules (README, "Per-service metrics"):
+//  - Payload bytes come from socket records. Those carry a socket's counters
+//    so far (update, close); the aggregator adds the difference to the last
+//    record of the same socket, so a counter never goes back and nothing is
+//    counted twice. A socket whose open predates flowmeterd (its close arrives
+//    with no open and no start time) adds nothing: its bytes were sent before
+//    we started, and adding them at close would make a burst that never was.
+//  - Packets come from tc flows, joined to the socket that owns the 5-tuple
+//    (live, or closed less than `joinGrace` ago). A TCP or UDP flow no socket
+//    owns (a socket of another host forwarded through this one, or one opened
+//    before flowmeterd) counts under service "unknown". Other protocols
+//    (ICMP, ...) have no service and count only on the interface metrics.
+//  - A pair is (service, peer_service, transport). At most `maxSeriesPerMetric`
+//    pairs exist; a new pair past the cap folds into (service, "other"), and
+//    if that is new too, into ("other", "other"): those two per transport are
+//    always allowed, so memory stays bounded. Each fold counts in
+//    `seriesDropped`.
+//  - A pair with no live connection and no traffic for `seriesExpiry` is
+//    dropped; it vanishes from /metrics (Prometheus sees the series end).
+//  - A new pair is shown with zero counters until one scrape has seen it.
+//    Prometheus computes rate() and increase() from the second sample of a
+//    series on; a series that first appears with a short connection's whole
+//    transfer would lose that transfer from every rate.
+
+/// The labels of one per-service series (besides direction or role).
+public struct ServicePair: Sendable, Hashable, Comparable {
+    public var service: String
+    public var peer: String
+    public var transport: String
+    public init(service: String, peer: String, transport: String) {
+        self.service = service; self.peer = peer; self.transport = transport
+    }
+    public static func < (a: ServicePair, b: ServicePair) -> Bool {
+        (a.service, a.peer, a.transport) < (b.service, b.peer, b.transport)
+    }
+}
+
+/// A fixed-bucket histogram (Prometheus "le" buckets; counts per bucket, not cumulative).
+public struct Histogram: Sendable, Equatable {
+    /// Upper bounds of the TCP RTT buckets, in seconds: 100 µs (loopback,
+    /// same rack) to 2.5 s (a congested intercontinental path).
+    public static let rttBuckets: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                              0.05, 0.1, 0.25, 0.5, 1, 2.5]
+    public let bounds: [Double]
+    /// counts[i]: observations in (bounds[i-1], bounds[i]]; the last entry is above every bound.
+    public private(set) var counts: [UInt64]
+    public private(set) var sum: Double = 0
+    public private(set) var count: UInt64 = 0
+
+    public init(bounds: [Double] = Histogram.rttBuckets) {
+        self.bounds = bounds
+        counts = [UInt64](repeating: 0, count: bounds.count + 1)
+    }
+
+    public mutating func observe(_ v: Double) {
+        var i = 0
+        while i < bounds.count && v > bounds[i] { i += 1 }
+        counts[i] += 1
+        sum += v
+        count += 1
+    }
+
+    /// Cumulative counts per bound, then +Inf (what the exposition prints).
+    public var cumulative: [UInt64] {
+        var run: UInt64 = 0
+        return counts.map { run += $0; return run }
+    }
+}
+
+/// Everything counted for one service pair.
+public struct PairStats: Sendable, Equatable {
+    /// Payload bytes, by Direction.rawValue (0 receive, 1 transmit).
+    public var bytes: [UInt64] = [0, 0]
+    /// tc packets, by Direction.rawValue.
+    public var packets: [UInt64] = [0, 0]
+    /// TCP connections opened, by role (0 client, 1 server).
+    public var opened: [UInt64] = [0, 0]
+    /// TCP connects that failed (client side), by reason label.
+    public var failed: [String: UInt64] = [:]
+    /// Live TCP connections, by role (0 client, 1 server).
+    public var active: [Int] = [0, 0]
+    public var retransmits: UInt64 = 0
+    /// TCP resets, by Direction.rawValue (transmit: sent, receive: received).
+    public var resets: [UInt64] = [0, 0]
+    /// Smoothed RTT of TCP connections, one sample per update and one at close.
+    public var rtt = Histogram()
+    /// CLOCK_MONOTONIC of the last record that touched the pair.
+    public var lastActiveNanos: UInt64 = 0
+
+    public init() {}
+}
+
+public struct ServiceAggregator: Sendable {
+    public private(set) var pairs: [ServicePair: PairStats] = [:]
+    public private(set) var seriesDropped: UInt64 = 0
+    /// Pairs no scrape has seen yet: rendered with zero counters.
+    public private(set) var unexposed: Set<ServicePair> = []
+    public private(set) var limits: AggregationLimits
+    private var resolver: ServiceResolver
+    /// How long a closed socket's 5-tuple still claims tc flows: the flows of
+    /// its last interval are evicted after its close record arrived.
+    public let joinGrace: UInt64
+
+    struct Endpoint: Hashable { var proto: UInt8; var address: IPAddress16; var port: UInt16 }
+    struct Tuple: Hashable { var proto: UInt8; var local: IPAddress16; var localPort: UInt16; var remote: IPAddress16; var remotePort: UInt16 }
+
+    /// A live socket: its pair, role and the counters of its last record.
+    struct Tracked {
+        var pair: ServicePair
+        var role: SocketEvent.Role
+        var counted: Bool
+        var sent: UInt64 = 0, received: UInt64 = 0, retransmits: UInt64 = 0
+        var resetsSent: UInt64 = 0, resetsReceived: UInt64 = 0
+        var tuple: Tuple
+        var local: Endpoint
+    }
+    private var sockets: [UInt64: Tracked] = [:]
+    /// Local endpoints of sockets seen (live, or until `seriesExpiry` after
+    /// their close) with their service: a peer on this node is named by them.
+    private var endpoints: [Endpoint: (service: String, liveCount: Int, lastSeen: UInt64)] = [:]
+    /// 5-tuples of sockets (local end first) with their pair, for tc flows;
+    /// `closedAt` is set when the socket closed.
+    private var tuples: [Tuple: (pair: ServicePair, closedAt: UInt64?)] = [:]
+
+    public init(resolver: ServiceResolver, limits: AggregationLimits, joinGrace: UInt64 = 5_000_000_000) {
+        self.resolver = resolver; self.limits = limits; self.joinGrace = joinGrace
+    }
+
+    /// New rules and caps (SIGHUP). Counters stay with their series; a live
+    /// socket moves to the pair the new rules give it at its next record.
+    public mutating func reconfigure(resolver: ServiceResolver, limits: AggregationLimits) {
+        self.resolver = resolver
+        self.limits = limits
+        rules += 1
+    }
+    /// Bumped on each reconfigure: a socket resolved under older rules is resolved again.
+    private var rules = 0
+    private var resolvedUnder: [UInt64: Int] = [:]
+
+    /// Live TCP connections and UDP sockets being tracked.
+    public var trackedSockets: Int { sockets.count }
+
+    // MARK: socket records
+
+    /// Applies socket records in the order given (the connection table's
+    /// timestamp order). `cgroupPath` resolves an owner's cgroup id.
+    public mutating func apply(_ events: [SocketEvent], cgroupPath: (UInt64) -> String?) {
+        // Register every local endpoint first: a client's open usually comes
+        // before the server's (the server's socket is established one ACK
+        // later), and both are in the same batch.
+        // A new socket's service replaces what an earlier one on the same
+        // endpoint was called (the rules may have changed since).
+        for e in events where e.kind != .failed && e.kind != .close && e.family != .other && sockets[e.socketID] == nil {
+            let ep = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
+            var known = endpoints[ep] ?? (localService(e, cgroupPath: cgroupPath), 0, e.timestampNanos)
+            known.service = localService(e, cgroupPath: cgroupPath)
+            known.lastSeen = e.timestampNanos
+            endpoints[ep] = known
+        }
+        for e in events { apply(e, cgroupPath: cgroupPath) }
+    }
+
+    private func localService(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> String {
+        resolver.localService(cgroupPath: e.owner.flatMap { cgroupPath($0.cgroupID) }, process: e.owner?.name,
+                              address: e.localAddress, port: e.localPort)
+    }
+
+    private func peerService(proto: UInt8, address: IPAddress16, port: UInt16) -> String {
+        if let name = resolver.peerService(address: address, port: port) { return name }
+        if address != .zero && !(address.isV4Mapped && address.lo & 0xFFFF_FFFF == 0) {
+            for a in [address, address.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero] {
+                if let known = endpoints[Endpoint(proto: proto, address: a, port: port)] { return known.service }
+            }
+            if limits.peerAddresses { return address.description }
+        }
+        return "unknown"
+    }
+
+    private static func transport(_ proto: UInt8) -> String? { proto == 6 ? "tcp" : proto == 17 ? "udp" : nil }
+
+    /// The pair for a new series, folded past the cap.
+    private mutating func admit(_ p: ServicePair) -> ServicePair {
+        if pairs[p] != nil { return p }
+        if pairs.count < limits.maxSeriesPerMetric {
+            pairs[p] = PairStats()
+            unexposed.insert(p)
+            return p
+        }
+        seriesDropped += 1
+        let peerFold = ServicePair(service: p.service, peer: "other", transport: p.transport)
+        if pairs[peerFold] != nil { return peerFold }
+        let allFold = ServicePair(service: "other", peer: "other", transport: p.transport)
+        if pairs[allFold] == nil {
+            pairs[allFold] = PairStats()
+            unexposed.insert(allFold)
+        }
+        return allFold
+    }
+
+    private mutating func resolve(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> ServicePair? {
+        guard let transport = Self.transport(e.ipProtocol) else { return nil }
+        return admit(ServicePair(service: localService(e, cgroupPath: cgroupPath),
+                                 peer: peerService(proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort),
+                                 transport: transport))
+    }
+
+    private mutating func apply(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) {
+        let now = e.timestampNanos
+        if e.kind == .failed {
+            guard let p = resolve(e, cgroupPath: cgroupPath) else { return }
+            pairs[p]?.failed[e.reason.label, default: 0] += 1
+            pairs[p]?.lastActiveNanos = now
+            return
+        }
+        var t: Tracked
+        if let known = sockets[e.socketID], resolvedUnder[e.socketID] == rules || e.family == .other {
+            t = known
+        } else {
+            guard e.family != .other, let p = resolve(e, cgroupPath: cgroupPath) else { return }
+            let local = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
+            let tuple = Tuple(proto: e.ipProtocol, local: e.localAddress, localPort: e.localPort,
+                              remote: e.remoteAddress, remotePort: e.remotePort)
+            if var known = sockets[e.socketID] {
+                // Re-resolved under new rules: the live count moves with it.
+                if known.pair != p, e.ipProtocol == 6, known.role != .unknown {
+                    pairs[known.pair]?.active[Self.roleIndex(known.role)] -= 1
+                    pairs[p]?.active[Self.roleIndex(known.role)] += 1
+                }
+                known.pair = p
+                tuples[known.tuple] = (p, nil)
+                t = known
+            } else {
+                // A socket we never saw open: counted from here on only if it
+                // opened while we ran (its open record was lost).
+                let counted = e.kind == .open || e.startNanos != 0
+                t = Tracked(pair: p, role: e.role, counted: counted, tuple: tuple, local: local)
+                if !counted {
+                    t.sent = e.bytesSent; t.received = e.bytesReceived; t.retransmits = UInt64(e.retransmits)
+                    t.resetsSent = UInt64(e.resetsSent); t.resetsReceived = UInt64(e.resetsReceived)
+                }
+                if e.ipProtocol == 6 && e.kind != .close && e.role != .unknown {
+                    if e.kind == .open { pairs[p]?.opened[Self.roleIndex(e.role)] += 1 }
+                    pairs[p]?.active[Self.roleIndex(e.role)] += 1
+                }
+                var ep = endpoints[local] ?? (p.service, 0, now)
+                ep.service = p.service
+                ep.liveCount += 1
+                ep.lastSeen = now
+                endpoints[local] = ep
+                tuples[tuple] = (p, nil)
+            }
+            resolvedUnder[e.socketID] = rules
+        }
+        // The pair may have expired while the socket idled (UDP has no live
+        // count to keep it): admit it again, folded if the cap says so.
+        let p = admit(t.pair)
+        t.pair = p
+        if e.kind == .update || e.kind == .close {
+            func delta(_ new: UInt64, _ old: inout UInt64) -> UInt64 {
+                defer { old = new }
+                return new >= old ? new - old : new
+            }
+            let dSent = delta(e.bytesSent, &t.sent), dRecv = delta(e.bytesReceived, &t.received)
+            let dRetr = delta(UInt64(e.retransmits), &t.retransmits)
+            let dRstS = delta(UInt64(e.resetsSent), &t.resetsSent), dRstR = delta(UInt64(e.resetsReceived), &t.resetsReceived)
+            pairs[p]?.bytes[Int(Direction.transmit.rawValue)] += dSent
+            pairs[p]?.bytes[Int(Direction.receive.rawValue)] += dRecv
+            if e.ipProtocol == 6 {
+                pairs[p]?.retransmits += dRetr
+                pairs[p]?.resets[Int(Direction.transmit.rawValue)] += dRstS
+                pairs[p]?.resets[Int(Direction.receive.rawValue)] += dRstR
+                if e.srttMicros > 0 { pairs[p]?.rtt.observe(Double(e.srttMicros) / 1e6) }
+            }
+        }
+        pairs[p]?.lastActiveNanos = now
+        if e.kind == .close {
+            if e.ipProtocol == 6 && e.role != .unknown && t.counted {
+                pairs[p]?.active[Self.roleIndex(t.role)] -= 1
+            }
+            if var ep = endpoints[t.local] {
+                ep.liveCount = max(0, ep.liveCount - 1)
+                ep.lastSeen = now
+                endpoints[t.local] = ep
+            }
+            tuples[t.tuple] = (p, now)
+            sockets[e.socketID] = nil
+            resolvedUnder[e.socketID] = nil
+        } else {
+            sockets[e.socketID] = t
+        }
+    }
+
+    private static func roleIndex(_ r: SocketEvent.Role) -> Int { r == .server ? 1 : 0 }
+
+    // MARK: tc flows
+
+    /// Adds tc flows' packets to the pair of the socket owning each 5-tuple.
+    public mutating func apply(flows: [FlowRecord], now: UInt64) {
+        for f in flows {
+            let k = f.key
+            guard k.family != .other, let transport = Self.transport(k.ipProtocol) else { continue }
+            let outbound = k.direction == .transmit
+            let local = outbound ? k.source : k.destination, remote = outbound ? k.destination : k.source
+            let lport = outbound ? k.sourcePort : k.destinationPort, rport = outbound ? k.destinationPort : k.sourcePort
+            var pair = tuples[Tuple(proto: k.ipProtocol, local: local, localPort: lport, remote: remote, remotePort: rport)]?.pair
+            if pair == nil {
+                // An unconnected UDP socket: its tuple has no remote end.
+                pair = tuples[Tuple(proto: k.ipProtocol, local: local, localPort: lport, remote: .zero, remotePort: 0)]?.pair
+            }
+            let p = admit(pair ?? ServicePair(service: "unknown",
+                                              peer: peerService(proto: k.ipProtocol, address: remote, port: rport),
+                                              transport: transport))
+            pairs[p]?.packets[Int(k.direction.rawValue)] += f.stats.packets
+            let last = pairs[p]?.lastActiveNanos ?? 0
+            pairs[p]?.lastActiveNanos = max(last, now)
+        }
+    }
+
+    /// A scrape has rendered every current pair: from now on with their counts.
+    public mutating func markExposed(_ seen: Set<ServicePair>) {
+        unexposed.subtract(seen)
+    }
+
+    /// What a scrape shows for a pair: its counts, or zeros (with its live
+    /// connections) while no scrape has seen it.
+    public func exposed(_ p: ServicePair, _ s: PairStats) -> PairStats {
+        guard unexposed.contains(p) else { return s }
+        var z = PairStats()
+        z.active = s.active
+        return z
+    }
+
+    // MARK: expiry
+
+    /// Drops idle pairs, and closed sockets' endpoints and tuples past their time.
+    public mutating func expire(now: UInt64) {
+        let ttl = limits.seriesExpiry.nanoseconds
+        for (p, s) in pairs where s.active == [0, 0] && now > s.lastActiveNanos && now - s.lastActiveNanos >= ttl {
+            pairs[p] = nil
+            unexposed.remove(p)
+        }
+        for (ep, v) in endpoints where v.liveCount == 0 && now > v.lastSeen && now - v.lastSeen >= ttl {
+            endpoints[ep] = nil
+        }
+        for (t, v) in tuples {
+            if let closed = v.closedAt, now > closed, now - closed >= joinGrace { tuples[t] = nil }
+        }
+    }
+}

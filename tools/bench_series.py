@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Memory of flowmeterd with N live per-service series (tools/bench series [N]).
+
+Starts the release flowmeterd in a network namespace of its own, with the
+series cap above N and peers labelled by address, then opens N UDP sockets,
+each connected to a different address behind a gateway on a veth, and sends one
+datagram from each: N (python3, <address>, udp) pairs, every one live. Prints
+flowmeterd's resident memory before and with the series (median of 5 samples,
+1 s apart), the size and scrape time of /metrics, and the cost per pair.
+Root only; everything it creates is removed on exit.
+"""
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+NS = f"fmbench{os.getpid()}"
+PORT = 19810
+
+
+def sh(*cmd, check=True):
+    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+OPENER = r"""
+import resource, socket, sys
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 256), max(hard, n + 256)))
+socks = []
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((f"10.128.{1 + i // 250}.{1 + i % 250}", 9))
+    s.send(b"x")
+    socks.append(s)
+print("ready", flush=True)
+sys.stdin.read()   # until the benchmark closes our stdin
+"""
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def sample_rss(pid, n=5):
+    values = []
+    for _ in range(n):
+        values.append(rss_kib(pid))
+        time.sleep(1)
+    return statistics.median(values)
+
+
+def scrape():
+    """(body, seconds) of one /metrics GET from inside the namespace."""
+    code = ("import sys,time,urllib.request;t=time.monotonic();"
+            f"b=urllib.request.urlopen('http://127.0.0.1:{PORT}/metrics',timeout=30).read();"
+            "sys.stdout.write(f'{time.monotonic()-t:.4f}\\n'+b.decode())")
+    out = sh("ip", "netns", "exec", NS, sys.executable, "-c", code).stdout
+    secs, body = out.split("\n", 1)
+    return body, float(secs)
+
+
+def udp_series(body):
+    return sum(1 for l in body.splitlines()
+               if l.startswith("flowmeter_network_io_bytes_total{") and 'transport="udp"' in l and 'direction="transmit"' in l)
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    binary = sys.argv[2] if len(sys.argv) > 2 else "flowmeterd"
+    tmp = tempfile.mkdtemp(prefix="fmbench-")
+    cfg = os.path.join(tmp, "bench.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"series:\n  max_per_metric: {n + 1000}\n  expiry: 1h\n  peer_addresses: true\n")
+    sh("ip", "netns", "add", NS)
+    daemon = None
+    socks = []
+    try:
+        sh("ip", "-n", NS, "link", "set", "lo", "up")
+        # The addresses sit behind a gateway on a veth whose other end is in
+        # the same namespace and does not forward: one neighbour entry, and
+        # the datagrams are dropped there.
+        sh("ip", "-n", NS, "link", "add", "fmb0", "type", "veth", "peer", "name", "fmb1")
+        sh("ip", "-n", NS, "addr", "add", "10.127.0.1/24", "dev", "fmb0")
+        sh("ip", "-n", NS, "addr", "add", "10.127.0.2/24", "dev", "fmb1")
+        sh("ip", "-n", NS, "link", "set", "fmb0", "up")
+        sh("ip", "-n", NS, "link", "set", "fmb1", "up")
+        sh("ip", "-n", NS, "route", "add", "10.128.0.0/16", "via", "10.127.0.2", "dev", "fmb0")
+        daemon = subprocess.Popen(["ip", "netns", "exec", NS, binary, "--config", cfg, "--interfaces", "fmb0",
+                                   "--interval", "1s", "--metrics-listen", f"127.0.0.1:{PORT}",
+                                   "--state-dir", os.path.join(tmp, "state"), "--log-level", "warning"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                scrape()
+                break
+            except subprocess.CalledProcessError:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"flowmeterd did not start: {daemon.stderr.read() if daemon.poll() is not None else ''}")
+                time.sleep(0.3)
+        time.sleep(2)
+        base = sample_rss(daemon.pid)
+        base_body, base_secs = scrape()
+
+        # The sockets live in a child inside the namespace until we are done.
+        opener = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", OPENER, str(n)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        socks.append(opener)
+        if opener.stdout.readline().strip() != "ready":
+            raise SystemExit("the socket opener failed")
+        deadline = time.monotonic() + 60
+        while udp_series(scrape()[0]) < n and time.monotonic() < deadline:
+            time.sleep(1)
+        body, _ = scrape()
+        series = udp_series(body)
+        loaded = sample_rss(daemon.pid)
+        times = [scrape()[1] for _ in range(5)]
+        lines = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
+        print(f"flowmeterd with {series} live UDP service pairs ({n} sockets), interval 1s")
+        print(f"  RSS before:          {base / 1024:8.1f} MiB  (/metrics {len(base_body) / 1024:.0f} KiB, {base_secs * 1000:.1f} ms)")
+        print(f"  RSS with the pairs:  {loaded / 1024:8.1f} MiB")
+        print(f"  per pair:            {(loaded - base) * 1024 / max(series, 1):8.0f} bytes")
+        print(f"  /metrics:            {len(body) / 1024 / 1024:8.1f} MiB, {lines} samples, "
+              f"scrape median {statistics.median(times) * 1000:.0f} ms (5 scrapes)")
+        if series < n:
+            print(f"  WARNING: only {series} of {n} pairs appeared", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        for p in socks:
+            p.stdin.close()
+            p.wait(timeout=30)
+        if daemon and daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+        sh("ip", "netns", "del", NS, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
