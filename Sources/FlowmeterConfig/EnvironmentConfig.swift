@@ -18,7 +18,8 @@ extension FileConfig {
     /// The settings' variables, in the order of the flags.
     public static let environmentVariables = [
         "FLOWMETER_INTERFACES", "FLOWMETER_EXCLUDE_INTERFACES", "FLOWMETER_INTERVAL", "FLOWMETER_METRICS_LISTEN",
-        "FLOWMETER_FLOW_LOG", "FLOWMETER_FLOW_TABLE_SIZE", "FLOWMETER_TC_MODE", "FLOWMETER_HOOKS",
+        "FLOWMETER_FLOW_LOG", "FLOWMETER_FLOW_LOG_MAX_SIZE", "FLOWMETER_FLOW_LOG_KEEP", "FLOWMETER_OTLP_ENDPOINT",
+        "FLOWMETER_IPFIX_COLLECTOR", "FLOWMETER_IPFIX_OBSERVATION_DOMAIN", "FLOWMETER_FLOW_TABLE_SIZE", "FLOWMETER_TC_MODE", "FLOWMETER_HOOKS",
         "FLOWMETER_FOLLOW_INTERFACES", "FLOWMETER_STATE_DIR", "FLOWMETER_LOG_LEVEL",
         "FLOWMETER_MAX_SERIES_PER_METRIC", "FLOWMETER_SERIES_EXPIRY", "FLOWMETER_PEER_ADDRESSES",
     ]
@@ -52,6 +53,11 @@ extension FileConfig {
                 case "FLOWMETER_INTERVAL": c.interval = try Check.duration(text)
                 case "FLOWMETER_METRICS_LISTEN": c.metricsListen = try Check.listen(text)
                 case "FLOWMETER_FLOW_LOG": c.flowLog = text
+                case "FLOWMETER_FLOW_LOG_MAX_SIZE": c.flowLogMaxSize = try Check.byteSize(text)
+                case "FLOWMETER_FLOW_LOG_KEEP": c.flowLogKeep = try Check.keep(Check.wholeNumber(text))
+                case "FLOWMETER_OTLP_ENDPOINT": c.otlpEndpoint = try Check.httpURL(text)
+                case "FLOWMETER_IPFIX_COLLECTOR": c.ipfixCollector = try Check.destination(text)
+                case "FLOWMETER_IPFIX_OBSERVATION_DOMAIN": c.ipfixObservationDomain = try Check.observationDomain(Check.wholeNumber(text))
                 case "FLOWMETER_FLOW_TABLE_SIZE": c.flowTableSize = try Check.flowTableSize(Check.wholeNumber(text))
                 case "FLOWMETER_TC_MODE": c.tcMode = try Check.oneOf(text, tcModes)
                 case "FLOWMETER_HOOKS": c.hooks = try Check.oneOf(text, hookRequests)

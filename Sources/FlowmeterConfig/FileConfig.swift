@@ -37,6 +37,16 @@ public struct FileConfig: Sendable, Equatable {
     public var flowLog: String?
     /// Flows per kernel flow table (`--flow-table-size`), 1 to 16777216.
     public var flowTableSize: Int?
+    /// Rotate the flow log when it reaches this many bytes (nil: never; SIGHUP reopens it).
+    public var flowLogMaxSize: Int?
+    /// Rotated flow logs kept (FILE.1 ... FILE.N).
+    public var flowLogKeep: Int?
+    /// OTLP/HTTP metrics endpoint, e.g. http://collector:4318/v1/metrics.
+    public var otlpEndpoint: String?
+    /// IPFIX collector, HOST:PORT (UDP).
+    public var ipfixCollector: String?
+    /// IPFIX observation domain id.
+    public var ipfixObservationDomain: Int?
     /// One of `FileConfig.tcModes` (`--tc-mode`).
     public var tcMode: String?
     /// One of `FileConfig.hookRequests` (`--hooks`); `off` disables socket hooks.
@@ -60,12 +70,16 @@ public struct FileConfig: Sendable, Equatable {
 
     public init(interfaces: [String]? = nil, excludeInterfaces: [String]? = nil, interval: FlowDuration? = nil,
                 metricsListen: String? = nil, flowLog: String? = nil, flowTableSize: Int? = nil,
+                flowLogMaxSize: Int? = nil, flowLogKeep: Int? = nil, otlpEndpoint: String? = nil,
+                ipfixCollector: String? = nil, ipfixObservationDomain: Int? = nil,
                 tcMode: String? = nil, hooks: String? = nil, followInterfaces: Bool? = nil,
                 stateDir: String? = nil, logLevel: String? = nil,
                 services: [ServiceRule]? = nil, peers: [PeerRule]? = nil,
                 maxSeriesPerMetric: Int? = nil, seriesExpiry: FlowDuration? = nil, peerAddresses: Bool? = nil) {
         self.interfaces = interfaces; self.excludeInterfaces = excludeInterfaces; self.interval = interval
         self.metricsListen = metricsListen; self.flowLog = flowLog; self.flowTableSize = flowTableSize
+        self.flowLogMaxSize = flowLogMaxSize; self.flowLogKeep = flowLogKeep; self.otlpEndpoint = otlpEndpoint
+        self.ipfixCollector = ipfixCollector; self.ipfixObservationDomain = ipfixObservationDomain
         self.tcMode = tcMode; self.hooks = hooks; self.followInterfaces = followInterfaces
         self.stateDir = stateDir; self.logLevel = logLevel
         self.services = services; self.peers = peers
@@ -82,6 +96,11 @@ public struct FileConfig: Sendable, Equatable {
                    metricsListen: top.metricsListen ?? metricsListen,
                    flowLog: top.flowLog ?? flowLog,
                    flowTableSize: top.flowTableSize ?? flowTableSize,
+                   flowLogMaxSize: top.flowLogMaxSize ?? flowLogMaxSize,
+                   flowLogKeep: top.flowLogKeep ?? flowLogKeep,
+                   otlpEndpoint: top.otlpEndpoint ?? otlpEndpoint,
+                   ipfixCollector: top.ipfixCollector ?? ipfixCollector,
+                   ipfixObservationDomain: top.ipfixObservationDomain ?? ipfixObservationDomain,
                    tcMode: top.tcMode ?? tcMode,
                    hooks: top.hooks ?? hooks,
                    followInterfaces: top.followInterfaces ?? followInterfaces,
@@ -101,6 +120,13 @@ public struct FileConfig: Sendable, Equatable {
                                  seriesExpiry: seriesExpiry ?? d.seriesExpiry,
                                  peerAddresses: peerAddresses ?? d.peerAddresses)
     }
+
+    // The checks of the export settings, for the flags (the same as the file's).
+    public static func checkByteSize(_ s: String) throws -> Int { try Check.byteSize(s) }
+    public static func checkKeep(_ n: Int) throws -> Int { try Check.keep(n) }
+    public static func checkHTTPURL(_ s: String) throws -> String { try Check.httpURL(s) }
+    public static func checkDestination(_ s: String) throws -> String { try Check.destination(s) }
+    public static func checkObservationDomain(_ n: Int) throws -> Int { try Check.observationDomain(n) }
 
     // MARK: Allowed values (the same as the flags')
 
@@ -148,6 +174,49 @@ enum Check {
     static func flowTableSize(_ n: Int) throws -> Int {
         let r = FileConfig.flowTableSizes
         guard r.contains(n) else { throw ValueError("must be from \(r.lowerBound) to \(r.upperBound), got \(n)") }
+        return n
+    }
+
+    /// A size in bytes: a whole number, optionally with K, M or G (powers of 1024).
+    static func byteSize(_ s: String) throws -> Int {
+        let t = s.trimmed
+        let units: [(String, Int)] = [("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)]
+        var number = Substring(t), scale = 1
+        for (u, m) in units where t.uppercased().hasSuffix(u) { number = t.dropLast(); scale = m; break }
+        guard let n = Int(number), n > 0, n <= Int(Int32.max) / scale * 2 else {
+            throw ValueError("\(quoted(s)) is not a size (bytes, or with K, M, G: e.g. 100M)")
+        }
+        guard n * scale >= 4096 else { throw ValueError("must be at least 4096 bytes, got \(quoted(s))") }
+        return n * scale
+    }
+
+    static func keep(_ n: Int) throws -> Int {
+        guard (1...100).contains(n) else { throw ValueError("must be from 1 to 100, got \(n)") }
+        return n
+    }
+
+    /// An http:// URL with a host (OTLP/HTTP). No TLS: flowmeterd pushes to a
+    /// collector or agent on the node or its network, which forwards over TLS.
+    static func httpURL(_ s: String) throws -> String {
+        let t = s.trimmed
+        if t.hasPrefix("https://") {
+            throw ValueError("\(quoted(s)): https is not supported; push to a local OpenTelemetry Collector over http:// and let it forward over TLS")
+        }
+        guard t.hasPrefix("http://"), t.dropFirst(7).split(separator: "/").first.map({ !$0.isEmpty }) == true else {
+            throw ValueError("\(quoted(s)) is not an http:// URL (e.g. http://127.0.0.1:4318/v1/metrics)")
+        }
+        return t
+    }
+
+    /// HOST:PORT or [V6]:PORT with a host (a destination, not a listen address).
+    static func destination(_ s: String) throws -> String {
+        let a = try ListenAddress(parsing: s)
+        guard !s.trimmed.hasPrefix(":"), a.port > 0 else { throw ValueError("\(quoted(s)) needs a host and a port (HOST:PORT)") }
+        return s.trimmed
+    }
+
+    static func observationDomain(_ n: Int) throws -> Int {
+        guard n >= 0, n <= Int(UInt32.max) else { throw ValueError("must be from 0 to 4294967295, got \(n)") }
         return n
     }
 

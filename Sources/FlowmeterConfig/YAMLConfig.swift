@@ -7,7 +7,8 @@ import Yams
 
 extension FileConfig {
     static let topLevelKeys = ["interfaces", "exclude_interfaces", "interval", "metrics_listen", "flow_log",
-                               "flow_table_size", "tc_mode", "hooks", "follow_interfaces", "state_dir", "log_level",
+                               "flow_log_max_size", "flow_log_keep", "otlp_endpoint", "ipfix_collector",
+                               "ipfix_observation_domain", "flow_table_size", "tc_mode", "hooks", "follow_interfaces", "state_dir", "log_level",
                                "services", "peers", "series"]
     static let seriesKeys = ["max_per_metric", "expiry", "peer_addresses"]
     static let serviceKeys = ["name", "cgroup", "process", "ports", "cidr"]
@@ -207,6 +208,11 @@ struct NodeReader {
             case "metrics_listen": c.metricsListen = value(v, path, expected: "an address (HOST:PORT)", Check.listen)
             case "flow_log": c.flowLog = value(v, path, expected: "a path", Check.nonEmpty)
             case "flow_table_size": c.flowTableSize = integer(v, path, Check.flowTableSize)
+            case "flow_log_max_size": c.flowLogMaxSize = value(v, path, expected: "a size", Check.byteSize)
+            case "flow_log_keep": c.flowLogKeep = integer(v, path, Check.keep)
+            case "otlp_endpoint": c.otlpEndpoint = value(v, path, expected: "a URL", Check.httpURL)
+            case "ipfix_collector": c.ipfixCollector = value(v, path, expected: "HOST:PORT", Check.destination)
+            case "ipfix_observation_domain": c.ipfixObservationDomain = integer(v, path, Check.observationDomain)
             case "tc_mode": c.tcMode = value(v, path, expected: "a tc mode") { try Check.oneOf($0, FileConfig.tcModes) }
             // `hooks: off` is YAML's false; its text is still "off".
             case "hooks": c.hooks = value(v, path, expected: "a hook rung") { try Check.oneOf($0, FileConfig.hookRequests) }

@@ -28,6 +28,23 @@ public struct HookMode: Sendable, Equatable, Hashable {
     public init(hook: String, mode: String) { self.hook = hook; self.mode = mode }
 }
 
+/// How one exporter is doing. Units are the exporter's: flow-log lines, IPFIX
+/// flow records, OTLP export requests.
+public struct ExportStats: Sendable, Equatable {
+    /// Handed to the exporter (sent, failed for good, dropped, or waiting).
+    public var queued: UInt64 = 0
+    public var sent: UInt64 = 0
+    /// Attempts that failed (an OTLP batch retried later counts each failure).
+    public var failed: UInt64 = 0
+    /// Given up on: never delivered.
+    public var dropped: UInt64 = 0
+    /// Wall clock (Unix seconds) of the last success; 0 before the first.
+    public var lastSuccessUnixSeconds: Double = 0
+    /// Waiting to be sent (OTLP's queue); 0 for exporters that send at once.
+    public var queueLength = 0
+    public init() {}
+}
+
 /// The daemon's counted state.
 public struct Accounting: Sendable {
     /// Keyed by interface name; an index we have no name for shows as "if<N>".
@@ -45,6 +62,8 @@ public struct Accounting: Sendable {
     /// UPDATE records read from the socket update iterator.
     public private(set) var socketUpdates: UInt64 = 0
     public var socketEventsLost: UInt64 = 0
+    /// Per exporter (flow_log, ipfix, otlp) health, for those configured.
+    public var exports: [String: ExportStats] = [:]
     /// Per service pair state, when socket telemetry runs.
     public var services: ServiceAggregator?
     /// Live TCP connections and UDP sockets in the daemon's connection table.

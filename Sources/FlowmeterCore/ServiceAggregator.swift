@@ -299,10 +299,14 @@ public struct ServiceAggregator: Sendable {
     // MARK: tc flows
 
     /// Adds tc flows' packets to the pair of the socket owning each 5-tuple.
-    public mutating func apply(flows: [FlowRecord], now: UInt64) {
+    /// Returns the pair each flow was counted under (nil: not a TCP or UDP flow).
+    @discardableResult
+    public mutating func apply(flows: [FlowRecord], now: UInt64) -> [ServicePair?] {
+        var out: [ServicePair?] = []
+        out.reserveCapacity(flows.count)
         for f in flows {
             let k = f.key
-            guard k.family != .other, let transport = Self.transport(k.ipProtocol) else { continue }
+            guard k.family != .other, let transport = Self.transport(k.ipProtocol) else { out.append(nil); continue }
             let outbound = k.direction == .transmit
             let local = outbound ? k.source : k.destination, remote = outbound ? k.destination : k.source
             let lport = outbound ? k.sourcePort : k.destinationPort, rport = outbound ? k.destinationPort : k.sourcePort
@@ -317,7 +321,9 @@ public struct ServiceAggregator: Sendable {
             pairs[p]?.packets[Int(k.direction.rawValue)] += f.stats.packets
             let last = pairs[p]?.lastActiveNanos ?? 0
             pairs[p]?.lastActiveNanos = max(last, now)
+            out.append(p)
         }
+        return out
     }
 
     /// A scrape has rendered every current pair: from now on with their counts.

@@ -6,7 +6,9 @@ public enum FlowLogEncoder {
     /// Schema version of the flow-log objects.
     public static let schemaVersion = 1
 
-    public static func encode(_ r: FlowRecord, interface: String, clock: ClockMapping) -> String {
+    /// `pair`: the service pair the flow's socket belongs to (TCP and UDP
+    /// flows, when socket telemetry runs), written as `service`, `peer_service`.
+    public static func encode(_ r: FlowRecord, interface: String, clock: ClockMapping, pair: ServicePair? = nil) -> String {
         let k = r.key
         var o = "{\"version\":\(schemaVersion),\"type\":\"flow\""
         o += ",\"interface\":" + quote(interface)
@@ -22,6 +24,7 @@ public enum FlowLogEncoder {
             o += ",\"dst_addr\":" + quote(k.destination.description)
             o += ",\"src_port\":\(k.sourcePort),\"dst_port\":\(k.destinationPort)"
         }
+        if let pair { o += ",\"service\":" + quote(pair.service) + ",\"peer_service\":" + quote(pair.peer) }
         o += ",\"packets\":\(r.stats.packets),\"bytes\":\(r.stats.bytes)"
         if k.family != .other && k.ipProtocol == 6 {
             o += ",\"tcp_flags\":" + quote(TCPFlags.describe(r.stats.tcpFlags))
@@ -89,35 +92,91 @@ public enum FlowLogEncoder {
 }
 
 /// Appends lines to a file (or stdout for "-"), flushing after each batch so a
-/// reader (or a crash) sees whole intervals.
+/// reader (or a crash) sees whole intervals. With `maxBytes` it rotates by
+/// size: FILE becomes FILE.1 (FILE.1 becomes FILE.2, ..., up to `keep`) and a
+/// new FILE starts; a batch is never split across files. `reopen()` (SIGHUP)
+/// opens FILE again by name, for logrotate's move-then-signal rotation.
 public final class FlowLogWriter: @unchecked Sendable {
-    private let handle: FileHandle
-    private let ownsHandle: Bool
+    private var fd: Int32
+    private var size: Int
+    private let lock = NSLock()
     public let path: String
+    public let maxBytes: Int?
+    public let keep: Int
+    /// Rotations done so far.
+    public private(set) var rotations = 0
 
-    public init(path: String) throws {
+    public init(path: String, maxBytes: Int? = nil, keep: Int = 5) throws {
         self.path = path
+        self.maxBytes = path == "-" ? nil : maxBytes
+        self.keep = max(1, keep)
         if path == "-" {
-            handle = FileHandle.standardOutput
-            ownsHandle = false
+            fd = STDOUT_FILENO
+            size = 0
             return
         }
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        fd = try Self.open(path)
+        size = Self.fileSize(fd)
+    }
+
+    private static func open(_ path: String) throws -> Int32 {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
         guard fd >= 0 else {
             throw ValueError("cannot open flow log \(path): \(String(cString: strerror(errno)))")
         }
-        handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-        ownsHandle = true
+        return fd
     }
 
-    public func write(lines: [String]) {
-        guard !lines.isEmpty else { return }
+    private static func fileSize(_ fd: Int32) -> Int {
+        var st = stat()
+        return fstat(fd, &st) == 0 ? Int(st.st_size) : 0
+    }
+
+    /// Writes one batch; false when the write failed (disk full, ...).
+    @discardableResult
+    public func write(lines: [String]) -> Bool {
+        guard !lines.isEmpty else { return true }
         var buf = lines.joined(separator: "\n")
         buf += "\n"
-        handle.write(Data(buf.utf8))
+        return lock.withLock {
+            if let maxBytes, size > 0, size + buf.utf8.count > maxBytes { rotateLocked() }
+            let n = buf.utf8.count
+            var off = 0
+            var ok = true
+            buf.withUTF8 { p in
+                while off < n {
+                    let w = Glibc.write(fd, p.baseAddress! + off, n - off)
+                    if w < 0 { if errno == EINTR { continue }; ok = false; return }
+                    off += w
+                }
+            }
+            size += off
+            return ok
+        }
     }
 
+    private func rotateLocked() {
+        for i in stride(from: keep - 1, through: 1, by: -1) {
+            rename("\(path).\(i)", "\(path).\(i + 1)")
+        }
+        rename(path, "\(path).1")
+        reopenLocked()
+        rotations += 1
+    }
+
+    private func reopenLocked() {
+        guard path != "-", let new = try? Self.open(path) else { return }
+        Glibc.close(fd)
+        fd = new
+        size = Self.fileSize(fd)
+    }
+
+    /// Opens the file again by its name (after logrotate moved it away).
+    public func reopen() { lock.withLock { reopenLocked() } }
+
     public func close() {
-        if ownsHandle { try? handle.synchronize() }
+        lock.withLock {
+            if path != "-" { fsync(fd) }
+        }
     }
 }

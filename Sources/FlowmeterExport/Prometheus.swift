@@ -121,6 +121,16 @@ public enum MetricCatalog {
         name: "flowmeter_malformed_packets_total", kind: .counter,
         help: "Packets whose IP header could not be trusted; counted on the interface as non-IP under their ethertype.")
 
+    public static let exportRecords = Exposition.Family(
+        name: "flowmeter_export_records_total", kind: .counter,
+        help: "Records each exporter handled, by outcome: queued (handed to it), sent, failed (attempts; OTLP retries), dropped (never delivered). Units: flow_log lines, ipfix flow records, otlp export requests.")
+    public static let exportQueue = Exposition.Family(
+        name: "flowmeter_export_queue_length", kind: .gauge,
+        help: "Records waiting in each exporter's queue (OTLP requests not yet delivered; 0 for exporters that send at once).")
+    public static let exportLastSuccess = Exposition.Family(
+        name: "flowmeter_export_last_success_timestamp_seconds", kind: .gauge,
+        help: "Unix time of each exporter's last successful send (0 before the first).")
+
     // Per service pair (labels service, peer_service, transport, and
     // direction or role where they apply). README "Metric reference".
     public static let networkBytes = Exposition.Family(
@@ -150,6 +160,7 @@ public enum MetricCatalog {
 
     public static let all = [interfaceBytes, interfacePackets, ringLost, flowTableEntries, insertFailures,
                              records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
+                             exportRecords, exportLastSuccess, exportQueue,
                              networkBytes, networkPackets, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
                              tcpResets, tcpRTT]
 }
@@ -183,6 +194,14 @@ public enum MetricsRenderer {
         e.family(MetricCatalog.seriesDropped, [([], Double(a.services?.seriesDropped ?? 0))])
         e.family(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])
         e.family(MetricCatalog.buildInfo, [([("version", version)], 1)])
+        let exporters = a.exports.keys.sorted()
+        e.family(MetricCatalog.exportRecords, exporters.flatMap { name -> [(labels: [(String, String)], value: Double)] in
+            let x = a.exports[name]!
+            return [("queued", x.queued), ("sent", x.sent), ("failed", x.failed), ("dropped", x.dropped)]
+                .map { ([("exporter", name), ("outcome", $0.0)], Double($0.1)) }
+        })
+        e.family(MetricCatalog.exportQueue, exporters.map { ([("exporter", $0)], Double(a.exports[$0]!.queueLength)) })
+        e.family(MetricCatalog.exportLastSuccess, exporters.map { ([("exporter", $0)], a.exports[$0]!.lastSuccessUnixSeconds) })
         if let agg = a.services { services(agg, into: &e) }
         return e.body
     }

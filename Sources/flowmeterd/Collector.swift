@@ -43,6 +43,12 @@ final class Collector: Service, @unchecked Sendable {
     let flowLog: FlowLogWriter?
     let interval: FlowDuration
     let logger: Logger
+    /// IPFIX: the encoder's state (templates, sequence) and the UDP sender.
+    var ipfix: (sender: IPFIXSender, encoder: IPFIXEncoder)?
+    var otlp: OTLPPusher?
+    /// OTLP resource attributes and the start of the cumulative series.
+    var otlpResource: [(String, String)] = []
+    let startUnixNanos = UInt64(Date().timeIntervalSince1970 * 1e9)
 
     init(program: FlowAccountingProgram, attacher: TCAttacher, ring: FlowsRing, shared: SharedAccounting,
          names: InterfaceNames, links: LinkMonitor?, sockets: SocketPrograms?, socketEvents: RingReader?,
@@ -68,6 +74,7 @@ final class Collector: Service, @unchecked Sendable {
         ring.stop()
         socketEvents?.stop()
         tick(final: true)
+        otlp?.stop()
         flowLog?.close()
         logger.info("detached and flushed", metadata: ["records": "\(shared.snapshot().records.values.reduce(0, +))"])
     }
@@ -102,6 +109,7 @@ final class Collector: Service, @unchecked Sendable {
         var paths: [UInt64: String] = [:]
         for e in events { if let id = e.owner?.cgroupID, paths[id] == nil, let p = cgroups.path(of: id) { paths[id] = p } }
         let now = Self.monotonicNow()
+        var flowPairs: [ServicePair?] = []
         let socketCounters = try? sockets?.readCounters()
         let live = (tcp: connections.count(ipProtocol: 6), udp: connections.count(ipProtocol: 17))
         shared.update { a in
@@ -112,7 +120,7 @@ final class Collector: Service, @unchecked Sendable {
                 // Sockets first: a flow of a connection opened in this interval
                 // then finds its socket.
                 a.services?.apply(events, cgroupPath: { paths[$0] })
-                a.services?.apply(flows: batch, now: now)
+                flowPairs = a.services?.apply(flows: batch, now: now) ?? []
                 a.services?.expire(now: now)
             }
             a.addSocketEvents(ringEvents.count)
@@ -122,13 +130,59 @@ final class Collector: Service, @unchecked Sendable {
         }
         if let flowLog, !batch.isEmpty || !events.isEmpty {
             let clock = Self.clockNow()
-            var lines = batch.map {
-                FlowLogEncoder.encode($0, interface: names[$0.key.ifindex] ?? "if\($0.key.ifindex)", clock: clock)
+            var lines = batch.enumerated().map { i, r in
+                FlowLogEncoder.encode(r, interface: names[r.key.ifindex] ?? "if\(r.key.ifindex)", clock: clock,
+                                      pair: i < flowPairs.count ? flowPairs[i] : nil)
             }
             lines += events.map {
                 FlowLogEncoder.encodeConnection($0, cgroupPath: $0.owner.flatMap { paths[$0.cgroupID] }, clock: clock)
             }
-            flowLog.write(lines: lines)
+            let ok = flowLog.write(lines: lines)
+            shared.update {
+                var x = $0.exports["flow_log", default: ExportStats()]
+                x.queued += UInt64(lines.count)
+                if ok { x.sent += UInt64(lines.count); x.lastSuccessUnixSeconds = Double(clock.realtimeNanos) / 1e9 } else { x.failed += UInt64(lines.count) }
+                $0.exports["flow_log"] = x
+            }
+        }
+        export(batch)
+    }
+
+    /// IPFIX and OTLP, after the tick's accounting.
+    func export(_ batch: [FlowRecord]) {
+        if var x = ipfix {
+            let clock = Self.clockNow()
+            let messages = x.encoder.messages(for: batch, exportTimeSeconds: UInt32(truncatingIfNeeded: clock.realtimeNanos / 1_000_000_000), clock: clock)
+            ipfix = x
+            let r = x.sender.send(messages)
+            if let e = r.error { logger.warning("IPFIX export failed", metadata: ["collector": "\(x.sender.collector)", "error": "\(e)"]) }
+            shared.update {
+                var s = $0.exports["ipfix", default: ExportStats()]
+                s.queued += UInt64(r.sent + r.failed)
+                s.sent += UInt64(r.sent)
+                s.failed += UInt64(r.failed)
+                if r.sent > 0 && r.failed == 0 { s.lastSuccessUnixSeconds = Double(clock.realtimeNanos) / 1e9 }
+                $0.exports["ipfix"] = s
+            }
+        }
+        if let otlp {
+            // The request carries the exporter's own counters as of its making.
+            syncOTLP()
+            let body = OTLPEncoder.request(shared.snapshot(), resource: otlpResource, scopeVersion: FlowmeterVersion.current,
+                                           startUnixNanos: startUnixNanos, nowUnixNanos: UInt64(Date().timeIntervalSince1970 * 1e9))
+            otlp.enqueue(body)
+        }
+    }
+
+    func syncOTLP() {
+        guard let otlp else { return }
+        let c = otlp.counters
+        shared.update {
+            var s = ExportStats()
+            s.queued = c.queued; s.sent = c.sent; s.failed = c.failed; s.dropped = c.dropped
+            s.lastSuccessUnixSeconds = c.lastSuccessUnixSeconds
+            s.queueLength = c.queueLength
+            $0.exports["otlp"] = s
         }
     }
 

@@ -6,6 +6,7 @@ import FlowmeterExport
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 @main
 struct Flowmeterd: AsyncParsableCommand {
@@ -58,6 +59,24 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("flow-log"), help: ArgumentHelp("Write one JSON object per evicted flow and per connection event to this file ('-' for stdout).", valueName: "path"))
     var flowLog: String?
 
+    @Option(name: .customLong("flow-log-max-size"), help: ArgumentHelp("Rotate the flow log at this size: FILE becomes FILE.1 and a new FILE starts (bytes, or with K, M, G). Default: never; SIGHUP reopens the file (for logrotate).", valueName: "size"))
+    var flowLogMaxSize: String?
+
+    @Option(name: .customLong("flow-log-keep"), help: ArgumentHelp("Rotated flow logs kept (FILE.1 ... FILE.N), 1 to 100. Default: 5.", valueName: "n"))
+    var flowLogKeep: Int?
+
+    @Option(name: .customLong("otlp-endpoint"), help: ArgumentHelp("Push the metrics every interval to this OTLP/HTTP endpoint (protobuf, cumulative), e.g. http://127.0.0.1:4318/v1/metrics. Default: off.", valueName: "url"))
+    var otlpEndpoint: String?
+
+    @Option(name: .customLong("otlp-queue-size"), help: ArgumentHelp("OTLP requests kept while the endpoint is unreachable (retried with exponential backoff, 0.5 s to 30 s); past it the oldest is dropped and counted. Default: 16.", valueName: "n"))
+    var otlpQueueSize: Int = 16
+
+    @Option(name: .customLong("ipfix-collector"), help: ArgumentHelp("Export every flow record as IPFIX (RFC 7011) over UDP to HOST:PORT. Default: off.", valueName: "host:port"))
+    var ipfixCollector: String?
+
+    @Option(name: .customLong("ipfix-observation-domain"), help: ArgumentHelp("IPFIX observation domain id (0 to 4294967295). Default: 0.", valueName: "id"))
+    var ipfixObservationDomain: Int?
+
     @Option(name: .customLong("flow-table-size"), help: ArgumentHelp("Flows each of the two kernel flow tables holds; packets of flows beyond it travel through the flows ring. Default: 65536, less on hosts with many CPUs (the tables are preallocated per CPU; about 64 MiB at most).", valueName: "n"))
     var flowTableSize: Int?
 
@@ -93,6 +112,9 @@ struct Run: AsyncParsableCommand {
     var logLevel: String?
 
     func validate() throws {
+        guard (1...10_000).contains(otlpQueueSize) else {
+            throw ValidationError("--otlp-queue-size must be from 1 to 10000, got \(otlpQueueSize)")
+        }
         if let flowTableSize, !(1...(1 << 24)).contains(flowTableSize) {
             throw ValidationError("--flow-table-size must be from 1 to 16777216, got \(flowTableSize)")
         }
@@ -102,19 +124,32 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    /// The flags as the top layer of the configuration.
-    var flagLayer: FileConfig {
-        FileConfig(interfaces: interfaces.map { InterfaceSelection.patterns($0) },
+    /// The flags as the top layer of the configuration (checked like the file's values).
+    func flagLayer() throws -> FileConfig {
+        func checked<T>(_ flag: String, _ v: T?, _ check: (T) throws -> T) throws -> T? {
+            do { return try v.map(check) } catch { throw ValidationError("--\(flag): \(error)") }
+        }
+        var c = FileConfig(interfaces: interfaces.map { InterfaceSelection.patterns($0) },
                    excludeInterfaces: excludeInterfaces.map { InterfaceSelection.patterns($0) },
                    interval: interval, metricsListen: metricsListen.map { "\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" },
                    flowLog: flowLog, flowTableSize: flowTableSize, tcMode: tcMode?.rawValue, hooks: hooks,
                    followInterfaces: followInterfaces, stateDir: stateDir, logLevel: logLevel)
+        if let size = flowLogMaxSize {
+            do { c.flowLogMaxSize = try FileConfig.checkByteSize(size) } catch { throw ValidationError("--flow-log-max-size: \(error)") }
+        }
+        c.flowLogKeep = try checked("flow-log-keep", flowLogKeep, FileConfig.checkKeep)
+        c.otlpEndpoint = try checked("otlp-endpoint", otlpEndpoint, FileConfig.checkHTTPURL)
+        c.ipfixCollector = try checked("ipfix-collector", ipfixCollector, FileConfig.checkDestination)
+        c.ipfixObservationDomain = try checked("ipfix-observation-domain", ipfixObservationDomain, FileConfig.checkObservationDomain)
+        return c
     }
 
     func run() async throws {
         let layers: ConfigLayers
+        let flags: FileConfig
+        do { flags = try flagLayer() } catch { fail("\(error)") }
         do { layers = try ConfigLayers.load(flagPath: config) } catch { fail("\(error)") }
-        let settings = layers.file.overlaid(by: layers.environment).overlaid(by: flagLayer)
+        let settings = layers.file.overlaid(by: layers.environment).overlaid(by: flags)
         let interval = settings.interval ?? FlowDuration(nanoseconds: 5_000_000_000)
         let metricsListen: ListenAddress
         do { metricsListen = try settings.metricsListen.map { try ListenAddress(parsing: $0) } ?? ListenAddress(host: "0.0.0.0", port: 9810) } catch {
@@ -164,7 +199,9 @@ struct Run: AsyncParsableCommand {
 
         var writer: FlowLogWriter?
         if let flowLog {
-            do { writer = try FlowLogWriter(path: flowLog) } catch { attacher.detachAll(); fail("--flow-log: \(error)") }
+            do { writer = try FlowLogWriter(path: flowLog, maxBytes: settings.flowLogMaxSize, keep: settings.flowLogKeep ?? 5) } catch {
+                attacher.detachAll(); fail("--flow-log: \(error)")
+            }
         }
         let ring: FlowsRing
         do { ring = try FlowsRing(ringFD: program.flowsRingFD) } catch { attacher.detachAll(); fail("\(error)") }
@@ -196,6 +233,7 @@ struct Run: AsyncParsableCommand {
         shared.update {
             $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
             $0.socketTelemetry = sockets != nil
+            if writer != nil { $0.exports["flow_log"] = ExportStats() }
             if sockets != nil {
                 $0.services = ServiceAggregator(resolver: ServiceResolver(rules: settings.services ?? [], peers: settings.peers ?? []),
                                                 limits: settings.limits)
@@ -203,9 +241,11 @@ struct Run: AsyncParsableCommand {
         }
         // SIGHUP: read the file and the environment again; new service rules
         // and series limits apply to what comes next, counters stay.
-        let hup = SignalReloader(logger: logger) {
+        let hup = SignalReloader(logger: logger) { [writer] in
+            // The flow log first: logrotate moved it and waits for us to let go.
+            writer?.reopen()
             let l = try ConfigLayers.load(flagPath: config)
-            let s = l.file.overlaid(by: l.environment).overlaid(by: flagLayer)
+            let s = l.file.overlaid(by: l.environment).overlaid(by: flags)
             shared.update {
                 $0.services?.reconfigure(resolver: ServiceResolver(rules: s.services ?? [], peers: s.peers ?? []), limits: s.limits)
             }
@@ -246,6 +286,32 @@ struct Run: AsyncParsableCommand {
         let collector = Collector(program: program, attacher: attacher, ring: ring, shared: shared, names: names,
                                   links: links, sockets: sockets, socketEvents: socketEvents,
                                   flowLog: writer, interval: interval, logger: logger)
+        if let target = settings.ipfixCollector {
+            do {
+                collector.ipfix = (try IPFIXSender(collector: target),
+                                   IPFIXEncoder(observationDomain: UInt32(settings.ipfixObservationDomain ?? 0)))
+                shared.update { $0.exports["ipfix"] = ExportStats() }
+                logger.info("exporting IPFIX", metadata: ["collector": "\(target)", "observation_domain": "\(settings.ipfixObservationDomain ?? 0)"])
+            } catch {
+                attacher.detachAll(); fail("--ipfix-collector \(target): \(error)")
+            }
+        }
+        if let url = settings.otlpEndpoint {
+            let endpoint: HTTPEndpoint
+            do { endpoint = try HTTPEndpoint(parsing: url) } catch { attacher.detachAll(); fail("--otlp-endpoint: \(error)") }
+            let errors = Mutex<String?>(nil)
+            collector.otlp = OTLPPusher(endpoint: endpoint, capacity: otlpQueueSize, onError: { e in
+                // One line per kind of failure, not one per retry.
+                let new = errors.withLock { last in defer { last = e }; return last != e }
+                if new { logger.warning("OTLP push failed; retrying with backoff", metadata: ["endpoint": "\(endpoint)", "error": "\(e)"]) }
+            })
+            var host = [CChar](repeating: 0, count: 256)
+            gethostname(&host, host.count)
+            collector.otlpResource = [("service.name", "flowmeterd"), ("service.version", FlowmeterVersion.current),
+                                      ("host.name", String(cString: host))]
+            collector.syncOTLP()
+            logger.info("pushing OTLP metrics", metadata: ["endpoint": "\(endpoint)", "queue": "\(otlpQueueSize)"])
+        }
         let listen = metricsListen
         let http = MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
             logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])

@@ -180,7 +180,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
               - name: b
                 port: 53
             """
-        let top = "interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_table_size, tc_mode, hooks, follow_interfaces, state_dir, log_level, services, peers, series"
+        let top = "interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, ipfix_collector, ipfix_observation_domain, flow_table_size, tc_mode, hooks, follow_interfaces, state_dir, log_level, services, peers, series"
         #expect(problems(yaml) == [
             "f.yaml:1:1: intervall: unknown key (did you mean \"interval\"?); allowed here: \(top)",
             "f.yaml:3:1: colour: unknown key; allowed here: \(top)",
@@ -337,7 +337,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
             #expect(error.problems.map(\.path) == ["interval", "flow_tabel_size", "services[1].ports", "series.max_per_metric", "log_level"])
             #expect(error.description == """
                 flowmeter.yaml:3:11: interval: '5x' is not a positive duration (examples: 500ms, 5s, 1m)
-                flowmeter.yaml:6:1: flow_tabel_size: unknown key (did you mean "flow_table_size"?); allowed here: interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_table_size, tc_mode, hooks, follow_interfaces, state_dir, log_level, services, peers, series
+                flowmeter.yaml:6:1: flow_tabel_size: unknown key (did you mean "flow_table_size"?); allowed here: interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, ipfix_collector, ipfix_observation_domain, flow_table_size, tc_mode, hooks, follow_interfaces, state_dir, log_level, services, peers, series
                 flowmeter.yaml:12:12: services[1].ports: "80-70" is not a port or port range (want e.g. 5432 or 8000-8100, 1 to 65535)
                 flowmeter.yaml:14:19: series.max_per_metric: must be at least 10, got 5
                 flowmeter.yaml:16:12: log_level: "loud" is not one of trace, debug, info, notice, warning, error, critical
@@ -463,7 +463,30 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
                                 flowLog: "-", flowTableSize: 4096, tcMode: "tcx", hooks: "off", followInterfaces: false,
                                 stateDir: "/tmp/fm", logLevel: "trace", maxSeriesPerMetric: 10,
                                 seriesExpiry: seconds(3600), peerAddresses: true))
-        #expect(FileConfig.environmentVariables.count == 14)
+        #expect(FileConfig.environmentVariables.count == 19)
+    }
+
+    @Test func exportSettings() throws {
+        let c = try FileConfig.parse(yaml: """
+            flow_log_max_size: 10M
+            flow_log_keep: 3
+            otlp_endpoint: http://127.0.0.1:4318/v1/metrics
+            ipfix_collector: "[::1]:4739"
+            ipfix_observation_domain: 7
+            """, source: "f.yaml")
+        #expect(c.flowLogMaxSize == 10 << 20 && c.flowLogKeep == 3 && c.otlpEndpoint == "http://127.0.0.1:4318/v1/metrics")
+        #expect(c.ipfixCollector == "[::1]:4739" && c.ipfixObservationDomain == 7)
+        let e = try FileConfig.environment(["FLOWMETER_FLOW_LOG_MAX_SIZE": "65536", "FLOWMETER_IPFIX_COLLECTOR": "127.0.0.1:2055"])
+        #expect(e.flowLogMaxSize == 65536 && e.ipfixCollector == "127.0.0.1:2055")
+        func problems(_ yaml: String) -> [String] {
+            do { _ = try FileConfig.parse(yaml: yaml, source: "f.yaml"); return [] } catch { return error.problems.map(\.description) }
+        }
+        #expect(problems("flow_log_max_size: 12Q").first?.hasPrefix("f.yaml:1:20: flow_log_max_size:") == true)
+        #expect(problems("flow_log_max_size: 100").first?.contains("at least 4096") == true)
+        #expect(problems("flow_log_keep: 0").first?.contains("flow_log_keep: must be from 1 to 100") == true)
+        #expect(problems("otlp_endpoint: collector:4318").first?.contains("is not an http:// URL") == true)
+        #expect(problems("ipfix_collector: \":4739\"").first?.contains("needs a host") == true)
+        #expect(problems("ipfix_observation_domain: -1").first?.contains("0 to 4294967295") == true)
     }
 
     @Test(arguments: [("true", true), ("TRUE", true), ("1", true), ("false", false), ("0", false), ("False", false)])

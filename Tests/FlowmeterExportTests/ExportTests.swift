@@ -65,7 +65,10 @@ import Testing
         #expect(o["first_seen"] as? String == "2026-11-30T00:53:20.000000000Z")
         #expect(o["last_seen"] as? String == "2026-11-30T00:53:22.000000000Z")
         #expect(o["source"] as? String == "flow_map")
-        #expect(o["flags"] == nil)
+        #expect(o["flags"] == nil && o["service"] == nil)
+        let joined = try decode(FlowLogEncoder.encode(r, interface: "eth0", clock: Self.clock,
+                                                      pair: ServicePair(service: "web", peer: "unknown", transport: "tcp")))
+        #expect(joined["service"] as? String == "web" && joined["peer_service"] as? String == "unknown")
     }
 
     @Test func otherFamilyCarriesEthertypeNotAddresses() throws {
@@ -141,5 +144,55 @@ import Testing
         #expect(d["protocol"] as? String == "udp" && d["bytes_sent"] as? Int == 10 && d["bytes_received"] as? Int == 20)
         // RTT, retransmits and resets are TCP's: a UDP record has none.
         #expect(d["srtt_us"] == nil && d["retransmits"] == nil && d["resets_sent"] == nil)
+    }
+}
+
+@Suite struct ExportPlumbingTests {
+    @Test func flowLogRotatesBySizeAndKeepsN() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fm-rot-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/f.jsonl"
+        let w = try FlowLogWriter(path: path, maxBytes: 100, keep: 2)
+        let line = String(repeating: "x", count: 39) // + a digit + the newline: 41 bytes
+        for i in 0..<7 { #expect(w.write(lines: [line + "\(i)"])) }
+        w.close()
+        // 7 batches of 41 bytes, at most 2 per 100-byte file: f (1), f.1 (2), f.2 (2); the oldest 2 are gone.
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        #expect(files == ["f.jsonl", "f.jsonl.1", "f.jsonl.2"])
+        func lastChars(_ name: String) throws -> String {
+            try String(contentsOfFile: dir + "/" + name, encoding: .utf8).split(separator: "\n").map { String($0.last!) }.joined()
+        }
+        #expect(try lastChars("f.jsonl") == "6" && lastChars("f.jsonl.1") == "45" && lastChars("f.jsonl.2") == "23")
+        #expect(w.rotations == 3)
+        // reopen(): after a move, the next batch starts a new file by the same name.
+        try FileManager.default.moveItem(atPath: path, toPath: dir + "/moved")
+        w.reopen()
+        #expect(w.write(lines: ["after"]))
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "after\n")
+    }
+
+    @Test func httpEndpoints() throws {
+        let e = try HTTPEndpoint(parsing: "http://collector:4318/v1/metrics")
+        #expect(e.host == "collector" && e.port == 4318 && e.path == "/v1/metrics")
+        let d = try HTTPEndpoint(parsing: "http://[::1]:4318")
+        #expect(d.host == "::1" && d.port == 4318 && d.path == "/v1/metrics" && d.description == "http://[::1]:4318/v1/metrics")
+        #expect(try HTTPEndpoint(parsing: "http://h").port == 80)
+        #expect(throws: ValueError.self) { try HTTPEndpoint(parsing: "https://h:1/") }
+        #expect(throws: ValueError.self) { try HTTPEndpoint(parsing: "http://h:99999/") }
+        #expect(throws: ValueError.self) { try HTTPEndpoint(parsing: "http://:80/") }
+    }
+
+    @Test func otlpQueueDropsTheOldestAndCountsIt() throws {
+        // Port 1 on loopback: connection refused at once, so every send fails.
+        let p = OTLPPusher(endpoint: try HTTPEndpoint(parsing: "http://127.0.0.1:1/v1/metrics"), capacity: 2,
+                           minBackoffSeconds: 5, maxBackoffSeconds: 5)
+        for i in 0..<5 { p.enqueue([UInt8(i)]) }
+        let c = p.counters
+        #expect(c.queued == 5 && c.dropped == 3 && c.queueLength == 2 && c.sent == 0)
+        p.stop(timeout: 10)
+        let end = p.counters
+        // On stop, what could not be delivered is dropped too: nothing is left unaccounted.
+        #expect(end.queued == end.sent + end.dropped && end.queueLength == 0 && end.failed >= 1)
     }
 }

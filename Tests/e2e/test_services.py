@@ -96,6 +96,7 @@ class Services:
         self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{pair.a}", flowmeterd, "--config", str(self.config),
                                       "--interfaces", IF_A, "--interval", "1s",
                                       "--metrics-listen", f"127.0.0.1:{self.port}",
+                                      "--flow-log", str(tmp_path / "flows.jsonl"),
                                       "--state-dir", str(tmp_path / "state")],
                                      stdout=subprocess.DEVNULL, stderr=self.err)
         wait_for(lambda: "serving metrics" in self.err_path.read_text() or self.proc.poll() is not None,
@@ -244,6 +245,13 @@ def test_service_pairs_exact(netpair, flowmeterd, tmp_path):
             assert m.value("flowmeter_tcp_rtt_seconds_count", service=service, peer_service=peer, transport="tcp") >= 1
         assert m.value("flowmeter_tcp_connections_failed_total", service="checkout", peer_service="unknown",
                        transport="tcp", reason="refused") == 1
+
+        # tc flows carry the service pair of the socket that owns their 5-tuple.
+        flows = [json.loads(l) for l in (tmp_path / "flows.jsonl").read_text().splitlines() if '"type":"flow"' in l]
+        pg_flows = [f for f in flows if f.get("dst_port") == pg_port and f["direction"] == "transmit"]
+        assert pg_flows and all((f.get("service"), f.get("peer_service")) == ("checkout", "postgres") for f in pg_flows), pg_flows
+        back = [f for f in flows if f.get("src_port") == pg_port and f["direction"] == "receive"]
+        assert back and all((f.get("service"), f.get("peer_service")) == ("checkout", "postgres") for f in back), back
 
         # promtool lints the exposition as Prometheus would read it.
         text = fetch(pair, f"http://127.0.0.1:{svc.port}/metrics")[1]
