@@ -10,6 +10,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "flowmeterd", targets: ["flowmeterd"]),
+        .executable(name: "flowtop", targets: ["flowtop"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -57,10 +58,21 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
         ),
+        // ncursesw (Debian libncurses-dev) for flowtop, behind a shim: its
+        // attributes and key codes are macros.
+        .systemLibrary(name: "CNcurses", pkgConfig: "ncursesw", providers: [.apt(["libncurses-dev"])]),
+        .executableTarget(
+            name: "flowtop",
+            dependencies: ["FlowtopCore", "FlowmeterCore", "CNcurses",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // flowtop's pure part: snapshot history and rates, views, keys, screen model (no I/O).
+        .target(name: "FlowtopCore", dependencies: ["FlowmeterCore"]),
         // Benchmarks that need the real kernel (tools/bench); not part of the tests.
         .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore"]),
 
         .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore"]),
+        .testTarget(name: "FlowtopCoreTests", dependencies: ["FlowtopCore", "FlowmeterCore"]),
         // FlowmeterBPF and Logging only to check that the allowed values are the flags'.
         .testTarget(name: "FlowmeterConfigTests",
                     dependencies: ["FlowmeterConfig", "FlowmeterCore", "FlowmeterBPF",

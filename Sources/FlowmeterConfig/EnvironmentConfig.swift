@@ -19,7 +19,8 @@ extension FileConfig {
     public static let environmentVariables = [
         "FLOWMETER_INTERFACES", "FLOWMETER_EXCLUDE_INTERFACES", "FLOWMETER_INTERVAL", "FLOWMETER_METRICS_LISTEN",
         "FLOWMETER_FLOW_LOG", "FLOWMETER_FLOW_LOG_MAX_SIZE", "FLOWMETER_FLOW_LOG_KEEP", "FLOWMETER_OTLP_ENDPOINT",
-        "FLOWMETER_IPFIX_COLLECTOR", "FLOWMETER_IPFIX_OBSERVATION_DOMAIN", "FLOWMETER_FLOW_TABLE_SIZE", "FLOWMETER_TC_MODE", "FLOWMETER_HOOKS",
+        "FLOWMETER_IPFIX_COLLECTOR", "FLOWMETER_IPFIX_OBSERVATION_DOMAIN", "FLOWMETER_API_SOCKET", "FLOWMETER_API_GROUP",
+        "FLOWMETER_FLOW_TABLE_SIZE", "FLOWMETER_TC_MODE", "FLOWMETER_HOOKS",
         "FLOWMETER_FOLLOW_INTERFACES", "FLOWMETER_STATE_DIR", "FLOWMETER_LOG_LEVEL",
         "FLOWMETER_MAX_SERIES_PER_METRIC", "FLOWMETER_SERIES_EXPIRY", "FLOWMETER_PEER_ADDRESSES",
     ]
@@ -57,6 +58,8 @@ extension FileConfig {
                 case "FLOWMETER_FLOW_LOG_KEEP": c.flowLogKeep = try Check.keep(Check.wholeNumber(text))
                 case "FLOWMETER_OTLP_ENDPOINT": c.otlpEndpoint = try Check.httpURL(text)
                 case "FLOWMETER_IPFIX_COLLECTOR": c.ipfixCollector = try Check.destination(text)
+                case "FLOWMETER_API_SOCKET": c.apiSocket = text
+                case "FLOWMETER_API_GROUP": c.apiGroup = text
                 case "FLOWMETER_IPFIX_OBSERVATION_DOMAIN": c.ipfixObservationDomain = try Check.observationDomain(Check.wholeNumber(text))
                 case "FLOWMETER_FLOW_TABLE_SIZE": c.flowTableSize = try Check.flowTableSize(Check.wholeNumber(text))
                 case "FLOWMETER_TC_MODE": c.tcMode = try Check.oneOf(text, tcModes)

@@ -47,6 +47,10 @@ public struct FileConfig: Sendable, Equatable {
     public var ipfixCollector: String?
     /// IPFIX observation domain id.
     public var ipfixObservationDomain: Int?
+    /// The local API's unix socket ("off": none).
+    public var apiSocket: String?
+    /// The group that owns the API socket.
+    public var apiGroup: String?
     /// One of `FileConfig.tcModes` (`--tc-mode`).
     public var tcMode: String?
     /// One of `FileConfig.hookRequests` (`--hooks`); `off` disables socket hooks.
@@ -72,6 +76,7 @@ public struct FileConfig: Sendable, Equatable {
                 metricsListen: String? = nil, flowLog: String? = nil, flowTableSize: Int? = nil,
                 flowLogMaxSize: Int? = nil, flowLogKeep: Int? = nil, otlpEndpoint: String? = nil,
                 ipfixCollector: String? = nil, ipfixObservationDomain: Int? = nil,
+                apiSocket: String? = nil, apiGroup: String? = nil,
                 tcMode: String? = nil, hooks: String? = nil, followInterfaces: Bool? = nil,
                 stateDir: String? = nil, logLevel: String? = nil,
                 services: [ServiceRule]? = nil, peers: [PeerRule]? = nil,
@@ -80,6 +85,7 @@ public struct FileConfig: Sendable, Equatable {
         self.metricsListen = metricsListen; self.flowLog = flowLog; self.flowTableSize = flowTableSize
         self.flowLogMaxSize = flowLogMaxSize; self.flowLogKeep = flowLogKeep; self.otlpEndpoint = otlpEndpoint
         self.ipfixCollector = ipfixCollector; self.ipfixObservationDomain = ipfixObservationDomain
+        self.apiSocket = apiSocket; self.apiGroup = apiGroup
         self.tcMode = tcMode; self.hooks = hooks; self.followInterfaces = followInterfaces
         self.stateDir = stateDir; self.logLevel = logLevel
         self.services = services; self.peers = peers
@@ -101,6 +107,8 @@ public struct FileConfig: Sendable, Equatable {
                    otlpEndpoint: top.otlpEndpoint ?? otlpEndpoint,
                    ipfixCollector: top.ipfixCollector ?? ipfixCollector,
                    ipfixObservationDomain: top.ipfixObservationDomain ?? ipfixObservationDomain,
+                   apiSocket: top.apiSocket ?? apiSocket,
+                   apiGroup: top.apiGroup ?? apiGroup,
                    tcMode: top.tcMode ?? tcMode,
                    hooks: top.hooks ?? hooks,
                    followInterfaces: top.followInterfaces ?? followInterfaces,

@@ -8,7 +8,7 @@ import Yams
 extension FileConfig {
     static let topLevelKeys = ["interfaces", "exclude_interfaces", "interval", "metrics_listen", "flow_log",
                                "flow_log_max_size", "flow_log_keep", "otlp_endpoint", "ipfix_collector",
-                               "ipfix_observation_domain", "flow_table_size", "tc_mode", "hooks", "follow_interfaces", "state_dir", "log_level",
+                               "ipfix_observation_domain", "api_socket", "api_group", "flow_table_size", "tc_mode", "hooks", "follow_interfaces", "state_dir", "log_level",
                                "services", "peers", "series"]
     static let seriesKeys = ["max_per_metric", "expiry", "peer_addresses"]
     static let serviceKeys = ["name", "cgroup", "process", "ports", "cidr"]
@@ -213,6 +213,8 @@ struct NodeReader {
             case "otlp_endpoint": c.otlpEndpoint = value(v, path, expected: "a URL", Check.httpURL)
             case "ipfix_collector": c.ipfixCollector = value(v, path, expected: "HOST:PORT", Check.destination)
             case "ipfix_observation_domain": c.ipfixObservationDomain = integer(v, path, Check.observationDomain)
+            case "api_socket": c.apiSocket = value(v, path, expected: "a path or off", Check.nonEmpty)
+            case "api_group": c.apiGroup = value(v, path, expected: "a group name", Check.nonEmpty)
             case "tc_mode": c.tcMode = value(v, path, expected: "a tc mode") { try Check.oneOf($0, FileConfig.tcModes) }
             // `hooks: off` is YAML's false; its text is still "off".
             case "hooks": c.hooks = value(v, path, expected: "a hook rung") { try Check.oneOf($0, FileConfig.hookRequests) }

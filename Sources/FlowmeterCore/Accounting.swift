@@ -62,6 +62,10 @@ public struct Accounting: Sendable {
     /// UPDATE records read from the socket update iterator.
     public private(set) var socketUpdates: UInt64 = 0
     public var socketEventsLost: UInt64 = 0
+    /// Live TCP connections and UDP sockets (the connection table), as of the last tick.
+    public var connections: [SocketEvent] = []
+    /// The flows of the last interval, with the service pair each was counted under.
+    public var lastFlows: [(record: FlowRecord, pair: ServicePair?)] = []
     /// Per exporter (flow_log, ipfix, otlp) health, for those configured.
     public var exports: [String: ExportStats] = [:]
     /// Per service pair state, when socket telemetry runs.

@@ -123,6 +123,8 @@ final class Collector: Service, @unchecked Sendable {
                 flowPairs = a.services?.apply(flows: batch, now: now) ?? []
                 a.services?.expire(now: now)
             }
+            a.connections = Array(connections.active.values)
+            a.lastFlows = batch.enumerated().map { ($0.element, $0.offset < flowPairs.count ? flowPairs[$0.offset] : nil) }
             a.addSocketEvents(ringEvents.count)
             a.addSocketUpdates(updates.count)
             a.liveSockets = live

@@ -89,3 +89,31 @@ struct ConfigCheck: ParsableCommand {
               + "max \(config.limits.maxSeriesPerMetric) series per metric, series expire after \(config.limits.seriesExpiry))")
     }
 }
+
+/// The API socket's file: its directory exists, and a socket left by a killed
+/// run is removed (anything else at the path is an error, never deleted).
+enum APISocketFile {
+    static func prepare(_ path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+            throw ValueError("\(path) exists and is not a socket; not touching it")
+        }
+        // A socket someone still answers on belongs to a running flowmeterd.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+            let bytes = Array(path.utf8.prefix(dst.count - 1))
+            dst.copyBytes(from: bytes)
+        }
+        let live = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
+        if live { throw ValueError("\(path) is in use by another flowmeterd; give this one its own --api-socket (or off)") }
+        unlink(path)
+    }
+}

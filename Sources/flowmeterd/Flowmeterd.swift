@@ -68,6 +68,12 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("otlp-endpoint"), help: ArgumentHelp("Push the metrics every interval to this OTLP/HTTP endpoint (protobuf, cumulative), e.g. http://127.0.0.1:4318/v1/metrics. Default: off.", valueName: "url"))
     var otlpEndpoint: String?
 
+    @Option(name: .customLong("api-socket"), help: ArgumentHelp("Unix socket of the local API (flowtop, scripts): GET /v1/snapshot, /v1/stream. Give off to disable it. Created mode 0660. Default: /run/flowmeter/flowmeter.sock.", valueName: "path"))
+    var apiSocket: String?
+
+    @Option(name: .customLong("api-group"), help: ArgumentHelp("Group that owns the API socket (its members may read the API). Default: the group of root.", valueName: "group"))
+    var apiGroup: String?
+
     @Option(name: .customLong("otlp-queue-size"), help: ArgumentHelp("OTLP requests kept while the endpoint is unreachable (retried with exponential backoff, 0.5 s to 30 s); past it the oldest is dropped and counted. Default: 16.", valueName: "n"))
     var otlpQueueSize: Int = 16
 
@@ -138,6 +144,8 @@ struct Run: AsyncParsableCommand {
             do { c.flowLogMaxSize = try FileConfig.checkByteSize(size) } catch { throw ValidationError("--flow-log-max-size: \(error)") }
         }
         c.flowLogKeep = try checked("flow-log-keep", flowLogKeep, FileConfig.checkKeep)
+        c.apiSocket = apiSocket
+        c.apiGroup = apiGroup
         c.otlpEndpoint = try checked("otlp-endpoint", otlpEndpoint, FileConfig.checkHTTPURL)
         c.ipfixCollector = try checked("ipfix-collector", ipfixCollector, FileConfig.checkDestination)
         c.ipfixObservationDomain = try checked("ipfix-observation-domain", ipfixObservationDomain, FileConfig.checkObservationDomain)
@@ -325,8 +333,38 @@ struct Run: AsyncParsableCommand {
             return text
         })
 
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: collector), .init(service: http)]
+        let apiSocket = settings.apiSocket ?? "/run/flowmeter/flowmeter.sock"
+        if apiSocket != "off" {
+            let path = apiSocket
+            var gid: gid_t = 0
+            if let apiGroup = settings.apiGroup {
+                guard let g = getgrnam(apiGroup) else { attacher.detachAll(); fail("--api-group: no group named \(apiGroup)") }
+                gid = g.pointee.gr_gid
+            }
+            do { try APISocketFile.prepare(path) } catch { attacher.detachAll(); fail("--api-socket: \(error)") }
+            var uts = utsname()
+            uname(&uts)
+            let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let host = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let startMs = Int64(Date().timeIntervalSince1970 * 1000)
+            let intervalSeconds = Double(interval.nanoseconds) / 1e9
+            let owner = gid
+            let api = APIServer.make(socketPath: path, logger: logger, onRunning: {
+                chmod(path, 0o660)
+                chown(path, 0, owner)
+                logger.info("serving the API", metadata: ["socket": "\(path)"])
+            }, snapshot: {
+                APISnapshot.make(shared.snapshot(),
+                                 context: .init(host: host, kernel: kernel, version: FlowmeterVersion.current,
+                                                startUnixMs: startMs, intervalSeconds: intervalSeconds,
+                                                interfaceNames: names.snapshot()),
+                                 nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
+            })
+            services.append(.init(service: api))
+        }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: collector), .init(service: http)],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         do {

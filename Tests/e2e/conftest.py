@@ -28,6 +28,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 NETTOOL = str(HERE / "nettool.py")
+# Several daemons run at once in these tests; none takes the default API
+# socket unless a test gives one (flags beat the environment).
+os.environ["FLOWMETER_API_SOCKET"] = "off"
 PYTHON = sys.executable
 PREFIX = "fm"  # namespace names: fm-a-<pid>-<n>, fm-b-<pid>-<n>
 
