@@ -7,7 +7,8 @@ import Synchronization
 
 /// The local API on a unix socket (read by flowtop and scripts):
 ///   GET /v1/snapshot   the daemon's state as one JSON document (APISnapshot)
-///   GET /v1/stream     one snapshot per line (NDJSON), every second
+///   GET /v1/stream     every second a line (NDJSON): the whole snapshot
+///                      first, then deltas (SnapshotStream)
 /// Anything else gets a 4xx with a JSON error. The API reads copies of the
 /// state, so the collector never waits for it. Each stream client has a task
 /// of its own; one that stops reading parks only that task on the socket's
@@ -52,8 +53,9 @@ public enum APIServer {
                     }
                 }
                 defer { watchdog.cancel() }
+                var stream = SnapshotStream()
                 while !Task.isCancelled {
-                    let line = ByteBuffer(string: snapshot().json() + "\n")
+                    let line = ByteBuffer(string: stream.line(for: snapshot()) + "\n")
                     pendingSince.withLock { $0 = Date() }
                     try await writer.write(line)
                     pendingSince.withLock { $0 = nil }

@@ -94,6 +94,7 @@ struct APIClient {
         var buf = [UInt8](repeating: 0, count: 65536)
         var decoder = ChunkedDecoder()
         var lineBuf: [UInt8] = []
+        var merged = SnapshotStream()
         while true {
             let n = recv(fd, &buf, buf.count, 0)
             if n < 0 && errno == EINTR { continue }
@@ -109,7 +110,7 @@ struct APIClient {
             while let nl = lineBuf.firstIndex(of: 10) {
                 let line = Array(lineBuf[..<nl])
                 lineBuf.removeSubrange(...nl)
-                guard !line.isEmpty, let s = try? JSONDecoder().decode(APISnapshot.self, from: Data(line)) else { continue }
+                guard !line.isEmpty, let s = try? merged.apply(Data(line)) else { continue }
                 if !onSnapshot(s) { return }
             }
         }

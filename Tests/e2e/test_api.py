@@ -99,8 +99,12 @@ def test_api(netpair, daemons, tmp_path):
         buf += c.recv(65536)
     c.close()
     chunks = [l for l in buf.split(b"\r\n") if l.startswith(b"{")]
-    times = [json.loads(l)["time_unix_ms"] for l in chunks]
+    lines = [json.loads(l) for l in chunks]
+    times = [l["time_unix_ms"] for l in lines]
     assert len(times) >= 3 and times == sorted(times) and times[-1] - times[0] >= 1500, times
+    # The whole snapshot first, then deltas with only what changed.
+    assert lines[0]["stream"] == "full" and "hooks" in lines[0] and "interfaces" in lines[0]
+    assert all(l["stream"] == "delta" and l["version"] == 1 and "hooks" not in l and "host" not in l for l in lines[1:]), lines[1:]
 
     # A client that stops reading: the daemon goes on counting and answering others.
     slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
