@@ -372,7 +372,7 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
         #expect(enc.skippedNonIP == 5)
     }
 
-    @Test func nonIPSkippedAndCounted() throws {
+    @Test func nonIPFlowsAreLeftOutAndCounted() throws {
         var enc = IPFIXEncoder(observationDomain: 5)
         var t: [UInt16: [[UInt16]]] = [:]
         // Only non-IP: nothing to send, and the templates stay pending.
