@@ -70,8 +70,6 @@ public struct Accounting: Sendable {
     public var exports: [String: ExportStats] = [:]
     /// Per service pair state, when socket telemetry runs.
     public var services: ServiceAggregator?
-    /// Live TCP connections and UDP sockets in the daemon's connection table.
-    public var liveSockets: (tcp: Int, udp: Int) = (0, 0)
 
     public init() {}
 

@@ -187,8 +187,9 @@ public enum MetricsRenderer {
                  + (a.socketTelemetry ? [([("source", "events_ring")], Double(a.socketEvents)),
                                          ([("source", "socket_updates")], Double(a.socketUpdates))] : []))
         if a.socketTelemetry {
-            e.family(MetricCatalog.socketsTracked, [([("transport", "tcp")], Double(a.liveSockets.tcp)),
-                                                    ([("transport", "udp")], Double(a.liveSockets.udp))])
+            let tcp = a.connections.reduce(0) { $0 + ($1.ipProtocol == 6 ? 1 : 0) }
+            e.family(MetricCatalog.socketsTracked, [([("transport", "tcp")], Double(tcp)),
+                                                    ([("transport", "udp")], Double(a.connections.count - tcp))])
         }
         e.family(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
         e.family(MetricCatalog.seriesDropped, [([], Double(a.services?.seriesDropped ?? 0))])

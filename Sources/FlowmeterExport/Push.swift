@@ -154,7 +154,7 @@ public final class OTLPPusher: @unchecked Sendable {
     public func stop(timeout: Double = 5) {
         state.withLock { $0.running = false }
         wake.signal()
-        if finished.wait(timeout: .now() + timeout) == .timedOut { return }
+        _ = finished.wait(timeout: .now() + timeout)
     }
 
     private func loop() {

@@ -111,7 +111,6 @@ final class Collector: Service, @unchecked Sendable {
         let now = Self.monotonicNow()
         var flowPairs: [ServicePair?] = []
         let socketCounters = try? sockets?.readCounters()
-        let live = (tcp: connections.count(ipProtocol: 6), udp: connections.count(ipProtocol: 17))
         shared.update { a in
             a.add(batch, names: names)
             a.setFlowTableEntries(entries)
@@ -127,7 +126,6 @@ final class Collector: Service, @unchecked Sendable {
             a.lastFlows = batch.enumerated().map { ($0.element, $0.offset < flowPairs.count ? flowPairs[$0.offset] : nil) }
             a.addSocketEvents(ringEvents.count)
             a.addSocketUpdates(updates.count)
-            a.liveSockets = live
             if let socketCounters { a.socketEventsLost = socketCounters.eventsLost }
         }
         if let flowLog, !batch.isEmpty || !events.isEmpty {

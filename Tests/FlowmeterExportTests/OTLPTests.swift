@@ -254,7 +254,9 @@ struct DecodedRequest {
         a.setFlowTableEntries(12)
         a.socketTelemetry = true
         a.addSocketEvents(5)
-        a.liveSockets = (tcp: 2, udp: 1)
+        var udp = ev(.open, id: 13, ts: 1)
+        udp.ipProtocol = 17
+        a.connections = [ev(.open, id: 11, ts: 1), ev(.open, id: 12, ts: 1), udp]
         let resolver = ServiceResolver(rules: [ServiceRule(service: "postgres", ports: try! PortRange(parsing: "5432"))],
                                        peers: [PeerRule(service: "postgres", ports: try! PortRange(parsing: "5432"))])
         var agg = ServiceAggregator(resolver: resolver, limits: .defaults)

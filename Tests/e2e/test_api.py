@@ -11,7 +11,7 @@ import stat
 import subprocess
 import time
 
-from conftest import IF_A, NETTOOL, V4_B, unique_port, wait_for
+from conftest import IF_A, NETTOOL, V4_B, daemon_binary, unique_port, wait_for
 
 GROUP = "adm"   # exists on Debian; `nobody` is not in it
 
@@ -143,3 +143,28 @@ def test_api(netpair, daemons, tmp_path):
     echo.kill()
     assert d.terminate() == 0, d.stderr
     assert not os.path.exists(sock) or stat.S_ISSOCK(os.stat(sock).st_mode)
+
+
+def test_api_socket_refusals(netpair, daemons, tmp_path):
+    """A second daemon on a socket the first still answers on, a path that is
+    not a socket, and an unknown group: each an error naming the cause, and
+    nothing at the path is removed."""
+    pair = netpair
+    sock = str(tmp_path / "api.sock")
+    first = daemons(pair.a, "--interfaces", IF_A, "--metrics-listen", f"127.0.0.1:{unique_port()}",
+                    "--api-socket", sock, "--state-dir", str(tmp_path / "s1")).wait_ready()
+    wait_for(lambda: "serving the API" in first.stderr, timeout=10, what="the API")
+
+    def run(*args):
+        return pair.run(pair.a, daemon_binary(), "--interfaces", IF_A, "--metrics-listen", f"127.0.0.1:{unique_port()}",
+                        "--state-dir", str(tmp_path / "s2"), *args, check=False, timeout=30)
+    p = run("--api-socket", sock)
+    assert p.returncode == 1 and "in use by another flowmeterd" in p.stderr, p.stderr
+    assert get(sock, "/v1/snapshot")[0] == 200   # the first one's socket is untouched
+    plain = tmp_path / "not-a-socket"
+    plain.write_text("keep me")
+    p = run("--api-socket", str(plain))
+    assert p.returncode == 1 and "is not a socket" in p.stderr and plain.read_text() == "keep me", p.stderr
+    p = run("--api-socket", str(tmp_path / "other.sock"), "--api-group", "no-such-group-fm")
+    assert p.returncode == 1 and "no group named no-such-group-fm" in p.stderr, p.stderr
+    assert first.terminate() == 0, first.stderr

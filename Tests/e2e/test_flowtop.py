@@ -15,7 +15,7 @@ FLOWTOP = os.path.join(os.path.dirname(daemon_binary()), "flowtop")
 
 SENDER = r"""
 import socket, sys, time
-s = socket.socket(); s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.connect((sys.argv[1], int(sys.argv[2]))); s.settimeout(5)
 print("ready", flush=True)
 for _ in range(int(sys.argv[3])):       # bounded: one datagram and its echo every 0.1 s
@@ -108,7 +108,7 @@ def test_flowtop_live_in_tmux(netpair, daemons, tmp_path):
         assert re.search(r"^echo\s+unknown\s+udp", s, re.M), s
 
         p.key("2")
-        p.wait(rf"^FLOW\s.*RATE")
+        p.wait(r"^FLOW\s.*RATE")
         p.wait(rf"{re.escape(V4_B)}:{port}")
         p.key("3")
         p.wait(r"^\s*PID\s+PROCESS")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 import urllib.parse
-import urllib.request
 
 import fmlib
 from conftest import IF_A, V4_B, unique_port, wait_for
@@ -156,17 +155,9 @@ def settled(svc, check, timeout=15):
     try:
         wait_for(ok, timeout=timeout, interval=0.5, what="metrics to settle")
     except AssertionError:
-        raise AssertionError(f"metrics did not settle:\n" + "\n".join(
+        raise AssertionError("metrics did not settle:\n" + "\n".join(
             f"{k} {v}" for k, v in sorted(last.samples.items()) if "network_io" in k[0] or "tcp_conn" in k[0]))
     return last
-
-
-def prom_query(port, q):
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-    with urllib.request.urlopen(url, timeout=10) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]["result"]
 
 
 def test_service_pairs_exact(netpair, flowmeterd, tmp_path):
