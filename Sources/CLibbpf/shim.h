@@ -177,4 +177,14 @@ static inline int fm_vmlinux_has_type(const char *name, int kind)
 
 static inline int fm_errno(void) { return errno; }
 
+/* mallopt and malloc_trim are declared in <malloc.h>, which Swift's Glibc
+ * module omits. */
+#include <malloc.h>
+static inline void fm_malloc_fixed_thresholds(int mmap_bytes, int trim_bytes)
+{
+    mallopt(M_MMAP_THRESHOLD, mmap_bytes);
+    mallopt(M_TRIM_THRESHOLD, trim_bytes);
+}
+static inline void fm_malloc_trim(void) { malloc_trim(0); }
+
 #endif

@@ -172,6 +172,7 @@ struct Run: AsyncParsableCommand {
         let level = settings.logLevel.flatMap { Logger.Level(rawValue: $0) } ?? .info
 
         requireCapabilities()
+        fixMallocThresholds()
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
@@ -236,6 +237,8 @@ struct Run: AsyncParsableCommand {
                 logger.warning("no socket-hook rung available: socket telemetry is off", metadata: ["error": "\(error)"])
             }
         }
+
+        releaseLoaderMemory()
 
         let shared = SharedAccounting()
         shared.update {
