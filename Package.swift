@@ -2,7 +2,7 @@
 // Flowmeter: eBPF network telemetry collector.
 //
 // Module cut (see README "Layout"): only FlowmeterBPF imports the C modules
-// (CLibbpf, FlowmeterABI); everything above it sees Swift values.
+// (CLibbpf, FlowmeterABI, CPrivileges); everything above it sees Swift values.
 import PackageDescription
 
 let package = Package(
@@ -32,10 +32,14 @@ let package = Package(
         .executableTarget(name: "BPFEmbed"),
         .plugin(name: "BPFObjects", capability: .buildTool(), dependencies: ["BPFEmbed"]),
 
+        // Capabilities and no_new_privs are per thread: changes them on every
+        // thread of the process (a signal to each), for the drop after attach.
+        .target(name: "CPrivileges"),
+
         .target(name: "FlowmeterCore"),
         .target(
             name: "FlowmeterBPF",
-            dependencies: ["CLibbpf", "FlowmeterABI", "FlowmeterCore",
+            dependencies: ["CLibbpf", "FlowmeterABI", "CPrivileges", "FlowmeterCore",
                            .product(name: "Logging", package: "swift-log")],
             plugins: ["BPFObjects"]
         ),

@@ -15,6 +15,12 @@ public struct BPFError: Error, CustomStringConvertible {
         self.operation = operation; self.errno = errno; self.detail = detail
     }
 
+    /// The first line of `description`: what failed and the errno, without
+    /// libbpf's log (for one-line errors on the command line).
+    public var summary: String {
+        errno != 0 ? operation + ": " + String(cString: strerror(errno)) + " (errno \(errno))" : operation
+    }
+
     public var description: String {
         var s = operation
         if errno != 0 { s += ": " + String(cString: strerror(errno)) + " (errno \(errno))" }

@@ -1,12 +1,13 @@
 import CLibbpf
 import Foundation
 
-/// A libbpf object opened from one of the embedded BPF programs.
+/// A libbpf object opened from one of the embedded BPF programs (or, for
+/// benchmarks, from a file).
 final class BPFObject {
     let handle: OpaquePointer
     let name: String
     // The ELF bytes must outlive the open object (libbpf keeps pointers into them until load).
-    private let image: UnsafeMutableRawBufferPointer
+    private let image: UnsafeMutableRawBufferPointer?
 
     /// Opens (does not load) an embedded object; `base64` comes from EmbeddedBPF.
     init(name: String, base64: String) throws {
@@ -29,6 +30,17 @@ final class BPFObject {
             throw BPFError.from("open BPF object \(name)", result: -1, withLibbpfLog: true)
         }
         self.handle = handle
+    }
+
+    /// Opens (does not load) an object file.
+    init(path: String) throws {
+        LibbpfLog.install()
+        guard let handle = bpf_object__open_file(path, nil) else {
+            throw BPFError.from("open BPF object \(path)", result: -1, withLibbpfLog: true)
+        }
+        self.handle = handle
+        name = URL(fileURLWithPath: path).lastPathComponent
+        image = nil
     }
 
     func load() throws {
@@ -65,7 +77,39 @@ final class BPFObject {
 
     deinit {
         bpf_object__close(handle)
-        image.deallocate()
+        image?.deallocate()
+    }
+}
+
+/// A BPF object loaded from a file: programs that are not part of flowmeterd
+/// (bench/*.bpf.c), which the benchmarks build and run beside it.
+public final class BPFObjectFile: @unchecked Sendable {
+    let object: BPFObject
+
+    /// Opens and loads `path`, first setting `max_entries` of the maps named in `mapSizes`.
+    public init(path: String, mapSizes: [String: Int] = [:]) throws {
+        let obj = try BPFObject(path: path)
+        for (name, size) in mapSizes {
+            let r = bpf_map__set_max_entries(try obj.map(name), UInt32(size))
+            if r != 0 { throw BPFError.from("set size of map \(name)", result: r) }
+        }
+        try obj.load()
+        object = obj
+    }
+
+    public func mapFD(_ name: String) throws -> Int32 { try object.mapFD(name) }
+
+    /// Runs a socket-buffer program (tc) `count` times on `packet` with
+    /// BPF_PROG_TEST_RUN. Returns its last verdict and the kernel-measured
+    /// average run time.
+    public func testRun(_ program: String, packet: [UInt8], repeat count: Int32 = 1) throws -> (verdict: Int32, nanoseconds: UInt32) {
+        let fd = try object.programFD(program)
+        var retval: UInt32 = 0, duration: UInt32 = 0
+        let r = packet.withUnsafeBytes { p in
+            fm_prog_test_run(fd, p.baseAddress, UInt32(p.count), nil, 0, count, &retval, &duration)
+        }
+        if r != 0 { throw BPFError("test run of \(program)", errno: -r) }
+        return (Int32(bitPattern: retval), duration)
     }
 }
 

@@ -220,7 +220,7 @@ public final class SocketPrograms: @unchecked Sendable {
         case .kprobe: [.kprobe]
         case .tracepoint, .tracepointClassic: [.tracepoint]
         }
-        var reasons: [String] = []
+        var reasons: [String] = [], details: [String] = []
         for rung in rungs {
             let variants: [Variant] = switch rung {
             case .fentry: [.fentry]
@@ -228,13 +228,18 @@ public final class SocketPrograms: @unchecked Sendable {
             case .tracepoint: request == .tracepointClassic ? [.tracepoint] : [.tpBTF, .tracepoint]
             }
             for v in variants {
-                do { return try SocketPrograms(variant: v, rung: rung) } catch {
-                    // Keep libbpf's last lines (the verifier's verdict) with the reason.
+                do { return try SocketPrograms(variant: v, rung: rung) } catch let e as BPFError {
+                    // The reason on the line; libbpf's last lines (the verifier's
+                    // verdict) in the detail.
+                    reasons.append("\(v.rawValue): \(e.summary)")
+                    if !e.detail.isEmpty { details.append(e.detail) }
+                } catch {
                     reasons.append("\(v.rawValue): \(error)")
                 }
             }
         }
-        throw BPFError("no socket-hook rung available for --hooks \(request.rawValue) (\(reasons.joined(separator: "; ")))", errno: 0)
+        throw BPFError("no socket-hook rung available for --hooks \(request.rawValue) (\(reasons.joined(separator: "; ")))", errno: 0,
+                       detail: details.joined(separator: "\n"))
     }
 
     /// Failed ring reservations and sockets the table could not take (kernel counters).
@@ -251,15 +256,15 @@ public final class SocketPrograms: @unchecked Sendable {
     }
 
     /// A reader of the "events" ring (start it, or consume on demand).
-    public func eventsReader() throws -> RingReader {
-        try RingReader(ringFD: eventsRingFD, name: "events-ring")
+    public func eventsReader() throws -> RingReader<SocketEvent> {
+        try RingReader(ringFD: eventsRingFD, name: "events-ring", decode: ABI.decodeSocketEvent)
     }
 
     /// Empties the events ring on the caller's thread (self-test).
     public func drainEvents() throws -> [SocketEvent] {
         let r = try eventsReader()
         r.consumeNow()
-        return r.take(ABI.decodeSocketEvent).records
+        return r.take().records
     }
 
     /// Detaches every hook (the update iterator stays readable: a last run

@@ -13,6 +13,8 @@ extension FileConfig {
         "FLOWMETER_LIBBPF_DEBUG",         // daemon: print libbpf's debug log
         "FLOWMETER_BIN",                  // tests: the daemon binary the e2e tests run
         "FLOWMETER_VMTEST_CACHE",         // tools/vmtest: its kernel image cache
+        "FLOWMETER_FUZZ_SEED",            // tests: replay the property tests' random cases
+        "FLOWMETER_FUZZ_CASES",           // tests: how many random cases they try
     ]
 
     /// The settings' variables, in the order of the flags.

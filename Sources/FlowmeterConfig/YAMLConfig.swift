@@ -14,6 +14,22 @@ extension FileConfig {
     static let serviceKeys = ["name", "cgroup", "process", "ports", "cidr"]
     static let peerKeys = ["name", "cidr", "ports"]
 
+    /// Where a key that is not allowed at `path` does belong, if it belongs
+    /// anywhere: the commonest slip after a typo is the right key at the
+    /// wrong level.
+    static func placeOf(_ key: String, notAt path: String) -> String? {
+        let topLevel = !path.isEmpty && topLevelKeys.contains(key)
+        if topLevel { return "\(key) is a top-level key" }
+        if path != "series" && seriesKeys.contains(key) { return "\(key) belongs under series:" }
+        if path.isEmpty && (serviceKeys.contains(key) || peerKeys.contains(key)) {
+            return "\(key) belongs in a rule under services: or peers:, e.g. \"- name: x\""
+        }
+        if path.hasPrefix("peers[") && serviceKeys.contains(key) {
+            return "\(key) is a condition of services rules; peers are named by cidr and ports"
+        }
+        return nil
+    }
+
     /// Parses a config file. `source` names it in the problems (usually its path).
     ///
     /// A key with no value (`flow_log:` or `flow_log: null`) is the same as an
@@ -53,6 +69,9 @@ extension FileConfig {
         case let .scanner(context, text, mark, _), let .parser(context, text, mark, _), let .composer(context, text, mark, _):
             if text == "but found another document" {
                 return problem(mark, "YAML syntax error: a config file holds one document; another starts here")
+            }
+            if text.hasPrefix("Maximum nesting level reached") {
+                return problem(mark, "YAML syntax error: nested too deeply (a config file needs three levels: settings, a list of rules, a rule's keys)")
             }
             var message = "YAML syntax error: \(text)"
             if let context {
@@ -122,7 +141,8 @@ struct NodeReader {
             let key = k.string
             let keyPath = path.isEmpty ? key : "\(path).\(key)"
             guard allowed.contains(key) else {
-                let hint = closest(to: key, in: allowed).map { " (did you mean \(quoted($0))?)" } ?? ""
+                let hint = closest(to: key, in: allowed).map { " (did you mean \(quoted($0))?)" }
+                    ?? FileConfig.placeOf(key, notAt: path).map { " (\($0))" } ?? ""
                 report(keyNode, keyPath, "unknown key\(hint); allowed here: \(allowed.joined(separator: ", "))")
                 continue
             }
@@ -135,6 +155,12 @@ struct NodeReader {
     mutating func text(_ node: Node, _ path: String, expected: String) -> String? {
         guard case .scalar(let s) = node else {
             report(node, path, "expected \(expected), got \(kind(node))")
+            return nil
+        }
+        // A quoted "\0" is valid YAML, but C would end the text there: a
+        // path or address would silently become a shorter one.
+        guard !s.string.unicodeScalars.contains("\u{0}") else {
+            report(node, path, "contains a NUL character (\\0)")
             return nil
         }
         return s.string
@@ -151,8 +177,7 @@ struct NodeReader {
 
     mutating func integer(_ node: Node, _ path: String, _ check: (Int) throws -> Int) -> Int? {
         guard let t = text(node, path, expected: "a whole number") else { return nil }
-        // Int(t) for decimal; Yams for YAML's other integer spellings (0x10, 65_536).
-        guard let n = Int(t) ?? node.int else {
+        guard let n = wholeNumber(t) else {
             report(node, path, "expected a whole number, got \(kind(node))")
             return nil
         }
@@ -160,6 +185,27 @@ struct NodeReader {
             report(node, path, "\(error)")
             return nil
         }
+    }
+
+    /// Decimal, and YAML's other integer spellings (0x10, 0o17, 0b101,
+    /// 65_536). Not through Yams: its base-60 reading ("1:30") multiplies
+    /// without overflow checks and traps on a long one, and a port-like
+    /// "1:30" read as 90 would only surprise.
+    func wholeNumber(_ text: String) -> Int? {
+        if let n = Int(text) { return n }
+        var t = Substring(text.replacingOccurrences(of: "_", with: ""))
+        var sign = ""
+        if let f = t.first, f == "-" || f == "+" {
+            sign = f == "-" ? "-" : ""
+            t = t.dropFirst()
+        }
+        for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] where t.hasPrefix(prefix) {
+            let digits = t.dropFirst(2)
+            // Int(_:radix:) would take a second sign after the prefix.
+            guard let d = digits.first, d != "-", d != "+" else { return nil }
+            return Int(sign + digits, radix: radix)
+        }
+        return t.isEmpty || t.first == "-" || t.first == "+" ? nil : Int(sign + t)
     }
 
     mutating func bool(_ node: Node, _ path: String) -> Bool? {
@@ -183,7 +229,10 @@ struct NodeReader {
                 continue
             }
             let t = s.string.trimmed
-            if t.isEmpty {
+            if t.unicodeScalars.contains("\u{0}") {
+                report(item, p, "contains a NUL character (\\0)")
+                ok = false
+            } else if t.isEmpty {
                 report(item, p, "must not be empty")
                 ok = false
             } else if t.contains(",") {

@@ -85,6 +85,41 @@ public struct Accounting: Sendable {
         }
     }
 
+    /// Counts one tick's records (evicted and from the ring), summed per
+    /// flow in `flows`: interface totals, records by source and, with socket
+    /// telemetry, service pairs. Equal to `add` and `services.apply(flows:)`
+    /// record by record, but the string-keyed work runs once per flow, which
+    /// matters when the ring brings one record per packet. Returns the pair
+    /// of each entry of `flows` (empty without socket telemetry).
+    @discardableResult
+    public mutating func count(flows: FlowTable, names: [UInt32: String], now: UInt64) -> [ServicePair?] {
+        // Interfaces are few: sum per (ifindex, direction) in a list searched
+        // linearly, and name them (hashing strings) once each at the end.
+        var perInterface: [(key: UInt64, totals: InterfaceTotals)] = []
+        for i in 0..<flows.count {
+            let e = flows[i]
+            let k = UInt64(e.key.ifindex) << 1 | UInt64(e.key.direction.rawValue)
+            var at = perInterface.firstIndex { $0.key == k } ?? -1
+            if at < 0 {
+                at = perInterface.count
+                perInterface.append((k, InterfaceTotals()))
+            }
+            perInterface[at].totals.packets &+= e.packets
+            perInterface[at].totals.bytes &+= e.bytes
+        }
+        for (k, t) in perInterface {
+            let ifindex = UInt32(truncatingIfNeeded: k >> 1), dir = Direction(rawValue: UInt8(k & 1)) ?? .receive
+            let name = names[ifindex] ?? "if\(ifindex)"
+            var sum = interfaces[name, default: [:]][dir, default: InterfaceTotals()]
+            sum.packets &+= t.packets
+            sum.bytes &+= t.bytes
+            interfaces[name, default: [:]][dir] = sum
+        }
+        if flows.recordsFromMap > 0 { records[.flowMap, default: 0] &+= flows.recordsFromMap }
+        if flows.recordsFromRing > 0 { records[.flowsRing, default: 0] &+= flows.recordsFromRing }
+        return services?.apply(flows: flows, now: now) ?? []
+    }
+
     public mutating func setFlowTableEntries(_ n: Int) { flowTableEntries = UInt64(n) }
 
     public mutating func addSocketEvents(_ n: Int) { socketEvents &+= UInt64(n) }

@@ -105,8 +105,25 @@ public struct ServiceAggregator: Sendable {
     /// its last interval are evicted after its close record arrived.
     public let joinGrace: UInt64
 
-    struct Endpoint: Hashable { var proto: UInt8; var address: IPAddress16; var port: UInt16 }
-    struct Tuple: Hashable { var proto: UInt8; var local: IPAddress16; var localPort: UInt16; var remote: IPAddress16; var remotePort: UInt16 }
+    // Looked up for every tc flow of every tick: hashed as packed words, not field by field.
+    struct Endpoint: Hashable {
+        var proto: UInt8; var address: IPAddress16; var port: UInt16
+        func hash(into h: inout Hasher) {
+            h.combine(address.hi)
+            h.combine(address.lo)
+            h.combine(UInt32(proto) | UInt32(port) << 8)
+        }
+    }
+    struct Tuple: Hashable {
+        var proto: UInt8; var local: IPAddress16; var localPort: UInt16; var remote: IPAddress16; var remotePort: UInt16
+        func hash(into h: inout Hasher) {
+            h.combine(local.hi)
+            h.combine(local.lo)
+            h.combine(remote.hi)
+            h.combine(remote.lo)
+            h.combine(UInt64(proto) | UInt64(localPort) << 8 | UInt64(remotePort) << 24)
+        }
+    }
 
     /// A live socket: its pair, role and the counters of its last record.
     struct Tracked {
@@ -172,9 +189,9 @@ public struct ServiceAggregator: Sendable {
     private func peerService(proto: UInt8, address: IPAddress16, port: UInt16) -> String {
         if let name = resolver.peerService(address: address, port: port) { return name }
         if address != .zero && !(address.isV4Mapped && address.lo & 0xFFFF_FFFF == 0) {
-            for a in [address, address.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero] {
-                if let known = endpoints[Endpoint(proto: proto, address: a, port: port)] { return known.service }
-            }
+            if let known = endpoints[Endpoint(proto: proto, address: address, port: port)] { return known.service }
+            let any = address.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
+            if let known = endpoints[Endpoint(proto: proto, address: any, port: port)] { return known.service }
             if limits.peerAddresses { return address.description }
         }
         return "unknown"
@@ -182,18 +199,21 @@ public struct ServiceAggregator: Sendable {
 
     private static func transport(_ proto: UInt8) -> String? { proto == 6 ? "tcp" : proto == 17 ? "udp" : nil }
 
-    /// The pair for a new series, folded past the cap.
-    private mutating func admit(_ p: ServicePair) -> ServicePair {
+    /// The pair for a new series, folded past the cap. `times`: how many
+    /// records in a row ask for `p` (a flow summed over several); each that
+    /// folds counts in `seriesDropped`, as it would one by one.
+    private mutating func admit(_ p: ServicePair, times: UInt64 = 1) -> ServicePair {
         if pairs[p] != nil { return p }
         if pairs.count < limits.maxSeriesPerMetric {
             pairs[p] = PairStats()
             unexposed.insert(p)
             return p
         }
-        seriesDropped += 1
         let peerFold = ServicePair(service: p.service, peer: "other", transport: p.transport)
-        if pairs[peerFold] != nil { return peerFold }
         let allFold = ServicePair(service: "other", peer: "other", transport: p.transport)
+        // p == allFold: the first record inserts it, and the rest find it.
+        seriesDropped += p == allFold ? 1 : times
+        if pairs[peerFold] != nil { return peerFold }
         if pairs[allFold] == nil {
             pairs[allFold] = PairStats()
             unexposed.insert(allFold)
@@ -302,28 +322,90 @@ public struct ServiceAggregator: Sendable {
     /// Returns the pair each flow was counted under (nil: not a TCP or UDP flow).
     @discardableResult
     public mutating func apply(flows: [FlowRecord], now: UInt64) -> [ServicePair?] {
-        var out: [ServicePair?] = []
-        out.reserveCapacity(flows.count)
-        for f in flows {
-            let k = f.key
-            guard k.family != .other, let transport = Self.transport(k.ipProtocol) else { out.append(nil); continue }
-            let outbound = k.direction == .transmit
-            let local = outbound ? k.source : k.destination, remote = outbound ? k.destination : k.source
-            let lport = outbound ? k.sourcePort : k.destinationPort, rport = outbound ? k.destinationPort : k.sourcePort
-            var pair = tuples[Tuple(proto: k.ipProtocol, local: local, localPort: lport, remote: remote, remotePort: rport)]?.pair
-            if pair == nil {
-                // An unconnected UDP socket: its tuple has no remote end.
-                pair = tuples[Tuple(proto: k.ipProtocol, local: local, localPort: lport, remote: .zero, remotePort: 0)]?.pair
-            }
-            let p = admit(pair ?? ServicePair(service: "unknown",
-                                              peer: peerService(proto: k.ipProtocol, address: remote, port: rport),
-                                              transport: transport))
-            pairs[p]?.packets[Int(k.direction.rawValue)] += f.stats.packets
-            let last = pairs[p]?.lastActiveNanos ?? 0
-            pairs[p]?.lastActiveNanos = max(last, now)
-            out.append(p)
+        count(flows.count, now: now) { i in (flows[i].key, flows[i].stats.packets, 1) }
+    }
+
+    /// The same for flows summed per key (what the collector does with each
+    /// tick's records): one resolution per flow instead of per record, with
+    /// the same counts. Returns the pair of each entry, in entry order.
+    @discardableResult
+    public mutating func apply(flows table: FlowTable, now: UInt64) -> [ServicePair?] {
+        count(table.count, now: now) { i in
+            let e = table[i]
+            return (e.key, e.packets, e.records)
         }
+    }
+
+    /// Counts `n` flows, each `records` records asking for the same pair.
+    private mutating func count(_ n: Int, now: UInt64, flow: (Int) -> (key: FlowKey, packets: UInt64, records: UInt64)) -> [ServicePair?] {
+        var out: [ServicePair?] = []
+        out.reserveCapacity(n)
+        // A tick's flows resolve to few pairs, and looking a pair up hashes
+        // its three strings. So the pairs met last are kept here with their
+        // packets, compared by equality (cheap for short strings), and
+        // credited once when they leave or at the end. Admission is not
+        // deferred: its order decides what folds past the cap.
+        var recent: [RecentPair] = []
+        recent.reserveCapacity(Self.recentPairs)
+        var oldest = 0
+        func credit(_ r: RecentPair) {
+            guard let at = pairs.index(forKey: r.got) else { return }
+            pairs.values[at].packets[Int(Direction.receive.rawValue)] += r.received
+            pairs.values[at].packets[Int(Direction.transmit.rawValue)] += r.transmitted
+            pairs.values[at].lastActiveNanos = max(pairs.values[at].lastActiveNanos, now)
+        }
+        for i in 0..<n {
+            let f = flow(i)
+            guard let asked = pair(of: f.key) else { out.append(nil); continue }
+            var slot = -1
+            for k in recent.indices where recent[k].asked == asked { slot = k; break }
+            if slot >= 0 {
+                // What admit would do again: a pair that folded folds again.
+                if recent[slot].got != asked { seriesDropped += f.records }
+            } else {
+                let got = admit(asked, times: f.records)
+                if recent.count < Self.recentPairs {
+                    slot = recent.count
+                    recent.append(RecentPair(asked: asked, got: got))
+                } else {
+                    slot = oldest
+                    oldest = (oldest + 1) % Self.recentPairs
+                    credit(recent[slot])
+                    recent[slot] = RecentPair(asked: asked, got: got)
+                }
+            }
+            if f.key.direction == .receive { recent[slot].received += f.packets } else { recent[slot].transmitted += f.packets }
+            out.append(recent[slot].got)
+        }
+        recent.forEach(credit)
         return out
+    }
+
+    static let recentPairs = 8
+
+    /// A pair met lately in `count`: what was asked, what admission gave, packets not yet credited.
+    struct RecentPair {
+        var asked: ServicePair
+        var got: ServicePair
+        var received: UInt64 = 0
+        var transmitted: UInt64 = 0
+    }
+
+    /// The pair a TCP or UDP flow's socket belongs to (before the cap), nil for other protocols.
+    private func pair(of k: FlowKey) -> ServicePair? {
+        guard k.family != .other, let transport = Self.transport(k.ipProtocol) else { return nil }
+        let outbound = k.direction == .transmit
+        let local = outbound ? k.source : k.destination, remote = outbound ? k.destination : k.source
+        let lport = outbound ? k.sourcePort : k.destinationPort, rport = outbound ? k.destinationPort : k.sourcePort
+        if let p = tuples[Tuple(proto: k.ipProtocol, local: local, localPort: lport, remote: remote, remotePort: rport)]?.pair {
+            return p
+        }
+        // An unconnected UDP socket: its tuple has no remote end.
+        if let p = tuples[Tuple(proto: k.ipProtocol, local: local, localPort: lport, remote: .zero, remotePort: 0)]?.pair {
+            return p
+        }
+        return ServicePair(service: "unknown", peer: peerService(proto: k.ipProtocol, address: remote, port: rport),
+                           transport: transport)
     }
 
     /// A scrape has rendered every current pair: from now on with their counts.

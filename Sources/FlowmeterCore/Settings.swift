@@ -146,7 +146,11 @@ public struct InterfaceSelection: Sendable, Equatable {
             let missing = include.filter { p in !isGlob(p) && !all.contains(where: { $0.name == p }) }
             if !missing.isEmpty {
                 let known = all.map(\.name).joined(separator: ", ")
-                throw ValueError("unknown interface\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) (this host has: \(known))")
+                // Even when following interfaces: a name that is not there at
+                // start is far more often a typo than one yet to come, and a
+                // glob says "wait for it" on purpose.
+                throw ValueError("unknown interface\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) (this host has: \(known)); "
+                                 + "a name must exist at start; to also take one that appears later, give a glob such as \(missing[0])*")
             }
         }
         return matching(all)

@@ -17,21 +17,15 @@ import Synchronization
 public enum APIServer {
     public static let slowClientSeconds: Double = 5
 
-    /// The request context: Hummingbird's basic one plus the connection, so a
-    /// stuck stream can be closed from outside its task.
-    public struct Context: RequestContext {
-        public var coreContext: CoreRequestContextStorage
-        let channel: any Channel
-        public init(source: ApplicationRequestContextSource) {
-            coreContext = .init(source: source)
-            channel = source.channel
-        }
-    }
+    /// The request context: it carries the connection, so a stuck stream can
+    /// be closed from outside its task.
+    public typealias Context = HTTPGuard.Context
 
     public static func make(socketPath: String, logger: Logger, streamEverySeconds: Double = 1,
                             onRunning: @escaping @Sendable () async -> Void = {},
                             snapshot: @escaping @Sendable () -> APISnapshot) -> some ApplicationProtocol {
         let router = Router(context: Context.self)
+        router.add(middleware: HTTPGuard.ReadOnly(render: { status, message in error(status, message) }))
         router.add(middleware: JSONErrors())
         router.get("/v1/snapshot") { _, _ -> Response in
             json(.ok, snapshot().json() + "\n")
@@ -67,6 +61,7 @@ public enum APIServer {
         }
         return Application(
             router: router,
+            server: HTTPGuard.server,
             configuration: .init(address: .unixDomainSocket(path: socketPath), serverName: "flowmeterd"),
             onServerRunning: { _ in await onRunning() },
             logger: logger
@@ -78,16 +73,33 @@ public enum APIServer {
     }
 
     static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
-        let escaped = message.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        return json(status, "{\"version\":\(APISnapshot.version),\"error\":\"\(escaped)\",\"status\":\(status.code)}\n")
+        json(status, "{\"version\":\(APISnapshot.version),\"error\":\(jsonString(message)),\"status\":\(status.code)}\n")
     }
 
-    /// Every error answer is JSON: unknown paths, methods and versions included.
+    /// A JSON string literal. Messages echo the request's path, which is the
+    /// client's text: control characters too must not break the document.
+    /// Separators and a byte-order mark go escaped as well: some decoders
+    /// (JavaScript's eval, Foundation's) mangle them raw.
+    static func jsonString(_ s: String) -> String {
+        var out = "\""
+        for c in s.unicodeScalars {
+            switch c {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case _ where c.value < 0x20 || c.value == 0x7f || c == "\u{2028}" || c == "\u{2029}" || c == "\u{feff}":
+                let hex = String(c.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(c)
+            }
+        }
+        return out + "\""
+    }
+
+    /// Every error answer our code gives is JSON: unknown paths and versions
+    /// here, methods and bodies in `HTTPGuard.ReadOnly`. (A request HTTP
+    /// cannot parse gets Hummingbird's bare 400 and the connection closes.)
     struct JSONErrors<Context: RequestContext>: RouterMiddleware {
         func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-            guard request.method == .get || request.method == .head else {
-                return error(.methodNotAllowed, "\(request.method) is not allowed: the API is read-only (GET)")
-            }
             if !request.uri.path.hasPrefix("/v1/") {
                 return error(.notFound, "unknown path \(request.uri.path): this API serves /v1/snapshot and /v1/stream")
             }

@@ -5,13 +5,19 @@ import Foundation
 
 /// The read-only HTTP endpoint: GET /metrics (Prometheus text 0.0.4, or
 /// OpenMetrics 1.0 when the scraper's Accept header asks for it), GET /healthz.
+/// Other methods get 405 and a request with a body 413 (`HTTPGuard`), unknown
+/// paths 404; each refusal is plain text.
 public enum MetricsServer {
     /// Builds the Hummingbird application (a swift-service-lifecycle Service).
     /// `render` produces the exposition text on each scrape.
     public static func make(listen: ListenAddress, logger: Logger,
                             onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
                             render: @escaping @Sendable (_ openMetrics: Bool) -> String) -> some ApplicationProtocol {
-        let router = Router()
+        let router = Router(context: HTTPGuard.Context.self)
+        router.add(middleware: HTTPGuard.ReadOnly(render: { status, message in
+            Response(status: status, headers: [.contentType: "text/plain; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: message + "\n")))
+        }))
         router.get("/metrics") { request, _ -> Response in
             let om = wantsOpenMetrics(request.headers[.accept])
             let body = render(om)
@@ -22,6 +28,7 @@ public enum MetricsServer {
         router.get("/healthz") { _, _ -> String in "ok\n" }
         return Application(
             router: router,
+            server: HTTPGuard.server,
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "flowmeterd"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? listen.port) },
             logger: logger

@@ -75,9 +75,199 @@ func tcCost(rounds: Int, repeatCount: Int32) throws {
     row("IPv6 TCP, existing flow", existing6, base)
     row("empty classifier, single runs", noopSingle, baseSingle)
     row("IPv4 TCP, new flow, single runs", newFlow, baseSingle)
+    let ratio = median(existing4) / base
+    print(String(format: "target: an existing-flow packet <= 4x the empty classifier: %.2fx, ", ratio)
+          + (ratio <= 4 ? "met" : String(format: "not met by %.2fx", ratio - 4)))
+}
+
+// MARK: ring drain and aggregation
+
+/// The C reference consumers (bench/ring_consumer.c), one long-lived child
+/// driven over pipes, so its drains interleave with ours and none of them
+/// includes a process start.
+final class CConsumer {
+    let process = Process()
+    let toChild = Pipe(), fromChild = Pipe()
+    private var buffered: [UInt8] = []
+
+    init(path: String, producer: String, records: Int) throws {
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = [producer, String(records)]
+        process.standardInput = toChild
+        process.standardOutput = fromChild
+        try process.run()
+        let hello = try line().split(separator: " ")
+        guard hello.count == 3, hello[0] == "ready", Int(hello[1]) == records, Int(hello[2]) == RingBench.flows else {
+            throw BenchError("ring_consumer answered \(hello.joined(separator: " ")); want ready \(records) \(RingBench.flows)")
+        }
+    }
+
+    private func line() throws -> String {
+        while true {
+            if let nl = buffered.firstIndex(of: 10) {
+                defer { buffered.removeFirst(nl + 1) }
+                return String(decoding: buffered[..<nl], as: UTF8.self)
+            }
+            let chunk = fromChild.fileHandleForReading.availableData
+            if chunk.isEmpty { throw BenchError("ring_consumer exited (status \(process.isRunning ? 0 : process.terminationStatus))") }
+            buffered += chunk
+        }
+    }
+
+    /// One fill and timed drain in the child: the drain's nanoseconds.
+    func run(_ variant: String) throws -> Double {
+        toChild.fileHandleForWriting.write(Data((variant + "\n").utf8))
+        let f = try line().split(separator: " ")
+        guard f.count == 6, f[0] == variant, let ns = Double(f[1]) else {
+            throw BenchError("ring_consumer answered \(f.joined(separator: " ")) to \(variant)")
+        }
+        return ns
+    }
+
+    func stop() {
+        toChild.fileHandleForWriting.write(Data("q\n".utf8))
+        process.waitUntilExit()
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+enum RingBench {
+    /// As in bench/ring_producer.bpf.c.
+    static let flows = 65536
+    static let recordBytes = (ABI.flowEventSize + 8 + 7) & ~7 // ring header + record, 8-aligned
+
+    static func monotonicNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    /// Keeps this process and the C child (which inherits it) on one CPU:
+    /// test_run produces on the caller's CPU, so every consumer drains what
+    /// was just written on its own core, and none is moved in mid-drain.
+    static func pin(cpu: Int) {
+        // glibc declares sched_setaffinity only under _GNU_SOURCE, which Swift's Glibc module lacks.
+        typealias SetAffinity = @convention(c) (pid_t, Int, UnsafeRawPointer) -> Int32
+        var set = cpu_set_t()
+        withUnsafeMutableBytes(of: &set) { $0[cpu / 8] |= UInt8(1 << (cpu % 8)) }
+        guard let sym = dlsym(nil, "sched_setaffinity"),
+              withUnsafeBytes(of: &set, { unsafeBitCast(sym, to: SetAffinity.self)(0, $0.count, $0.baseAddress!) }) == 0 else {
+            FileHandle.standardError.write(Data("flowmeter-bench: could not pin to CPU \(cpu); results will be noisier\n".utf8))
+            return
+        }
+    }
+
+    static func run(producer: String, cConsumer: String, records: Int, rounds: Int, cpu: Int, only: String) throws {
+        guard records > 0, records % flows == 0, records <= 1 << 24 else {
+            throw BenchError("--records must be a multiple of \(flows), at most 16777216")
+        }
+        signal(SIGPIPE, SIG_IGN) // a child that died is reported by its answer, not by killing us
+        pin(cpu: cpu)
+        var ringBytes = Int(sysconf(Int32(_SC_PAGESIZE)))
+        while ringBytes <= records * recordBytes { ringBytes <<= 1 }
+        let obj = try BPFObjectFile(path: producer, mapSizes: ["bench_flows": ringBytes])
+        let ringFD = try obj.mapFD("bench_flows")
+        let packet = [UInt8](repeating: 0, count: 64)
+        func fill() throws { _ = try obj.testRun("ring_produce", packet: packet, repeat: Int32(records)) }
+        // Two readers of one ring (the consumer position is the kernel's, shared):
+        // the bare RingReader for (b), the daemon's FlowsRing for (c).
+        let reader = try RingReader<Void>(ringFD: ringFD, name: "bench") { _ in () }
+        let flowsRing = try FlowsRing(ringFD: ringFD)
+        let child = try CConsumer(path: cConsumer, producer: producer, records: records)
+        defer { child.stop() }
+
+        let wantPackets = UInt64(records) / 2 * 5, wantBytes = UInt64(records) * 575 + UInt64(records) / 2
+        let names: [UInt32: String] = [1: "eth0", 2: "eth1", 3: "eth2", 4: "eth3"]
+
+        func countOnly() throws -> Double {
+            try fill()
+            let t0 = monotonicNanos()
+            reader.consumeNow()
+            let (got, rejected) = reader.take()
+            let t1 = monotonicNanos()
+            guard got.count == records, rejected == 0 else {
+                throw BenchError("b: \(got.count) records, \(rejected) rejected; want \(records)")
+            }
+            return Double(t1 - t0)
+        }
+
+        // Passed back every round, as the collector passes its table every tick.
+        var table = FlowTable()
+        func aggregate() throws -> Double {
+            try fill()
+            var acc = Accounting()
+            acc.services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: .defaults)
+            table.removeAll() // not timed, as the C table's reset is not (take's own is then a no-op)
+            let now = monotonicNanos()
+            // What Collector.tick does with the ring's records, up to the flow log.
+            let t0 = monotonicNanos()
+            flowsRing.consumeNow()
+            let (batch, rejected) = flowsRing.take(summingInto: &table)
+            let pairs = acc.count(flows: table, names: names, now: now)
+            let t1 = monotonicNanos()
+            let entries = table.entries
+            let totals = acc.interfaces.values.flatMap(\.values)
+            let sums = (entries.reduce(0) { $0 + $1.packets }, entries.reduce(0) { $0 + $1.bytes },
+                        totals.reduce(0) { $0 + $1.packets }, totals.reduce(0) { $0 + $1.bytes },
+                        acc.services?.pairs.values.reduce(0) { $0 + $1.packets.reduce(0, +) } ?? 0)
+            guard batch.count == records, rejected == 0, table.records == records, table.count == flows,
+                  table.recordsFromRing == UInt64(records),
+                  pairs.count == flows, pairs.allSatisfy({ $0 != nil }), acc.records[.flowsRing] == UInt64(records),
+                  sums == (wantPackets, wantBytes, wantPackets, wantBytes, wantPackets) else {
+                throw BenchError("c: \(batch.count) records (\(rejected) rejected), \(table.count) flows, "
+                                 + "packets/bytes in the table, interfaces, pairs: \(sums); "
+                                 + "want \(records) records, \(flows) flows, \(wantPackets) packets, \(wantBytes) bytes")
+            }
+            return Double(t1 - t0)
+        }
+
+        let variants: [(key: String, run: () throws -> Double)] = [
+            ("a", { try child.run("a") }), ("b", countOnly), ("c", aggregate), ("d", { try child.run("d") }),
+        ].filter { only.contains($0.0) }
+        for v in variants { _ = try v.run() } // warm-up: caches, the readers' buffers, the child's table
+        var times: [String: [Double]] = [:]
+        for r in 0..<rounds {
+            // Rotate the order each round, so no variant always runs first or after the same one.
+            for i in 0..<variants.count {
+                let v = variants[(i + r) % variants.count]
+                times[v.key, default: []].append(try v.run())
+            }
+        }
+
+        let n = Double(records)
+        func perRecord(_ k: String) -> Double { median(times[k] ?? []) / n }
+        print("ring drain and aggregation: \(records) flows-ring records (\(flows) flows) per drain, "
+              + "median of \(rounds) interleaved rounds, pinned to CPU \(cpu)")
+        print("variant".padding(toLength: 58, withPad: " ", startingAt: 0) + "  ns/record  Mrecords/s  ratio")
+        func row(_ name: String, _ k: String, _ ref: String) {
+            let ns = perRecord(k)
+            print(name.padding(toLength: 58, withPad: " ", startingAt: 0)
+                  + String(format: "%11.2f %11.1f %6.2fx", ns, 1e3 / ns, perRecord(ref) / ns) + "  vs \(ref)")
+        }
+        row("(a) C, libbpf ring_buffer__consume, count", "a", "a")
+        row("(b) flowmeterd RingReader, consume + take, count", "b", "a")
+        row("(d) C, consume + open-addressing flow table", "d", "d")
+        row("(c) flowmeterd FlowsRing + Accounting.count", "c", "d")
+        print("(c) does more than (d): it also keeps every record (the flow log's), sums per interface and per service pair")
+        let b = perRecord("a") / perRecord("b"), c = perRecord("d") / perRecord("c")
+        print(String(format: "target (b) >= 0.90x (a): %.2fx %@", b, b >= 0.9 ? "met" : "MISSED"))
+        print(String(format: "target (c) >= 0.50x (d): %.2fx %@", c, c >= 0.5 ? "met" : "MISSED"))
+    }
 }
 
 let args = CommandLine.arguments.dropFirst()
+let usage = """
+    usage: flowmeter-bench [tc [ROUNDS]]
+           flowmeter-bench ring [ROUNDS] --producer OUT/ring_producer.bpf.o --c-consumer OUT/ring_consumer
+                                [--records N] [--cpu C] [--only abcd]
+      ring: bash bench/build.sh OUT builds both; ROUNDS default 15; N a multiple of 65536,
+      default 1048576; C the CPU to pin to (default the last); --only runs some variants (profiling)
+
+    """
 guard getuid() == 0 else {
     FileHandle.standardError.write(Data("flowmeter-bench: needs root (loads BPF programs)\n".utf8)); exit(1)
 }
@@ -86,8 +276,33 @@ do {
     case "tc":
         let rounds = args.dropFirst().first.flatMap(Int.init) ?? 15
         try tcCost(rounds: rounds, repeatCount: 1_000_000)
+    case "ring":
+        // Flags with a value, in any order; a bare number is the rounds (as for tc).
+        var opts: [String: String] = [:]
+        var rest = Array(args.dropFirst()), bad = false
+        while let a = rest.first {
+            if a.hasPrefix("--"), rest.count >= 2 {
+                opts[String(a.dropFirst(2))] = rest[1]
+                rest.removeFirst(2)
+            } else if Int(a) != nil, opts["rounds"] == nil {
+                opts["rounds"] = a
+                rest.removeFirst()
+            } else {
+                bad = true
+                break
+            }
+        }
+        guard !bad, let producer = opts["producer"], let consumer = opts["c-consumer"],
+              Set(opts.keys).isSubset(of: ["producer", "c-consumer", "records", "rounds", "cpu", "only"]) else {
+            FileHandle.standardError.write(Data(usage.utf8)); exit(2)
+        }
+        try RingBench.run(producer: producer, cConsumer: consumer,
+                          records: opts["records"].flatMap(Int.init) ?? 1 << 20,
+                          rounds: opts["rounds"].flatMap(Int.init) ?? 15,
+                          cpu: opts["cpu"].flatMap(Int.init) ?? max(0, possibleCPUs - 1),
+                          only: opts["only"] ?? "abcd")
     default:
-        FileHandle.standardError.write(Data("usage: flowmeter-bench [tc [ROUNDS]]\n".utf8)); exit(2)
+        FileHandle.standardError.write(Data(usage.utf8)); exit(2)
     }
 } catch {
     FileHandle.standardError.write(Data("flowmeter-bench: \(error)\n".utf8)); exit(1)

@@ -36,10 +36,14 @@ final class Collector: Service, @unchecked Sendable {
     let links: LinkMonitor?
     /// Socket telemetry, when its hooks are attached.
     let sockets: SocketPrograms?
-    let socketEvents: RingReader?
+    let socketEvents: RingReader<SocketEvent>?
     let cgroups = CgroupPaths()
     /// Live connections and UDP sockets (only the collector's tick touches it).
     var connections = ConnectionTable()
+    /// The tick's records summed per flow. Handed to the ring every tick: it
+    /// comes back holding the ring's records, and its storage goes on to sum
+    /// the next ones (only the tick touches it).
+    var flowTable = FlowTable()
     let flowLog: FlowLogWriter?
     let interval: FlowDuration
     let logger: Logger
@@ -51,7 +55,7 @@ final class Collector: Service, @unchecked Sendable {
     let startUnixNanos = UInt64(Date().timeIntervalSince1970 * 1e9)
 
     init(program: FlowAccountingProgram, attacher: TCAttacher, ring: FlowsRing, shared: SharedAccounting,
-         names: InterfaceNames, links: LinkMonitor?, sockets: SocketPrograms?, socketEvents: RingReader?,
+         names: InterfaceNames, links: LinkMonitor?, sockets: SocketPrograms?, socketEvents: RingReader<SocketEvent>?,
          flowLog: FlowLogWriter?, interval: FlowDuration, logger: Logger) {
         self.program = program; self.attacher = attacher; self.ring = ring; self.shared = shared
         self.names = names; self.links = links; self.sockets = sockets; self.socketEvents = socketEvents; self.flowLog = flowLog; self.interval = interval; self.logger = logger
@@ -88,11 +92,19 @@ final class Collector: Service, @unchecked Sendable {
             batch = []
         }
         let entries = batch.count
-        let fromRing = ring.take()
+        // The tick's flows, summed per flow: the ring's as they arrived (while
+        // the kernel's table is full there is one record per packet), then the
+        // evicted ones. What follows hashes strings once per flow, and admits
+        // new service pairs in this order.
+        let fromRing = ring.take(summingInto: &flowTable)
         if fromRing.rejected > 0 {
             logger.warning("ring records with an unknown layout", metadata: ["count": "\(fromRing.rejected)"])
         }
+        flowTable.add(batch)
         batch += fromRing.records
+        let flows = flowTable, ringRecords = fromRing.records.count
+        /// The flow (entry of `flows`) of batch[i]: the table took the ring's records first.
+        func flowEntry(_ i: Int) -> Int { flows.entry(ofRecord: i < entries ? ringRecords + i : i - entries) }
         let counters = try? program.readCounters()
         let names = self.names.snapshot()
         // Updates first, then the ring: a close raised after the iterator ran
@@ -103,27 +115,25 @@ final class Collector: Service, @unchecked Sendable {
                 logger.error("socket updates failed", metadata: ["error": "\(error)"])
             }
         }
-        let ringEvents = socketEvents?.take(ABI.decodeSocketEvent).records ?? []
+        let ringEvents = socketEvents?.take().records ?? []
         let events = connections.apply(ringEvents + updates)
         // Cgroup paths are looked up here, outside the lock (a miss rescans cgroupfs).
         var paths: [UInt64: String] = [:]
         for e in events { if let id = e.owner?.cgroupID, paths[id] == nil, let p = cgroups.path(of: id) { paths[id] = p } }
         let now = Self.monotonicNow()
-        var flowPairs: [ServicePair?] = []
+        var entryPairs: [ServicePair?] = []
+        func flowPair(_ i: Int) -> ServicePair? { entryPairs.isEmpty ? nil : entryPairs[flowEntry(i)] }
         let socketCounters = try? sockets?.readCounters()
         shared.update { a in
-            a.add(batch, names: names)
             a.setFlowTableEntries(entries)
             if let counters { a.kernel = counters }
-            if a.services != nil {
-                // Sockets first: a flow of a connection opened in this interval
-                // then finds its socket.
-                a.services?.apply(events, cgroupPath: { paths[$0] })
-                flowPairs = a.services?.apply(flows: batch, now: now) ?? []
-                a.services?.expire(now: now)
-            }
+            // Sockets first: a flow of a connection opened in this interval
+            // then finds its socket.
+            a.services?.apply(events, cgroupPath: { paths[$0] })
+            entryPairs = a.count(flows: flows, names: names, now: now)
+            a.services?.expire(now: now)
             a.connections = Array(connections.active.values)
-            a.lastFlows = batch.enumerated().map { ($0.element, $0.offset < flowPairs.count ? flowPairs[$0.offset] : nil) }
+            a.lastFlows = batch.enumerated().map { ($0.element, flowPair($0.offset)) }
             a.addSocketEvents(ringEvents.count)
             a.addSocketUpdates(updates.count)
             if let socketCounters { a.socketEventsLost = socketCounters.eventsLost }
@@ -132,7 +142,7 @@ final class Collector: Service, @unchecked Sendable {
             let clock = Self.clockNow()
             var lines = batch.enumerated().map { i, r in
                 FlowLogEncoder.encode(r, interface: names[r.key.ifindex] ?? "if\(r.key.ifindex)", clock: clock,
-                                      pair: i < flowPairs.count ? flowPairs[i] : nil)
+                                      pair: flowPair(i))
             }
             lines += events.map {
                 FlowLogEncoder.encodeConnection($0, cgroupPath: $0.owner.flatMap { paths[$0.cgroupID] }, clock: clock)

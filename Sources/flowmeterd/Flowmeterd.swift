@@ -13,7 +13,12 @@ struct Flowmeterd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "flowmeterd",
         abstract: "eBPF network telemetry collector: per-interface and per-flow accounting in the kernel, served as Prometheus metrics and a JSON-lines flow log.",
-        discussion: "Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).",
+        discussion: """
+            Needs root: CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON to load and attach (CAP_SYS_ADMIN stands in for \
+            CAP_BPF and CAP_PERFMON); CAP_NET_BIND_SERVICE for a metrics port below 1024, CAP_CHOWN for --api-group. \
+            Once attached and serving, every thread keeps only CAP_BPF (CAP_SYS_ADMIN where bpf() needs it instead), \
+            plus CAP_NET_ADMIN when it follows interfaces or uses clsact, and sets no_new_privs.
+            """,
         version: FlowmeterVersion.current,
         subcommands: [Run.self, Check.self, ConfigCommand.self],
         defaultSubcommand: Run.self
@@ -29,7 +34,7 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
 func requireCapabilities() {
     let missing = Capabilities.missing()
     if !missing.isEmpty {
-        fail("missing capabilities: \(missing.joined(separator: ", ")) (run as root, or grant them)")
+        fail("missing capabilities: \(missing.joined(separator: ", ")) (it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON to start; run as root, or grant them)")
     }
 }
 
@@ -216,7 +221,7 @@ struct Run: AsyncParsableCommand {
         do { ring = try FlowsRing(ringFD: program.flowsRingFD) } catch { attacher.detachAll(); fail("\(error)") }
 
         var sockets: SocketPrograms?
-        var socketEvents: RingReader?
+        var socketEvents: RingReader<SocketEvent>?
         if let hooks {
             do {
                 let s = try SocketPrograms.load(hooks)
@@ -232,7 +237,10 @@ struct Run: AsyncParsableCommand {
             } catch {
                 if hooks != .auto {
                     attacher.detachAll()
-                    fail("--hooks \(hooks.rawValue): \(error)")
+                    // One line: libbpf's log (with its generic "try raising
+                    // ulimit -l" advice for any EPERM) is for debugging.
+                    let line = (error as? BPFError)?.summary ?? "\(error)"
+                    fail("--hooks \(hooks.rawValue): \(line) (FLOWMETER_LIBBPF_DEBUG=1 prints libbpf's log)")
                 }
                 logger.warning("no socket-hook rung available: socket telemetry is off", metadata: ["error": "\(error)"])
             }
@@ -324,8 +332,15 @@ struct Run: AsyncParsableCommand {
             logger.info("pushing OTLP metrics", metadata: ["endpoint": "\(endpoint)", "queue": "\(otlpQueueSize)"])
         }
         let listen = metricsListen
+        let apiSocket = settings.apiSocket ?? "/run/flowmeter/flowmeter.sock"
+        // The metrics port is bound (CAP_NET_BIND_SERVICE below 1024) and the
+        // API socket chowned (CAP_CHOWN) only once the group runs the servers.
+        let dropper = DropAfterStart(waitingFor: apiSocket != "off" ? ["metrics", "api"] : ["metrics"],
+                                     keep: Privileges.neededAfterAttach(followsInterfaces: links != nil, clsact: mode == .clsact),
+                                     logger: logger)
         let http = MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
             logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
+            dropper.done("metrics")
         }, render: { om in
             let snapshot = shared.snapshot()
             let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)
@@ -337,7 +352,6 @@ struct Run: AsyncParsableCommand {
         })
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: collector), .init(service: http)]
-        let apiSocket = settings.apiSocket ?? "/run/flowmeter/flowmeter.sock"
         if apiSocket != "off" {
             let path = apiSocket
             var gid: gid_t = 0
@@ -357,6 +371,7 @@ struct Run: AsyncParsableCommand {
                 chmod(path, 0o660)
                 chown(path, 0, owner)
                 logger.info("serving the API", metadata: ["socket": "\(path)"])
+                dropper.done("api")
             }, snapshot: {
                 APISnapshot.make(shared.snapshot(),
                                  context: .init(host: host, kernel: kernel, version: FlowmeterVersion.current,

@@ -219,7 +219,14 @@ struct fm_sock_event {
 enum fm_sock_stat {
     FM_SOCK_STAT_EVENTS_LOST = 0, /* failed reservations on the "events" ring */
     FM_SOCK_STAT_TABLE_FULL = 1,  /* sockets the socket table could not take */
-    FM_SOCK_STAT_COUNT = 2,       /* number of entries, not a counter */
+    /* Reservations tried on the "events" ring: one per record the socket
+     * programs meant to emit, counted before the reservation, so that
+     * EVENTS_LOST + records the reader received == EVENTS_ATTEMPTED once the
+     * ring is drained. It exists so that loss accounting can be checked
+     * (Tests/e2e/test_ring_overflow.py reads it with bpftool); the daemon does
+     * not read it. */
+    FM_SOCK_STAT_EVENTS_ATTEMPTED = 2,
+    FM_SOCK_STAT_COUNT = 3,       /* number of entries, not a counter */
 };
 
 /* Default number of live sockets tracked, and the "events" ring size in bytes. */
