@@ -1028,6 +1028,8 @@ for k in kids:
 CHURN_CLIENT = r"""
 import json, os, socket, sys, time
 addr, port, seconds, procs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+# Optional connections/s per process (tools/soak.py): a soak must not saturate the machine.
+rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 # The daemon names the client end by this process name (a rule in its config).
 with open("/proc/self/comm", "w") as f:
     f.write("fmchurn-cli")
@@ -1040,7 +1042,15 @@ for _ in range(procs):
         os.close(r)
         n = err = 0
         payload = b"x" * 32
+        slot = time.monotonic()
         while time.monotonic() < deadline:
+            if rate:
+                slot += 1 / rate
+                pause = slot - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                else:
+                    slot = time.monotonic()  # fell behind: no burst to catch up
             s = socket.socket()
             try:
                 s.settimeout(5)

@@ -9,6 +9,8 @@
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
 #include <linux/bpf.h>
 #include <linux/netlink.h>  /* link events (LinkMonitor) */
 #include <linux/rtnetlink.h>
@@ -52,6 +54,72 @@ static inline int fm_clsact_create(int ifindex)
     fm_tc_hook_init(&hook, ifindex, 1);
     hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS;
     return bpf_tc_hook_create(&hook);
+}
+
+/* Whether a clsact qdisc sits on ifindex: 1 yes, 0 no, negative errno if the
+ * netlink dump failed. libbpf has no qdisc query; the attacher needs to know
+ * before creating one, so that it can record the qdisc as its own before it
+ * exists (a kill between creating and recording would otherwise leave a qdisc
+ * that no later run knows it made). */
+static inline int fm_clsact_exists(int ifindex)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0)
+        return -errno;
+    struct {
+        struct nlmsghdr n;
+        struct tcmsg t;
+    } req;
+    memset(&req, 0, sizeof(req));
+    req.n.nlmsg_len = NLMSG_LENGTH(sizeof(struct tcmsg));
+    req.n.nlmsg_type = RTM_GETQDISC;
+    req.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.n.nlmsg_seq = 1;
+    req.t.tcm_family = AF_UNSPEC;
+    req.t.tcm_ifindex = ifindex;
+    if (send(fd, &req, req.n.nlmsg_len, 0) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    static __thread char buf[32768];
+    int found = 0;
+    for (;;) {
+        ssize_t len = recv(fd, buf, sizeof(buf), 0);
+        if (len < 0) {
+            int e = errno;
+            if (e == EINTR)
+                continue;
+            close(fd);
+            return -e;
+        }
+        if (len == 0)
+            break;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (unsigned)len); h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type == NLMSG_DONE) {
+                close(fd);
+                return found;
+            }
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                struct nlmsgerr *err = NLMSG_DATA(h);
+                close(fd);
+                return err->error ? err->error : -EIO;
+            }
+            if (h->nlmsg_type != RTM_NEWQDISC)
+                continue;
+            struct tcmsg *t = NLMSG_DATA(h);
+            if (t->tcm_ifindex != ifindex)
+                continue; /* the kernel dumps every device; filter here */
+            int alen = (int)h->nlmsg_len - (int)NLMSG_LENGTH(sizeof(*t));
+            for (struct rtattr *a = (struct rtattr *)((char *)t + NLMSG_ALIGN(sizeof(*t))); RTA_OK(a, alen);
+                 a = RTA_NEXT(a, alen)) {
+                if (a->rta_type == TCA_KIND && strcmp((const char *)RTA_DATA(a), "clsact") == 0)
+                    found = 1;
+            }
+        }
+    }
+    close(fd);
+    return found;
 }
 
 /* Delete the clsact qdisc (and every filter on it). */

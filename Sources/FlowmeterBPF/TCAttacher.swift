@@ -160,8 +160,20 @@ public final class TCAttacher: @unchecked Sendable {
     private func attachClsact(_ iface: InterfaceSelection.Candidate) throws {
         let idx = Int32(iface.ifindex)
         removeStaleFilters(ifindex: idx)
+        // A qdisc we are about to create is recorded as ours before it
+        // exists: recorded after, a kill in between left it on the interface
+        // for good (the next run found it there and took it for someone
+        // else's; tests/e2e/test_faults.py). A record of a qdisc that never
+        // got made costs nothing: removing it later finds nothing.
+        let existed = fm_clsact_exists(idx)
+        if existed == 0 {
+            attachments.append(Attachment(name: iface.name, ifindex: iface.ifindex, mode: .clsact, linkFDs: [], createdQdisc: true))
+            writeState()
+        }
         let created = fm_clsact_create(idx)
+        if existed == 0 { attachments.removeLast() }
         if created != 0 && created != -EEXIST {
+            writeState()
             throw BPFError("create clsact qdisc on \(iface.name)"
                 + (created == -ENOENT || created == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""),
                 errno: -created)
@@ -216,6 +228,7 @@ public final class TCAttacher: @unchecked Sendable {
     @discardableResult
     public func removeLeftovers() -> [String] {
         var removed: [String] = []
+        unlink(statePath + ".tmp") // a record being written when the run was killed
         guard let text = try? String(contentsOfFile: statePath, encoding: .utf8) else { return removed }
         for line in text.split(separator: "\n") {
             // "clsact <ifindex> <name> created=<0|1>"
@@ -259,7 +272,15 @@ public final class TCAttacher: @unchecked Sendable {
             .map { "clsact \($0.ifindex) \($0.name) created=\($0.createdQdisc ? 1 : 0)\n" }.joined()
         let dir = (statePath as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try? lines.write(toFile: statePath, atomically: true, encoding: .utf8)
+        // Written aside and renamed, so a kill leaves the old record or the
+        // new one. Under a fixed name: Foundation's atomic write picks a new
+        // temporary name each time, and a kill mid-write left one behind per kill.
+        let tmp = statePath + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return }
+        let ok = Array(lines.utf8).withUnsafeBytes { b in b.isEmpty || write(fd, b.baseAddress, b.count) == b.count }
+        close(fd)
+        if ok { rename(tmp, statePath) } else { unlink(tmp) }
     }
 
     deinit { detachLocked { _ in true } }

@@ -80,7 +80,16 @@ final class Collector: Service, @unchecked Sendable {
         tick(final: true)
         otlp?.stop()
         flowLog?.close()
-        logger.info("detached and flushed", metadata: ["records": "\(shared.snapshot().records.values.reduce(0, +))"])
+        // With the hooks detached nothing more reaches the events ring, so the
+        // socket totals here are final (Tests/e2e/test_ring_overflow.py checks
+        // them against the kernel's count of records the programs tried).
+        let done = shared.snapshot()
+        var metadata: Logger.Metadata = ["records": "\(done.records.values.reduce(0, +))"]
+        if sockets != nil {
+            metadata["socket_events"] = "\(done.socketEvents)"
+            metadata["socket_events_lost"] = "\(done.socketEventsLost)"
+        }
+        logger.info("detached and flushed", metadata: metadata)
     }
 
     func tick(final: Bool) {
