@@ -75,14 +75,16 @@ let package = Package(
         // Benchmarks that need the real kernel (tools/bench); not part of the tests.
         .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore"]),
 
-        .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore"]),
+        // The seeded generator and bounded property-test runs the test targets share.
+        .target(name: "FlowmeterTestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore", "FlowmeterTestSupport"]),
         .testTarget(name: "FlowtopCoreTests", dependencies: ["FlowtopCore", "FlowmeterCore"]),
         // FlowmeterBPF and Logging only to check that the allowed values are the flags'.
         .testTarget(name: "FlowmeterConfigTests",
-                    dependencies: ["FlowmeterConfig", "FlowmeterCore", "FlowmeterBPF",
+                    dependencies: ["FlowmeterConfig", "FlowmeterCore", "FlowmeterBPF", "FlowmeterTestSupport",
                                    .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore"]),
+        .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore", "FlowmeterTestSupport"]),
         .testTarget(name: "FlowmeterBPFTests",
-                    dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI"]),
+                    dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI", "FlowmeterTestSupport"]),
     ]
 )

@@ -1,5 +1,6 @@
 import FlowmeterBPF
 import FlowmeterCore
+import FlowmeterTestSupport
 import Foundation
 import Testing
 
@@ -8,7 +9,7 @@ import Testing
 @Suite(.privileged) struct DifferentialTests {
     /// Builds a plausible packet from small pools (so flows repeat and
     /// accumulate), then sometimes damages it.
-    static func randomPacket(_ g: inout SplitMix64) -> (bytes: [UInt8], gso: UInt32) {
+    static func randomPacket(_ g: inout SeededRandom) -> (bytes: [UInt8], gso: UInt32) {
         var b = PacketBuilder()
         switch Int.random(in: 0..<10, using: &g) {
         case 0: b.vlanTags = [0x8100]
@@ -68,7 +69,7 @@ import Testing
 
     @Test func kernelMatchesReferenceOnRandomPackets() throws {
         let count = 12_000
-        var g = SplitMix64(state: 0xF10E_2026)
+        var g = SeededRandom(seed: 0xF10E_2026)
         let prog = try FlowAccountingProgram(flowTableSize: 65536)
         var expected: [FlowKey: ReferenceParser.Result] = [:]
         var refused = 0

@@ -1,5 +1,6 @@
 @testable import FlowmeterConfig
 import FlowmeterCore
+import FlowmeterTestSupport
 import Foundation
 import Testing
 

@@ -1,4 +1,5 @@
 import FlowmeterCore
+import FlowmeterTestSupport
 import Testing
 
 /// FlowTable (the collector's per-tick sums per flow) against plain
@@ -56,7 +57,7 @@ import Testing
     /// Dictionary, for a few seeds (the probe sequences differ with each).
     @Test(arguments: [0, 1, 0xDEAD_BEEF] as [UInt64])
     func matchesADictionaryThroughGrowth(seed: UInt64) {
-        var rng = SplitMix(seed: seed)
+        var rng = SeededRandom(seed: seed)
         let keys = (0..<700).map { Self.key($0, proto: $0 % 3 == 0 ? 17 : 6, ifindex: UInt32(1 + $0 % 3)) }
         let records = (0..<20_000).map { _ in
             Self.record(keys[Int(rng.next() % 700)], packets: rng.next() % 4 + 1, bytes: rng.next() % 1500,
@@ -119,7 +120,7 @@ import Testing
     /// record, and the series folded past a small cap.
     @Test(arguments: [false, true])
     func accountingPerFlowEqualsPerRecord(peerAddresses: Bool) {
-        var rng = SplitMix(seed: peerAddresses ? 5 : 6)
+        var rng = SeededRandom(seed: peerAddresses ? 5 : 6)
         let limits = AggregationLimits(maxSeriesPerMetric: 6, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000),
                                        peerAddresses: peerAddresses)
         var services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: [PeerRule(service: "dns", ports: try! PortRange(parsing: "53"))]),
@@ -165,15 +166,3 @@ import Testing
     }
 }
 
-/// A small deterministic generator (SplitMix64), so failures reproduce.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

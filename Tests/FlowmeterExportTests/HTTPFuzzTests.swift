@@ -1,5 +1,6 @@
 @testable import FlowmeterCore
 @testable import FlowmeterExport
+import FlowmeterTestSupport
 import Foundation
 import Logging
 import Testing

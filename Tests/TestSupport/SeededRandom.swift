@@ -1,15 +1,14 @@
 import Foundation
 import Testing
 
-/// (The same helper as Tests/FlowmeterConfigTests/SeededRandom.swift: test targets
-/// cannot share a file.)
+/// Shared by the test targets (one definition).
 ///
 /// SplitMix64: the same sequence for the same seed on every machine, so a
 /// failing random case can be replayed from its seed alone.
-struct SeededRandom: RandomNumberGenerator {
+public struct SeededRandom: RandomNumberGenerator, Sendable {
     private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -17,24 +16,24 @@ struct SeededRandom: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 
-    mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
-    mutating func pick<T>(_ items: [T]) -> T { items.randomElement(using: &self)! }
-    mutating func int(_ r: ClosedRange<Int>) -> Int { Int.random(in: r, using: &self) }
+    public mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
+    public mutating func pick<T>(_ items: [T]) -> T { items.randomElement(using: &self)! }
+    public mutating func int(_ r: ClosedRange<Int>) -> Int { Int.random(in: r, using: &self) }
 }
 
 /// A bounded property-test run: `cases` cases or `seconds`, whichever ends
 /// first, so it fits in every `swift test`. The seed is printed; set
 /// FLOWMETER_FUZZ_SEED to it (hex) to replay the same cases, and
 /// FLOWMETER_FUZZ_CASES to try more (or fewer).
-struct FuzzRun {
-    let name: String
-    let seed: UInt64
-    let cases: Int
-    let seconds: Int
-    let announce: Bool
-    private(set) var failures: [String] = []
+public struct FuzzRun: Sendable {
+    public let name: String
+    public let seed: UInt64
+    public let cases: Int
+    public let seconds: Int
+    public let announce: Bool
+    public private(set) var failures: [String] = []
 
-    init(_ name: String, cases: Int = 5000, seconds: Int = 20, announce: Bool = true) {
+    public init(_ name: String, cases: Int = 5000, seconds: Int = 20, announce: Bool = true) {
         let env = ProcessInfo.processInfo.environment
         let given = env["FLOWMETER_FUZZ_SEED"].flatMap { s -> UInt64? in
             let t = s.hasPrefix("0x") ? String(s.dropFirst(2)) : s
@@ -53,16 +52,16 @@ struct FuzzRun {
 
     /// Where the input of the case under test is kept while it runs: a trap
     /// cannot be caught, so after one this file holds what caused it.
-    let current: URL
+    public let current: URL
 
-    func note(_ caseIndex: Int, _ input: String) {
+    public func note(_ caseIndex: Int, _ input: String) {
         try? Data("case \(caseIndex) of seed \(String(seed, radix: 16))\n\(input)".utf8).write(to: current)
     }
 
     /// Calls `body` once per case with that case's own generator; returns how
     /// many cases ran. Stops early after a few failures: one is enough to
     /// replay, a hundred only bury it.
-    mutating func run(_ body: (inout SeededRandom, Int, inout FuzzRun) -> Void) -> Int {
+    public mutating func run(_ body: (inout SeededRandom, Int, inout FuzzRun) -> Void) -> Int {
         let start = ContinuousClock.now
         var i = 0
         while i < cases, ContinuousClock.now - start < .seconds(seconds), failures.count < 5 {
@@ -75,14 +74,14 @@ struct FuzzRun {
     }
 
     /// Notes a failed property with what is needed to replay it.
-    mutating func fail(_ caseIndex: Int, _ what: String, input: String) {
+    public mutating func fail(_ caseIndex: Int, _ what: String, input: String) {
         let shown = input.count > 600 ? String(input.prefix(600)) + "… (\(input.count) characters)" : input
         failures.append("\(name) case \(caseIndex) (FLOWMETER_FUZZ_SEED=\(String(seed, radix: 16))): \(what)\ninput: \(String(reflecting: shown))")
     }
 
     /// Records the failures as issues of the running test (call it from the
     /// test itself, not from a thread of its own).
-    func report(sourceLocation: SourceLocation = #_sourceLocation) {
+    public func report(sourceLocation: SourceLocation = #_sourceLocation) {
         for f in failures { Issue.record(Comment(rawValue: f), sourceLocation: sourceLocation) }
     }
 }
