@@ -112,7 +112,7 @@ final class Collector: Service, @unchecked Sendable {
         flowTable.add(batch)
         batch += fromRing.records
         let flows = flowTable, ringRecords = fromRing.records.count
-        /// The flow (entry of `flows`) of batch[i]: the table took the ring's records first.
+        // The flow (entry of `flows`) of batch[i]: the table took the ring's records first.
         func flowEntry(_ i: Int) -> Int { flows.entry(ofRecord: i < entries ? ringRecords + i : i - entries) }
         let counters = try? program.readCounters()
         let names = self.names.snapshot()

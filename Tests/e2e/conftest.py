@@ -73,7 +73,7 @@ def flowmeterd() -> str:
     path = daemon_binary()
     if not os.access(path, os.X_OK):
         pytest.fail(f"flowmeterd binary not found at {path} (run `swift build` or set FLOWMETER_BIN)")
-    for tool in ("ip", "tc", "tcpdump", "ethtool", "bpftool", "setpriv"):
+    for tool in ("ip", "tc", "tcpdump", "ethtool", "bpftool", "setpriv", "strace"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed (tools/test installs it)")
     return path
