@@ -69,6 +69,8 @@ public final class SocketPrograms: @unchecked Sendable {
     public let eventsRingFD: Int32
     let statsFD: Int32
     let configFD: Int32
+    /// The kernel's table of live sockets (`fm_socks`), read by `liveSocketIDs`.
+    let socketsFD: Int32
 
     private enum Variant: String { case fentry, kprobe, tpBTF = "tp_btf", tracepoint }
 
@@ -146,6 +148,7 @@ public final class SocketPrograms: @unchecked Sendable {
         eventsRingFD = try obj.mapFD("events")
         statsFD = try obj.mapFD("fm_sock_stats")
         configFD = try obj.mapFD("fm_sock_config")
+        socketsFD = try obj.mapFD("fm_socks")
         func fail(_ what: String, _ e: Int32) -> BPFError {
             links.forEach { bpf_link__destroy($0) }
             links.removeAll()
@@ -255,9 +258,33 @@ public final class SocketPrograms: @unchecked Sendable {
         return (try read(0), try read(1))
     }
 
+    /// The ids of the sockets the kernel tracks now. A program removes a
+    /// socket's entry after it emitted its close, so a socket the daemon
+    /// holds that is missing here has closed, and its close record, if not
+    /// lost, was in the ring before this call.
+    /// nil if the walk did not finish (the table kept changing under it).
+    public func liveSocketIDs() throws -> Set<UInt64>? {
+        var ids = Set<UInt64>()
+        var key: UInt64 = 0, next: UInt64 = 0
+        // A key deleted under the walk restarts it from the first key (hash
+        // maps), so a busy table could keep it going: the steps are bounded.
+        for step in 0..<(4 * Int(FM_DEFAULT_SOCKET_TABLE_SIZE)) {
+            let r = step == 0 ? bpf_map_get_next_key(socketsFD, nil, &next) : bpf_map_get_next_key(socketsFD, &key, &next)
+            if r != 0 {
+                let e = r < -1 ? -r : fm_errno()
+                if e == ENOENT { return ids }
+                throw BPFError.from("read the socket table", result: r)
+            }
+            ids.insert(next)
+            key = next
+        }
+        return nil
+    }
+
     /// A reader of the "events" ring (start it, or consume on demand).
     public func eventsReader() throws -> RingReader<SocketEvent> {
-        try RingReader(ringFD: eventsRingFD, name: "events-ring", decode: ABI.decodeSocketEvent)
+        try RingReader(ringFD: eventsRingFD, name: "events-ring", softLimit: RingLimits.eventsSoft,
+                       hardLimit: RingLimits.eventsHard, decode: ABI.decodeSocketEvent)
     }
 
     /// Empties the events ring on the caller's thread (self-test).

@@ -8,6 +8,10 @@ import Foundation
 /// two snapshots and their `time_unix_ms`).
 public struct APISnapshot: Codable, Sendable, Equatable {
     public static let version = 1
+    /// The snapshot lists at most this many connections, and at most
+    /// `Accounting.maxListedFlows` flows: it goes to every stream client every
+    /// second, and a node with 60,000 sockets would make it 15 MB.
+    public static let maxListedConnections = 10_000
 
     public struct Hook: Codable, Sendable, Equatable { public var hook: String; public var mode: String }
 
@@ -101,7 +105,13 @@ public struct APISnapshot: Codable, Sendable, Equatable {
                     resets_sent: s.resets[tx], resets_received: s.resets[rx],
                     rtt_p50_seconds: quantile(0.5, s.rtt), rtt_p99_seconds: quantile(0.99, s.rtt))
         }
-        let connections = a.connections.sorted { ($0.startNanos, $0.socketID) < ($1.startNanos, $1.socketID) }.map { e in
+        // Past the cap, the busiest connections (the total is in self_metrics.sockets_tracked).
+        var listed = a.connections
+        if listed.count > Self.maxListedConnections {
+            listed.sort { $0.bytesSent &+ $0.bytesReceived > $1.bytesSent &+ $1.bytesReceived }
+            listed.removeLast(listed.count - Self.maxListedConnections)
+        }
+        let connections = listed.sorted { ($0.startNanos, $0.socketID) < ($1.startNanos, $1.socketID) }.map { e in
             Connection(id: String(e.socketID, radix: 16), protocol_: e.ipProtocol == 17 ? "udp" : "tcp",
                        role: e.role == .client ? "client" : e.role == .server ? "server" : "unknown",
                        local: endpoint(e.localAddress, e.localPort), remote: endpoint(e.remoteAddress, e.remotePort),

@@ -64,8 +64,26 @@ public struct Accounting: Sendable {
     public var socketEventsLost: UInt64 = 0
     /// Live TCP connections and UDP sockets (the connection table), as of the last tick.
     public var connections: [SocketEvent] = []
-    /// The flows of the last interval, with the service pair each was counted under.
+    /// The flows of the last interval, with the service pair each was counted
+    /// under: at most `maxListedFlows`, the largest (by bytes) if there were more.
     public var lastFlows: [(record: FlowRecord, pair: ServicePair?)] = []
+    /// The API lists at most this many flows per interval. A full kernel
+    /// table sends a record per packet, and the list goes to every API
+    /// client every second: it is for people and scripts looking at the top,
+    /// the flow log and IPFIX have every record.
+    public static let maxListedFlows = 10_000
+
+    /// `listed` followed by `batch` (each record with `pair(i)`), or their
+    /// `maxListedFlows` largest by bytes, in their order. Picks by index
+    /// before it copies: the batch can be a backlog of a hundred thousand.
+    public static func largestFlows(_ listed: [(record: FlowRecord, pair: ServicePair?)], _ batch: [FlowRecord],
+                                    pair: (Int) -> ServicePair?) -> [(record: FlowRecord, pair: ServicePair?)] {
+        let n = listed.count, total = n + batch.count
+        func entry(_ i: Int) -> (record: FlowRecord, pair: ServicePair?) { i < n ? listed[i] : (batch[i - n], pair(i - n)) }
+        guard total > maxListedFlows else { return (0..<total).map(entry) }
+        func bytes(_ i: Int) -> UInt64 { i < n ? listed[i].record.stats.bytes : batch[i - n].stats.bytes }
+        return (0..<total).sorted { bytes($0) > bytes($1) }.prefix(maxListedFlows).sorted().map(entry)
+    }
     /// Per exporter (flow_log, ipfix, otlp) health, for those configured.
     public var exports: [String: ExportStats] = [:]
     /// Per service pair state, when socket telemetry runs.

@@ -38,14 +38,79 @@ public struct ConnectionTable: Sendable {
     /// Applies records in the order the kernel raised them: ring records and
     /// iterator updates come from different paths, and an update must not
     /// reopen a socket whose close came first.
-    public mutating func apply(_ records: [SocketEvent]) -> [SocketEvent] {
-        records.enumerated()
-            .sorted { ($0.element.timestampNanos, $0.offset) < ($1.element.timestampNanos, $1.offset) }
-            .map { apply($0.element) }
+    /// `more` follows `records` (ties keep that order). The records are
+    /// sorted by index, not moved: a backlog of them is megabytes.
+    public mutating func apply(_ records: [SocketEvent], _ more: [SocketEvent] = []) -> [SocketEvent] {
+        let n = records.count
+        func at(_ i: Int) -> SocketEvent { i < n ? records[i] : more[i - n] }
+        let order = (0..<(n + more.count)).sorted { (at($0).timestampNanos, $0) < (at($1).timestampNanos, $1) }
+        var out: [SocketEvent] = []
+        out.reserveCapacity(order.count)
+        for i in order { out.append(apply(at(i))) }
+        return out
+    }
+
+    /// Gives back the memory of a burst: a dictionary keeps its capacity as
+    /// it empties (after a ring overflow it may have held every socket whose
+    /// close was lost until the sweep). Called once an interval.
+    public mutating func compact() {
+        if active.capacity > 4096 && active.count < active.capacity / 8 {
+            active = Dictionary(active.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        }
     }
 
     /// Live sockets per IP protocol number.
     public func count(ipProtocol: UInt8) -> Int {
         active.values.reduce(0) { $0 + ($1.ipProtocol == ipProtocol ? 1 : 0) }
     }
+}
+
+/// Finds sockets whose close record was lost (the events ring was full), so
+/// the tables forget them: otherwise each overflow would leave its sockets
+/// "live" for good, in `flowmeter_tcp_connections_active` and in memory.
+///
+/// Two ticks: when the kernel's lost count has grown, the collector reads the
+/// ids the kernel still tracks (`record`); a socket the daemon holds that the
+/// kernel has dropped has closed, and its close record was emitted before
+/// that read. The next tick's drain takes everything emitted before it, so a
+/// socket still held then, with no record since the read, lost its close
+/// (`staleCloses`). Pure: the collector does the reading.
+public struct LostCloseSweep: Sendable {
+    private var lostSeen: UInt64 = 0
+    private var candidates: (ids: Set<UInt64>, at: UInt64)?
+
+    public init() {}
+
+    /// The kernel reports `lost` events lost in all: true if it grew since
+    /// the last read, so the ids should be read now.
+    public mutating func shouldRead(lost: UInt64) -> Bool {
+        guard lost > lostSeen else { return false }
+        lostSeen = lost
+        return true
+    }
+
+    /// The kernel's live ids, read at `at` (CLOCK_MONOTONIC), after this
+    /// tick's records were applied to `table`.
+    public mutating func record(kernelIDs: Set<UInt64>, table: ConnectionTable, at: UInt64) {
+        let gone = Set(table.active.keys.filter { !kernelIDs.contains($0) })
+        candidates = gone.isEmpty ? nil : (gone, at)
+    }
+
+    /// Closes to apply for the candidates still in `table` with no record
+    /// since the read; each carries its socket's last counters, so it adds
+    /// nothing but the close itself. Clears the candidates.
+    public mutating func staleCloses(table: ConnectionTable, now: UInt64) -> [SocketEvent] {
+        guard let c = candidates else { return [] }
+        candidates = nil
+        return c.ids.sorted().compactMap { id -> SocketEvent? in
+            guard var e = table.active[id], e.timestampNanos <= c.at else { return nil }
+            e.kind = .close
+            e.timestampNanos = max(now, e.timestampNanos)
+            return e
+        }
+    }
+
+    /// Forgets the candidates: a drain since the read may have left records
+    /// in the kernel ring (its reader stopped at its limit).
+    public mutating func cancel() { candidates = nil }
 }

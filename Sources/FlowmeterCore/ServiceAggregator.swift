@@ -136,9 +136,21 @@ public struct ServiceAggregator: Sendable {
         var local: Endpoint
     }
     private var sockets: [UInt64: Tracked] = [:]
-    /// Local endpoints of sockets seen (live, or until `seriesExpiry` after
-    /// their close) with their service: a peer on this node is named by them.
-    private var endpoints: [Endpoint: (service: String, liveCount: Int, lastSeen: UInt64)] = [:]
+    /// Local endpoints of sockets seen, with their service: a peer on this
+    /// node is named by them. Kept while a socket on them lives, then for
+    /// `seriesExpiry` if a server socket used them (a client may connect to
+    /// it again, and its open can be in an earlier batch than the server's),
+    /// else for `joinGrace`: a client's ephemeral port is never asked for
+    /// again once its connection's last records are in, and under churn
+    /// keeping every one for minutes was most of the daemon's memory.
+    private var endpoints: [Endpoint: EndpointUse] = [:]
+    struct EndpointUse {
+        var service: String
+        var liveCount: Int
+        var lastSeen: UInt64
+        /// A server socket (accepted TCP, or UDP that received first) used it.
+        var serves: Bool
+    }
     /// 5-tuples of sockets (local end first) with their pair, for tc flows;
     /// `closedAt` is set when the socket closed.
     private var tuples: [Tuple: (pair: ServicePair, closedAt: UInt64?)] = [:]
@@ -173,12 +185,42 @@ public struct ServiceAggregator: Sendable {
         // endpoint was called (the rules may have changed since).
         for e in events where e.kind != .failed && e.kind != .close && e.family != .other && sockets[e.socketID] == nil {
             let ep = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
-            var known = endpoints[ep] ?? (localService(e, cgroupPath: cgroupPath), 0, e.timestampNanos)
-            known.service = localService(e, cgroupPath: cgroupPath)
+            let service = localService(e, cgroupPath: cgroupPath)
+            var known = endpoints[ep] ?? EndpointUse(service: service, liveCount: 0, lastSeen: e.timestampNanos, serves: false)
+            known.service = service
             known.lastSeen = e.timestampNanos
+            known.serves = known.serves || e.role == .server
             endpoints[ep] = known
         }
         for e in events { apply(e, cgroupPath: cgroupPath) }
+        trimClosed()
+    }
+
+    /// At most this many 5-tuples of closed sockets, and of endpoints no live
+    /// socket uses, are remembered. Both are kept only for the join grace,
+    /// so they number (connections closed per second) × `joinGrace`: past
+    /// 6,500 connections a second that would be hundreds of thousands. The
+    /// oldest go first; a flow whose tuple went counts under "unknown".
+    public static let maxClosedTuples = 65_536
+    public static let maxIdleEndpoints = 65_536
+
+    /// Drops the oldest closed tuples and idle endpoints past their caps, down to half the cap.
+    private mutating func trimClosed() {
+        if tuples.count - sockets.count > Self.maxClosedTuples {
+            let closed = tuples.compactMap { $0.value.closedAt }
+            if closed.count > Self.maxClosedTuples {
+                let cutoff = closed.sorted()[closed.count - Self.maxClosedTuples / 2 - 1]
+                tuples = tuples.filter { $0.value.closedAt.map { $0 > cutoff } ?? true }
+            }
+        }
+        if endpoints.count - sockets.count > Self.maxIdleEndpoints {
+            // Clients' ports first: a server's endpoint is what names the peer of a new connection.
+            let idle = endpoints.filter { $0.value.liveCount == 0 }.map { ($0.value.serves, $0.value.lastSeen) }
+            if idle.count > Self.maxIdleEndpoints {
+                let cutoff = idle.sorted { ($0.0 ? 1 : 0, $0.1) < ($1.0 ? 1 : 0, $1.1) }[idle.count - Self.maxIdleEndpoints / 2 - 1]
+                endpoints = endpoints.filter { $0.value.liveCount > 0 || ($0.value.serves ? 1 : 0, $0.value.lastSeen) > (cutoff.0 ? 1 : 0, cutoff.1) }
+            }
+        }
     }
 
     private func localService(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> String {
@@ -266,10 +308,11 @@ public struct ServiceAggregator: Sendable {
                     if e.kind == .open { pairs[p]?.opened[Self.roleIndex(e.role)] += 1 }
                     pairs[p]?.active[Self.roleIndex(e.role)] += 1
                 }
-                var ep = endpoints[local] ?? (p.service, 0, now)
+                var ep = endpoints[local] ?? EndpointUse(service: p.service, liveCount: 0, lastSeen: now, serves: false)
                 ep.service = p.service
                 ep.liveCount += 1
                 ep.lastSeen = now
+                ep.serves = ep.serves || e.role == .server
                 endpoints[local] = ep
                 tuples[tuple] = (p, nil)
             }
@@ -424,6 +467,9 @@ public struct ServiceAggregator: Sendable {
 
     // MARK: expiry
 
+    /// Endpoints and 5-tuples remembered (for tests of their expiry).
+    public var remembered: (endpoints: Int, tuples: Int) { (endpoints.count, tuples.count) }
+
     /// Drops idle pairs, and closed sockets' endpoints and tuples past their time.
     public mutating func expire(now: UInt64) {
         let ttl = limits.seriesExpiry.nanoseconds
@@ -431,11 +477,19 @@ public struct ServiceAggregator: Sendable {
             pairs[p] = nil
             unexposed.remove(p)
         }
-        for (ep, v) in endpoints where v.liveCount == 0 && now > v.lastSeen && now - v.lastSeen >= ttl {
+        for (ep, v) in endpoints where v.liveCount == 0 && now > v.lastSeen && now - v.lastSeen >= (v.serves ? ttl : joinGrace) {
             endpoints[ep] = nil
         }
         for (t, v) in tuples {
             if let closed = v.closedAt, now > closed, now - closed >= joinGrace { tuples[t] = nil }
         }
+        // A dictionary keeps its capacity as it empties: after a burst, give it back.
+        func shrink<K, V>(_ d: inout [K: V]) {
+            if d.capacity > 4096 && d.count < d.capacity / 8 { d = Dictionary(d.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a }) }
+        }
+        shrink(&tuples)
+        shrink(&endpoints)
+        shrink(&sockets)
+        shrink(&resolvedUnder)
     }
 }

@@ -61,13 +61,52 @@ final class Collector: Service, @unchecked Sendable {
         self.names = names; self.links = links; self.sockets = sockets; self.socketEvents = socketEvents; self.flowLog = flowLog; self.interval = interval; self.logger = logger
     }
 
+    /// What a tick does.
+    enum Pass {
+        /// Every interval: evict the kernel's table, take both rings and the socket updates.
+        case interval
+        /// Between intervals, when a ring's reader holds more records than its
+        /// soft limit: take the rings only, so what waits in memory stays
+        /// bounded however high the record rate (README, "Memory").
+        case early
+        /// On stop, after detaching: everything the kernel still holds.
+        case final
+    }
+
+    /// How often the loop looks at the readers' backlogs between ticks. At
+    /// the highest rates measured a tenth of a second adds well under a soft
+    /// limit's worth of records (`RingLimits`).
+    static let backlogCheckNanos: UInt64 = 100_000_000
+
+    /// Flow log lines encoded before they are written.
+    static let flowLogChunk = 4096
+
+    /// Flows of this interval's early passes, for the API's flows list at the tick.
+    var earlyFlows: [(record: FlowRecord, pair: ServicePair?)] = []
+    /// Finds sockets whose close was lost (only the tick touches it).
+    var lostCloses = LostCloseSweep()
+    /// The events reader's stall count as of the sweep's last look.
+    var sweepStalls: UInt64 = 0
+    /// Reader stalls already logged.
+    var reportedStalls: (flows: UInt64, events: UInt64) = (0, 0)
+
     func run() async throws {
         ring.start()
         socketEvents?.start()
         await cancelWhenGracefulShutdown {
+            var next = Self.monotonicNow() + self.interval.nanoseconds
             while !Task.isCancelled {
-                do { try await Task.sleep(nanoseconds: self.interval.nanoseconds) } catch { break }
-                self.tick(final: false)
+                let now = Self.monotonicNow()
+                if now >= next {
+                    self.tick(.interval)
+                    next += self.interval.nanoseconds
+                    // Behind by more than an interval (the host stalled us): one tick, not a burst.
+                    if next <= now { next = now + self.interval.nanoseconds }
+                } else if self.ring.backlogged || self.socketEvents?.backlogged == true {
+                    self.tick(.early)
+                } else {
+                    do { try await Task.sleep(nanoseconds: min(next - now, Self.backlogCheckNanos)) } catch { break }
+                }
             }
         }
         // Stop following interfaces and detach, so nothing new is counted; then
@@ -77,7 +116,7 @@ final class Collector: Service, @unchecked Sendable {
         sockets?.detach()
         ring.stop()
         socketEvents?.stop()
-        tick(final: true)
+        tick(.final)
         otlp?.stop()
         flowLog?.close()
         // With the hooks detached nothing more reaches the events ring, so the
@@ -92,13 +131,16 @@ final class Collector: Service, @unchecked Sendable {
         logger.info("detached and flushed", metadata: metadata)
     }
 
-    func tick(final: Bool) {
-        var batch: [FlowRecord]
+    func tick(_ pass: Pass) {
+        var batch: [FlowRecord] = []
         do {
-            batch = final ? try program.drainAll() : try program.evict()
+            switch pass {
+            case .interval: batch = try program.evict()
+            case .final: batch = try program.drainAll()
+            case .early: break
+            }
         } catch {
             logger.error("flow table eviction failed", metadata: ["error": "\(error)"])
-            batch = []
         }
         let entries = batch.count
         // The tick's flows, summed per flow: the ring's as they arrived (while
@@ -119,13 +161,15 @@ final class Collector: Service, @unchecked Sendable {
         // Updates first, then the ring: a close raised after the iterator ran
         // is in this drain, and the table orders both by kernel timestamp.
         var updates: [SocketEvent] = []
-        if let sockets {
+        if let sockets, pass != .early {
             do { updates = try sockets.collectUpdates() } catch {
                 logger.error("socket updates failed", metadata: ["error": "\(error)"])
             }
         }
         let ringEvents = socketEvents?.take().records ?? []
-        let events = connections.apply(ringEvents + updates)
+        let events = connections.apply(ringEvents, updates)
+        let lostCloses = pass == .interval ? sweepLostCloses() : []
+        if pass == .interval { connections.compact() }
         // Cgroup paths are looked up here, outside the lock (a miss rescans cgroupfs).
         var paths: [UInt64: String] = [:]
         for e in events { if let id = e.owner?.cgroupID, paths[id] == nil, let p = cgroups.path(of: id) { paths[id] = p } }
@@ -133,42 +177,101 @@ final class Collector: Service, @unchecked Sendable {
         var entryPairs: [ServicePair?] = []
         func flowPair(_ i: Int) -> ServicePair? { entryPairs.isEmpty ? nil : entryPairs[flowEntry(i)] }
         let socketCounters = try? sockets?.readCounters()
+        let stalls = (flows: ring.stallCount, events: socketEvents?.stallCount ?? 0)
+        // At most once an interval: under sustained overload every early pass would say it again.
+        if pass != .early && (stalls.flows > reportedStalls.flows || stalls.events > reportedStalls.events) {
+            logger.warning("a ring reader reached its limit of waiting records; records past it wait in the kernel ring, and are counted lost if that fills",
+                           metadata: ["flows_ring_stalls": "\(stalls.flows)", "events_ring_stalls": "\(stalls.events)"])
+            reportedStalls = stalls
+        }
         shared.update { a in
-            a.setFlowTableEntries(entries)
+            if pass != .early { a.setFlowTableEntries(entries) }
             if let counters { a.kernel = counters }
             // Sockets first: a flow of a connection opened in this interval
             // then finds its socket.
             a.services?.apply(events, cgroupPath: { paths[$0] })
+            a.services?.apply(lostCloses, cgroupPath: { paths[$0] })
             entryPairs = a.count(flows: flows, names: names, now: now)
-            a.services?.expire(now: now)
-            a.connections = Array(connections.active.values)
-            a.lastFlows = batch.enumerated().map { ($0.element, flowPair($0.offset)) }
+            // The API lists this interval's flows, the largest first past its cap.
+            let listed = Accounting.largestFlows(earlyFlows, batch, pair: flowPair)
+            if pass == .early {
+                earlyFlows = listed
+            } else {
+                a.lastFlows = listed
+                earlyFlows = []
+            }
+            if pass != .early {
+                a.services?.expire(now: now)
+                // The API's copy, as of the tick (copying 60,000 sockets ten times a second is not worth it).
+                a.connections = Array(connections.active.values)
+            }
             a.addSocketEvents(ringEvents.count)
             a.addSocketUpdates(updates.count)
             if let socketCounters { a.socketEventsLost = socketCounters.eventsLost }
         }
         if let flowLog, !batch.isEmpty || !events.isEmpty {
             let clock = Self.clockNow()
-            var lines = batch.enumerated().map { i, r in
-                FlowLogEncoder.encode(r, interface: names[r.key.ifindex] ?? "if\(r.key.ifindex)", clock: clock,
-                                      pair: flowPair(i))
+            // Encoded and written a chunk at a time: a pass can be a hundred
+            // thousand records, and all their lines at once were 30 MB.
+            var lines: [String] = []
+            lines.reserveCapacity(Self.flowLogChunk)
+            var sent = 0, failed = 0
+            func flush() {
+                if flowLog.write(lines: lines) { sent += lines.count } else { failed += lines.count }
+                lines.removeAll(keepingCapacity: true)
             }
-            lines += events.map {
-                FlowLogEncoder.encodeConnection($0, cgroupPath: $0.owner.flatMap { paths[$0.cgroupID] }, clock: clock)
+            for (i, r) in batch.enumerated() {
+                lines.append(FlowLogEncoder.encode(r, interface: names[r.key.ifindex] ?? "if\(r.key.ifindex)", clock: clock,
+                                                   pair: flowPair(i)))
+                if lines.count == Self.flowLogChunk { flush() }
             }
-            let ok = flowLog.write(lines: lines)
+            for e in events {
+                lines.append(FlowLogEncoder.encodeConnection(e, cgroupPath: e.owner.flatMap { paths[$0.cgroupID] }, clock: clock))
+                if lines.count == Self.flowLogChunk { flush() }
+            }
+            flush()
             shared.update {
                 var x = $0.exports["flow_log", default: ExportStats()]
-                x.queued += UInt64(lines.count)
-                if ok { x.sent += UInt64(lines.count); x.lastSuccessUnixSeconds = Double(clock.realtimeNanos) / 1e9 } else { x.failed += UInt64(lines.count) }
+                x.queued += UInt64(sent + failed)
+                x.sent += UInt64(sent)
+                x.failed += UInt64(failed)
+                if sent > 0 && failed == 0 { x.lastSuccessUnixSeconds = Double(clock.realtimeNanos) / 1e9 }
                 $0.exports["flow_log"] = x
             }
         }
-        export(batch)
+        export(batch, pass: pass)
+    }
+
+    /// Closes for sockets whose close record was lost, applied to the
+    /// connection table here (the caller applies them to the services); and
+    /// a read of the kernel's live sockets when more events were lost.
+    /// Not logged to the flow log: no kernel record says when they closed.
+    func sweepLostCloses() -> [SocketEvent] {
+        guard let sockets, let reader = socketEvents else { return [] }
+        if reader.stallCount != sweepStalls {
+            // Records from before the last read may still wait in the kernel ring.
+            sweepStalls = reader.stallCount
+            lostCloses.cancel()
+        }
+        let now = Self.monotonicNow()
+        let closes = lostCloses.staleCloses(table: connections, now: now)
+        for c in closes { _ = connections.apply(c) }
+        if !closes.isEmpty {
+            logger.notice("forgot sockets whose close record was lost (events ring full)", metadata: ["sockets": "\(closes.count)"])
+        }
+        guard let lost = try? sockets.readCounters().eventsLost, lostCloses.shouldRead(lost: lost) else { return closes }
+        do {
+            if let ids = try sockets.liveSocketIDs() {
+                lostCloses.record(kernelIDs: ids, table: connections, at: Self.monotonicNow())
+            }
+        } catch {
+            logger.warning("cannot read the kernel's socket table", metadata: ["error": "\(error)"])
+        }
+        return closes
     }
 
     /// IPFIX and OTLP, after the tick's accounting.
-    func export(_ batch: [FlowRecord]) {
+    func export(_ batch: [FlowRecord], pass: Pass) {
         if var x = ipfix {
             let clock = Self.clockNow()
             let messages = x.encoder.messages(for: batch, exportTimeSeconds: UInt32(truncatingIfNeeded: clock.realtimeNanos / 1_000_000_000), clock: clock)
@@ -184,7 +287,8 @@ final class Collector: Service, @unchecked Sendable {
                 $0.exports["ipfix"] = s
             }
         }
-        if let otlp {
+        // OTLP pushes the cumulative metrics once per interval, not per pass.
+        if let otlp, pass != .early {
             // The request carries the exporter's own counters as of its making.
             syncOTLP()
             let body = OTLPEncoder.request(shared.snapshot(), resource: otlpResource, scopeVersion: FlowmeterVersion.current,

@@ -47,4 +47,45 @@ import Testing
         _ = t.apply(Self.event(.update, id: 5, ts: 1, sent: 100))
         #expect(t.adopted == 1 && t.active[5]?.bytesSent == 100)
     }
+    @Test func socketsWhoseCloseWasLostAreForgottenAfterTwoTicks() {
+        var t = ConnectionTable()
+        var sweep = LostCloseSweep()
+        // 1, 2, 3 live; the kernel then loses the closes of 1 and 2 (its table has only 3, plus 4 we never saw).
+        _ = t.apply([Self.event(.open, id: 1, ts: 10), Self.event(.open, id: 2, ts: 11), Self.event(.open, id: 3, ts: 12)])
+        let read1 = sweep.shouldRead(lost: 0)
+        #expect(!read1)
+        var none = sweep.staleCloses(table: t, now: 50)
+        #expect(none.isEmpty)
+        let read2 = sweep.shouldRead(lost: 7)
+        #expect(read2)
+        sweep.record(kernelIDs: [3, 4], table: t, at: 100)
+        let read3 = sweep.shouldRead(lost: 7)
+        #expect(!read3) // nothing more lost: no new read
+        // Before the next tick: 2's close was only late (in the ring at the read), and 1 got a new record since (an id reused).
+        _ = t.apply([Self.event(.close, id: 2, ts: 90, sent: 4), Self.event(.open, id: 1, ts: 120)])
+        none = sweep.staleCloses(table: t, now: 200)
+        #expect(none.isEmpty)
+        #expect(t.active.count == 2)
+
+        // Another loss: this time 1 really lost its close.
+        let read4 = sweep.shouldRead(lost: 9)
+        #expect(read4)
+        sweep.record(kernelIDs: [3], table: t, at: 300)
+        let closes = sweep.staleCloses(table: t, now: 400)
+        #expect(closes.map(\.socketID) == [1] && closes[0].kind == .close && closes[0].timestampNanos == 400)
+        #expect(closes[0].bytesSent == t.active[1]?.bytesSent) // the last counters: the close adds no bytes
+        _ = t.apply(closes[0])
+        #expect(t.active.keys.sorted() == [3])
+        // The candidates were used once.
+        none = sweep.staleCloses(table: t, now: 500)
+        #expect(none.isEmpty)
+        // A cancelled sweep (the reader stopped at its limit since the read) closes nothing.
+        _ = t.apply(Self.event(.open, id: 5, ts: 510))
+        let read5 = sweep.shouldRead(lost: 10)
+        #expect(read5)
+        sweep.record(kernelIDs: [3], table: t, at: 520)
+        sweep.cancel()
+        none = sweep.staleCloses(table: t, now: 600)
+        #expect(none.isEmpty && t.active[5] != nil)
+    }
 }

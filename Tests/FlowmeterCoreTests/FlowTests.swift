@@ -61,4 +61,18 @@ import Testing
         #expect(c.wallNanos(monotonic: 6_000) == 1_000_000_001_000)
         #expect(c.wallNanos(monotonic: 4_000) == 999_999_999_000)
     }
+    @Test func theAPIListsTheLargestFlowsPastItsCap() {
+        let n = Accounting.maxListedFlows
+        let few = (0..<3).map { (record: Self.record(UInt32($0), .receive, packets: 1, bytes: UInt64($0)), pair: ServicePair?.none) }
+        #expect(Accounting.largestFlows(few, [Self.record(7, .transmit, packets: 1, bytes: 1)], pair: { _ in nil })
+            .map(\.record.key.ifindex) == [0, 1, 2, 7])
+        // n + 500 flows with bytes in a scrambled order: the n largest stay, in their order.
+        let many = (0..<(n + 500)).map { i in Self.record(UInt32(i), .receive, packets: 1, bytes: UInt64((i * 7_919) % (n + 500))) }
+        let pair = ServicePair(service: "s", peer: "p", transport: "udp")
+        let kept = Accounting.largestFlows(Array(few.prefix(0)), many, pair: { $0 % 2 == 0 ? pair : nil })
+        #expect(kept.count == n)
+        #expect(kept.allSatisfy { $0.record.stats.bytes >= 500 })
+        #expect(kept.map(\.record.key.ifindex) == kept.map(\.record.key.ifindex).sorted())
+        #expect(kept.allSatisfy { ($0.pair != nil) == ($0.record.key.ifindex % 2 == 0) })
+    }
 }

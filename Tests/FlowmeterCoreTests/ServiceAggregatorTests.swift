@@ -136,4 +136,77 @@ import Testing
         #expect(a.pairs[Self.cs]?.bytes[1] == 10 && a.pairs[Self.cs]?.active == [0, 0])
         #expect(a.pairs[moved]?.bytes[1] == 15 && a.pairs[moved]?.active == [1, 0])
     }
+    /// Under connection churn every connection brings a new client port. What
+    /// the aggregator remembers of closed connections must not grow with the
+    /// number of connections, only with those of the last `joinGrace`; the
+    /// server's endpoint, which names the peer of the next client, stays.
+    @Test func closedClientEndpointsGoAfterTheGraceServersStay() {
+        let grace: UInt64 = 1_000
+        var a = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(expiry: 1_000_000),
+                                  joinGrace: grace)
+        var ts: UInt64 = 10, id: UInt64 = 0
+        var most = (endpoints: 0, tuples: 0)
+        for round in 0..<50 {
+            // 100 connections a round, each client on a new port, all closed by the round's end.
+            var batch: [SocketEvent] = []
+            for i in 0..<100 {
+                let port = UInt16(10_000 + round * 100 + i)
+                id += 2
+                batch.append(Self.ev(.open, id: id, ts: ts, remotePort: 5432))
+                batch[batch.count - 1].localPort = port
+                batch.append(Self.ev(.open, id: id + 1, ts: ts + 1, serverEnd: true, remotePort: port))
+                batch.append(Self.ev(.close, id: id, ts: ts + 2, sent: 32, received: 32))
+                batch[batch.count - 1].localPort = port
+                batch.append(Self.ev(.close, id: id + 1, ts: ts + 3, serverEnd: true, sent: 32, received: 32, remotePort: port))
+            }
+            a.apply(batch, cgroupPath: { _ in nil })
+            ts += grace / 2
+            a.expire(now: ts)
+            let r = a.remembered
+            most = (max(most.endpoints, r.endpoints), max(most.tuples, r.tuples))
+        }
+        // Two or three rounds of clients at most (a round's are gone once the grace has passed), never 5,000.
+        #expect(most.endpoints <= 3 * 100 + 1 && most.tuples <= 3 * 200)
+        // Both ends named each other all along: the server endpoint was known to every client.
+        #expect(a.pairs[ServicePair(service: "checkout", peer: "postgres", transport: "tcp")]?.opened == [5000, 0])
+        #expect(a.pairs[ServicePair(service: "postgres", peer: "checkout", transport: "tcp")]?.opened == [0, 5000])
+        a.expire(now: ts + 2 * grace)
+        // Idle now: the clients' endpoints and the tuples are gone, the server's endpoint stays for the series expiry.
+        #expect(a.remembered.endpoints == 1 && a.remembered.tuples == 0)
+        // A client whose open comes in a batch before the server's still names the server.
+        a.apply([Self.ev(.open, id: 1_000_000, ts: ts + 2 * grace + 1)], cgroupPath: { _ in nil })
+        #expect(a.pairs[ServicePair(service: "checkout", peer: "postgres", transport: "tcp")]?.opened == [5001, 0])
+    }
+    /// Faster churn than the grace allows for: the caps hold, the newest stay.
+    @Test func closedTuplesAndIdleEndpointsAreCapped() {
+        var a = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(expiry: 1_000_000_000),
+                                  joinGrace: 1_000_000_000)
+        let cap = ServiceAggregator.maxClosedTuples
+        var id: UInt64 = 0, most = (endpoints: 0, tuples: 0)
+        let rounds = 3 * cap / 1000
+        for round in 0..<rounds {
+            var batch: [SocketEvent] = []
+            for i in 0..<500 {
+                // Clients on 10.1.x.y so that every one is a new endpoint.
+                let n = round * 500 + i
+                let addr = IPAddress16.v4(10, 1, UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF))
+                let port = UInt16(20_000 + n % 40_000)
+                id += 2
+                var c = Self.ev(.open, id: id, ts: UInt64(n))
+                c.localAddress = addr; c.localPort = port
+                var sv = Self.ev(.open, id: id + 1, ts: UInt64(n), serverEnd: true, remote: addr, remotePort: port)
+                sv.remoteAddress = addr
+                var cc = c; cc.kind = .close
+                var sc = sv; sc.kind = .close
+                batch += [c, sv, cc, sc]
+            }
+            a.apply(batch, cgroupPath: { _ in nil })
+            let r = a.remembered
+            most = (max(most.endpoints, r.endpoints), max(most.tuples, r.tuples))
+        }
+        #expect(most.tuples <= cap + 1000 && most.endpoints <= ServiceAggregator.maxIdleEndpoints + 500)
+        // The server endpoint survived every trim (it names the peer of new clients): every client named it.
+        a.apply([Self.ev(.open, id: 1 << 40, ts: 1 << 30)], cgroupPath: { _ in nil })
+        #expect(a.pairs[ServicePair(service: "checkout", peer: "postgres", transport: "tcp")]?.opened == [UInt64(rounds * 500 + 1), 0])
+    }
 }
