@@ -192,17 +192,21 @@ public struct ServiceAggregator: Sendable {
             known.serves = known.serves || e.role == .server
             endpoints[ep] = known
         }
-        for e in events { apply(e, cgroupPath: cgroupPath) }
-        trimClosed()
+        for e in events {
+            apply(e, cgroupPath: cgroupPath)
+            if e.kind == .close { trimClosed() }
+        }
     }
 
     /// At most this many 5-tuples of closed sockets, and of endpoints no live
     /// socket uses, are remembered. Both are kept only for the join grace,
     /// so they number (connections closed per second) × `joinGrace`: past
-    /// 6,500 connections a second that would be hundreds of thousands. The
-    /// oldest go first; a flow whose tuple went counts under "unknown".
-    public static let maxClosedTuples = 65_536
-    public static let maxIdleEndpoints = 65_536
+    /// 4,000 connections a second that would be hundreds of thousands. The
+    /// oldest go first, down to half the cap; a flow whose tuple went counts
+    /// under "unknown". Checked at every close, so a dictionary never grows
+    /// past 65,536 buckets for them (a Swift dictionary fills to 3/4).
+    public static let maxClosedTuples = 40_000
+    public static let maxIdleEndpoints = 40_000
 
     /// Drops the oldest closed tuples and idle endpoints past their caps, down to half the cap.
     private mutating func trimClosed() {

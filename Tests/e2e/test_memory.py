@@ -36,10 +36,10 @@ from test_ring_overflow import CHURN, SERVER
 
 # README "Memory": the parts these loads can fill, at their caps (records
 # waiting and their per-flow sums, one pass's copies, closed tuples and idle
-# endpoints, the API's flows list) come to about 70 MiB; measured peaks were
-# 54-60 MiB (idle: 4.3). The old collector reached 160 MiB here, and more
-# with every second of interval.
-ANON_BOUND_MIB = 80
+# endpoints, the API's flows list) come to about 54 MiB with the idle heap;
+# measured peaks were 44-50 MiB (idle: 4.3). The old collector reached 160 MiB
+# here, and more with every second of interval.
+ANON_BOUND_MIB = 64
 INTERVAL_S = 10        # long on purpose: a whole interval of records must never pile up
 TABLE = 1024           # --flow-table-size: the flood goes through the flows ring
 
