@@ -289,6 +289,19 @@ def check_refusals(ep: Endpoint, served: str, api: bool) -> None:
         assert status == 404, (path, status)
         if api:
             assert "/v1/snapshot" in reason(body, 404), body
+    # Paths that reach for files: the endpoints serve only their own state and
+    # read no file a request names. /etc/passwd's first line is what leaking would show.
+    passwd = Path("/etc/passwd").read_bytes().split(b"\n")[0]
+    assert passwd.startswith(b"root:"), passwd
+    for path in ("/etc/passwd", "/../../../../etc/passwd", f"{served}/../../../../etc/passwd",
+                 "/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2f..%2fetc%2fpasswd", "//etc/passwd",
+                 "/proc/self/environ", "file:///etc/passwd"):
+        status, _, body = ep.get(path)
+        assert status in (400, 404), (path, status)
+        assert passwd not in body and b"FLOWMETER" not in body, (path, body[:200])
+    # A query naming a file is ignored: the answer is the endpoint's own.
+    status, _, body = ep.get(f"{served}?file=/etc/passwd&path=../../etc/passwd")
+    assert status == 200 and passwd not in body, (status, body[:200])
     # Read-only: other methods get 405 with Allow: GET, and the connection ends.
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"):
         status, headers, body = ep.exchange(f"{method} {served} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
