@@ -78,14 +78,18 @@ public struct ConnectionTable: Sendable {
 public struct LostCloseSweep: Sendable {
     private var lostSeen: UInt64 = 0
     private var candidates: (ids: Set<UInt64>, at: UInt64)?
+    /// A read was cancelled: read again even if nothing more is lost (the
+    /// loss may be over, and its sockets must still be found).
+    private var readAgain = false
 
     public init() {}
 
     /// The kernel reports `lost` events lost in all: true if it grew since
     /// the last read, so the ids should be read now.
     public mutating func shouldRead(lost: UInt64) -> Bool {
-        guard lost > lostSeen else { return false }
-        lostSeen = lost
+        guard lost > lostSeen || readAgain else { return false }
+        lostSeen = max(lostSeen, lost)
+        readAgain = false
         return true
     }
 
@@ -111,6 +115,10 @@ public struct LostCloseSweep: Sendable {
     }
 
     /// Forgets the candidates: a drain since the read may have left records
-    /// in the kernel ring (its reader stopped at its limit).
-    public mutating func cancel() { candidates = nil }
+    /// in the kernel ring (its reader stopped at its limit). The next tick
+    /// reads again.
+    public mutating func cancel() {
+        if candidates != nil { readAgain = true }
+        candidates = nil
+    }
 }

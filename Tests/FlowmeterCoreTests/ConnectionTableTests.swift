@@ -87,5 +87,13 @@ import Testing
         sweep.cancel()
         none = sweep.staleCloses(table: t, now: 600)
         #expect(none.isEmpty && t.active[5] != nil)
+        // ... and the next tick reads again though nothing more was lost (the loss may be over).
+        let again = sweep.shouldRead(lost: 10)
+        #expect(again)
+        sweep.record(kernelIDs: [3], table: t, at: 700)
+        let closed = sweep.staleCloses(table: t, now: 800)
+        #expect(closed.map(\.socketID) == [5])
+        let more = sweep.shouldRead(lost: 10)
+        #expect(!more)
     }
 }
