@@ -222,20 +222,21 @@ private let ringSampleCallback: ring_buffer_sample_fn = { ctx, data, size in
 }
 
 /// How many decoded records may wait between ticks, per ring (README,
-/// "Memory"). The soft limits are a tenth of a second of the highest rates
-/// measured here (churn of 18,500 connections/s is 74,000 socket records/s;
-/// a full flow table under a flood of new flows, about 300,000 packets/s):
-/// past them the collector processes the records at once rather than at
-/// the tick. The hard limits are twice that: they are reached only when the
-/// collector cannot keep up, and then a larger backlog would not lose fewer
-/// records (the loss is the arrival rate less the processing rate), only
-/// hold more memory; records past them stay in the kernel ring (1 MiB and
-/// 4 MiB by default) until it is full.
+/// "Memory"). Past the soft limit the collector processes the records at
+/// once rather than at the tick: a fifth of a second of the churn measured
+/// here (18,500 connections/s are 74,000 socket records/s), a twentieth of
+/// a flood of new flows past a full table (300,000 packets/s). The hard
+/// limits are twice that: they are reached only when the collector cannot
+/// keep up, and then a larger backlog would not lose fewer records (the
+/// loss is the arrival rate less the processing rate), only hold more
+/// memory; records past them stay in the kernel ring (1 MiB and 4 MiB by
+/// default) until it is full.
 public enum RingLimits {
-    /// Socket records: about 150 bytes each decoded, so 2.4 and 4.8 MiB.
+    /// Socket records: 136 bytes each decoded, so 2.2 and 4.5 MiB.
     public static let eventsSoft = 16_384
     public static let eventsHard = 32_768
-    /// Flow records (96 bytes decoded, plus their sum per flow): 3 and 6 MiB.
+    /// Flow records: 88 bytes decoded, plus their sums per flow (64-byte
+    /// slots at half load): about 3.5 and 7 MiB.
     public static let flowsSoft = 16_384
     public static let flowsHard = 32_768
 }

@@ -74,8 +74,10 @@ final class Collector: Service, @unchecked Sendable {
     }
 
     /// How often the loop looks at the readers' backlogs between ticks. At
-    /// the highest rates measured a tenth of a second adds well under a soft
-    /// limit's worth of records (`RingLimits`).
+    /// the churn measured (74,000 socket records/s) a tenth of a second adds
+    /// under half a soft limit (`RingLimits`); a flood of new flows past a
+    /// full table can reach the hard limit between looks, and its records
+    /// then wait in the kernel ring.
     static let backlogCheckNanos: UInt64 = 100_000_000
 
     /// Flow log lines encoded before they are written.

@@ -1,4 +1,5 @@
 import FlowmeterBPF
+import Foundation
 import FlowmeterCore
 import Testing
 
@@ -200,6 +201,44 @@ import Testing
         let all = inMap + viaRing.records
         #expect(all.reduce(0) { $0 + $1.stats.packets } == 60)
         #expect(all.reduce(0) { $0 + $1.stats.bytes } == sentBytes)
+    }
+
+    /// A reader at its hard limit stops draining: the records wait in the
+    /// kernel ring, none is lost or dropped, and each `take` lets the next
+    /// limit's worth in (RingLimits; README "Memory").
+    @Test func aReaderAtItsLimitLeavesRecordsInTheKernelRing() throws {
+        let prog = try FlowAccountingProgram(flowTableSize: 1)
+        let reader = try RingReader<FlowRecord>(ringFD: prog.flowsRingFD, name: "limit-test", softLimit: 4, hardLimit: 10,
+                                                decode: ABI.decodeFlowEvent)
+        reader.start()
+        defer { reader.stop() }
+        var sentBytes: UInt64 = 0
+        for flow in 0..<30 {
+            let p = PacketBuilder().ipv4(src: v4a, dst: v4b, l4: .udp(sport: UInt16(2000 + flow), dport: 53), payload: flow)
+            sentBytes += UInt64(p.count - 14)
+            _ = try prog.testRun(.ingress, packet: p, ifindex: 1)
+        }
+        // 29 records in the ring (the table took one flow). The thread drains
+        // within its 100 ms poll, up to the limit, and then waits.
+        func settle() -> [FlowRecord] {
+            let deadline = ContinuousClock.now + .seconds(3)
+            while !reader.backlogged && ContinuousClock.now < deadline { Thread.sleep(forTimeInterval: 0.02) }
+            Thread.sleep(forTimeInterval: 0.3)
+            return reader.take().records
+        }
+        let first = settle()
+        #expect(first.count == 10)
+        #expect(reader.stallCount >= 1)
+        let second = settle()
+        #expect(second.count == 10)
+        // The last 9: past the soft limit, under the hard one.
+        let third = settle()
+        #expect(third.count == 9)
+        let viaRing = first + second + third
+        let inMap = try prog.drainAll()
+        #expect(try prog.readCounters().flowsRingLost == 0)
+        #expect(Set(viaRing.map(\.key.sourcePort)).count == 29)
+        #expect((viaRing + inMap).reduce(0) { $0 + $1.stats.bytes } == sentBytes)
     }
 
     @Test func evictionsAreExactAndSwapTables() throws {

@@ -39,16 +39,21 @@ import Testing
         defer { server.cancel() }
         for await _ in ready { break }
 
-        var run = FuzzRun("HTTP fuzz (API, unix socket)", cases: 2000, seconds: 15)
-        let target = Endpoint.unix(path)
+        await Self.fuzz("HTTP fuzz (API, unix socket)", .unix(path), api: true)
+    }
+
+    /// Random requests to a running server, each checked; and that it still
+    /// answers every 200 cases and at the end.
+    static func fuzz(_ name: String, _ target: Endpoint, api: Bool) async {
+        var run = FuzzRun(name, cases: 2000, seconds: 15)
         run = await onThread { [run] in
             var run = run
             _ = run.run { r, i, run in
-                let req = RequestGen.request(&r, api: true)
-                Property.check(req, on: target, api: true, i, &run)
-                if i % 200 == 0 { Property.stillServes(target, api: true, i, &run) }
+                let req = RequestGen.request(&r, api: api)
+                Property.check(req, on: target, api: api, i, &run)
+                if i % 200 == 0 { Property.stillServes(target, api: api, i, &run) }
             }
-            Property.stillServes(target, api: true, -1, &run)
+            Property.stillServes(target, api: api, -1, &run)
             return run
         }
         run.report()
@@ -64,19 +69,7 @@ import Testing
         var port = 0
         for await p in ready { port = p; break }
 
-        var run = FuzzRun("HTTP fuzz (metrics, TCP)", cases: 2000, seconds: 15)
-        let target = Endpoint.tcp(port)
-        run = await onThread { [run] in
-            var run = run
-            _ = run.run { r, i, run in
-                let req = RequestGen.request(&r, api: false)
-                Property.check(req, on: target, api: false, i, &run)
-                if i % 200 == 0 { Property.stillServes(target, api: false, i, &run) }
-            }
-            Property.stillServes(target, api: false, -1, &run)
-            return run
-        }
-        run.report()
+        await Self.fuzz("HTTP fuzz (metrics, TCP)", .tcp(port), api: false)
     }
 
     /// The pure parts the servers rely on, with random text.
@@ -110,7 +103,7 @@ import Testing
 
     /// Runs blocking socket code on a thread of its own, off the cooperative
     /// pool that the server's tasks need.
-    func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
         await withCheckedContinuation { c in
             let t = Thread { c.resume(returning: body()) }
             t.stackSize = 8 << 20

@@ -23,7 +23,7 @@ from pathlib import Path
 import fmlib
 from conftest import IF_A, MAC_A, PYTHON, V4_A, V4_B, read_line, scrape_settled, unique_port, wait_for
 from test_bad_input import Endpoint
-from test_faults import LOG_LINE, fault_seed
+from test_faults import LOG_LINE, SINK, fault_seed
 from test_flowtop import FLOWTOP, Pane, tmux
 from test_services import fetch
 
@@ -457,26 +457,6 @@ STREAM_REQUEST = b"GET /v1/stream HTTP/1.1\r\nHost: flowmeter\r\n\r\n"
 PAYLOAD = 200
 ROUNDS = 30
 
-# A UDP echo in namespace B: ADDR PORT; prints "ready", then the datagrams it
-# echoed once none came for 3 s (after the first), or after 120 s.
-ECHO = r"""
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-s.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-n = 0; end = time.monotonic() + 120
-s.settimeout(30)
-while time.monotonic() < end:
-    try:
-        data, peer = s.recvfrom(65535)
-    except socket.timeout:
-        break
-    s.sendto(data, peer); n += 1
-    s.settimeout(3)
-print(n, flush=True)
-"""
-
 # A paced UDP sender in namespace A: DST PORT SIZE; a datagram every 5 ms until
 # a line arrives on stdin (at most 100 s), reading the echoes as they come; then
 # waits for the last echoes (a socket closed before they arrive would make the
@@ -652,7 +632,7 @@ def test_flowtop_disconnecting_mid_stream(netpair, daemons, tmp_path):
         assert status == 200, status
         return fmlib.parse_exposition(body.decode()).value(name, interface=IF_A, direction=direction) or 0.0
 
-    echo = pair.popen(pair.b, PYTHON, "-c", ECHO, V4_B, str(udp_port))
+    echo = pair.popen(pair.b, PYTHON, "-c", SINK, V4_B, str(udp_port), "3", "echo")
     assert read_line(echo, 10).strip() == "ready"
     sender = pair.popen(pair.a, PYTHON, "-c", PACED, V4_B, str(udp_port), str(PAYLOAD), stdin=subprocess.PIPE)
     pane = Pane(f"fmdis{os.getpid()}", 120, 32)

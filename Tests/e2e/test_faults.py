@@ -351,21 +351,25 @@ def test_sigkill_at_random_moments(netpair, daemons, tmp_path, mode):
 # ---------------------------------------------------------------------------
 # 2. interface churn
 
-# A UDP sink: ADDR PORT IDLE; prints "ready", then the datagrams received once
-# none came for IDLE seconds (after the first), or after 120 s.
+# A UDP sink: ADDR PORT IDLE [echo]; prints "ready", then the datagrams received
+# once none came for IDLE seconds (after the first), or after 120 s. With
+# "echo" it sends each one back.
 SINK = r"""
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
 s.bind((sys.argv[1], int(sys.argv[2])))
+echo = sys.argv[4:] == ["echo"]
 print("ready", flush=True)
 n = 0; end = time.monotonic() + 120
 s.settimeout(30)
 while time.monotonic() < end:
     try:
-        s.recv(65535)
+        data, peer = s.recvfrom(65535)
     except socket.timeout:
         break
+    if echo:
+        s.sendto(data, peer)
     n += 1
     s.settimeout(float(sys.argv[3]))
 print(n, flush=True)
