@@ -53,11 +53,7 @@ public struct ConnectionTable: Sendable {
     /// Gives back the memory of a burst: a dictionary keeps its capacity as
     /// it empties (after a ring overflow it may have held every socket whose
     /// close was lost until the sweep). Called once an interval.
-    public mutating func compact() {
-        if active.capacity > 4096 && active.count < active.capacity / 8 {
-            active = Dictionary(active.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
-        }
-    }
+    public mutating func compact() { active.shrinkIfSparse() }
 
     /// Live sockets per IP protocol number.
     public func count(ipProtocol: UInt8) -> Int {
@@ -120,5 +116,15 @@ public struct LostCloseSweep: Sendable {
     public mutating func cancel() {
         if candidates != nil { readAgain = true }
         candidates = nil
+    }
+}
+
+extension Dictionary {
+    /// A dictionary keeps its capacity as it empties: after a burst, give it
+    /// back (a copy sized to what is left) once under an eighth of it is used.
+    mutating func shrinkIfSparse() {
+        if capacity > 4096 && count < capacity / 8 {
+            self = Dictionary(uniqueKeysWithValues: lazy.map { ($0.key, $0.value) })
+        }
     }
 }

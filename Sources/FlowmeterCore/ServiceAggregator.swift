@@ -219,10 +219,11 @@ public struct ServiceAggregator: Sendable {
         }
         if endpoints.count - sockets.count > Self.maxIdleEndpoints {
             // Clients' ports first: a server's endpoint is what names the peer of a new connection.
-            let idle = endpoints.filter { $0.value.liveCount == 0 }.map { ($0.value.serves, $0.value.lastSeen) }
+            func rank(_ v: EndpointUse) -> (Int, UInt64) { (v.serves ? 1 : 0, v.lastSeen) }
+            let idle = endpoints.values.filter { $0.liveCount == 0 }.map(rank)
             if idle.count > Self.maxIdleEndpoints {
-                let cutoff = idle.sorted { ($0.0 ? 1 : 0, $0.1) < ($1.0 ? 1 : 0, $1.1) }[idle.count - Self.maxIdleEndpoints / 2 - 1]
-                endpoints = endpoints.filter { $0.value.liveCount > 0 || ($0.value.serves ? 1 : 0, $0.value.lastSeen) > (cutoff.0 ? 1 : 0, cutoff.1) }
+                let cutoff = idle.sorted(by: <)[idle.count - Self.maxIdleEndpoints / 2 - 1]
+                endpoints = endpoints.filter { $0.value.liveCount > 0 || rank($0.value) > cutoff }
             }
         }
     }
@@ -487,13 +488,9 @@ public struct ServiceAggregator: Sendable {
         for (t, v) in tuples {
             if let closed = v.closedAt, now > closed, now - closed >= joinGrace { tuples[t] = nil }
         }
-        // A dictionary keeps its capacity as it empties: after a burst, give it back.
-        func shrink<K, V>(_ d: inout [K: V]) {
-            if d.capacity > 4096 && d.count < d.capacity / 8 { d = Dictionary(d.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a }) }
-        }
-        shrink(&tuples)
-        shrink(&endpoints)
-        shrink(&sockets)
-        shrink(&resolvedUnder)
+        tuples.shrinkIfSparse()
+        endpoints.shrinkIfSparse()
+        sockets.shrinkIfSparse()
+        resolvedUnder.shrinkIfSparse()
     }
 }

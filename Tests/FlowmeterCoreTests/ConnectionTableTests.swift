@@ -96,4 +96,16 @@ import Testing
         let more = sweep.shouldRead(lost: 10)
         #expect(!more)
     }
+    @Test func compactGivesBackABurstsMemoryAndKeepsTheSockets() {
+        var t = ConnectionTable()
+        _ = t.apply((1...20_000).map { Self.event(.open, id: UInt64($0), ts: UInt64($0)) })
+        let burst = t.active.capacity
+        _ = t.apply((11...20_000).map { Self.event(.close, id: UInt64($0), ts: 30_000 + UInt64($0)) })
+        #expect(t.active.capacity == burst) // a dictionary keeps it
+        t.compact()
+        #expect(t.active.capacity < burst / 100 && t.active.keys.sorted() == Array(1...10).map(UInt64.init))
+        let small = t.active.capacity
+        t.compact()
+        #expect(t.active.capacity == small)
+    }
 }
