@@ -8,6 +8,14 @@
  * kprobe program loads fine on a kernel without CONFIG_KPROBES and only fails
  * at attach, and fentry may load yet be refused at attach (EPERM here).
  * Each is loaded alone (the others' autoload turned off) and detached at once.
+ *
+ * Beside the rungs, one program per other program type the socket object
+ * uses, so that `check` and the loader know which of them the kernel
+ * refuses before loading the real ones (hardened kernels refuse single
+ * types: iterators, trampolines): fexit and kretprobe (the UDP send twins),
+ * the map-element iterator and the raw_tp program run by BPF_PROG_TEST_RUN
+ * (the two update twins), and cgroup/sock_release (the tracepoint rung's
+ * UDP close).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -35,6 +43,38 @@ SEC("tracepoint/sock/inet_sock_set_state")
 int probe_tracepoint(void *ctx)
 {
     return 0;
+}
+
+SEC("fexit/tcp_set_state")
+int BPF_PROG(probe_fexit, struct sock *sk, int state)
+{
+    return 0;
+}
+
+SEC("kretprobe/tcp_set_state")
+int probe_kretprobe(struct pt_regs *ctx)
+{
+    return 0;
+}
+
+/* Attached to a scratch map and read once. */
+SEC("iter/bpf_map_elem")
+int probe_iter_map_elem(struct bpf_iter__bpf_map_elem *ctx)
+{
+    return 0;
+}
+
+/* Never attached: run once with BPF_PROG_TEST_RUN; returns its first argument + 1. */
+SEC("raw_tp")
+int probe_raw_tp_run(__u64 *ctx)
+{
+    return ctx[0] + 1;
+}
+
+SEC("cgroup/sock_release")
+int probe_cgroup_sock_release(struct bpf_sock *ctx)
+{
+    return 1;
 }
 
 char LICENSE[] SEC("license") = "GPL";

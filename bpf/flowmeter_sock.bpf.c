@@ -23,12 +23,20 @@
  *   udp receive    skb_consume_udp              sock:sock_recv_length (6.3+)
  *   udp close      udp_destroy_sock,            cgroup/sock_release on the cgroup v2 root
  *                  udpv6_destroy_sock           (no tracepoint sees a UDP socket go)
- * Plus one iterator, the same on every rung: "fm_updates" walks this file's
- * socket table when the daemon reads it (once per interval) and writes an
- * UPDATE for each socket older than the interval whose bytes changed. Reading
- * the counters then, rather than on every send and receive, costs the data
- * path nothing, and it bounds updates to one per socket per interval in the
- * kernel.
+ * Plus the updates of long-lived sockets, the same on every rung, in one of
+ * two twins that share one body (update_for):
+ *   "fm_updates" (iter/bpf_map_elem) walks this file's socket table when the
+ *   daemon reads it (once per interval) and writes an UPDATE for each socket
+ *   older than the interval whose bytes changed;
+ *   "fm_updates_run" (raw_tp, never attached: the daemon runs it with
+ *   BPF_PROG_TEST_RUN on up to FM_UPDATE_RUN_KEYS socket ids it read from
+ *   the same table) does the same for those sockets, into "fm_update_ring".
+ *   Hardened kernels refuse iterators (EPERM for iter/bpf_map_elem, seen on a
+ *   6.18 build) while raw_tp loads; a raw_tp test run exists from 5.10 on.
+ * Reading the counters once an interval, rather than on every send and
+ * receive, costs the data path nothing, and it bounds updates to one per
+ * socket per interval in the kernel. Both twins read the sockets in place
+ * (the table is global), so sockets of every network namespace are covered.
  *
  * Facts the bodies rely on (true on every kernel of the matrix):
  *  - connect() moves the socket CLOSE -> SYN_SENT in process context, and
@@ -415,7 +423,7 @@ static __always_inline void on_udp_close(struct sock *sk)
     bpf_map_delete_elem(&fm_socks, &id);
 }
 
-/* ---- Updates: the daemon reads this iterator over fm_socks once per interval. */
+/* ---- Updates: once per interval, by one of the two twins below. */
 static __always_inline int tcp_alive(struct sock *sk)
 {
     int state = BPF_CORE_READ(sk, __sk_common.skc_state);
@@ -423,32 +431,91 @@ static __always_inline int tcp_alive(struct sock *sk)
            state == ST_CLOSE_WAIT || state == ST_LAST_ACK || state == ST_CLOSING;
 }
 
-SEC("iter/bpf_map_elem")
-int fm_updates(struct bpf_iter__bpf_map_elem *ctx)
+/* The UPDATE for the socket `key` into *e, if one is due: it was opened, is
+ * older than the update age, still alive (TCP: past CLOSE its close record is
+ * on the ring, and an update must not follow it), and its bytes changed since
+ * the last one. Returns the new total to store in st->reported once the
+ * record is out (so a record that could not be written is tried again next
+ * time), or 0 when nothing is due. */
+static __always_inline __u64 update_for(__u64 key, struct fm_sock_state *st, struct fm_sock_event *e)
 {
-    __u64 *key = ctx->key;
-    struct fm_sock_state *st = ctx->value;
-    if (!key || !st || !st->opened)
+    if (!st->opened)
         return 0;
     __u32 idx = FM_SOCK_CONFIG_UPDATE_MIN_AGE_NS;
     __u64 *min_age = bpf_map_lookup_elem(&fm_sock_config, &idx);
     __u64 now = bpf_ktime_get_ns();
     if (min_age && now - st->start_ns < *min_age)
         return 0;
-    struct sock *sk = (struct sock *)(unsigned long)*key;
-    /* A TCP entry whose socket is already past CLOSE (its close record is on
-     * the ring) sends nothing: an update must not follow the close. */
+    struct sock *sk = (struct sock *)(unsigned long)key;
     if (st->protocol == IPPROTO_TCP_ && !tcp_alive(sk))
         return 0;
-    struct fm_sock_event e;
-    fill_event(&e, *key, sk, FM_SOCK_UPDATE, st->protocol, st);
-    __u64 total = e.bytes_sent + e.bytes_received;
+    fill_event(e, key, sk, FM_SOCK_UPDATE, st->protocol, st);
+    __u64 total = e->bytes_sent + e->bytes_received;
     if (total == st->reported)
         return 0;
-    st->reported = total;
-    bpf_seq_write(ctx->meta->seq, &e, sizeof(e));
+    return total;
+}
+
+/* Iterator twin: the records come back through read() of the iterator. */
+SEC("iter/bpf_map_elem")
+int fm_updates(struct bpf_iter__bpf_map_elem *ctx)
+{
+    __u64 *key = ctx->key;
+    struct fm_sock_state *st = ctx->value;
+    if (!key || !st)
+        return 0;
+    struct fm_sock_event e;
+    __u64 total = update_for(*key, st, &e);
+    if (total && bpf_seq_write(ctx->meta->seq, &e, sizeof(e)) == 0)
+        st->reported = total;
     return 0;
 }
+
+/* The update ring of the raw_tp twin: drained by the daemon after each run. */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, FM_UPDATE_RING_BYTES);
+} fm_update_ring SEC(".maps");
+
+/* One socket of a run: 1 if its UPDATE was written. A subprogram, so the
+ * verifier checks one body instead of FM_UPDATE_RUN_KEYS inlined copies. */
+static __noinline int update_one(__u64 key)
+{
+    if (!key)
+        return 0;
+    struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &key);
+    if (!st)
+        return 0;
+    struct fm_sock_event e;
+    __u64 total = update_for(key, st, &e);
+    if (!total || bpf_ringbuf_output(&fm_update_ring, &e, sizeof(e), BPF_RB_NO_WAKEUP) != 0)
+        return 0;
+    st->reported = total;
+    return 1;
+}
+
+/* Run twin: ctx holds FM_UPDATE_RUN_KEYS socket ids (0: none), put there by
+ * BPF_PROG_TEST_RUN; returns how many UPDATEs it wrote. Context reads must
+ * be at constant offsets, hence one call per slot. */
+SEC("raw_tp")
+int fm_updates_run(__u64 *ctx)
+{
+    int n = 0;
+    n += update_one(ctx[0]);
+    n += update_one(ctx[1]);
+    n += update_one(ctx[2]);
+    n += update_one(ctx[3]);
+    n += update_one(ctx[4]);
+    n += update_one(ctx[5]);
+    n += update_one(ctx[6]);
+    n += update_one(ctx[7]);
+    n += update_one(ctx[8]);
+    n += update_one(ctx[9]);
+    n += update_one(ctx[10]);
+    n += update_one(ctx[11]);
+    return n;
+}
+_Static_assert(FM_UPDATE_RUN_KEYS == 12, "fm_updates_run reads one context slot per key");
 
 /* ---- fentry twins */
 SEC("fentry/tcp_set_state")

@@ -11,19 +11,28 @@ public struct BPFError: Error, CustomStringConvertible {
     /// Extra lines (libbpf's own messages, e.g. the verifier log tail).
     public let detail: String
 
+    /// Set when the failure is a program whose type the kernel refuses.
+    public var refusal: ProgramRefusal?
+
     public init(_ operation: String, errno: Int32, detail: String = "") {
         self.operation = operation; self.errno = errno; self.detail = detail
+    }
+
+    /// A program the kernel refuses (found by probing its type): the whole
+    /// line is the refusal's, which names the program, section and errno.
+    public init(refused r: ProgramRefusal) {
+        operation = r.description; errno = r.errno; detail = ""; refusal = r
     }
 
     /// The first line of `description`: what failed and the errno, without
     /// libbpf's log (for one-line errors on the command line).
     public var summary: String {
-        errno != 0 ? operation + ": " + String(cString: strerror(errno)) + " (errno \(errno))" : operation
+        refusal != nil ? operation : errno != 0 ? operation + ": " + String(cString: strerror(errno)) + " (errno \(errno))" : operation
     }
 
     public var description: String {
         var s = operation
-        if errno != 0 { s += ": " + String(cString: strerror(errno)) + " (errno \(errno))" }
+        if errno != 0 && refusal == nil { s += ": " + String(cString: strerror(errno)) + " (errno \(errno))" }
         if !detail.isEmpty { s += "\n" + detail }
         return s
     }
@@ -67,11 +76,29 @@ enum LibbpfLog {
         }
     }
 
+    /// The last lines, for an error's detail. libbpf's advice for any EPERM
+    /// as root ("try raising 'ulimit -l'?") is replaced by what EPERM means
+    /// on this kernel (`Errno.epermNote`): wrong where BPF memory is charged
+    /// to the memory cgroup.
     static func recent() -> String {
-        lines.withLock { l in
+        let recent = lines.withLock { l in
             defer { l.removeAll() }
-            return l.suffix(20).map { "  libbpf: " + $0 }.joined(separator: "\n")
+            return Array(l.suffix(20))
         }
+        return recent.map { line in
+            line.contains("ulimit -l") ? "  note: " + Errno.epermNote : "  libbpf: " + line
+        }.joined(separator: "\n")
+    }
+
+    /// The program of libbpf's "prog 'NAME': failed to load" line in a detail.
+    static func failedProgram(in detail: String) -> String? {
+        for line in detail.split(separator: "\n").reversed() {
+            guard let r = line.range(of: "prog '") else { continue }
+            let rest = line[r.upperBound...]
+            guard let end = rest.firstIndex(of: "'"), rest[end...].hasPrefix("': failed to load") else { continue }
+            return String(rest[..<end])
+        }
+        return nil
     }
 
     static func clear() { lines.withLock { $0.removeAll() } }

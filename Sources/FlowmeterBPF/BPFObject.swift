@@ -46,7 +46,15 @@ final class BPFObject {
     func load() throws {
         LibbpfLog.clear()
         let r = bpf_object__load(handle)
-        if r != 0 { throw BPFError.from("load BPF object \(name)", result: r, withLibbpfLog: true) }
+        if r != 0 {
+            let e = BPFError.from("load BPF object \(name)", result: r, withLibbpfLog: true)
+            // Name the program libbpf says failed, with its section (its type).
+            var what = "load BPF object \(name)"
+            if let prog = LibbpfLog.failedProgram(in: e.detail), let p = bpf_object__find_program_by_name(handle, prog) {
+                what += ": program \(prog) (\(String(cString: bpf_program__section_name(p))))"
+            }
+            throw BPFError(what, errno: e.errno, detail: e.detail)
+        }
     }
 
     func map(_ mapName: String) throws -> OpaquePointer {

@@ -34,6 +34,18 @@ public struct KernelFeatures: Sendable {
         if has("tracepoint") { return "tracepoint (classic)" }
         return "none"
     }
+
+    /// How `--socket-updates auto` gets the counters of long-lived sockets,
+    /// and the fallback, as `check` prints them.
+    public var socketUpdates: String {
+        let iter = has(ProgramType.iterMapElem.rawValue), run = has(ProgramType.rawTPRun.rawValue)
+        switch (iter, run) {
+        case (true, true): return "iterator (iter/bpf_map_elem); fallback raw_tp run (BPF_PROG_TEST_RUN)"
+        case (true, false): return "iterator (iter/bpf_map_elem); no fallback (raw_tp runs refused)"
+        case (false, true): return "raw_tp run (BPF_PROG_TEST_RUN); the iterator (iter/bpf_map_elem) is refused"
+        case (false, false): return "none: bytes of long-lived sockets are counted at close only"
+        }
+    }
 }
 
 public enum KernelProbe {
@@ -88,17 +100,13 @@ public enum KernelProbe {
                 + (q == -ENOENT || q == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""))
         }
 
-        // Socket-hook rungs: load and attach the probe programs one at a time.
-        for (name, prog, what) in [("fentry", "probe_fentry", "fentry/tcp_set_state"),
-                                   ("kprobe", "probe_kprobe", "kprobe/tcp_set_state"),
-                                   ("tp_btf", "probe_tp_btf", "tp_btf/inet_sock_set_state"),
-                                   ("tracepoint", "probe_tracepoint", "tracepoint/sock/inet_sock_set_state")] {
-            var (ok, detail) = probeAttach(program: prog)
-            if !ok && name == "tracepoint" && !FileManager.default.fileExists(atPath: "/sys/kernel/tracing/events")
-                && !FileManager.default.fileExists(atPath: "/sys/kernel/debug/tracing/events") {
-                detail += " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)"
-            }
-            add(name, ok, ok ? what : "\(what): \(detail)")
+        // One row per program type the socket object uses: a minimal program
+        // of each, loaded (and attached or run) on its own.
+        for type in ProgramType.allCases {
+            let r = ProgramTypes.probe(type)
+            add(type.rawValue, r.available, r.available
+                ? type.probeDescription + (r.detail.isEmpty ? "" : " (\(r.detail))")
+                : "\(type.probeDescription): \(r.detail)")
         }
 
         // Batch map operations on a scratch hash map.
@@ -122,29 +130,6 @@ public enum KernelProbe {
             add("cgroup_v2", false, "no cgroup2 mount in /proc/self/mounts")
         }
         return f
-    }
-
-    /// Loads only `program` from the probe object and attaches it.
-    static func probeAttach(program: String) -> (Bool, String) {
-        do {
-            let obj = try BPFObject(name: "flowmeter_probe", base64: EmbeddedBPF.flowmeterProbe)
-            var p: OpaquePointer? = nil
-            while let next = bpf_object__next_program(obj.handle, p) {
-                let n = String(cString: bpf_program__name(next))
-                bpf_program__set_autoload(next, n == program)
-                p = next
-            }
-            do { try obj.load() } catch let e as BPFError {
-                return (false, "load: \(String(cString: strerror(e.errno)))")
-            }
-            guard let link = bpf_program__attach(try obj.program(program)) else {
-                return (false, "attach: \(String(cString: strerror(fm_errno())))")
-            }
-            bpf_link__destroy(link)
-            return (true, "")
-        } catch {
-            return (false, "\(error)")
-        }
     }
 }
 

@@ -16,6 +16,49 @@ public enum HookRequest: String, Sendable, CaseIterable {
     case tracepointClassic = "tracepoint-classic"
 }
 
+/// How the counters of long-lived sockets are read once an interval
+/// (`--socket-updates`): the two twins of bpf/flowmeter_sock.bpf.c.
+public enum SocketUpdatePath: String, Sendable, CaseIterable {
+    /// iter/bpf_map_elem over the socket table, read like a file.
+    case iterator
+    /// A raw_tp program run with BPF_PROG_TEST_RUN on the socket ids the
+    /// daemon reads from the table: for kernels that refuse iterators.
+    case rawTP = "raw_tp"
+
+    var program: String { self == .iterator ? SocketPrograms.updatesIterator : SocketPrograms.updatesRun }
+    var type: ProgramType { self == .iterator ? .iterMapElem : .rawTPRun }
+}
+
+/// What `--socket-updates` asks for.
+public enum SocketUpdatesRequest: String, Sendable, CaseIterable {
+    /// The iterator, else the raw_tp run.
+    case auto
+    case iterator
+    case rawTP = "raw-tp"
+
+    /// The one path a forced request allows (nil for auto).
+    public var forced: SocketUpdatePath? {
+        switch self {
+        case .auto: nil
+        case .iterator: .iterator
+        case .rawTP: .rawTP
+        }
+    }
+}
+
+/// A forced `--socket-updates` path whose program type the kernel refuses:
+/// always fatal (unlike a rung that auto skips).
+public struct SocketUpdatesRefused: Error, CustomStringConvertible {
+    public let request: SocketUpdatesRequest
+    public let probe: ProgramTypeProbe
+    public var description: String {
+        let path = request.forced!
+        var s = "--socket-updates \(request.rawValue): the kernel refuses \(path.type.rawValue) programs (\(path.program)), \(probe.detail)"
+        if probe.errno == EPERM { s += "; " + Errno.epermNote }
+        return s
+    }
+}
+
 /// The socket telemetry programs (bpf/flowmeter_sock.bpf.c), loaded and
 /// attached on one rung: exactly one twin per hook, chosen by trying (load and
 /// attach), never by kernel version.
@@ -54,8 +97,10 @@ public final class SocketPrograms: @unchecked Sendable {
     ]
     /// The tracepoint rung's UDP close: attached to the cgroup v2 root.
     static let cgroupRelease = "fm_udp_close_cgroup"
-    /// The per-interval update iterator, the same on every rung.
+    /// The per-interval update twins, the same on every rung: the iterator,
+    /// and the raw_tp program run by BPF_PROG_TEST_RUN where iterators are refused.
     static let updatesIterator = "fm_updates"
+    static let updatesRun = "fm_updates_run"
 
     public let rung: HookRung
     /// Per hook, the mode in use: "fentry", "kprobe", "tp_btf", "tracepoint",
@@ -63,9 +108,22 @@ public final class SocketPrograms: @unchecked Sendable {
     public let modes: [HookMode]
     /// Why UDP sockets are not seen on this rung and kernel (nil: they are).
     public let udpUnsupported: String?
+    /// How updates of long-lived sockets are read (nil: the kernel refuses
+    /// both twins, and their bytes are counted at close only).
+    public let updatePath: SocketUpdatePath?
+    /// Every update path loaded: `auto` loads both twins where the kernel
+    /// accepts both, so `check --selftest` exercises each.
+    public let updatePaths: [SocketUpdatePath]
+    /// Programs left out because the kernel refuses their type, with what
+    /// that costs; on an auto ladder, also the refusals that made it skip a
+    /// rung. Logged once each by the daemon.
+    public private(set) var refusals: [ProgramRefusal] = []
     let object: BPFObject
     private var links: [OpaquePointer] = []
     private var updatesLink: OpaquePointer?
+    /// The raw_tp twin and the ring it writes to (nil when not loaded).
+    private var updatesRunFD: Int32 = -1
+    private var updateRing: RingReader<SocketEvent>?
     public let eventsRingFD: Int32
     let statsFD: Int32
     let configFD: Int32
@@ -111,30 +169,70 @@ public final class SocketPrograms: @unchecked Sendable {
         return fd
     }
 
-    private init(variant: Variant, rung: HookRung) throws {
+    private init(variant: Variant, rung: HookRung, updates: SocketUpdatesRequest) throws {
         let obj = try BPFObject(name: "flowmeter_sock", base64: EmbeddedBPF.flowmeterSock)
         var cgroupFD: Int32 = -1
         defer { if cgroupFD >= 0 { close(cgroupFD) } }
         if variant == .tpBTF || variant == .tracepoint { cgroupFD = Self.openCgroup2Root(mounted: CgroupPaths().root) }
-        let udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupFD >= 0 ? "" : nil)
-        var chosen = Set<String>([Self.updatesIterator])
+        var refusals: [ProgramRefusal] = []
+        // The kernel's verdict on each program's type, before loading: a
+        // refused type leaves out its program, and only what it serves.
+        func refusal(_ name: String, _ consequence: String) -> ProgramRefusal? {
+            guard let prog = try? obj.program(name) else { return nil }
+            let section = String(cString: bpf_program__section_name(prog))
+            guard let type = ProgramType(section: section) else { return nil }
+            let probe = ProgramTypes.probe(type)
+            return probe.available ? nil
+                : ProgramRefusal(program: name, section: section, errno: probe.errno, consequence: consequence)
+        }
+        var udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupFD >= 0 ? "" : nil)
+        var chosen = Set<String>()
         var modes: [HookMode] = []
         for t in Self.twins {
-            if t.udp, udpMissing != nil {
-                modes.append(HookMode(hook: t.hook, mode: "unsupported"))
-                continue
-            }
             let names: [String]? = switch variant {
             case .fentry: t.fentry
             case .kprobe: t.kprobe
             case .tpBTF: t.tpBTF
             case .tracepoint: t.tracepoint
             }
+            // A TCP hook's program refused: this rung cannot be had (the
+            // ladder goes on to the next one, where the twins differ).
+            if !t.udp, let r = names?.lazy.compactMap({ refusal($0, "the \(variant.rawValue) rung is skipped") }).first {
+                throw BPFError(refused: r)
+            }
+            if t.udp, udpMissing == nil, let r = names?.lazy.compactMap({ refusal($0, "UDP sockets are not seen on this rung") }).first {
+                refusals.append(r)
+                udpMissing = "program \(r.program) (\(r.section)) is refused by the kernel: \(Errno.describe(r.errno))"
+            }
+            if t.udp, udpMissing != nil {
+                modes.append(HookMode(hook: t.hook, mode: "unsupported"))
+                continue
+            }
             names?.forEach { chosen.insert($0) }
             let mode = names == [Self.cgroupRelease] ? "cgroup"
                 : names == nil ? "\(variant.rawValue) (tcp_state)" : variant.rawValue
             modes.append(HookMode(hook: t.hook, mode: mode))
         }
+        // The update twins: every one the request allows and the kernel takes.
+        var paths: [SocketUpdatePath] = []
+        for path in SocketUpdatePath.allCases where updates.forced == nil || updates.forced == path {
+            let other = path == .iterator ? "the raw_tp run (\(Self.updatesRun))" : "the iterator (\(Self.updatesIterator))"
+            if let r = refusal(path.program, "socket updates use \(other) instead") {
+                if updates.forced != nil { throw SocketUpdatesRefused(request: updates, probe: ProgramTypes.probe(path.type)) }
+                refusals.append(r)
+            } else {
+                paths.append(path)
+                chosen.insert(path.program)
+            }
+        }
+        if paths.isEmpty, let last = refusals.indices.last {
+            // Neither twin: say what that costs on the line of the last refusal.
+            let r = refusals[last]
+            refusals[last] = ProgramRefusal(program: r.program, section: r.section, errno: r.errno,
+                consequence: "no update path is left: bytes of long-lived sockets are counted only when they close")
+        }
+        modes.append(HookMode(hook: "socket_updates", mode: paths.first?.rawValue ?? "unsupported"))
+
         var p: OpaquePointer? = nil
         while let next = bpf_object__next_program(obj.handle, p) {
             bpf_program__set_autoload(next, chosen.contains(String(cString: bpf_program__name(next))))
@@ -145,6 +243,9 @@ public final class SocketPrograms: @unchecked Sendable {
         self.rung = rung
         self.modes = modes
         self.udpUnsupported = udpMissing
+        self.updatePaths = paths
+        self.updatePath = paths.first
+        self.refusals = refusals
         eventsRingFD = try obj.mapFD("events")
         statsFD = try obj.mapFD("fm_sock_stats")
         configFD = try obj.mapFD("fm_sock_config")
@@ -157,9 +258,10 @@ public final class SocketPrograms: @unchecked Sendable {
                 .contains { FileManager.default.fileExists(atPath: $0) }
             let hint = variant == .tracepoint && e == ENOENT && !tracefs
                 ? " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)" : ""
-            return BPFError("attach \(what)\(hint)", errno: e)
+            let section = (try? obj.program(what)).map { " (\(String(cString: bpf_program__section_name($0))))" } ?? ""
+            return BPFError("attach \(what)\(section)\(hint)", errno: e)
         }
-        for name in chosen.sorted() where name != Self.updatesIterator {
+        for name in chosen.sorted() where name != Self.updatesIterator && name != Self.updatesRun {
             let prog = try obj.program(name)
             var link: OpaquePointer?
             if name == Self.cgroupRelease {
@@ -170,10 +272,26 @@ public final class SocketPrograms: @unchecked Sendable {
             guard let link else { throw fail(name, fm_errno()) }
             links.append(link)
         }
-        guard let it = fm_attach_map_iter(try obj.program(Self.updatesIterator), try obj.mapFD("fm_socks")) else {
-            throw fail(Self.updatesIterator, fm_errno())
+        if paths.contains(.iterator) {
+            guard let it = fm_attach_map_iter(try obj.program(Self.updatesIterator), socketsFD) else {
+                throw fail(Self.updatesIterator, fm_errno())
+            }
+            updatesLink = it
         }
-        updatesLink = it
+        if paths.contains(.rawTP) {
+            updatesRunFD = try obj.programFD(Self.updatesRun)
+            updateRing = try RingReader(ringFD: try obj.mapFD("fm_update_ring"), name: "update-ring",
+                                        decode: ABI.decodeSocketEvent)
+        }
+    }
+
+    /// Throws `SocketUpdatesRefused` when `updates` forces a path whose
+    /// program type the kernel refuses (the daemon asks before it attaches anything).
+    public static func checkForced(_ updates: SocketUpdatesRequest) throws {
+        if let path = updates.forced {
+            let probe = ProgramTypes.probe(path.type)
+            if !probe.available { throw SocketUpdatesRefused(request: updates, probe: probe) }
+        }
     }
 
     /// Sockets younger than this get no UPDATE record: a connection that lives
@@ -185,11 +303,21 @@ public final class SocketPrograms: @unchecked Sendable {
         if r != 0 { throw BPFError.from("set the update age", result: r) }
     }
 
-    /// Runs the update iterator once: an UPDATE (counters so far) for every
-    /// socket older than the update age whose bytes changed since its last one.
-    /// Lossless: the records come back through read(), not the ring.
-    public func collectUpdates() throws -> [SocketEvent] {
-        guard let updatesLink else { return [] }
+    /// Reads the updates once: an UPDATE (counters so far) for every socket
+    /// older than the update age whose bytes changed since its last one, by
+    /// `path` (default: the one in use). Lossless on both paths: the
+    /// iterator's records come back through read(), and the raw_tp twin's
+    /// ring is drained after every run, so it never fills.
+    public func collectUpdates(via path: SocketUpdatePath? = nil) throws -> [SocketEvent] {
+        switch path ?? updatePath {
+        case .iterator?: return try iterateUpdates()
+        case .rawTP?: return try runUpdates()
+        case nil: return []
+        }
+    }
+
+    private func iterateUpdates() throws -> [SocketEvent] {
+        guard let updatesLink else { throw BPFError("socket updates: the iterator (\(Self.updatesIterator)) is not loaded", errno: ENOENT) }
         let fd = bpf_iter_create(bpf_link__fd(updatesLink))
         if fd < 0 { throw BPFError.from("run the socket update iterator", result: fd) }
         defer { close(fd) }
@@ -212,18 +340,47 @@ public final class SocketPrograms: @unchecked Sendable {
         }
     }
 
+    /// The raw_tp twin over every socket in the table, FM_UPDATE_RUN_KEYS
+    /// ids a run. A socket that closes between the walk and its run is no
+    /// longer in the table, and the program skips it.
+    private func runUpdates() throws -> [SocketEvent] {
+        guard updatesRunFD >= 0, let updateRing else {
+            throw BPFError("socket updates: the raw_tp run (\(Self.updatesRun)) is not loaded", errno: ENOENT)
+        }
+        let ids = try socketIDs().ids
+        var out: [SocketEvent] = []
+        let perRun = Int(FM_UPDATE_RUN_KEYS)
+        var ctx = [UInt64](repeating: 0, count: perRun)
+        for start in stride(from: 0, to: ids.count, by: perRun) {
+            for i in 0..<perRun { ctx[i] = start + i < ids.count ? ids[start + i] : 0 }
+            var written: UInt32 = 0, duration: UInt32 = 0
+            let r = ctx.withUnsafeBytes {
+                fm_prog_test_run(updatesRunFD, nil, 0, $0.baseAddress, UInt32($0.count), 0, &written, &duration)
+            }
+            if r != 0 { throw BPFError("run the socket update program \(Self.updatesRun)", errno: -r) }
+            if written > 0 {
+                updateRing.consumeNow()
+                out += updateRing.take().records
+            }
+        }
+        return out
+    }
+
     /// Loads and attaches on the requested rung. `auto` walks the ladder
     /// (fentry, kprobe, tracepoint); a forced rung that cannot be had is an
     /// error naming the hook program and the reason. The tracepoint rung uses
     /// tp_btf where the kernel's BTF serves it, else classic tracepoints.
-    public static func load(_ request: HookRequest) throws -> SocketPrograms {
+    /// `updates` picks the update path; a forced one the kernel refuses is a
+    /// `SocketUpdatesRefused`, whatever the rung request.
+    public static func load(_ request: HookRequest, updates: SocketUpdatesRequest = .auto) throws -> SocketPrograms {
+        try checkForced(updates)
         let rungs: [HookRung] = switch request {
         case .auto: HookRung.allCases
         case .fentry: [.fentry]
         case .kprobe: [.kprobe]
         case .tracepoint, .tracepointClassic: [.tracepoint]
         }
-        var reasons: [String] = [], details: [String] = []
+        var reasons: [String] = [], details: [String] = [], skipped: [ProgramRefusal] = []
         for rung in rungs {
             let variants: [Variant] = switch rung {
             case .fentry: [.fentry]
@@ -231,7 +388,14 @@ public final class SocketPrograms: @unchecked Sendable {
             case .tracepoint: request == .tracepointClassic ? [.tracepoint] : [.tpBTF, .tracepoint]
             }
             for v in variants {
-                do { return try SocketPrograms(variant: v, rung: rung) } catch let e as BPFError {
+                do {
+                    let programs = try SocketPrograms(variant: v, rung: rung, updates: updates)
+                    programs.refusals = skipped + programs.refusals
+                    return programs
+                } catch let e as SocketUpdatesRefused {
+                    throw e
+                } catch let e as BPFError {
+                    if let r = e.refusal { skipped.append(r) }
                     // The reason on the line; libbpf's last lines (the verifier's
                     // verdict) in the detail.
                     reasons.append("\(v.rawValue): \(e.summary)")
@@ -264,7 +428,16 @@ public final class SocketPrograms: @unchecked Sendable {
     /// lost, was in the ring before this call.
     /// nil if the walk did not finish (the table kept changing under it).
     public func liveSocketIDs() throws -> Set<UInt64>? {
-        var ids = Set<UInt64>()
+        let walk = try socketIDs()
+        return walk.complete ? Set(walk.ids) : nil
+    }
+
+    /// The keys of the socket table, walked with BPF_MAP_GET_NEXT_KEY.
+    /// complete is false when the walk stopped at its bound (the table kept
+    /// changing under it); ids may then miss some and repeat others.
+    func socketIDs() throws -> (ids: [UInt64], complete: Bool) {
+        var ids: [UInt64] = []
+        var seen = Set<UInt64>()
         var key: UInt64 = 0, next: UInt64 = 0
         // A key deleted under the walk restarts it from the first key (hash
         // maps), so a busy table could keep it going: the steps are bounded.
@@ -272,13 +445,13 @@ public final class SocketPrograms: @unchecked Sendable {
             let r = step == 0 ? bpf_map_get_next_key(socketsFD, nil, &next) : bpf_map_get_next_key(socketsFD, &key, &next)
             if r != 0 {
                 let e = r < -1 ? -r : fm_errno()
-                if e == ENOENT { return ids }
+                if e == ENOENT { return (ids, true) }
                 throw BPFError.from("read the socket table", result: r)
             }
-            ids.insert(next)
+            if seen.insert(next).inserted { ids.append(next) }
             key = next
         }
-        return nil
+        return (ids, false)
     }
 
     /// A reader of the "events" ring (start it, or consume on demand).

@@ -22,7 +22,7 @@ extension FileConfig {
         "FLOWMETER_INTERFACES", "FLOWMETER_EXCLUDE_INTERFACES", "FLOWMETER_INTERVAL", "FLOWMETER_METRICS_LISTEN",
         "FLOWMETER_FLOW_LOG", "FLOWMETER_FLOW_LOG_MAX_SIZE", "FLOWMETER_FLOW_LOG_KEEP", "FLOWMETER_OTLP_ENDPOINT",
         "FLOWMETER_IPFIX_COLLECTOR", "FLOWMETER_IPFIX_OBSERVATION_DOMAIN", "FLOWMETER_API_SOCKET", "FLOWMETER_API_GROUP",
-        "FLOWMETER_FLOW_TABLE_SIZE", "FLOWMETER_TC_MODE", "FLOWMETER_HOOKS",
+        "FLOWMETER_FLOW_TABLE_SIZE", "FLOWMETER_TC_MODE", "FLOWMETER_HOOKS", "FLOWMETER_SOCKET_UPDATES",
         "FLOWMETER_FOLLOW_INTERFACES", "FLOWMETER_STATE_DIR", "FLOWMETER_LOG_LEVEL",
         "FLOWMETER_MAX_SERIES_PER_METRIC", "FLOWMETER_SERIES_EXPIRY", "FLOWMETER_PEER_ADDRESSES",
     ]
@@ -66,6 +66,7 @@ extension FileConfig {
                 case "FLOWMETER_FLOW_TABLE_SIZE": c.flowTableSize = try Check.flowTableSize(Check.wholeNumber(text))
                 case "FLOWMETER_TC_MODE": c.tcMode = try Check.oneOf(text, tcModes)
                 case "FLOWMETER_HOOKS": c.hooks = try Check.oneOf(text, hookRequests)
+                case "FLOWMETER_SOCKET_UPDATES": c.socketUpdates = try Check.oneOf(text, socketUpdateRequests)
                 case "FLOWMETER_FOLLOW_INTERFACES": c.followInterfaces = try Check.bool(text)
                 case "FLOWMETER_STATE_DIR": c.stateDir = text
                 case "FLOWMETER_LOG_LEVEL": c.logLevel = try Check.oneOf(text, logLevels)

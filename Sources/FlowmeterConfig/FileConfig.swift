@@ -55,6 +55,8 @@ public struct FileConfig: Sendable, Equatable {
     public var tcMode: String?
     /// One of `FileConfig.hookRequests` (`--hooks`); `off` disables socket hooks.
     public var hooks: String?
+    /// One of `FileConfig.socketUpdateRequests` (`--socket-updates`).
+    public var socketUpdates: String?
     /// Follow interfaces that appear or vanish after start (`--follow-interfaces`).
     public var followInterfaces: Bool?
     /// Where clsact attachments are recorded (`--state-dir`).
@@ -77,7 +79,7 @@ public struct FileConfig: Sendable, Equatable {
                 flowLogMaxSize: Int? = nil, flowLogKeep: Int? = nil, otlpEndpoint: String? = nil,
                 ipfixCollector: String? = nil, ipfixObservationDomain: Int? = nil,
                 apiSocket: String? = nil, apiGroup: String? = nil,
-                tcMode: String? = nil, hooks: String? = nil, followInterfaces: Bool? = nil,
+                tcMode: String? = nil, hooks: String? = nil, socketUpdates: String? = nil, followInterfaces: Bool? = nil,
                 stateDir: String? = nil, logLevel: String? = nil,
                 services: [ServiceRule]? = nil, peers: [PeerRule]? = nil,
                 maxSeriesPerMetric: Int? = nil, seriesExpiry: FlowDuration? = nil, peerAddresses: Bool? = nil) {
@@ -86,7 +88,7 @@ public struct FileConfig: Sendable, Equatable {
         self.flowLogMaxSize = flowLogMaxSize; self.flowLogKeep = flowLogKeep; self.otlpEndpoint = otlpEndpoint
         self.ipfixCollector = ipfixCollector; self.ipfixObservationDomain = ipfixObservationDomain
         self.apiSocket = apiSocket; self.apiGroup = apiGroup
-        self.tcMode = tcMode; self.hooks = hooks; self.followInterfaces = followInterfaces
+        self.tcMode = tcMode; self.hooks = hooks; self.socketUpdates = socketUpdates; self.followInterfaces = followInterfaces
         self.stateDir = stateDir; self.logLevel = logLevel
         self.services = services; self.peers = peers
         self.maxSeriesPerMetric = maxSeriesPerMetric; self.seriesExpiry = seriesExpiry; self.peerAddresses = peerAddresses
@@ -111,6 +113,7 @@ public struct FileConfig: Sendable, Equatable {
                    apiGroup: top.apiGroup ?? apiGroup,
                    tcMode: top.tcMode ?? tcMode,
                    hooks: top.hooks ?? hooks,
+                   socketUpdates: top.socketUpdates ?? socketUpdates,
                    followInterfaces: top.followInterfaces ?? followInterfaces,
                    stateDir: top.stateDir ?? stateDir,
                    logLevel: top.logLevel ?? logLevel,
@@ -142,6 +145,8 @@ public struct FileConfig: Sendable, Equatable {
     public static let tcModes = ["auto", "tcx", "clsact"]
     /// `--hooks` values (FlowmeterBPF's `HookRequest`, plus `off`).
     public static let hookRequests = ["auto", "fentry", "kprobe", "tracepoint", "tracepoint-classic", "off"]
+    /// `--socket-updates` values (FlowmeterBPF's `SocketUpdatesRequest`).
+    public static let socketUpdateRequests = ["auto", "iterator", "raw-tp"]
     /// `--log-level` values (swift-log's `Logger.Level`).
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
     /// What `--flow-table-size` accepts.

@@ -8,7 +8,7 @@ import Yams
 extension FileConfig {
     static let topLevelKeys = ["interfaces", "exclude_interfaces", "interval", "metrics_listen", "flow_log",
                                "flow_log_max_size", "flow_log_keep", "otlp_endpoint", "ipfix_collector",
-                               "ipfix_observation_domain", "api_socket", "api_group", "flow_table_size", "tc_mode", "hooks", "follow_interfaces", "state_dir", "log_level",
+                               "ipfix_observation_domain", "api_socket", "api_group", "flow_table_size", "tc_mode", "hooks", "socket_updates", "follow_interfaces", "state_dir", "log_level",
                                "services", "peers", "series"]
     static let seriesKeys = ["max_per_metric", "expiry", "peer_addresses"]
     static let serviceKeys = ["name", "cgroup", "process", "ports", "cidr"]
@@ -267,6 +267,7 @@ struct NodeReader {
             case "tc_mode": c.tcMode = value(v, path, expected: "a tc mode") { try Check.oneOf($0, FileConfig.tcModes) }
             // `hooks: off` is YAML's false; its text is still "off".
             case "hooks": c.hooks = value(v, path, expected: "a hook rung") { try Check.oneOf($0, FileConfig.hookRequests) }
+            case "socket_updates": c.socketUpdates = value(v, path, expected: "an update path") { try Check.oneOf($0, FileConfig.socketUpdateRequests) }
             case "follow_interfaces": c.followInterfaces = bool(v, path)
             case "state_dir": c.stateDir = value(v, path, expected: "a directory", Check.nonEmpty)
             case "log_level": c.logLevel = value(v, path, expected: "a log level") { try Check.oneOf($0, FileConfig.logLevels) }

@@ -108,6 +108,13 @@ struct Run: AsyncParsableCommand {
             })
     var hooks: String?
 
+    @Option(name: .customLong("socket-updates"), help: ArgumentHelp("How the counters of long-lived sockets are read once an interval: auto (the iterator, else the raw_tp run), iterator (iter/bpf_map_elem), raw-tp (a raw_tp program run with BPF_PROG_TEST_RUN, for kernels that refuse iterators). A forced path the kernel refuses is an error. Default: auto.", valueName: "path"),
+            transform: { s in
+                guard SocketUpdatesRequest(rawValue: s) != nil else { throw ValidationError("'\(s)' is not one of auto, iterator, raw-tp") }
+                return s
+            })
+    var socketUpdates: String?
+
     @Flag(name: .customLong("follow-interfaces"), inversion: .prefixedNo,
           help: "Attach to matching interfaces that appear (or come up) after start, and let go of those that disappear. Default: on.")
     var followInterfaces: Bool?
@@ -143,7 +150,7 @@ struct Run: AsyncParsableCommand {
         var c = FileConfig(interfaces: interfaces.map { InterfaceSelection.patterns($0) },
                    excludeInterfaces: excludeInterfaces.map { InterfaceSelection.patterns($0) },
                    interval: interval, metricsListen: metricsListen.map { "\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" },
-                   flowLog: flowLog, flowTableSize: flowTableSize, tcMode: tcMode?.rawValue, hooks: hooks,
+                   flowLog: flowLog, flowTableSize: flowTableSize, tcMode: tcMode?.rawValue, hooks: hooks, socketUpdates: socketUpdates,
                    followInterfaces: followInterfaces, stateDir: stateDir, logLevel: logLevel)
         if let size = flowLogMaxSize {
             do { c.flowLogMaxSize = try FileConfig.checkByteSize(size) } catch { throw ValidationError("--flow-log-max-size: \(error)") }
@@ -172,11 +179,16 @@ struct Run: AsyncParsableCommand {
         let flowTableSize = settings.flowTableSize ?? FlowAccountingProgram.defaultFlowTableSize()
         let tcMode = settings.tcMode.flatMap { TCMode(rawValue: $0) } ?? .auto
         let hooks: HookRequest? = settings.hooks == "off" ? nil : settings.hooks.flatMap { HookRequest(rawValue: $0) } ?? .auto
+        let socketUpdates = settings.socketUpdates.flatMap { SocketUpdatesRequest(rawValue: $0) } ?? .auto
         let followInterfaces = settings.followInterfaces ?? true
         let stateDir = settings.stateDir ?? "/run/flowmeter"
         let level = settings.logLevel.flatMap { Logger.Level(rawValue: $0) } ?? .info
 
         requireCapabilities()
+        // A forced update path the kernel refuses: say so before attaching anything.
+        if hooks != nil {
+            do { try SocketPrograms.checkForced(socketUpdates) } catch { fail("\(error)") }
+        }
         fixMallocThresholds()
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -224,16 +236,22 @@ struct Run: AsyncParsableCommand {
         var socketEvents: RingReader<SocketEvent>?
         if let hooks {
             do {
-                let s = try SocketPrograms.load(hooks)
+                let s = try SocketPrograms.load(hooks, updates: socketUpdates)
                 socketEvents = try s.eventsReader()
                 sockets = s
                 try s.setUpdateMinAge(nanoseconds: interval.nanoseconds)
+                // Each program left out, once, as one line: program, section,
+                // errno, and what it costs.
+                for r in s.refusals { logger.warning("\(r)") }
                 logger.info("socket hooks attached", metadata: [
                     "rung": "\(s.rung.rawValue)",
                     "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))"])
                 if let why = s.udpUnsupported {
                     logger.warning("UDP sockets are not seen on this rung", metadata: ["reason": "\(why)"])
                 }
+            } catch let e as SocketUpdatesRefused {
+                attacher.detachAll()
+                fail("\(e)")
             } catch {
                 if hooks != .auto {
                     attacher.detachAll()
@@ -415,10 +433,17 @@ struct Check: AsyncParsableCommand {
             })
     var hooks: HookRequest = .auto
 
+    @Option(name: .customLong("socket-updates"), help: ArgumentHelp("Update path for --selftest: auto (every path the kernel accepts is tested, the daemon's choice first), iterator, raw-tp.", valueName: "path"),
+            transform: { s in
+                guard let r = SocketUpdatesRequest(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, iterator, raw-tp") }
+                return r
+            })
+    var socketUpdates: SocketUpdatesRequest = .auto
+
     func run() async throws {
         requireCapabilities()
         let f = KernelProbe.run()
-        let w = max(16, f.features.map(\.name.count).max() ?? 0 + 2)
+        let w = max(16, (f.features.map(\.name.count).max() ?? 0) + 2)
         func pad(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(1, n - s.count)) }
         print(pad("FEATURE", w) + pad("AVAILABLE", 11) + "DETAIL")
         for x in f.features {
@@ -429,6 +454,7 @@ struct Check: AsyncParsableCommand {
         print("  " + pad("tc attach", w - 2) + f.tcMode)
         print("  " + pad("flow eviction", w - 2) + (f.has("batch_map_ops") ? "table swap + batch lookup-and-delete" : "table swap + iterate and delete"))
         print("  " + pad("socket hooks", w - 2) + f.socketRung)
+        print("  " + pad("socket updates", w - 2) + f.socketUpdates)
         let missing = f.missingMinimum
         if !missing.isEmpty {
             print("")
@@ -438,7 +464,7 @@ struct Check: AsyncParsableCommand {
         if selftest {
             print("")
             print("Self-test:")
-            let code = SelfTest.run(hooks: hooks)
+            let code = SelfTest.run(hooks: hooks, updates: socketUpdates)
             if code != 0 { throw ExitCode(code) }
         }
     }

@@ -50,7 +50,7 @@ struct SelfTest {
         return p + l4
     }
 
-    static func run(hooks: HookRequest = .auto) -> Int32 {
+    static func run(hooks: HookRequest = .auto, updates: SocketUpdatesRequest = .auto) -> Int32 {
         var t = SelfTest()
         var program: FlowAccountingProgram?
         t.check("load tc programs (verifier accepts them on this kernel)") {
@@ -137,7 +137,7 @@ struct SelfTest {
                 return left.isEmpty ? nil : "\(left.count) flows counted after detach"
             }
         }
-        SocketSelfTest.run(&t, hooks: hooks)
+        SocketSelfTest.run(&t, hooks: hooks, updates: updates)
         return t.finish()
     }
 

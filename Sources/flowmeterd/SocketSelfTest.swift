@@ -13,12 +13,13 @@ enum SocketSelfTest {
     /// from an IPv6 socket to the server's v4-mapped address.
     static let udpUp = [100, 1400, 7], udpDown = [300, 50], udpMapped = [200]
 
-    static func run(_ t: inout SelfTest, hooks: HookRequest) {
+    static func run(_ t: inout SelfTest, hooks: HookRequest, updates: SocketUpdatesRequest) {
         var programs: SocketPrograms?
-        t.check("attach socket hooks (--hooks \(hooks.rawValue))") {
-            let p = try SocketPrograms.load(hooks)
+        t.check("attach socket hooks (--hooks \(hooks.rawValue), --socket-updates \(updates.rawValue))") {
+            let p = try SocketPrograms.load(hooks, updates: updates)
             programs = p
             print("      (rung: \(p.rung.rawValue); " + p.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ", ") + ")")
+            for r in p.refusals { print("      (\(r))") }
             return nil
         }
         guard let programs else { return }
@@ -39,8 +40,15 @@ enum SocketSelfTest {
             refusedPort = try refusedConnect()
             return nil
         }
-        t.check("long-lived TCP: one update with the bytes so far, none while idle, none when younger than the update age") {
-            try longLivedUpdates(programs)
+        // Every update path loaded (auto loads each the kernel accepts): the
+        // same sockets, and each path must see what the other left.
+        if programs.updatePaths.isEmpty {
+            print("--    socket updates: unsupported (the kernel refuses both the iterator and the raw_tp run)")
+        }
+        for path in programs.updatePaths {
+            t.check("long-lived TCP, updates by \(path.rawValue): one update with the bytes so far, none while idle, none when younger than the update age") {
+                try longLivedUpdates(programs, via: path)
+            }
         }
         var udp: UDPPorts?
         if let why = programs.udpUnsupported {
@@ -146,7 +154,7 @@ enum SocketSelfTest {
     /// A connection kept open: after a known exchange the iterator reports it
     /// once with exact bytes, then not again while nothing moves; with an
     /// update age longer than its life it reports nothing.
-    static func longLivedUpdates(_ programs: SocketPrograms) throws -> String? {
+    static func longLivedUpdates(_ programs: SocketPrograms, via path: SocketUpdatePath) throws -> String? {
         let lfd = try tcpSocket()
         defer { close(lfd) }
         var any = loopback(port: 0)
@@ -168,21 +176,21 @@ enum SocketSelfTest {
             u.filter { $0.ipProtocol == 6 && (($0.localPort == cport && $0.remotePort == sport) || ($0.localPort == sport && $0.remotePort == cport)) }
         }
         try programs.setUpdateMinAge(nanoseconds: 3_600_000_000_000)
-        let young = mine(try programs.collectUpdates())
+        let young = mine(try programs.collectUpdates(via: path))
         guard young.isEmpty else { return "\(young.count) updates for connections younger than the update age" }
         try programs.setUpdateMinAge(nanoseconds: 0)
-        let first = mine(try programs.collectUpdates())
+        let first = mine(try programs.collectUpdates(via: path))
         guard first.count == 2, let c = first.first(where: { $0.localPort == cport }),
               let s = first.first(where: { $0.localPort == sport }) else { return "\(first.count) updates, want 2 (client and server)" }
         guard c.kind == .update, c.bytesSent == 1000, c.bytesReceived == 500, s.bytesSent == 500, s.bytesReceived == 1000 else {
             return "client \(c.bytesSent)/\(c.bytesReceived), server \(s.bytesSent)/\(s.bytesReceived); want 1000/500 and 500/1000"
         }
         guard c.role == .client, s.role == .server, c.owner?.tgid == UInt32(getpid()) else { return "roles \(c.role)/\(s.role), owner \(String(describing: c.owner))" }
-        let idle = mine(try programs.collectUpdates())
+        let idle = mine(try programs.collectUpdates(via: path))
         guard idle.isEmpty else { return "\(idle.count) updates while idle" }
         try sendAll(cfd, 10); try recvExactly(sfd, 10)
         usleep(20_000)
-        let again = mine(try programs.collectUpdates())
+        let again = mine(try programs.collectUpdates(via: path))
         guard again.count == 2, again.first(where: { $0.localPort == cport })?.bytesSent == 1010 else {
             return "after 10 more bytes: \(again.map { "\($0.localPort):\($0.bytesSent)/\($0.bytesReceived)" })"
         }

@@ -209,6 +209,7 @@ enum ConfigProperty {
         if let n = c.maxSeriesPerMetric, n < FileConfig.minSeriesPerMetric { v.append("max_per_metric \(n)") }
         if let m = c.tcMode, !FileConfig.tcModes.contains(m) { v.append("tc_mode \(m)") }
         if let h = c.hooks, !FileConfig.hookRequests.contains(h) { v.append("hooks \(h)") }
+        if let u = c.socketUpdates, !FileConfig.socketUpdateRequests.contains(u) { v.append("socket_updates \(u)") }
         if let l = c.logLevel, !FileConfig.logLevels.contains(l) { v.append("log_level \(l)") }
         if let u = c.otlpEndpoint, !u.hasPrefix("http://") { v.append("otlp_endpoint \(u)") }
         if let d = c.ipfixCollector {
@@ -272,6 +273,7 @@ enum Gen {
         "flow_table_size": ["65536", "1", "16777216", "0x1000"],
         "tc_mode": FileConfig.tcModes,
         "hooks": FileConfig.hookRequests,
+        "socket_updates": FileConfig.socketUpdateRequests,
         "follow_interfaces": ["true", "false", "yes", "off"],
         "state_dir": ["/run/flowmeter"],
         "log_level": FileConfig.logLevels,
@@ -487,7 +489,7 @@ enum Gen {
             "FLOWMETER_OTLP_ENDPOINT": "otlp_endpoint", "FLOWMETER_IPFIX_COLLECTOR": "ipfix_collector",
             "FLOWMETER_IPFIX_OBSERVATION_DOMAIN": "ipfix_observation_domain", "FLOWMETER_API_SOCKET": "api_socket",
             "FLOWMETER_API_GROUP": "api_group", "FLOWMETER_FLOW_TABLE_SIZE": "flow_table_size", "FLOWMETER_TC_MODE": "tc_mode",
-            "FLOWMETER_HOOKS": "hooks", "FLOWMETER_FOLLOW_INTERFACES": "follow_interfaces", "FLOWMETER_STATE_DIR": "state_dir",
+            "FLOWMETER_HOOKS": "hooks", "FLOWMETER_SOCKET_UPDATES": "socket_updates", "FLOWMETER_FOLLOW_INTERFACES": "follow_interfaces", "FLOWMETER_STATE_DIR": "state_dir",
             "FLOWMETER_LOG_LEVEL": "log_level", "FLOWMETER_MAX_SERIES_PER_METRIC": "max_per_metric",
             "FLOWMETER_SERIES_EXPIRY": "expiry", "FLOWMETER_PEER_ADDRESSES": "peer_addresses",
         ]

@@ -547,6 +547,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
     @Test func sameAsTheFlags() {
         #expect(FileConfig.tcModes == TCMode.allCases.map(\.rawValue))
         #expect(FileConfig.hookRequests == HookRequest.allCases.map(\.rawValue) + ["off"])
+        #expect(FileConfig.socketUpdateRequests == SocketUpdatesRequest.allCases.map(\.rawValue))
         #expect(FileConfig.logLevels == Logger.Level.allCases.map(\.rawValue))
     }
 }

@@ -233,6 +233,16 @@ enum fm_sock_stat {
 #define FM_DEFAULT_SOCKET_TABLE_SIZE 65536
 #define FM_DEFAULT_EVENTS_RING_BYTES 1048576
 
+/* The update path without iterators (fm_updates_run, a raw_tp program the
+ * daemon runs with BPF_PROG_TEST_RUN): the socket ids one run takes, as its
+ * context (u64 arguments; 12 is the kernel's limit for a raw_tp test run,
+ * MAX_BPF_FUNC_ARGS; an id of 0 is no socket), and the bytes of the
+ * "fm_update_ring" it writes UPDATE records to. The daemon drains that ring
+ * after every run, so it needs room for one run's records only
+ * (12 x (136 + 8) = 1,728 bytes); a page is the least a ring can be. */
+#define FM_UPDATE_RUN_KEYS 12
+#define FM_UPDATE_RING_BYTES 4096
+
 #ifndef __VMLINUX_H__
 /* User space only: sizeof(struct fm_flow_event) as the C compiler saw it, so the
  * Swift tests compare it with what Swift's importer made of the same struct. */
