@@ -87,15 +87,18 @@ public struct ProgramRefusal: Sendable, Equatable, CustomStringConvertible {
     public let program: String
     public let section: String
     public let errno: Int32
+    /// The probe's account: the step refused and the errno ("load: Operation not permitted (EPERM)").
+    public let detail: String
     /// What is lost, or what serves instead.
     public let consequence: String
 
-    public init(program: String, section: String, errno: Int32, consequence: String) {
-        self.program = program; self.section = section; self.errno = errno; self.consequence = consequence
+    public init(program: String, section: String, errno: Int32, detail: String, consequence: String) {
+        self.program = program; self.section = section; self.errno = errno; self.detail = detail
+        self.consequence = consequence
     }
 
     public var description: String {
-        "program \(program) (\(section)) refused by the kernel: \(Errno.describe(errno)); \(consequence)"
+        "program \(program) (\(section)) refused by the kernel at \(detail); \(consequence)"
     }
 }
 

@@ -183,7 +183,7 @@ public final class SocketPrograms: @unchecked Sendable {
             guard let type = ProgramType(section: section) else { return nil }
             let probe = ProgramTypes.probe(type)
             return probe.available ? nil
-                : ProgramRefusal(program: name, section: section, errno: probe.errno, consequence: consequence)
+                : ProgramRefusal(program: name, section: section, errno: probe.errno, detail: probe.detail, consequence: consequence)
         }
         var udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupFD >= 0 ? "" : nil)
         var chosen = Set<String>()
@@ -202,7 +202,7 @@ public final class SocketPrograms: @unchecked Sendable {
             }
             if t.udp, udpMissing == nil, let r = names?.lazy.compactMap({ refusal($0, "UDP sockets are not seen on this rung") }).first {
                 refusals.append(r)
-                udpMissing = "program \(r.program) (\(r.section)) is refused by the kernel: \(Errno.describe(r.errno))"
+                udpMissing = "program \(r.program) (\(r.section)) is refused by the kernel at \(r.detail)"
             }
             if t.udp, udpMissing != nil {
                 modes.append(HookMode(hook: t.hook, mode: "unsupported"))
@@ -228,7 +228,7 @@ public final class SocketPrograms: @unchecked Sendable {
         if paths.isEmpty, let last = refusals.indices.last {
             // Neither twin: say what that costs on the line of the last refusal.
             let r = refusals[last]
-            refusals[last] = ProgramRefusal(program: r.program, section: r.section, errno: r.errno,
+            refusals[last] = ProgramRefusal(program: r.program, section: r.section, errno: r.errno, detail: r.detail,
                 consequence: "no update path is left: bytes of long-lived sockets are counted only when they close")
         }
         modes.append(HookMode(hook: "socket_updates", mode: paths.first?.rawValue ?? "unsupported"))

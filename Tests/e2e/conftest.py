@@ -8,6 +8,12 @@ namespaces) whatever the outcome.
 Environment:
   FLOWMETER_BIN                 the daemon (default: <repo>/.build/debug/flowmeterd)
   FLOWMETER_REQUIRE_PRIVILEGED  "1": not being root is a failure, not a skip
+
+Tests marked `socket_updates` assert on socket telemetry; each runs once per
+value of SOCKET_UPDATE_PATHS, given to every daemon it starts through
+FLOWMETER_SOCKET_UPDATES: `auto` (what the host picks: the iterator where the
+kernel takes it) and `raw-tp` (the path for kernels that refuse iterators,
+forced), so both paths are tested on every machine.
 """
 from __future__ import annotations
 
@@ -39,6 +45,38 @@ MAC_A, MAC_B = "02:00:0a:c8:00:01", "02:00:0a:c8:00:02"
 V4_A, V4_B = "10.200.0.1", "10.200.0.2"
 V6_A, V6_B = "fd00:200::1", "fd00:200::2"
 IF_A, IF_B = "veth-a", "veth-b"
+
+# The --socket-updates values every socket_updates test runs with.
+SOCKET_UPDATE_PATHS = ("auto", "raw-tp")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "socket_updates: runs once per socket update path (auto, raw-tp)")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("socket_updates"):
+        metafunc.parametrize("socket_updates", SOCKET_UPDATE_PATHS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def socket_updates(request):
+    """The update path this test's daemons use (None: the daemon's default).
+    Set in the environment, so daemons started by any means inherit it."""
+    path = getattr(request, "param", None)
+    if path is None:
+        yield None
+        return
+    old = os.environ.get("FLOWMETER_SOCKET_UPDATES")
+    os.environ["FLOWMETER_SOCKET_UPDATES"] = path
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("FLOWMETER_SOCKET_UPDATES", None)
+        else:
+            os.environ["FLOWMETER_SOCKET_UPDATES"] = old
+
 
 _seq = itertools.count(1)
 _ports = itertools.count(0)

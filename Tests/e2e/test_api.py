@@ -3,6 +3,8 @@ stream, JSON errors for bad requests, and a client that stops reading does not
 stall the daemon."""
 from __future__ import annotations
 
+import pytest
+
 import grp
 import json
 import os
@@ -40,6 +42,7 @@ def get(path: str, url: str, method: str = "GET") -> tuple[int, dict, bytes]:
     return request(path, f"{method} {url} HTTP/1.1\r\nHost: flowmeter\r\nConnection: close\r\n\r\n".encode())
 
 
+@pytest.mark.socket_updates
 def test_api(netpair, daemons, tmp_path):
     pair = netpair
     sock = str(tmp_path / "api" / "flowmeter.sock")

@@ -68,7 +68,36 @@ def test_check(netpair, flowmeterd):
     assert re.search(r"^tcx\s+yes\b", p.stdout, re.M), p.stdout
     for feature in ("btf", "ringbuf", "tc"):
         assert re.search(rf"^{feature}\s+yes\b", p.stdout, re.M), p.stdout
+    # One row per program type the socket object uses, each found by loading
+    # a program of that type; "would use" names the update path from them.
+    rows = program_type_rows(p.stdout)
+    assert set(rows) == set(PROGRAM_TYPES), p.stdout
+    updates = re.search(r"^  socket updates\s+(.*)$", p.stdout, re.M).group(1)
+    if rows["iter_map_elem"]:
+        assert updates.startswith("iterator (iter/bpf_map_elem); "), updates
+        assert ("fallback raw_tp run" in updates) == rows["raw_tp_run"], updates
+    elif rows["raw_tp_run"]:
+        assert updates.startswith("raw_tp run (BPF_PROG_TEST_RUN); the iterator (iter/bpf_map_elem) is refused"), updates
+    # A refused row says which step failed, with the errno's name.
+    for name, ok in rows.items():
+        if not ok:
+            detail = re.search(rf"^{name}\s+no\s+(.*)$", p.stdout, re.M).group(1)
+            assert re.search(r": (load|attach|BPF_PROG_TEST_RUN|create the iterator|read): .*\(E[A-Z0-9]+\)", detail), detail
     print(p.stdout)
+
+
+PROGRAM_TYPES = ("fentry", "fexit", "kprobe", "kretprobe", "tp_btf", "tracepoint", "raw_tp_run", "iter_map_elem",
+                 "cgroup_sock_release")
+
+
+def program_type_rows(check_out: str) -> dict[str, bool]:
+    """{program type: available} from `check`'s rows."""
+    rows = {}
+    for name in PROGRAM_TYPES:
+        m = re.search(rf"^{name}\s+(yes|no)\b", check_out, re.M)
+        if m:
+            rows[name] = m.group(1) == "yes"
+    return rows
 
 
 def test_version_and_help(flowmeterd):
@@ -101,23 +130,31 @@ def test_metrics_address_in_use(netpair, flowmeterd, tmp_path):
         holder.wait()
 
 
+@pytest.mark.parametrize("updates", ["auto", "raw-tp"])
 @pytest.mark.parametrize("hooks", ["auto", "tracepoint", "tracepoint-classic"])
-def test_selftest(netpair, flowmeterd, hooks):
+def test_selftest(netpair, flowmeterd, hooks, updates):
     """`check --selftest` on this kernel: tc accounting and the socket hooks
-    (exact bytes, owners, roles, resets, a refused connect) on the rung given."""
+    (exact bytes, owners, roles, resets, a refused connect) on the rung given,
+    with updates of a long-lived connection by every path the request allows
+    (auto: each the kernel takes; raw-tp: the path without iterators alone)."""
+    rows = program_type_rows(run_in(netpair, flowmeterd, "check").stdout)
     # `ip netns exec` gives the command a fresh /sys without tracefs, which the
     # classic tracepoints need, and without the cgroup2 mount, where the
     # tracepoint rung's UDP close hook attaches; mount both in that private
     # mount namespace.
     p = run_in(netpair, "sh", "-c", 'mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; '
                'mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup; '
-               'exec "$0" check --selftest --hooks "$1"', flowmeterd, hooks, timeout=60)
+               'exec "$0" check --selftest --hooks "$1" --socket-updates "$2"', flowmeterd, hooks, updates, timeout=60)
     print(p.stdout)
     assert p.returncode == 0, f"exit {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
     assert re.search(r"^(\d+) passed, 0 failed$", p.stdout, re.M), p.stdout
     # This kernel (6.18) has the sock_*_length tracepoints: UDP is seen on every rung.
     assert "UDP sockets: unsupported" not in p.stdout, p.stdout
     assert int(re.search(r"^(\d+) passed", p.stdout, re.M).group(1)) >= 21, p.stdout
+    assert re.search(r"^ok .*updates by raw_tp", p.stdout, re.M), p.stdout
+    by_iterator = re.search(r"^ok .*updates by iterator", p.stdout, re.M) is not None
+    assert by_iterator == (updates == "auto" and rows["iter_map_elem"]), p.stdout
+    assert f"socket_updates={'iterator' if by_iterator else 'raw_tp'})" in p.stdout, p.stdout
     if hooks == "tracepoint-classic":
         assert "tcp_state=tracepoint," in p.stdout, p.stdout
 
@@ -159,7 +196,7 @@ def test_run_hooks(netpair, flowmeterd, daemons, tmp_path):
             p = run_in(netpair, flowmeterd, "--interfaces", IF_A, "--hooks", rung, "--state-dir",
                        str(tmp_path / "s1"), "--metrics-listen", f"127.0.0.1:{unique_port()}")
             assert p.returncode == 1 and f"--hooks {rung}" in p.stderr, p.stderr
-    for hooks, socket_series in (("off", 0), ("auto", 7)):
+    for hooks, socket_series in (("off", 0), ("auto", 8)):
         port = unique_port()
         d = daemons(netpair.a, "--interfaces", IF_A, "--hooks", hooks, "--metrics-listen", f"127.0.0.1:{port}",
                     "--state-dir", str(tmp_path / hooks)).wait_ready()
@@ -167,7 +204,55 @@ def test_run_hooks(netpair, flowmeterd, daemons, tmp_path):
         seen = [dict(k[1]) for k in m.samples if k[0] == "flowmeter_hook_info"]
         assert sum(1 for h in seen if h["hook"] != "tc") == socket_series, seen
         assert any(h["hook"] == "tc" for h in seen), seen
+        if hooks == "auto":
+            want = "iterator" if program_type_rows(check)["iter_map_elem"] else "raw_tp"
+            assert {"hook": "socket_updates", "mode": want} in seen, seen
         assert d.terminate() == 0, d.stderr
+
+
+@pytest.mark.parametrize("updates", ["iterator", "raw-tp"])
+def test_run_socket_updates(netpair, flowmeterd, daemons, tmp_path, updates):
+    """`run --socket-updates`: a path whose program type `check` reports
+    refused is one error line naming the type, the program and the errno, exit
+    1, before anything is attached; an accepted one runs, and
+    flowmeter_hook_info says so. With auto on a kernel that refuses the
+    iterator, the refusal is logged once, as one line, with what serves instead."""
+    import fmlib
+    from conftest import scrape
+    rows = program_type_rows(run_in(netpair, flowmeterd, "check").stdout)
+    ptype = "iter_map_elem" if updates == "iterator" else "raw_tp_run"
+    state = tmp_path / "state"
+    args = ["--interfaces", IF_A, "--metrics-listen", f"127.0.0.1:{unique_port()}", "--state-dir", str(state)]
+    if not rows[ptype]:
+        p = run_in(netpair, flowmeterd, *args, "--socket-updates", updates, timeout=60)
+        assert p.returncode == 1, p.stderr
+        lines = [l for l in p.stderr.splitlines() if l.startswith("flowmeterd: ")]
+        assert len(lines) == 1 and p.stderr.strip() == lines[0], p.stderr
+        assert lines[0].startswith(f"flowmeterd: --socket-updates {updates}: the kernel refuses {ptype} programs"), lines
+        assert re.search(r"\((E[A-Z]+)\)", lines[0]), lines
+        # Said before anything was loaded or attached.
+        assert "flowmeter_" not in sh("bpftool", "prog", "show").stdout
+        assert sh("ip", "netns", "exec", netpair.a, "bpftool", "link", "show").stdout.strip() == ""
+        return
+    port = unique_port()
+    d = daemons(netpair.a, "--interfaces", IF_A, "--socket-updates", updates, "--metrics-listen", f"127.0.0.1:{port}",
+                "--state-dir", str(state)).wait_ready()
+    m = fmlib.parse_exposition(scrape(netpair, netpair.a, port)[1])
+    seen = [dict(k[1]) for k in m.samples if k[0] == "flowmeter_hook_info"]
+    assert {"hook": "socket_updates", "mode": updates.replace("-", "_")} in seen, seen
+    # Forced, the other path is not asked for, so no refusal of it is logged.
+    assert "(iter/bpf_map_elem) refused" not in d.stderr and "(raw_tp) refused" not in d.stderr, d.stderr
+    assert d.terminate() == 0, d.stderr
+    # auto: the iterator's refusal (if any) is one warning line.
+    d = daemons(netpair.a, "--interfaces", IF_A, "--metrics-listen", f"127.0.0.1:{unique_port()}",
+                "--state-dir", str(tmp_path / "auto")).wait_ready()
+    refusals = [l for l in d.stderr.splitlines() if "program fm_updates (iter/bpf_map_elem) refused by the kernel" in l]
+    if rows["iter_map_elem"]:
+        assert refusals == [], d.stderr
+    else:
+        assert len(refusals) == 1 and "socket updates use the raw_tp run (fm_updates_run) instead" in refusals[0], d.stderr
+        assert "warning" in refusals[0], refusals
+    assert d.terminate() == 0, d.stderr
 
 
 def test_config_check(flowmeterd, tmp_path):

@@ -7,6 +7,8 @@ both the daemon must keep serving whole answers and keep counting exactly.
 Seeds are printed; FM_FAULT_SEED=<int> replays one (see test_faults.py)."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 import os
@@ -228,6 +230,7 @@ def server_side(ex: fmlib.Exposition, metric: str, **want) -> dict:
     return out
 
 
+@pytest.mark.socket_updates
 def test_prometheus_scraping_during_reload(netpair, daemons, capture, tmp_path):
     pair = netpair
     rng = random.Random(fault_seed())

@@ -3,6 +3,8 @@ OTLP/HTTP to a receiver that decodes with the official protobuf schema
 (opentelemetry-proto), and IPFIX to Debian's nfcapd, read back with nfdump."""
 from __future__ import annotations
 
+import pytest
+
 import csv
 import io
 import json
@@ -87,6 +89,7 @@ class Receiver:
         self.proc.wait()
 
 
+@pytest.mark.socket_updates
 def test_otlp_push_matches_metrics_and_survives_a_receiver_outage(netpair, daemons, tmp_path):
     pair = netpair
     mport, rport, queue = unique_port(), unique_port(), 2

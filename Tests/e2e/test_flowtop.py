@@ -3,6 +3,8 @@ keys, resizing, NO_COLOR, and the terminal restored on quit; plus the script
 modes (--once, --once --json) and the message when no daemon answers."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import re
@@ -81,6 +83,7 @@ class Pane:
         tmux("kill-session", "-t", self.name, check=False)
 
 
+@pytest.mark.socket_updates
 def test_flowtop_live_in_tmux(netpair, daemons, tmp_path):
     pair = netpair
     sock = str(tmp_path / "api.sock")

@@ -25,6 +25,8 @@ daemon up and counting throughout.
 """
 from __future__ import annotations
 
+import pytest
+
 import re
 import signal
 import threading
@@ -33,6 +35,9 @@ import time
 import fmlib
 from conftest import IF_A, V4_B, scrape, unique_port, wait_for
 from test_ring_overflow import CHURN, SERVER
+
+# Every test here asserts on socket telemetry: it runs once per update path (conftest).
+pytestmark = pytest.mark.socket_updates
 
 # README "Memory": the parts these loads can fill, at their caps (records
 # waiting and their per-flow sums, one pass's copies, closed tuples and idle

@@ -54,6 +54,7 @@ def assert_every_thread_keeps(pid: int, keep: int) -> dict[int, dict]:
     return ts
 
 
+@pytest.mark.socket_updates
 def test_threads_keep_only_what_is_needed(netpair, daemons, tmp_path):
     pair = netpair
     port, sport = unique_port(), unique_port()

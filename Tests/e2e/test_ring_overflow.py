@@ -23,6 +23,8 @@ the daemon exits.
 """
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import re
@@ -31,6 +33,9 @@ import time
 
 import fmlib
 from conftest import IF_A, REPO, V4_B, bpftool_json, scrape, sh, unique_port, wait_for
+
+# Every test here asserts on socket telemetry: it runs once per update path (conftest).
+pytestmark = pytest.mark.socket_updates
 
 INTERVAL = 0.2          # --interval
 STOP_SECONDS = 3.0      # how long the daemon is stopped

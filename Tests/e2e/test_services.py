@@ -7,6 +7,8 @@ returns the same totals; promtool finds no problem in the exposition; SIGHUP
 with a changed rule moves new traffic and keeps old counters."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -17,6 +19,9 @@ import urllib.parse
 import fmlib
 from conftest import IF_A, V4_B, unique_port, wait_for
 from test_sockets import cgroup2_root, in_cgroup
+
+# Every test here asserts on socket telemetry: it runs once per update path (conftest).
+pytestmark = pytest.mark.socket_updates
 
 SERVER = r"""
 import socket, sys, threading

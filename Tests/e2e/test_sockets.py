@@ -4,6 +4,8 @@ right pids, process names, cgroup paths, roles and exact payload bytes, and a
 connect to a closed port gives a failure with reason "refused"."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 import os
@@ -12,6 +14,9 @@ import subprocess
 import time
 
 from conftest import IF_A, IF_B, V4_B, V6_B, unique_port, wait_for
+
+# Every test here asserts on socket telemetry: it runs once per update path (conftest).
+pytestmark = pytest.mark.socket_updates
 
 SERVER = r"""
 import socket, sys
