@@ -26,13 +26,13 @@ public struct KernelFeatures: Sendable {
     /// The tc attach mode `auto` resolves to.
     public var tcMode: String { has("tcx") ? "tcx" : (has("clsact") ? "clsact" : "none") }
 
-    /// The socket-hook rung `auto` resolves to: fentry, else kprobe, else tracepoint (tp_btf, else classic).
+    /// The socket-hook rung `auto` resolves to: fentry, else kprobe, else
+    /// tracepoint (tp_btf, else classic), then the rungs it would fall back to.
     public var socketRung: String {
-        if has("fentry") { return "fentry" }
-        if has("kprobe") { return "kprobe" }
-        if has("tp_btf") { return "tracepoint (tp_btf)" }
-        if has("tracepoint") { return "tracepoint (classic)" }
-        return "none"
+        let ladder = [("fentry", "fentry"), ("kprobe", "kprobe"), ("tp_btf", "tracepoint (tp_btf)"),
+                      ("tracepoint", "tracepoint (classic)")].filter { has($0.0) }.map(\.1)
+        guard let first = ladder.first else { return "none: socket telemetry off" }
+        return ladder.count == 1 ? first + "; no fallback" : first + "; fallback " + ladder.dropFirst().joined(separator: ", ")
     }
 
     /// How `--socket-updates auto` gets the counters of long-lived sockets,
