@@ -55,9 +55,16 @@ let package = Package(
             name: "FlowmeterConfig",
             dependencies: ["FlowmeterCore", .product(name: "Yams", package: "Yams")]
         ),
+        // The collector as a library: kernel sources (behind protocols) into
+        // the accounting, then the sinks. No BPF here, so it is unit-tested
+        // without privileges.
+        .target(
+            name: "FlowmeterPipeline",
+            dependencies: ["FlowmeterCore", "FlowmeterExport", .product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "flowmeterd",
-            dependencies: ["FlowmeterCore", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig",
+            dependencies: ["FlowmeterCore", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig", "FlowmeterPipeline",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
@@ -82,6 +89,9 @@ let package = Package(
         // FlowmeterBPF and Logging only to check that the allowed values are the flags'.
         .testTarget(name: "FlowmeterConfigTests",
                     dependencies: ["FlowmeterConfig", "FlowmeterCore", "FlowmeterBPF", "FlowmeterTestSupport",
+                                   .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "FlowmeterPipelineTests",
+                    dependencies: ["FlowmeterPipeline", "FlowmeterCore", "FlowmeterExport",
                                    .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore", "FlowmeterTestSupport"]),
         .testTarget(name: "FlowmeterBPFTests",

@@ -165,253 +165,39 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // 1. Settings: flags over FLOWMETER_* over the file, checked.
         let layers: ConfigLayers
         let flags: FileConfig
         do { flags = try flagLayer() } catch { fail("\(error)") }
         do { layers = try ConfigLayers.load(flagPath: config) } catch { fail("\(error)") }
-        let settings = layers.file.overlaid(by: layers.environment).overlaid(by: flags)
-        let interval = settings.interval ?? FlowDuration(nanoseconds: 5_000_000_000)
-        let metricsListen: ListenAddress
-        do { metricsListen = try settings.metricsListen.map { try ListenAddress(parsing: $0) } ?? ListenAddress(host: "0.0.0.0", port: 9810) } catch {
-            fail("metrics_listen: \(error)")
-        }
-        let flowLog = settings.flowLog
-        let flowTableSize = settings.flowTableSize ?? FlowAccountingProgram.defaultFlowTableSize()
-        let tcMode = settings.tcMode.flatMap { TCMode(rawValue: $0) } ?? .auto
-        let hooks: HookRequest? = settings.hooks == "off" ? nil : settings.hooks.flatMap { HookRequest(rawValue: $0) } ?? .auto
-        let socketUpdates = settings.socketUpdates.flatMap { SocketUpdatesRequest(rawValue: $0) } ?? .auto
-        let followInterfaces = settings.followInterfaces ?? true
-        let stateDir = settings.stateDir ?? "/run/flowmeter"
-        let level = settings.logLevel.flatMap { Logger.Level(rawValue: $0) } ?? .info
-
+        let settings = Startup.Settings(layers.file.overlaid(by: layers.environment).overlaid(by: flags),
+                                        configPath: config, flags: flags, flowsRingSize: flowsRingSize,
+                                        otlpQueueSize: otlpQueueSize)
         requireCapabilities()
         // A forced update path the kernel refuses: say so before attaching anything.
-        if hooks != nil {
-            do { try SocketPrograms.checkForced(socketUpdates) } catch { fail("\(error)") }
+        if settings.hooks != nil {
+            do { try SocketPrograms.checkForced(settings.socketUpdates) } catch { fail("\(error)") }
         }
         fixMallocThresholds()
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
+            h.logLevel = settings.logLevel
             return h
         }
         let logger = Logger(label: "flowmeterd")
         if let path = layers.path {
-            logger.info("configuration read", metadata: ["file": "\(path)", "service_rules": "\(settings.services?.count ?? 0)",
-                                                          "peer_rules": "\(settings.peers?.count ?? 0)"])
+            logger.info("configuration read", metadata: ["file": "\(path)", "service_rules": "\(settings.file.services?.count ?? 0)",
+                                                          "peer_rules": "\(settings.file.peers?.count ?? 0)"])
         }
-
-        let selection = InterfaceSelection(include: settings.interfaces ?? [], exclude: settings.excludeInterfaces ?? [])
-        let chosen: [InterfaceSelection.Candidate]
-        do { chosen = try selection.select(from: HostInterfaces.list()) } catch { fail("--interfaces: \(error)") }
-        if chosen.isEmpty && !followInterfaces {
-            fail("no interface to attach to (all excluded, or none is up); see --interfaces")
-        }
-
-        let program: FlowAccountingProgram
-        do { program = try FlowAccountingProgram(flowTableSize: flowTableSize, ringBytes: flowsRingSize) } catch { fail("\(error)") }
-
-        let attacher = TCAttacher(ingressFD: program.ingressFD, egressFD: program.egressFD, stateDir: stateDir)
-        for item in attacher.removeLeftovers() {
-            logger.notice("removed what an earlier run left behind", metadata: ["removed": "\(item)"])
-        }
-        let mode: TCMode
-        do { mode = try attacher.attach(chosen, mode: tcMode) } catch { fail("\(error)") }
-        if chosen.isEmpty { logger.notice("no matching interface yet; waiting for one to appear") }
-        logger.info("attached", metadata: [
-            "interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)",
-            "flow_table_size": "\(flowTableSize)",
-            "flow_table_kernel_bytes": "\(FlowAccountingProgram.tableMemoryBytes(size: flowTableSize))"])
-
-        var writer: FlowLogWriter?
-        if let flowLog {
-            do { writer = try FlowLogWriter(path: flowLog, maxBytes: settings.flowLogMaxSize, keep: settings.flowLogKeep ?? 5) } catch {
-                attacher.detachAll(); fail("--flow-log: \(error)")
-            }
-        }
-        let ring: FlowsRing
-        do { ring = try FlowsRing(ringFD: program.flowsRingFD) } catch { attacher.detachAll(); fail("\(error)") }
-
-        var sockets: SocketPrograms?
-        var socketEvents: RingReader<SocketEvent>?
-        if let hooks {
-            do {
-                let s = try SocketPrograms.load(hooks, updates: socketUpdates)
-                socketEvents = try s.eventsReader()
-                sockets = s
-                try s.setUpdateMinAge(nanoseconds: interval.nanoseconds)
-                // Each program left out, once, as one line: program, section,
-                // errno, and what it costs.
-                for r in s.refusals { logger.warning("\(r)") }
-                logger.info("socket hooks attached", metadata: [
-                    "rung": "\(s.rung.rawValue)",
-                    "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))"])
-                if let why = s.udpUnsupported {
-                    logger.warning("UDP sockets are not seen on this rung", metadata: ["reason": "\(why)"])
-                }
-            } catch let e as SocketUpdatesRefused {
-                attacher.detachAll()
-                fail("\(e)")
-            } catch {
-                if hooks != .auto {
-                    attacher.detachAll()
-                    // One line: libbpf's log (with its generic "try raising
-                    // ulimit -l" advice for any EPERM) is for debugging.
-                    let line = (error as? BPFError)?.summary ?? "\(error)"
-                    fail("--hooks \(hooks.rawValue): \(line) (FLOWMETER_LIBBPF_DEBUG=1 prints libbpf's log)")
-                }
-                logger.warning("no socket-hook rung available: socket telemetry is off", metadata: ["error": "\(error)"])
-            }
-        }
-
-        releaseLoaderMemory()
-
-        let shared = SharedAccounting()
-        shared.update {
-            $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
-            $0.socketTelemetry = sockets != nil
-            if writer != nil { $0.exports["flow_log"] = ExportStats() }
-            if sockets != nil {
-                $0.services = ServiceAggregator(resolver: ServiceResolver(rules: settings.services ?? [], peers: settings.peers ?? []),
-                                                limits: settings.limits)
-            }
-        }
-        // SIGHUP: read the file and the environment again; new service rules
-        // and series limits apply to what comes next, counters stay.
-        let hup = SignalReloader(logger: logger) { [writer] in
-            // The flow log first: logrotate moved it and waits for us to let go.
-            writer?.reopen()
-            let l = try ConfigLayers.load(flagPath: config)
-            let s = l.file.overlaid(by: l.environment).overlaid(by: flags)
-            shared.update {
-                $0.services?.reconfigure(resolver: ServiceResolver(rules: s.services ?? [], peers: s.peers ?? []), limits: s.limits)
-            }
-            return "service_rules=\(s.services?.count ?? 0) peer_rules=\(s.peers?.count ?? 0) max_series_per_metric=\(s.limits.maxSeriesPerMetric)"
-        }
-        let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
-        var links: LinkMonitor?
-        if followInterfaces {
-            // Subscribe first, then reconcile once, so an interface that came up
-            // between the first attach and the subscription is not missed.
-            let requested = tcMode
-            let reconcile: @Sendable ([LinkEvent]) -> Void = { _ in
-                let plan = AttachPlan.make(selection: selection, host: HostInterfaces.list(), attached: attacher.attached)
-                for idx in plan.detach {
-                    attacher.detach(ifindex: idx)
-                    logger.info("detached", metadata: ["ifindex": "\(idx)"])
-                }
-                for c in plan.attach {
-                    do {
-                        try attacher.attachAnother(c, mode: requested)
-                        names.set(c.ifindex, c.name)
-                        logger.info("attached", metadata: ["interface": "\(c.name)", "ifindex": "\(c.ifindex)"])
-                    } catch {
-                        // Typically the interface vanished again before we got to it.
-                        logger.warning("cannot attach", metadata: ["interface": "\(c.name)", "error": "\(error)"])
-                    }
-                }
-            }
-            do {
-                let monitor = try LinkMonitor(onChange: reconcile)
-                monitor.start()
-                reconcile([])
-                links = monitor
-            } catch {
-                logger.warning("not following interfaces", metadata: ["error": "\(error)"])
-            }
-        }
-        let collector = Collector(program: program, attacher: attacher, ring: ring, shared: shared, names: names,
-                                  links: links, sockets: sockets, socketEvents: socketEvents,
-                                  flowLog: writer, interval: interval, logger: logger)
-        if let target = settings.ipfixCollector {
-            do {
-                collector.ipfix = (try IPFIXSender(collector: target),
-                                   IPFIXEncoder(observationDomain: UInt32(settings.ipfixObservationDomain ?? 0)))
-                shared.update { $0.exports["ipfix"] = ExportStats() }
-                logger.info("exporting IPFIX", metadata: ["collector": "\(target)", "observation_domain": "\(settings.ipfixObservationDomain ?? 0)"])
-            } catch {
-                attacher.detachAll(); fail("--ipfix-collector \(target): \(error)")
-            }
-        }
-        if let url = settings.otlpEndpoint {
-            let endpoint: HTTPEndpoint
-            do { endpoint = try HTTPEndpoint(parsing: url) } catch { attacher.detachAll(); fail("--otlp-endpoint: \(error)") }
-            let errors = Mutex<String?>(nil)
-            collector.otlp = OTLPPusher(endpoint: endpoint, capacity: otlpQueueSize, onError: { e in
-                // One line per kind of failure, not one per retry.
-                let new = errors.withLock { last in defer { last = e }; return last != e }
-                if new { logger.warning("OTLP push failed; retrying with backoff", metadata: ["endpoint": "\(endpoint)", "error": "\(e)"]) }
-            })
-            var host = [CChar](repeating: 0, count: 256)
-            gethostname(&host, host.count)
-            collector.otlpResource = [("service.name", "flowmeterd"), ("service.version", FlowmeterVersion.current),
-                                      ("host.name", String(cString: host))]
-            collector.syncOTLP()
-            logger.info("pushing OTLP metrics", metadata: ["endpoint": "\(endpoint)", "queue": "\(otlpQueueSize)"])
-        }
-        let listen = metricsListen
-        let apiSocket = settings.apiSocket ?? "/run/flowmeter/flowmeter.sock"
-        // The metrics port is bound (CAP_NET_BIND_SERVICE below 1024) and the
-        // API socket chowned (CAP_CHOWN) only once the group runs the servers.
-        let dropper = DropAfterStart(waitingFor: apiSocket != "off" ? ["metrics", "api"] : ["metrics"],
-                                     keep: Privileges.neededAfterAttach(followsInterfaces: links != nil, clsact: mode == .clsact),
-                                     logger: logger)
-        let http = MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
-            logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
-            dropper.done("metrics")
-        }, render: { om in
-            let snapshot = shared.snapshot()
-            let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)
-            // New pairs were shown at zero; the next scrape shows their counts.
-            if let seen = snapshot.services?.unexposed, !seen.isEmpty {
-                shared.update { $0.services?.markExposed(seen) }
-            }
-            return text
-        })
-
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: collector), .init(service: http)]
-        if apiSocket != "off" {
-            let path = apiSocket
-            var gid: gid_t = 0
-            if let apiGroup = settings.apiGroup {
-                guard let g = getgrnam(apiGroup) else { attacher.detachAll(); fail("--api-group: no group named \(apiGroup)") }
-                gid = g.pointee.gr_gid
-            }
-            do { try APISocketFile.prepare(path) } catch { attacher.detachAll(); fail("--api-socket: \(error)") }
-            var uts = utsname()
-            uname(&uts)
-            let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            let host = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            let startMs = Int64(Date().timeIntervalSince1970 * 1000)
-            let intervalSeconds = Double(interval.nanoseconds) / 1e9
-            let owner = gid
-            let api = APIServer.make(socketPath: path, logger: logger, onRunning: {
-                chmod(path, 0o660)
-                chown(path, 0, owner)
-                logger.info("serving the API", metadata: ["socket": "\(path)"])
-                dropper.done("api")
-            }, snapshot: {
-                APISnapshot.make(shared.snapshot(),
-                                 context: .init(host: host, kernel: kernel, version: FlowmeterVersion.current,
-                                                startUnixMs: startMs, intervalSeconds: intervalSeconds,
-                                                interfaceNames: names.snapshot()),
-                                 nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
-            })
-            services.append(.init(service: api))
-        }
-        let group = ServiceGroup(configuration: .init(
-            services: services,
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+        // 2. Build the pipeline and its servers; 3. run them. What was
+        // attached on the way has one owner, which a failure unwinds.
+        let attached = Attachments()
         do {
-            defer { withExtendedLifetime(hup) {} }
-            try await group.run()
+            let node = try Startup(settings: settings, logger: logger, attached: attached).build()
+            try await node.run()
         } catch {
-            // The collector does not throw; what fails here is the HTTP server
-            // (typically: the address is taken). The collector has already
-            // detached and flushed by the time the group returns.
-            attacher.detachAll()
-            fail("--metrics-listen \(listen): \(error)")
+            attached.unwind()
+            fail("\(error)")
         }
     }
 }

@@ -1,0 +1,329 @@
+import FlowmeterBPF
+import FlowmeterConfig
+import FlowmeterCore
+import FlowmeterExport
+import FlowmeterPipeline
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// A start-up failure: the one line `flowmeterd:` prints before exit 1.
+struct StartupError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The one owner of what start-up attached to the host. A failure at any
+/// later step unwinds it; a normal stop detaches through the pipeline.
+final class Attachments: Sendable {
+    private let attacher = Mutex<TCAttacher?>(nil)
+    func own(_ a: TCAttacher) { attacher.withLock { $0 = a } }
+    /// Detaches everything attached so far (idempotent).
+    func unwind() { attacher.withLock { $0?.detachAll() } }
+}
+
+/// From resolved settings to running services: the kernel programs, the
+/// pipeline with its sinks, the metrics and API servers, SIGHUP reloads and
+/// the privilege drop. Every failure is a `StartupError` naming its setting.
+struct Startup {
+    /// The settings `run` resolved, with their defaults applied.
+    struct Settings {
+        let file: FileConfig
+        let configPath: String?
+        /// The flag layer, which a SIGHUP reload keeps on top.
+        let flags: FileConfig
+        let interval: FlowDuration
+        let metricsListen: ListenAddress
+        let flowTableSize: Int
+        let flowsRingSize: Int
+        let tcMode: TCMode
+        let hooks: HookRequest?
+        let socketUpdates: SocketUpdatesRequest
+        let followInterfaces: Bool
+        let stateDir: String
+        let logLevel: Logger.Level
+        let apiSocket: String
+        let otlpQueueSize: Int
+
+        init(_ s: FileConfig, configPath: String?, flags: FileConfig, flowsRingSize: Int, otlpQueueSize: Int) {
+            file = s; self.configPath = configPath; self.flags = flags
+            interval = s.interval ?? FlowDuration(nanoseconds: 5_000_000_000)
+            do { metricsListen = try s.metricsListen.map { try ListenAddress(parsing: $0) } ?? ListenAddress(host: "0.0.0.0", port: 9810) } catch {
+                fail("metrics_listen: \(error)")
+            }
+            flowTableSize = s.flowTableSize ?? FlowAccountingProgram.defaultFlowTableSize()
+            self.flowsRingSize = flowsRingSize
+            tcMode = s.tcMode.flatMap { TCMode(rawValue: $0) } ?? .auto
+            hooks = s.hooks == "off" ? nil : s.hooks.flatMap { HookRequest(rawValue: $0) } ?? .auto
+            socketUpdates = s.socketUpdates.flatMap { SocketUpdatesRequest(rawValue: $0) } ?? .auto
+            followInterfaces = s.followInterfaces ?? true
+            stateDir = s.stateDir ?? "/run/flowmeter"
+            logLevel = s.logLevel.flatMap { Logger.Level(rawValue: $0) } ?? .info
+            apiSocket = s.apiSocket ?? "/run/flowmeter/flowmeter.sock"
+            self.otlpQueueSize = otlpQueueSize
+        }
+    }
+
+    let settings: Settings
+    let logger: Logger
+    let attached: Attachments
+
+    /// Everything started: run it until SIGTERM/SIGINT.
+    struct Node {
+        let group: ServiceGroup
+        let listen: ListenAddress
+        /// Kept alive while the group runs.
+        let reloader: SignalReloader
+
+        func run() async throws {
+            do {
+                defer { withExtendedLifetime(reloader) {} }
+                try await group.run()
+            } catch {
+                // The pipeline does not throw; what fails here is the HTTP
+                // server (typically: the address is taken). The pipeline has
+                // already detached and flushed by the time the group returns.
+                throw StartupError("--metrics-listen \(listen): \(error)")
+            }
+        }
+    }
+
+    func build() throws -> Node {
+        let s = settings, file = settings.file
+        let selection = InterfaceSelection(include: file.interfaces ?? [], exclude: file.excludeInterfaces ?? [])
+        let chosen: [InterfaceSelection.Candidate]
+        do { chosen = try selection.select(from: HostInterfaces.list()) } catch { throw StartupError("--interfaces: \(error)") }
+        if chosen.isEmpty && !s.followInterfaces {
+            throw StartupError("no interface to attach to (all excluded, or none is up); see --interfaces")
+        }
+
+        let program = try FlowAccountingProgram(flowTableSize: s.flowTableSize, ringBytes: s.flowsRingSize)
+        let attacher = TCAttacher(ingressFD: program.ingressFD, egressFD: program.egressFD, stateDir: s.stateDir)
+        attached.own(attacher)
+        for item in attacher.removeLeftovers() {
+            logger.notice("removed what an earlier run left behind", metadata: ["removed": "\(item)"])
+        }
+        let mode = try attacher.attach(chosen, mode: s.tcMode)
+        if chosen.isEmpty { logger.notice("no matching interface yet; waiting for one to appear") }
+        logger.info("attached", metadata: [
+            "interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)",
+            "flow_table_size": "\(s.flowTableSize)",
+            "flow_table_kernel_bytes": "\(FlowAccountingProgram.tableMemoryBytes(size: s.flowTableSize))"])
+
+        var writer: FlowLogWriter?
+        if let path = file.flowLog {
+            do { writer = try FlowLogWriter(path: path, maxBytes: file.flowLogMaxSize, keep: file.flowLogKeep ?? 5) } catch {
+                throw StartupError("--flow-log: \(error)")
+            }
+        }
+        let ring = try FlowsRing(ringFD: program.flowsRingFD)
+        let sockets = try socketPrograms()
+        releaseLoaderMemory()
+
+        let shared = SharedAccounting()
+        shared.update {
+            $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
+            $0.socketTelemetry = sockets != nil
+            if sockets != nil {
+                $0.services = ServiceAggregator(resolver: ServiceResolver(rules: file.services ?? [], peers: file.peers ?? []),
+                                                limits: file.limits)
+            }
+        }
+        let reloader = signalReloader(writer: writer, shared: shared)
+        let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
+        let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names) : nil
+
+        let pipeline = Pipeline(
+            flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links),
+            sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
+            sinks: try sinks(writer: writer), accounting: shared, names: names,
+            cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
+            interval: s.interval, logger: logger)
+
+        // The metrics port is bound (CAP_NET_BIND_SERVICE below 1024) and the
+        // API socket chowned (CAP_CHOWN) only once the group runs the servers.
+        let dropper = DropAfterStart(waitingFor: s.apiSocket != "off" ? ["metrics", "api"] : ["metrics"],
+                                     keep: Privileges.neededAfterAttach(followsInterfaces: links != nil, clsact: mode == .clsact),
+                                     logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: PipelineService(pipeline: pipeline)),
+            .init(service: metricsServer(shared: shared, dropper: dropper)),
+        ]
+        if s.apiSocket != "off" {
+            services.append(.init(service: try apiServer(shared: shared, names: names, dropper: dropper)))
+        }
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
+        return Node(group: group, listen: s.metricsListen, reloader: reloader)
+    }
+
+    /// The socket hooks, or nil (`--hooks off`, or none with `auto`). A
+    /// forced rung or update path the kernel cannot give is an error.
+    func socketPrograms() throws -> SocketPrograms? {
+        guard let hooks = settings.hooks else { return nil }
+        do {
+            let s = try SocketPrograms.load(hooks, updates: settings.socketUpdates)
+            try s.setUpdateMinAge(nanoseconds: settings.interval.nanoseconds)
+            // Each program left out, once, as one line: program, section,
+            // errno, and what it costs.
+            for r in s.refusals { logger.warning("\(r)") }
+            logger.info("socket hooks attached", metadata: [
+                "rung": "\(s.rung.rawValue)",
+                "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))"])
+            if let why = s.udpUnsupported {
+                logger.warning("UDP sockets are not seen on this rung", metadata: ["reason": "\(why)"])
+            }
+            return s
+        } catch let e as SocketUpdatesRefused {
+            throw StartupError("\(e)")
+        } catch {
+            if hooks != .auto {
+                // One line: libbpf's log (with its generic "try raising
+                // ulimit -l" advice for any EPERM) is for debugging.
+                let line = (error as? BPFError)?.summary ?? "\(error)"
+                throw StartupError("--hooks \(hooks.rawValue): \(line) (FLOWMETER_LIBBPF_DEBUG=1 prints libbpf's log)")
+            }
+            logger.warning("no socket-hook rung available: socket telemetry is off", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// SIGHUP: read the file and the environment again; new service rules
+    /// and series limits apply to what comes next, counters stay.
+    func signalReloader(writer: FlowLogWriter?, shared: SharedAccounting) -> SignalReloader {
+        let configPath = settings.configPath, flags = settings.flags
+        return SignalReloader(logger: logger) { [writer] in
+            // The flow log first: logrotate moved it and waits for us to let go.
+            writer?.reopen()
+            let l = try ConfigLayers.load(flagPath: configPath)
+            let s = l.file.overlaid(by: l.environment).overlaid(by: flags)
+            shared.update {
+                $0.services?.reconfigure(resolver: ServiceResolver(rules: s.services ?? [], peers: s.peers ?? []), limits: s.limits)
+            }
+            return "service_rules=\(s.services?.count ?? 0) peer_rules=\(s.peers?.count ?? 0) max_series_per_metric=\(s.limits.maxSeriesPerMetric)"
+        }
+    }
+
+    /// Follows interfaces as they come and go; nil (logged) if rtnetlink cannot be had.
+    func follow(_ selection: InterfaceSelection, attacher: TCAttacher, names: InterfaceNames) -> LinkMonitor? {
+        // Subscribe first, then reconcile once, so an interface that came up
+        // between the first attach and the subscription is not missed.
+        let requested = settings.tcMode, logger = self.logger
+        let reconcile: @Sendable ([LinkEvent]) -> Void = { _ in
+            let plan = AttachPlan.make(selection: selection, host: HostInterfaces.list(), attached: attacher.attached)
+            for idx in plan.detach {
+                attacher.detach(ifindex: idx)
+                logger.info("detached", metadata: ["ifindex": "\(idx)"])
+            }
+            for c in plan.attach {
+                do {
+                    try attacher.attachAnother(c, mode: requested)
+                    names.set(c.ifindex, c.name)
+                    logger.info("attached", metadata: ["interface": "\(c.name)", "ifindex": "\(c.ifindex)"])
+                } catch {
+                    // Typically the interface vanished again before we got to it.
+                    logger.warning("cannot attach", metadata: ["interface": "\(c.name)", "error": "\(error)"])
+                }
+            }
+        }
+        do {
+            let monitor = try LinkMonitor(onChange: reconcile)
+            monitor.start()
+            reconcile([])
+            return monitor
+        } catch {
+            logger.warning("not following interfaces", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The push exporters the settings ask for.
+    func sinks(writer: FlowLogWriter?) throws -> [Sink] {
+        let file = settings.file, logger = self.logger
+        var sinks: [Sink] = []
+        if let writer { sinks.append(FlowLogSink(writer: writer)) }
+        if let target = file.ipfixCollector {
+            let sender: IPFIXSender
+            do { sender = try IPFIXSender(collector: target) } catch { throw StartupError("--ipfix-collector \(target): \(error)") }
+            let domain = UInt32(file.ipfixObservationDomain ?? 0)
+            sinks.append(IPFIXSink(sender: sender, encoder: IPFIXEncoder(observationDomain: domain), onError: { e in
+                logger.warning("IPFIX export failed", metadata: ["collector": "\(target)", "error": "\(e)"])
+            }))
+            logger.info("exporting IPFIX", metadata: ["collector": "\(target)", "observation_domain": "\(domain)"])
+        }
+        if let url = file.otlpEndpoint {
+            let endpoint: HTTPEndpoint
+            do { endpoint = try HTTPEndpoint(parsing: url) } catch { throw StartupError("--otlp-endpoint: \(error)") }
+            let errors = Mutex<String?>(nil)
+            let pusher = OTLPPusher(endpoint: endpoint, capacity: settings.otlpQueueSize, onError: { e in
+                // One line per kind of failure, not one per retry.
+                let new = errors.withLock { last in defer { last = e }; return last != e }
+                if new { logger.warning("OTLP push failed; retrying with backoff", metadata: ["endpoint": "\(endpoint)", "error": "\(e)"]) }
+            })
+            var host = [CChar](repeating: 0, count: 256)
+            gethostname(&host, host.count)
+            sinks.append(OTLPSink(pusher: pusher,
+                                  resource: [("service.name", "flowmeterd"), ("service.version", FlowmeterVersion.current),
+                                             ("host.name", String(cString: host))],
+                                  version: FlowmeterVersion.current,
+                                  startUnixNanos: UInt64(Date().timeIntervalSince1970 * 1e9)))
+            logger.info("pushing OTLP metrics", metadata: ["endpoint": "\(endpoint)", "queue": "\(settings.otlpQueueSize)"])
+        }
+        return sinks
+    }
+
+    func metricsServer(shared: SharedAccounting, dropper: DropAfterStart) -> some Service {
+        let listen = settings.metricsListen, logger = self.logger
+        return MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
+            logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
+            dropper.done("metrics")
+        }, render: { om in
+            let snapshot = shared.snapshot()
+            let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)
+            // New pairs were shown at zero; the next scrape shows their counts.
+            if let seen = snapshot.services?.unexposed, !seen.isEmpty {
+                shared.update { $0.services?.markExposed(seen) }
+            }
+            return text
+        })
+    }
+
+    func apiServer(shared: SharedAccounting, names: InterfaceNames, dropper: DropAfterStart) throws -> some Service {
+        let path = settings.apiSocket, logger = self.logger
+        var gid: gid_t = 0
+        if let apiGroup = settings.file.apiGroup {
+            guard let g = getgrnam(apiGroup) else { throw StartupError("--api-group: no group named \(apiGroup)") }
+            gid = g.pointee.gr_gid
+        }
+        do { try APISocketFile.prepare(path) } catch { throw StartupError("--api-socket: \(error)") }
+        var uts = utsname()
+        uname(&uts)
+        let kernel = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let host = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let startMs = Int64(Date().timeIntervalSince1970 * 1000)
+        let intervalSeconds = Double(settings.interval.nanoseconds) / 1e9
+        let owner = gid
+        return APIServer.make(socketPath: path, logger: logger, onRunning: {
+            chmod(path, 0o660)
+            chown(path, 0, owner)
+            logger.info("serving the API", metadata: ["socket": "\(path)"])
+            dropper.done("api")
+        }, snapshot: {
+            APISnapshot.make(shared.snapshot(),
+                             context: .init(host: host, kernel: kernel, version: FlowmeterVersion.current,
+                                            startUnixMs: startMs, intervalSeconds: intervalSeconds,
+                                            interfaceNames: names.snapshot()),
+                             nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
+        })
+    }
+}
+
+/// The pipeline as a service of the group: passes until graceful shutdown,
+/// then detach and flush.
+struct PipelineService: Service {
+    let pipeline: Pipeline
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await pipeline.run() }
+    }
+}
