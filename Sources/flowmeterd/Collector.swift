@@ -67,7 +67,7 @@ final class Collector: Service, @unchecked Sendable {
         case interval
         /// Between intervals, when a ring's reader holds more records than its
         /// soft limit: take the rings only, so what waits in memory stays
-        /// bounded however high the record rate (README, "Memory").
+        /// bounded however high the record rate (docs/reliability.md, "Memory").
         case early
         /// On stop, after detaching: everything the kernel still holds.
         case final
