@@ -1,7 +1,7 @@
 // swift-tools-version: 6.1
 // Flowmeter: eBPF network telemetry collector.
 //
-// Module cut (see README "Layout"): only FlowmeterBPF imports the C modules
+// Module cut (see docs/development.md, "Layout"): only FlowmeterBPF imports the C modules
 // (CLibbpf, FlowmeterABI, CPrivileges); everything above it sees Swift values.
 import PackageDescription
 

@@ -221,10 +221,11 @@ private let ringSampleCallback: ring_buffer_sample_fn = { ctx, data, size in
     }
 }
 
-/// How many decoded records may wait between ticks, per ring (README,
-/// "Memory"). Past the soft limit the collector processes the records at
-/// once rather than at the tick: a fifth of a second of the churn measured
-/// here (18,500 connections/s are 74,000 socket records/s), a twentieth of
+/// How many decoded records may wait between ticks, per ring
+/// (docs/reliability.md, "Memory"). Past the soft limit the collector
+/// processes the records at once rather than at the tick: a fifth of a
+/// second of the churn measured here (18,500 connections/s are 74,000
+/// socket records/s), a twentieth of
 /// a flood of new flows past a full table (300,000 packets/s). The hard
 /// limits are twice that: they are reached only when the collector cannot
 /// keep up, and then a larger backlog would not lose fewer records (the

@@ -2,7 +2,7 @@
 // badly. Pure state fed by socket records and tc flows; the exporter renders
 // it on each scrape.
 //
-// Counting rules (README, "Per-service metrics"):
+// Counting rules (docs/services.md, "Per-service metrics"):
 //  - Payload bytes come from socket records. Those carry a socket's counters
 //    so far (update, close); the aggregator adds the difference to the last
 //    record of the same socket, so a counter never goes back and nothing is

@@ -1,7 +1,7 @@
 import FlowmeterCore
 import Foundation
 
-/// JSON-lines flow log: one object per evicted flow (schema in README, "Flow log").
+/// JSON-lines flow log: one object per evicted flow (schema in docs/flow-log.md).
 public enum FlowLogEncoder {
     /// Schema version of the flow-log objects.
     public static let schemaVersion = 1
@@ -41,7 +41,7 @@ public enum FlowLogEncoder {
         return o
     }
 
-    /// One connection record (schema in README, "Flow log").
+    /// One connection record (schema in docs/flow-log.md).
     public static func encodeConnection(_ e: SocketEvent, cgroupPath: String?, clock: ClockMapping) -> String {
         let event = switch e.kind { case .open: "open"; case .close: "close"; case .failed: "failed"; case .update: "update" }
         let role = switch e.role { case .client: "client"; case .server: "server"; case .unknown: "unknown" }

@@ -132,7 +132,7 @@ public enum MetricCatalog {
         help: "Unix time of each exporter's last successful send (0 before the first).")
 
     // Per service pair (labels service, peer_service, transport, and
-    // direction or role where they apply). README "Metric reference".
+    // direction or role where they apply). docs/metrics.md, "Metric reference".
     public static let networkBytes = Exposition.Family(
         name: "flowmeter_network_io_bytes_total", kind: .counter,
         help: "Payload bytes (what the application sent or received; no headers) per service pair, by direction, from the socket hooks.")

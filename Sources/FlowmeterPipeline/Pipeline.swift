@@ -27,7 +27,7 @@ public enum Pass: Sendable, Equatable {
     case interval
     /// Between intervals, when a ring's reader holds more records than its
     /// soft limit: take the rings only, so what waits in memory stays
-    /// bounded however high the record rate (docs: "Memory").
+    /// bounded however high the record rate (docs/reliability.md, "Memory").
     case early
     /// On stop, after detaching: everything the kernel still holds.
     case final

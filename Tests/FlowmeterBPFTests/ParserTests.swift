@@ -205,7 +205,7 @@ import Testing
 
     /// A reader at its hard limit stops draining: the records wait in the
     /// kernel ring, none is lost or dropped, and each `take` lets the next
-    /// limit's worth in (RingLimits; README "Memory").
+    /// limit's worth in (RingLimits; docs/reliability.md, "Memory").
     @Test func aReaderAtItsLimitLeavesRecordsInTheKernelRing() throws {
         let prog = try FlowAccountingProgram(flowTableSize: 1)
         let reader = try RingReader<FlowRecord>(ringFD: prog.flowsRingFD, name: "limit-test", softLimit: 4, hardLimit: 10,

@@ -1,8 +1,9 @@
 import FlowmeterCore
 
 /// An independent implementation, in Swift, of the accounting rules the tc
-/// program implements (README "What a packet counts as"). The differential
-/// test runs both on the same packets and demands the same flows.
+/// program implements (docs/how-it-works.md, "What a packet counts as").
+/// The differential test runs both on the same packets and demands the same
+/// flows.
 enum ReferenceParser {
     struct Result: Equatable {
         var key: FlowKey

@@ -190,8 +190,9 @@ enum ConfigProperty {
         return n
     }
 
-    /// What a config that parsed must not hold: the bounds the README and
-    /// the example document for each key.
+    /// What a config that parsed must not hold: the bounds the docs
+    /// (docs/flowmeterd.md, "Options" and "Configuration") and the example
+    /// document for each key.
     static func violations(_ c: FileConfig) -> [String] {
         var v: [String] = []
         func text(_ name: String, _ s: String?) {

@@ -11,7 +11,7 @@ import Testing
 /// routes). Whatever arrives, the server answers within a bound or closes,
 /// never with 5xx, gives 200 only to GET of a path it serves, and keeps
 /// serving afterwards. Well-formed requests get exactly the status the
-/// README's table promises.
+/// table of docs/reliability.md, "Bad input", promises.
 @Suite(.serialized) struct HTTPFuzzTests {
     static let snapshot = APISnapshot(
         version: 1, time_unix_ms: 1_000, host: "h", kernel: "k", flowmeter_version: "v", uptime_seconds: 1,

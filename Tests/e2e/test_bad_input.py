@@ -1,4 +1,4 @@
-"""Bad input and what the user gets (README, "Reliability" / "Bad input"):
+"""Bad input and what the user gets (docs/reliability.md, "Bad input"):
 config files with mistakes, unknown interfaces, a forced hook rung the kernel
 cannot give, and malformed, oversized and slow requests to the local API and
 the metrics endpoint. Each case checks the message names the cause, the exit

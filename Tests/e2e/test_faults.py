@@ -612,7 +612,7 @@ def test_kill_while_recording_a_created_qdisc(netpair, flowmeterd, tmp_path, wri
 
 def test_idle_memory_bound(netpair, daemons, tmp_path):
     """An idle daemon with socket hooks holds at most 12 MiB of anonymous
-    memory (measured 3.6-4.1 MiB; README "Benchmarks"). Before malloc's
+    memory (measured 3.6-4.1 MiB; docs/benchmarks.md). Before malloc's
     thresholds were fixed, the loader's freed BTF and verifier buffers stayed
     resident in a thread arena: 15 MiB."""
     d = daemons(netpair.a, "--interfaces", IF_A, "--metrics-listen", f"127.0.0.1:{unique_port()}",

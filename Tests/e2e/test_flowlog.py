@@ -12,7 +12,7 @@ import time
 from conftest import IF_A, NETTOOL, V4_B, unique_port, wait_for
 import fmlib
 
-# The README's flow-log schema: key -> type, for every key a record may carry.
+# The flow-log schema of docs/flow-log.md: key -> type, for every key a record may carry.
 FLOW_KEYS = {
     "version": int, "type": str, "interface": str, "ifindex": int, "direction": str, "family": str,
     "protocol": str, "protocol_number": int, "src_addr": str, "dst_addr": str, "src_port": int, "dst_port": int,

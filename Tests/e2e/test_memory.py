@@ -1,6 +1,6 @@
 """The daemon's memory stays under its documented bound under every load.
 
-README, "Memory": what flowmeterd holds beyond its idle size is bounded by its
+docs/reliability.md, "Memory": what flowmeterd holds beyond its idle size is bounded by its
 caps, not by the load: the records waiting between ticks (RingLimits: past a
 soft limit the collector takes them at once, at the hard limit they wait in
 the kernel ring, whose overflow is counted), the flow table, the series cap,
@@ -39,7 +39,7 @@ from test_ring_overflow import CHURN, SERVER
 # Every test here asserts on socket telemetry: it runs once per update path (conftest).
 pytestmark = pytest.mark.socket_updates
 
-# README "Memory": the parts these loads can fill, at their caps (records
+# docs/reliability.md, "Memory": the parts these loads can fill, at their caps (records
 # waiting and their per-flow sums, one pass's copies, closed tuples and idle
 # endpoints, the API's flows list) come to about 54 MiB with the idle heap;
 # measured peaks were 44-50 MiB (idle: 4.3). The old collector reached 160 MiB
