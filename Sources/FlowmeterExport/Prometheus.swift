@@ -38,23 +38,47 @@ public struct Exposition {
         text += " " + value + "\n"
     }
 
-    public mutating func family(_ f: Family, _ samples: [(labels: [(String, String)], value: Double)]) {
-        header(f)
-        for s in samples { sample(f.name, s.labels, Self.format(s.value)) }
+    /// One family with its series: counters and gauges as one sample per
+    /// series; a histogram as, per series, the cumulative "le" buckets,
+    /// +Inf, sum and count.
+    public mutating func family(_ f: MetricFamilyData) {
+        header(Family(name: f.name, kind: f.kind, help: f.help))
+        for s in f.series {
+            switch s.value {
+            case .number(let v):
+                sample(f.name, s.labels, Self.format(v))
+            case .histogram(let h):
+                var running: UInt64 = 0
+                for (i, bound) in h.bounds.enumerated() {
+                    running += h.counts[i]
+                    sample(f.name + "_bucket", s.labels + [("le", Self.format(bound))], String(running))
+                }
+                sample(f.name + "_bucket", s.labels + [("le", "+Inf")], String(h.count))
+                sample(f.name + "_sum", s.labels, Self.format(h.sum))
+                sample(f.name + "_count", s.labels, String(h.count))
+            }
+        }
     }
 
-    /// A histogram family: per series the cumulative "le" buckets, +Inf, sum and count.
+    /// A counter or gauge family from its samples.
+    public mutating func family(_ f: Family, _ samples: [(labels: [(String, String)], value: Double)]) {
+        family(MetricFamilyData(name: f.name, kind: f.kind, help: f.help,
+                                series: samples.map { .init(labels: $0.labels, value: .number($0.value)) }))
+    }
+
+    /// A histogram family from its series.
     public mutating func histogram(_ f: Family, _ series: [(labels: [(String, String)], value: Histogram)]) {
-        header(f)
-        for s in series {
-            let cum = s.value.cumulative
-            for (i, bound) in s.value.bounds.enumerated() {
-                sample(f.name + "_bucket", s.labels + [("le", Self.format(bound))], String(cum[i]))
-            }
-            sample(f.name + "_bucket", s.labels + [("le", "+Inf")], String(s.value.count))
-            sample(f.name + "_sum", s.labels, Self.format(s.value.sum))
-            sample(f.name + "_count", s.labels, String(s.value.count))
-        }
+        family(MetricFamilyData(name: f.name, kind: f.kind, help: f.help, series: series.map {
+            .init(labels: $0.labels, value: .histogram(.init(bounds: $0.value.bounds, counts: $0.value.counts,
+                                                             sum: $0.value.sum, count: $0.value.count)))
+        }))
+    }
+
+    /// The text of these families, in order.
+    public static func render(_ families: [MetricFamilyData], openMetrics: Bool) -> String {
+        var e = Exposition(openMetrics: openMetrics)
+        for f in families { e.family(f) }
+        return e.body
     }
 
     /// The exposition as served: OpenMetrics ends with "# EOF".
@@ -165,49 +189,67 @@ public enum MetricCatalog {
                              tcpResets, tcpRTT]
 }
 
+/// The metrics of one accounting snapshot: built once as metric families,
+/// then written as Prometheus text (/metrics) or sent as OTLP (OTLPEncoder),
+/// so a family, series, label or value cannot exist in one and not the other.
 public enum MetricsRenderer {
     /// Renders the whole exposition from one snapshot of the accounting state.
     public static func render(_ a: Accounting, version: String, openMetrics: Bool = false) -> String {
-        var e = Exposition(openMetrics: openMetrics)
+        Exposition.render(families(a, version: version), openMetrics: openMetrics)
+    }
+
+    typealias Samples = [(labels: [(String, String)], value: Double)]
+
+    static func numbers(_ f: Exposition.Family, _ samples: Samples) -> MetricFamilyData {
+        MetricFamilyData(name: f.name, kind: f.kind, help: f.help,
+                         series: samples.map { .init(labels: $0.labels, value: .number($0.value)) })
+    }
+
+    /// Every family, in exposition order.
+    public static func families(_ a: Accounting, version: String) -> [MetricFamilyData] {
+        var out: [MetricFamilyData] = []
+        func add(_ f: Exposition.Family, _ samples: Samples) { out.append(numbers(f, samples)) }
         let ifaces = a.interfaces.keys.sorted()
-        func perInterface(_ value: (InterfaceTotals) -> UInt64) -> [(labels: [(String, String)], value: Double)] {
+        func perInterface(_ value: (InterfaceTotals) -> UInt64) -> Samples {
             ifaces.flatMap { name in
                 Direction.allCases.compactMap { d in
                     a.interfaces[name]?[d].map { ([("interface", name), ("direction", d.label)], Double(value($0))) }
                 }
             }
         }
-        e.family(MetricCatalog.interfaceBytes, perInterface(\.bytes))
-        e.family(MetricCatalog.interfacePackets, perInterface(\.packets))
-        e.family(MetricCatalog.ringLost, [([("ring", "flows")], Double(a.kernel.flowsRingLost))]
-                 + (a.socketTelemetry ? [([("ring", "events")], Double(a.socketEventsLost))] : []))
-        e.family(MetricCatalog.flowTableEntries, [([], Double(a.flowTableEntries))])
-        e.family(MetricCatalog.insertFailures, [([], Double(a.kernel.flowInsertFailures))])
-        e.family(MetricCatalog.records, [FlowSource.flowMap, .flowsRing].map { ([("source", $0.rawValue)], Double(a.records[$0] ?? 0)) }
-                 + (a.socketTelemetry ? [([("source", "events_ring")], Double(a.socketEvents)),
-                                         ([("source", "socket_updates")], Double(a.socketUpdates))] : []))
+        add(MetricCatalog.interfaceBytes, perInterface(\.bytes))
+        add(MetricCatalog.interfacePackets, perInterface(\.packets))
+        add(MetricCatalog.ringLost, [([("ring", "flows")], Double(a.kernel.flowsRingLost))]
+            + (a.socketTelemetry ? [([("ring", "events")], Double(a.socketEventsLost))] : []))
+        add(MetricCatalog.flowTableEntries, [([], Double(a.flowTableEntries))])
+        add(MetricCatalog.insertFailures, [([], Double(a.kernel.flowInsertFailures))])
+        add(MetricCatalog.records, [FlowSource.flowMap, .flowsRing].map { ([("source", $0.rawValue)], Double(a.records[$0] ?? 0)) }
+            + (a.socketTelemetry ? [([("source", "events_ring")], Double(a.socketEvents)),
+                                    ([("source", "socket_updates")], Double(a.socketUpdates))] : []))
         if a.socketTelemetry {
             let tcp = a.connections.reduce(0) { $0 + ($1.ipProtocol == 6 ? 1 : 0) }
-            e.family(MetricCatalog.socketsTracked, [([("transport", "tcp")], Double(tcp)),
-                                                    ([("transport", "udp")], Double(a.connections.count - tcp))])
+            add(MetricCatalog.socketsTracked, [([("transport", "tcp")], Double(tcp)),
+                                               ([("transport", "udp")], Double(a.connections.count - tcp))])
         }
-        e.family(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
-        e.family(MetricCatalog.seriesDropped, [([], Double(a.services?.seriesDropped ?? 0))])
-        e.family(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])
-        e.family(MetricCatalog.buildInfo, [([("version", version)], 1)])
+        add(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
+        add(MetricCatalog.seriesDropped, [([], Double(a.services?.seriesDropped ?? 0))])
+        add(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])
+        add(MetricCatalog.buildInfo, [([("version", version)], 1)])
         let exporters = a.exports.keys.sorted()
-        e.family(MetricCatalog.exportRecords, exporters.flatMap { name -> [(labels: [(String, String)], value: Double)] in
+        add(MetricCatalog.exportRecords, exporters.flatMap { name -> Samples in
             let x = a.exports[name]!
             return [("queued", x.queued), ("sent", x.sent), ("failed", x.failed), ("dropped", x.dropped)]
                 .map { ([("exporter", name), ("outcome", $0.0)], Double($0.1)) }
         })
-        e.family(MetricCatalog.exportQueue, exporters.map { ([("exporter", $0)], Double(a.exports[$0]!.queueLength)) })
-        e.family(MetricCatalog.exportLastSuccess, exporters.map { ([("exporter", $0)], a.exports[$0]!.lastSuccessUnixSeconds) })
-        if let agg = a.services { services(agg, into: &e) }
-        return e.body
+        add(MetricCatalog.exportQueue, exporters.map { ([("exporter", $0)], Double(a.exports[$0]!.queueLength)) })
+        add(MetricCatalog.exportLastSuccess, exporters.map { ([("exporter", $0)], a.exports[$0]!.lastSuccessUnixSeconds) })
+        if let agg = a.services { out += services(agg) }
+        return out
     }
 
-    static func services(_ agg: ServiceAggregator, into e: inout Exposition) {
+    static func services(_ agg: ServiceAggregator) -> [MetricFamilyData] {
+        var out: [MetricFamilyData] = []
+        func add(_ f: Exposition.Family, _ samples: Samples) { out.append(numbers(f, samples)) }
         let sorted: [(key: ServicePair, value: PairStats)] = agg.pairs.sorted { $0.key < $1.key }
         let pairs: [(ServicePair, PairStats)] = sorted.map { ($0.key, agg.exposed($0.key, $0.value)) }
         let tcp = pairs.filter { $0.0.transport == "tcp" }
@@ -216,25 +258,29 @@ public enum MetricsRenderer {
         }
         let directions: [Direction] = [.transmit, .receive]
         let roles: [(String, Int)] = [("client", 0), ("server", 1)]
-        e.family(MetricCatalog.networkBytes, pairs.flatMap { p, s in
+        add(MetricCatalog.networkBytes, pairs.flatMap { p, s in
             directions.map { (base(p) + [("direction", $0.label)], Double(s.bytes[Int($0.rawValue)])) }
         })
-        e.family(MetricCatalog.networkPackets, pairs.flatMap { p, s in
+        add(MetricCatalog.networkPackets, pairs.flatMap { p, s in
             directions.map { (base(p) + [("direction", $0.label)], Double(s.packets[Int($0.rawValue)])) }
         })
-        e.family(MetricCatalog.tcpOpened, tcp.flatMap { p, s in
+        add(MetricCatalog.tcpOpened, tcp.flatMap { p, s in
             roles.map { (base(p) + [("role", $0.0)], Double(s.opened[$0.1])) }
         })
-        e.family(MetricCatalog.tcpFailed, tcp.flatMap { p, s in
+        add(MetricCatalog.tcpFailed, tcp.flatMap { p, s in
             s.failed.sorted { $0.key < $1.key }.map { (base(p) + [("reason", $0.key)], Double($0.value)) }
         })
-        e.family(MetricCatalog.tcpActive, tcp.flatMap { p, s in
+        add(MetricCatalog.tcpActive, tcp.flatMap { p, s in
             roles.map { (base(p) + [("role", $0.0)], Double(s.active[$0.1])) }
         })
-        e.family(MetricCatalog.tcpRetransmits, tcp.map { p, s in (base(p), Double(s.retransmits)) })
-        e.family(MetricCatalog.tcpResets, tcp.flatMap { p, s in
+        add(MetricCatalog.tcpRetransmits, tcp.map { p, s in (base(p), Double(s.retransmits)) })
+        add(MetricCatalog.tcpResets, tcp.flatMap { p, s in
             directions.map { (base(p) + [("direction", $0.label)], Double(s.resets[Int($0.rawValue)])) }
         })
-        e.histogram(MetricCatalog.tcpRTT, tcp.map { p, s in (base(p), s.rtt) })
+        let rtt = MetricCatalog.tcpRTT
+        out.append(MetricFamilyData(name: rtt.name, kind: rtt.kind, help: rtt.help, series: tcp.map { p, s in
+            .init(labels: base(p), value: .histogram(.init(bounds: s.rtt.bounds, counts: s.rtt.counts, sum: s.rtt.sum, count: s.rtt.count)))
+        }))
+        return out
     }
 }

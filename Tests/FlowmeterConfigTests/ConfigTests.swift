@@ -463,7 +463,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
                                 flowLog: "-", flowTableSize: 4096, tcMode: "tcx", hooks: "off", followInterfaces: false,
                                 stateDir: "/tmp/fm", logLevel: "trace", maxSeriesPerMetric: 10,
                                 seriesExpiry: seconds(3600), peerAddresses: true))
-        #expect(FileConfig.environmentVariables.count == 21)
+        #expect(FileConfig.environmentVariables.count == 22)
     }
 
     @Test func exportSettings() throws {

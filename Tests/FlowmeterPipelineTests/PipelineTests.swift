@@ -241,7 +241,10 @@ final class FailingSink: Sink {
         let p = Pipeline(flows: flows, sockets: nil, sinks: [sink], accounting: accounting, names: InterfaceNames([:]),
                          cgroupPath: { _ in nil }, interval: FlowDuration(nanoseconds: 20_000_000), logger: Logger(label: "test"))
         let task = Task { await p.run() }
-        try await Task.sleep(nanoseconds: 150_000_000)
+        // Until two interval passes happened (bounded: a loaded machine may be slow).
+        for _ in 0..<600 where sink.passes.withLock({ $0.count }) < 2 {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
         task.cancel()
         await task.value
         let kinds = sink.passes.withLock { $0.map(\.pass) }
