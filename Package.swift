@@ -93,6 +93,8 @@ let package = Package(
         .testTarget(name: "FlowmeterPipelineTests",
                     dependencies: ["FlowmeterPipeline", "FlowmeterCore", "FlowmeterExport",
                                    .product(name: "Logging", package: "swift-log")]),
+        // The daemon's flags against the settings table.
+        .testTarget(name: "FlowmeterdTests", dependencies: ["flowmeterd", "FlowmeterConfig"]),
         .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore", "FlowmeterTestSupport"]),
         .testTarget(name: "FlowmeterBPFTests",
                     dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI", "FlowmeterTestSupport"]),

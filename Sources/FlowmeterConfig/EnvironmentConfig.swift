@@ -17,15 +17,8 @@ extension FileConfig {
         "FLOWMETER_FUZZ_CASES",           // tests: how many random cases they try
     ]
 
-    /// The settings' variables, in the order of the flags.
-    public static let environmentVariables = [
-        "FLOWMETER_INTERFACES", "FLOWMETER_EXCLUDE_INTERFACES", "FLOWMETER_INTERVAL", "FLOWMETER_METRICS_LISTEN",
-        "FLOWMETER_FLOW_LOG", "FLOWMETER_FLOW_LOG_MAX_SIZE", "FLOWMETER_FLOW_LOG_KEEP", "FLOWMETER_OTLP_ENDPOINT",
-        "FLOWMETER_IPFIX_COLLECTOR", "FLOWMETER_IPFIX_OBSERVATION_DOMAIN", "FLOWMETER_API_SOCKET", "FLOWMETER_API_GROUP",
-        "FLOWMETER_FLOW_TABLE_SIZE", "FLOWMETER_TC_MODE", "FLOWMETER_HOOKS", "FLOWMETER_SOCKET_UPDATES",
-        "FLOWMETER_FOLLOW_INTERFACES", "FLOWMETER_STATE_DIR", "FLOWMETER_LOG_LEVEL",
-        "FLOWMETER_MAX_SERIES_PER_METRIC", "FLOWMETER_SERIES_EXPIRY", "FLOWMETER_PEER_ADDRESSES",
-    ]
+    /// The settings' variables, in the order of the flags (`Setting.all`).
+    public static let environmentVariables = Setting.all.map(\.variable)
 
     /// Reads the settings from `FLOWMETER_*` variables (pass
     /// `ProcessInfo.processInfo.environment`). Interface lists are
@@ -50,31 +43,7 @@ extension FileConfig {
             let text = raw.trimmed
             if text.isEmpty { continue }
             do {
-                switch name {
-                case "FLOWMETER_INTERFACES": c.interfaces = InterfaceSelection.patterns(text)
-                case "FLOWMETER_EXCLUDE_INTERFACES": c.excludeInterfaces = InterfaceSelection.patterns(text)
-                case "FLOWMETER_INTERVAL": c.interval = try Check.duration(text)
-                case "FLOWMETER_METRICS_LISTEN": c.metricsListen = try Check.listen(text)
-                case "FLOWMETER_FLOW_LOG": c.flowLog = text
-                case "FLOWMETER_FLOW_LOG_MAX_SIZE": c.flowLogMaxSize = try Check.byteSize(text)
-                case "FLOWMETER_FLOW_LOG_KEEP": c.flowLogKeep = try Check.keep(Check.wholeNumber(text))
-                case "FLOWMETER_OTLP_ENDPOINT": c.otlpEndpoint = try Check.httpURL(text)
-                case "FLOWMETER_IPFIX_COLLECTOR": c.ipfixCollector = try Check.destination(text)
-                case "FLOWMETER_API_SOCKET": c.apiSocket = text
-                case "FLOWMETER_API_GROUP": c.apiGroup = text
-                case "FLOWMETER_IPFIX_OBSERVATION_DOMAIN": c.ipfixObservationDomain = try Check.observationDomain(Check.wholeNumber(text))
-                case "FLOWMETER_FLOW_TABLE_SIZE": c.flowTableSize = try Check.flowTableSize(Check.wholeNumber(text))
-                case "FLOWMETER_TC_MODE": c.tcMode = try Check.oneOf(text, tcModes)
-                case "FLOWMETER_HOOKS": c.hooks = try Check.oneOf(text, hookRequests)
-                case "FLOWMETER_SOCKET_UPDATES": c.socketUpdates = try Check.oneOf(text, socketUpdateRequests)
-                case "FLOWMETER_FOLLOW_INTERFACES": c.followInterfaces = try Check.bool(text)
-                case "FLOWMETER_STATE_DIR": c.stateDir = text
-                case "FLOWMETER_LOG_LEVEL": c.logLevel = try Check.oneOf(text, logLevels)
-                case "FLOWMETER_MAX_SERIES_PER_METRIC": c.maxSeriesPerMetric = try Check.maxSeries(Check.wholeNumber(text))
-                case "FLOWMETER_SERIES_EXPIRY": c.seriesExpiry = try Check.duration(text)
-                case "FLOWMETER_PEER_ADDRESSES": c.peerAddresses = try Check.bool(text)
-                default: break
-                }
+                if let s = Setting.byVariable(name) { s.set(&c, try s.parse(text)) }
             } catch {
                 report("\(error)")
             }

@@ -2,6 +2,7 @@
 // command line. Every field is optional so that sources can be layered.
 
 import FlowmeterCore
+import Foundation
 
 /// Settings from one source (a YAML config file, or the `FLOWMETER_*`
 /// environment). A nil field means "this source does not say": the layer
@@ -37,6 +38,10 @@ public struct FileConfig: Sendable, Equatable {
     public var flowLog: String?
     /// Flows per kernel flow table (`--flow-table-size`), 1 to 16777216.
     public var flowTableSize: Int?
+    /// Bytes of the flows ring (`--flows-ring-size`): a power of two, at least a page.
+    public var flowsRingSize: Int?
+    /// OTLP requests kept while the endpoint is down (`--otlp-queue-size`), 1 to 10000.
+    public var otlpQueueSize: Int?
     /// Rotate the flow log when it reaches this many bytes (nil: never; SIGHUP reopens it).
     public var flowLogMaxSize: Int?
     /// Rotated flow logs kept (FILE.1 ... FILE.N).
@@ -76,6 +81,7 @@ public struct FileConfig: Sendable, Equatable {
 
     public init(interfaces: [String]? = nil, excludeInterfaces: [String]? = nil, interval: FlowDuration? = nil,
                 metricsListen: String? = nil, flowLog: String? = nil, flowTableSize: Int? = nil,
+                flowsRingSize: Int? = nil, otlpQueueSize: Int? = nil,
                 flowLogMaxSize: Int? = nil, flowLogKeep: Int? = nil, otlpEndpoint: String? = nil,
                 ipfixCollector: String? = nil, ipfixObservationDomain: Int? = nil,
                 apiSocket: String? = nil, apiGroup: String? = nil,
@@ -85,6 +91,7 @@ public struct FileConfig: Sendable, Equatable {
                 maxSeriesPerMetric: Int? = nil, seriesExpiry: FlowDuration? = nil, peerAddresses: Bool? = nil) {
         self.interfaces = interfaces; self.excludeInterfaces = excludeInterfaces; self.interval = interval
         self.metricsListen = metricsListen; self.flowLog = flowLog; self.flowTableSize = flowTableSize
+        self.flowsRingSize = flowsRingSize; self.otlpQueueSize = otlpQueueSize
         self.flowLogMaxSize = flowLogMaxSize; self.flowLogKeep = flowLogKeep; self.otlpEndpoint = otlpEndpoint
         self.ipfixCollector = ipfixCollector; self.ipfixObservationDomain = ipfixObservationDomain
         self.apiSocket = apiSocket; self.apiGroup = apiGroup
@@ -98,30 +105,13 @@ public struct FileConfig: Sendable, Equatable {
     /// layer: environment over file, see the type's precedence). Lists are
     /// replaced whole, not merged: `top`'s `services` replace these.
     public func overlaid(by top: FileConfig) -> FileConfig {
-        FileConfig(interfaces: top.interfaces ?? interfaces,
-                   excludeInterfaces: top.excludeInterfaces ?? excludeInterfaces,
-                   interval: top.interval ?? interval,
-                   metricsListen: top.metricsListen ?? metricsListen,
-                   flowLog: top.flowLog ?? flowLog,
-                   flowTableSize: top.flowTableSize ?? flowTableSize,
-                   flowLogMaxSize: top.flowLogMaxSize ?? flowLogMaxSize,
-                   flowLogKeep: top.flowLogKeep ?? flowLogKeep,
-                   otlpEndpoint: top.otlpEndpoint ?? otlpEndpoint,
-                   ipfixCollector: top.ipfixCollector ?? ipfixCollector,
-                   ipfixObservationDomain: top.ipfixObservationDomain ?? ipfixObservationDomain,
-                   apiSocket: top.apiSocket ?? apiSocket,
-                   apiGroup: top.apiGroup ?? apiGroup,
-                   tcMode: top.tcMode ?? tcMode,
-                   hooks: top.hooks ?? hooks,
-                   socketUpdates: top.socketUpdates ?? socketUpdates,
-                   followInterfaces: top.followInterfaces ?? followInterfaces,
-                   stateDir: top.stateDir ?? stateDir,
-                   logLevel: top.logLevel ?? logLevel,
-                   services: top.services ?? services,
-                   peers: top.peers ?? peers,
-                   maxSeriesPerMetric: top.maxSeriesPerMetric ?? maxSeriesPerMetric,
-                   seriesExpiry: top.seriesExpiry ?? seriesExpiry,
-                   peerAddresses: top.peerAddresses ?? peerAddresses)
+        var c = self
+        for setting in Setting.all {
+            if let v = setting.get(top) { setting.set(&c, v) }
+        }
+        if let services = top.services { c.services = services }
+        if let peers = top.peers { c.peers = peers }
+        return c
     }
 
     /// The series limits, with `AggregationLimits.defaults` where unset.
@@ -201,6 +191,20 @@ enum Check {
         }
         guard n * scale >= 4096 else { throw ValueError("must be at least 4096 bytes, got \(quoted(s))") }
         return n * scale
+    }
+
+    static func otlpQueueSize(_ n: Int) throws -> Int {
+        guard (1...10_000).contains(n) else { throw ValueError("must be from 1 to 10000, got \(n)") }
+        return n
+    }
+
+    /// A ring buffer's size: a power of two from the page size to 1 GiB.
+    static func ringSize(_ n: Int) throws -> Int {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard n >= page, n <= 1 << 30, n & (n - 1) == 0 else {
+            throw ValueError("must be a power of two from \(page) to 1073741824, got \(n)")
+        }
+        return n
     }
 
     static func keep(_ n: Int) throws -> Int {

@@ -6,11 +6,9 @@ import FlowmeterCore
 import Yams
 
 extension FileConfig {
-    static let topLevelKeys = ["interfaces", "exclude_interfaces", "interval", "metrics_listen", "flow_log",
-                               "flow_log_max_size", "flow_log_keep", "otlp_endpoint", "ipfix_collector",
-                               "ipfix_observation_domain", "api_socket", "api_group", "flow_table_size", "tc_mode", "hooks", "socket_updates", "follow_interfaces", "state_dir", "log_level",
-                               "services", "peers", "series"]
-    static let seriesKeys = ["max_per_metric", "expiry", "peer_addresses"]
+    /// Top-level keys: the settings' (`Setting.all`), then the sections.
+    static let topLevelKeys = Setting.all.filter { $0.section.isEmpty }.map(\.key) + ["services", "peers", "series"]
+    static let seriesKeys = Setting.all.filter { $0.section == "series" }.map(\.leaf)
     static let serviceKeys = ["name", "cgroup", "process", "ports", "cidr"]
     static let peerKeys = ["name", "cidr", "ports"]
 
@@ -251,46 +249,39 @@ struct NodeReader {
                                     expected: "a mapping of settings (key: value) at the top level") else { return c }
         for (key, path, v) in entries {
             switch key {
-            case "interfaces": c.interfaces = patterns(v, path)
-            case "exclude_interfaces": c.excludeInterfaces = patterns(v, path)
-            case "interval": c.interval = value(v, path, expected: "a duration", Check.duration)
-            case "metrics_listen": c.metricsListen = value(v, path, expected: "an address (HOST:PORT)", Check.listen)
-            case "flow_log": c.flowLog = value(v, path, expected: "a path", Check.nonEmpty)
-            case "flow_table_size": c.flowTableSize = integer(v, path, Check.flowTableSize)
-            case "flow_log_max_size": c.flowLogMaxSize = value(v, path, expected: "a size", Check.byteSize)
-            case "flow_log_keep": c.flowLogKeep = integer(v, path, Check.keep)
-            case "otlp_endpoint": c.otlpEndpoint = value(v, path, expected: "a URL", Check.httpURL)
-            case "ipfix_collector": c.ipfixCollector = value(v, path, expected: "HOST:PORT", Check.destination)
-            case "ipfix_observation_domain": c.ipfixObservationDomain = integer(v, path, Check.observationDomain)
-            case "api_socket": c.apiSocket = value(v, path, expected: "a path or off", Check.nonEmpty)
-            case "api_group": c.apiGroup = value(v, path, expected: "a group name", Check.nonEmpty)
-            case "tc_mode": c.tcMode = value(v, path, expected: "a tc mode") { try Check.oneOf($0, FileConfig.tcModes) }
-            // `hooks: off` is YAML's false; its text is still "off".
-            case "hooks": c.hooks = value(v, path, expected: "a hook rung") { try Check.oneOf($0, FileConfig.hookRequests) }
-            case "socket_updates": c.socketUpdates = value(v, path, expected: "an update path") { try Check.oneOf($0, FileConfig.socketUpdateRequests) }
-            case "follow_interfaces": c.followInterfaces = bool(v, path)
-            case "state_dir": c.stateDir = value(v, path, expected: "a directory", Check.nonEmpty)
-            case "log_level": c.logLevel = value(v, path, expected: "a log level") { try Check.oneOf($0, FileConfig.logLevels) }
             case "services": c.services = rules(v, path, what: "service", NodeReader.serviceRule)
             case "peers": c.peers = rules(v, path, what: "peer", NodeReader.peerRule)
-            case "series": series(v, path, into: &c)
-            default: break
+            case "series": section("series", v, path, into: &c)
+            default: if let s = Setting.byKey(key) { read(s, v, path, into: &c) }
             }
         }
         return c
     }
 
-    mutating func series(_ node: Node, _ path: String, into c: inout FileConfig) {
-        guard let entries = entries(node, path, allowed: FileConfig.seriesKeys,
-                                    expected: "a mapping (max_per_metric, expiry, peer_addresses)") else { return }
+    /// The settings under a section key (e.g. `series:`).
+    mutating func section(_ name: String, _ node: Node, _ path: String, into c: inout FileConfig) {
+        let keys = Setting.all.filter { $0.section == name }.map(\.leaf)
+        guard let entries = entries(node, path, allowed: keys,
+                                    expected: "a mapping (\(keys.joined(separator: ", ")))") else { return }
         for (key, p, v) in entries {
-            switch key {
-            case "max_per_metric": c.maxSeriesPerMetric = integer(v, p, Check.maxSeries)
-            case "expiry": c.seriesExpiry = value(v, p, expected: "a duration", Check.duration)
-            case "peer_addresses": c.peerAddresses = bool(v, p)
-            default: break
-            }
+            if let s = Setting.byKey("\(name).\(key)") { read(s, v, p, into: &c) }
         }
+    }
+
+    /// One setting's value, read and checked as its kind says.
+    mutating func read(_ s: Setting, _ v: Node, _ path: String, into c: inout FileConfig) {
+        let value: SettingValue?
+        switch s.kind {
+        case .names: value = patterns(v, path).map { .names($0) }
+        case .text(let expected, let check): value = self.value(v, path, expected: expected, check).map { .text($0) }
+        // `hooks: off` is YAML's false; its text is still "off".
+        case .oneOf(let allowed, let expected): value = self.value(v, path, expected: expected) { try Check.oneOf($0, allowed) }.map { .text($0) }
+        case .duration: value = self.value(v, path, expected: "a duration", Check.duration).map { .duration($0) }
+        case .integer(let check): value = integer(v, path, check).map { .integer($0) }
+        case .byteSize: value = self.value(v, path, expected: "a size", Check.byteSize).map { .integer($0) }
+        case .bool: value = bool(v, path).map { .bool($0) }
+        }
+        if let value { s.set(&c, value) }
     }
 
     /// A list of rules; nil if any rule has a problem.

@@ -62,8 +62,17 @@ struct ConfigCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "config",
         abstract: "Work with configuration files.",
-        subcommands: [ConfigCheck.self]
+        subcommands: [ConfigCheck.self, ConfigSettings.self]
     )
+}
+
+struct ConfigSettings: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "settings",
+        abstract: "Print every setting: its flag, FLOWMETER_* variable, file key, default and meaning (a Markdown table)."
+    )
+
+    func run() throws { print(Setting.markdownTable(), terminator: "") }
 }
 
 struct ConfigCheck: ParsableCommand {

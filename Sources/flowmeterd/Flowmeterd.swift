@@ -47,120 +47,118 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("YAML configuration file (see config/flowmeter.example.yaml). Default: $FLOWMETER_CONFIG, else /etc/flowmeter/flowmeter.yaml if it exists. Precedence: flags, then FLOWMETER_* variables, then this file. SIGHUP reloads its service rules and series limits.", valueName: "path"))
     var config: String?
 
-    @Option(name: .long, help: ArgumentHelp("Interfaces to attach to: names or globs, comma-separated. Default: every interface that is up, except loopback.", valueName: "names"))
-    var interfaces: String?
+    // One line per setting; name, help, value name and check come from its
+    // `Setting` entry (FlowmeterConfig/SettingsTable.swift).
 
-    @Option(name: .customLong("exclude-interfaces"), help: ArgumentHelp("Interfaces to leave alone: names or globs, comma-separated.", valueName: "names"))
-    var excludeInterfaces: String?
+    @Option(name: .customLong(Setting.interfaces.flag), help: Setting.interfaces.argumentHelp, transform: Setting.interfaces.flagValue)
+    var interfaces: SettingValue?
 
-    @Option(name: .long, help: ArgumentHelp("How often the flow tables are evicted and socket updates read (e.g. 500ms, 5s, 1m). Default: 5s.", valueName: "duration"),
-            transform: { s in do { return try FlowDuration(parsing: s) } catch { throw ValidationError("\(error)") } })
-    var interval: FlowDuration?
+    @Option(name: .customLong(Setting.excludeInterfaces.flag), help: Setting.excludeInterfaces.argumentHelp, transform: Setting.excludeInterfaces.flagValue)
+    var excludeInterfaces: SettingValue?
 
-    @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Address of the metrics endpoint: :PORT, HOST:PORT or [V6]:PORT. Default: 0.0.0.0:9810.", valueName: "address"),
-            transform: { s in do { return try ListenAddress(parsing: s) } catch { throw ValidationError("\(error)") } })
-    var metricsListen: ListenAddress?
+    @Option(name: .customLong(Setting.interval.flag), help: Setting.interval.argumentHelp, transform: Setting.interval.flagValue)
+    var interval: SettingValue?
 
-    @Option(name: .customLong("flow-log"), help: ArgumentHelp("Write one JSON object per evicted flow and per connection event to this file ('-' for stdout).", valueName: "path"))
-    var flowLog: String?
+    @Option(name: .customLong(Setting.metricsListen.flag), help: Setting.metricsListen.argumentHelp, transform: Setting.metricsListen.flagValue)
+    var metricsListen: SettingValue?
 
-    @Option(name: .customLong("flow-log-max-size"), help: ArgumentHelp("Rotate the flow log at this size: FILE becomes FILE.1 and a new FILE starts (bytes, or with K, M, G). Default: never; SIGHUP reopens the file (for logrotate).", valueName: "size"))
-    var flowLogMaxSize: String?
+    @Option(name: .customLong(Setting.flowLog.flag), help: Setting.flowLog.argumentHelp, transform: Setting.flowLog.flagValue)
+    var flowLog: SettingValue?
 
-    @Option(name: .customLong("flow-log-keep"), help: ArgumentHelp("Rotated flow logs kept (FILE.1 ... FILE.N), 1 to 100. Default: 5.", valueName: "n"))
-    var flowLogKeep: Int?
+    @Option(name: .customLong(Setting.flowLogMaxSize.flag), help: Setting.flowLogMaxSize.argumentHelp, transform: Setting.flowLogMaxSize.flagValue)
+    var flowLogMaxSize: SettingValue?
 
-    @Option(name: .customLong("otlp-endpoint"), help: ArgumentHelp("Push the metrics every interval to this OTLP/HTTP endpoint (protobuf, cumulative), e.g. http://127.0.0.1:4318/v1/metrics. Default: off.", valueName: "url"))
-    var otlpEndpoint: String?
+    @Option(name: .customLong(Setting.flowLogKeep.flag), help: Setting.flowLogKeep.argumentHelp, transform: Setting.flowLogKeep.flagValue)
+    var flowLogKeep: SettingValue?
 
-    @Option(name: .customLong("api-socket"), help: ArgumentHelp("Unix socket of the local API (flowtop, scripts): GET /v1/snapshot, /v1/stream. Give off to disable it. Created mode 0660. Default: /run/flowmeter/flowmeter.sock.", valueName: "path"))
-    var apiSocket: String?
+    @Option(name: .customLong(Setting.otlpEndpoint.flag), help: Setting.otlpEndpoint.argumentHelp, transform: Setting.otlpEndpoint.flagValue)
+    var otlpEndpoint: SettingValue?
 
-    @Option(name: .customLong("api-group"), help: ArgumentHelp("Group that owns the API socket (its members may read the API). Default: the group of root.", valueName: "group"))
-    var apiGroup: String?
+    @Option(name: .customLong(Setting.otlpQueueSize.flag), help: Setting.otlpQueueSize.argumentHelp, transform: Setting.otlpQueueSize.flagValue)
+    var otlpQueueSize: SettingValue?
 
-    @Option(name: .customLong("otlp-queue-size"), help: ArgumentHelp("OTLP requests kept while the endpoint is unreachable (retried with exponential backoff, 0.5 s to 30 s); past it the oldest is dropped and counted. Default: 16.", valueName: "n"))
-    var otlpQueueSize: Int = 16
+    @Option(name: .customLong(Setting.ipfixCollector.flag), help: Setting.ipfixCollector.argumentHelp, transform: Setting.ipfixCollector.flagValue)
+    var ipfixCollector: SettingValue?
 
-    @Option(name: .customLong("ipfix-collector"), help: ArgumentHelp("Export every flow record as IPFIX (RFC 7011) over UDP to HOST:PORT. Default: off.", valueName: "host:port"))
-    var ipfixCollector: String?
+    @Option(name: .customLong(Setting.ipfixObservationDomain.flag), help: Setting.ipfixObservationDomain.argumentHelp, transform: Setting.ipfixObservationDomain.flagValue)
+    var ipfixObservationDomain: SettingValue?
 
-    @Option(name: .customLong("ipfix-observation-domain"), help: ArgumentHelp("IPFIX observation domain id (0 to 4294967295). Default: 0.", valueName: "id"))
-    var ipfixObservationDomain: Int?
+    @Option(name: .customLong(Setting.apiSocket.flag), help: Setting.apiSocket.argumentHelp, transform: Setting.apiSocket.flagValue)
+    var apiSocket: SettingValue?
 
-    @Option(name: .customLong("flow-table-size"), help: ArgumentHelp("Flows each of the two kernel flow tables holds; packets of flows beyond it travel through the flows ring. Default: 65536, less on hosts with many CPUs (the tables are preallocated per CPU; about 64 MiB at most).", valueName: "n"))
-    var flowTableSize: Int?
+    @Option(name: .customLong(Setting.apiGroup.flag), help: Setting.apiGroup.argumentHelp, transform: Setting.apiGroup.flagValue)
+    var apiGroup: SettingValue?
 
-    @Option(name: .customLong("flows-ring-size"), help: ArgumentHelp("Bytes of the ring that carries packets the full flow table cannot take (a power of two, at least the page size; a record is 96 bytes).", valueName: "bytes"))
-    var flowsRingSize: Int = ABI.defaultFlowsRingBytes
+    @Option(name: .customLong(Setting.flowTableSize.flag), help: Setting.flowTableSize.argumentHelp, transform: Setting.flowTableSize.flagValue)
+    var flowTableSize: SettingValue?
 
-    @Option(name: .customLong("tc-mode"), help: ArgumentHelp("How to attach tc programs: auto (TCX, else clsact), tcx, clsact. Default: auto.", valueName: "mode"),
-            transform: { s in
-                guard let m = TCMode(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, tcx, clsact") }
-                return m
-            })
-    var tcMode: TCMode?
+    @Option(name: .customLong(Setting.flowsRingSize.flag), help: Setting.flowsRingSize.argumentHelp, transform: Setting.flowsRingSize.flagValue)
+    var flowsRingSize: SettingValue?
 
-    @Option(name: .long, help: ArgumentHelp("Socket-hook rung: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint, tracepoint-classic, or off. A forced rung that cannot be had is an error; with auto, no rung at all only disables socket telemetry. Default: auto.", valueName: "rung"),
-            transform: { s in
-                guard s == "off" || HookRequest(rawValue: s) != nil else { throw ValidationError("'\(s)' is not one of auto, fentry, kprobe, tracepoint, tracepoint-classic, off") }
-                return s
-            })
-    var hooks: String?
+    @Option(name: .customLong(Setting.tcMode.flag), help: Setting.tcMode.argumentHelp, transform: Setting.tcMode.flagValue)
+    var tcMode: SettingValue?
 
-    @Option(name: .customLong("socket-updates"), help: ArgumentHelp("How the counters of long-lived sockets are read once an interval: auto (the iterator, else the raw_tp run), iterator (iter/bpf_map_elem), raw-tp (a raw_tp program run with BPF_PROG_TEST_RUN, for kernels that refuse iterators). A forced path the kernel refuses is an error. Default: auto.", valueName: "path"),
-            transform: { s in
-                guard SocketUpdatesRequest(rawValue: s) != nil else { throw ValidationError("'\(s)' is not one of auto, iterator, raw-tp") }
-                return s
-            })
-    var socketUpdates: String?
+    @Option(name: .customLong(Setting.hooks.flag), help: Setting.hooks.argumentHelp, transform: Setting.hooks.flagValue)
+    var hooks: SettingValue?
 
-    @Flag(name: .customLong("follow-interfaces"), inversion: .prefixedNo,
-          help: "Attach to matching interfaces that appear (or come up) after start, and let go of those that disappear. Default: on.")
+    @Option(name: .customLong(Setting.socketUpdates.flag), help: Setting.socketUpdates.argumentHelp, transform: Setting.socketUpdates.flagValue)
+    var socketUpdates: SettingValue?
+
+    @Flag(name: .customLong(Setting.followInterfaces.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.followInterfaces.flagHelp))
     var followInterfaces: Bool?
 
-    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where flowmeterd records clsact attachments so a later start can remove what a killed run left. Default: /run/flowmeter.", valueName: "dir"))
-    var stateDir: String?
+    @Option(name: .customLong(Setting.stateDir.flag), help: Setting.stateDir.argumentHelp, transform: Setting.stateDir.flagValue)
+    var stateDir: SettingValue?
 
-    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical. Default: info.", valueName: "level"),
-            transform: { s in
-                guard Logger.Level(rawValue: s) != nil else { throw ValidationError("'\(s)' is not a log level (trace, debug, info, notice, warning, error, critical)") }
-                return s
-            })
-    var logLevel: String?
+    @Option(name: .customLong(Setting.logLevel.flag), help: Setting.logLevel.argumentHelp, transform: Setting.logLevel.flagValue)
+    var logLevel: SettingValue?
 
-    func validate() throws {
-        guard (1...10_000).contains(otlpQueueSize) else {
-            throw ValidationError("--otlp-queue-size must be from 1 to 10000, got \(otlpQueueSize)")
-        }
-        if let flowTableSize, !(1...(1 << 24)).contains(flowTableSize) {
-            throw ValidationError("--flow-table-size must be from 1 to 16777216, got \(flowTableSize)")
-        }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        guard flowsRingSize >= page, flowsRingSize <= 1 << 30, flowsRingSize & (flowsRingSize - 1) == 0 else {
-            throw ValidationError("--flows-ring-size must be a power of two from \(page) to 1073741824, got \(flowsRingSize)")
-        }
+    @Option(name: .customLong(Setting.maxSeriesPerMetric.flag), help: Setting.maxSeriesPerMetric.argumentHelp, transform: Setting.maxSeriesPerMetric.flagValue)
+    var maxSeriesPerMetric: SettingValue?
+
+    @Option(name: .customLong(Setting.seriesExpiry.flag), help: Setting.seriesExpiry.argumentHelp, transform: Setting.seriesExpiry.flagValue)
+    var seriesExpiry: SettingValue?
+
+    @Flag(name: .customLong(Setting.peerAddresses.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.peerAddresses.flagHelp))
+    var peerAddresses: Bool?
+
+    /// Every setting given as a flag (the test FlagTests checks that each
+    /// `Setting` has its flag here).
+    var givenFlags: [(Setting, SettingValue?)] {
+        [
+            (.interfaces, interfaces),
+            (.excludeInterfaces, excludeInterfaces),
+            (.interval, interval),
+            (.metricsListen, metricsListen),
+            (.flowLog, flowLog),
+            (.flowLogMaxSize, flowLogMaxSize),
+            (.flowLogKeep, flowLogKeep),
+            (.otlpEndpoint, otlpEndpoint),
+            (.otlpQueueSize, otlpQueueSize),
+            (.ipfixCollector, ipfixCollector),
+            (.ipfixObservationDomain, ipfixObservationDomain),
+            (.apiSocket, apiSocket),
+            (.apiGroup, apiGroup),
+            (.flowTableSize, flowTableSize),
+            (.flowsRingSize, flowsRingSize),
+            (.tcMode, tcMode),
+            (.hooks, hooks),
+            (.socketUpdates, socketUpdates),
+            (.followInterfaces, followInterfaces.map { .bool($0) }),
+            (.stateDir, stateDir),
+            (.logLevel, logLevel),
+            (.maxSeriesPerMetric, maxSeriesPerMetric),
+            (.seriesExpiry, seriesExpiry),
+            (.peerAddresses, peerAddresses.map { .bool($0) }),
+        ]
     }
 
     /// The flags as the top layer of the configuration (checked like the file's values).
-    func flagLayer() throws -> FileConfig {
-        func checked<T>(_ flag: String, _ v: T?, _ check: (T) throws -> T) throws -> T? {
-            do { return try v.map(check) } catch { throw ValidationError("--\(flag): \(error)") }
+    func flagLayer() -> FileConfig {
+        var c = FileConfig()
+        for (setting, value) in givenFlags {
+            if let value { setting.set(&c, value) }
         }
-        var c = FileConfig(interfaces: interfaces.map { InterfaceSelection.patterns($0) },
-                   excludeInterfaces: excludeInterfaces.map { InterfaceSelection.patterns($0) },
-                   interval: interval, metricsListen: metricsListen.map { "\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" },
-                   flowLog: flowLog, flowTableSize: flowTableSize, tcMode: tcMode?.rawValue, hooks: hooks, socketUpdates: socketUpdates,
-                   followInterfaces: followInterfaces, stateDir: stateDir, logLevel: logLevel)
-        if let size = flowLogMaxSize {
-            do { c.flowLogMaxSize = try FileConfig.checkByteSize(size) } catch { throw ValidationError("--flow-log-max-size: \(error)") }
-        }
-        c.flowLogKeep = try checked("flow-log-keep", flowLogKeep, FileConfig.checkKeep)
-        c.apiSocket = apiSocket
-        c.apiGroup = apiGroup
-        c.otlpEndpoint = try checked("otlp-endpoint", otlpEndpoint, FileConfig.checkHTTPURL)
-        c.ipfixCollector = try checked("ipfix-collector", ipfixCollector, FileConfig.checkDestination)
-        c.ipfixObservationDomain = try checked("ipfix-observation-domain", ipfixObservationDomain, FileConfig.checkObservationDomain)
         return c
     }
 
@@ -168,11 +166,10 @@ struct Run: AsyncParsableCommand {
         // 1. Settings: flags over FLOWMETER_* over the file, checked.
         let layers: ConfigLayers
         let flags: FileConfig
-        do { flags = try flagLayer() } catch { fail("\(error)") }
+        flags = flagLayer()
         do { layers = try ConfigLayers.load(flagPath: config) } catch { fail("\(error)") }
         let settings = Startup.Settings(layers.file.overlaid(by: layers.environment).overlaid(by: flags),
-                                        configPath: config, flags: flags, flowsRingSize: flowsRingSize,
-                                        otlpQueueSize: otlpQueueSize)
+                                        configPath: config, flags: flags)
         requireCapabilities()
         // A forced update path the kernel refuses: say so before attaching anything.
         if settings.hooks != nil {
@@ -264,3 +261,15 @@ extension ListenAddress: ExpressibleByArgument {
     public init?(argument: String) { try? self.init(parsing: argument) }
 }
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+extension Setting {
+    /// --help for its flag: what it does, its default, its value's name.
+    var argumentHelp: ArgumentHelp { ArgumentHelp(flagHelp, valueName: valueName) }
+
+    /// A flag's text as its value, checked as the file's and the environment's are.
+    var flagValue: @Sendable (String) throws -> SettingValue {
+        { text in
+            do { return try self.parse(text) } catch { throw ValidationError("\(error)") }
+        }
+    }
+}

@@ -46,22 +46,25 @@ struct Startup {
         let apiSocket: String
         let otlpQueueSize: Int
 
-        init(_ s: FileConfig, configPath: String?, flags: FileConfig, flowsRingSize: Int, otlpQueueSize: Int) {
+        /// `layered` with the defaults of `Setting.all` where no layer says.
+        init(_ layered: FileConfig, configPath: String?, flags: FileConfig) {
+            let s = layered.withDefaults()
             file = s; self.configPath = configPath; self.flags = flags
-            interval = s.interval ?? FlowDuration(nanoseconds: 5_000_000_000)
-            do { metricsListen = try s.metricsListen.map { try ListenAddress(parsing: $0) } ?? ListenAddress(host: "0.0.0.0", port: 9810) } catch {
+            // The table gives each of these a default, so none is nil here.
+            interval = s.interval!
+            do { metricsListen = try ListenAddress(parsing: s.metricsListen!) } catch {
                 fail("metrics_listen: \(error)")
             }
             flowTableSize = s.flowTableSize ?? FlowAccountingProgram.defaultFlowTableSize()
-            self.flowsRingSize = flowsRingSize
-            tcMode = s.tcMode.flatMap { TCMode(rawValue: $0) } ?? .auto
-            hooks = s.hooks == "off" ? nil : s.hooks.flatMap { HookRequest(rawValue: $0) } ?? .auto
-            socketUpdates = s.socketUpdates.flatMap { SocketUpdatesRequest(rawValue: $0) } ?? .auto
-            followInterfaces = s.followInterfaces ?? true
-            stateDir = s.stateDir ?? "/run/flowmeter"
-            logLevel = s.logLevel.flatMap { Logger.Level(rawValue: $0) } ?? .info
-            apiSocket = s.apiSocket ?? "/run/flowmeter/flowmeter.sock"
-            self.otlpQueueSize = otlpQueueSize
+            flowsRingSize = s.flowsRingSize!
+            tcMode = TCMode(rawValue: s.tcMode!) ?? .auto
+            hooks = s.hooks == "off" ? nil : HookRequest(rawValue: s.hooks!) ?? .auto
+            socketUpdates = SocketUpdatesRequest(rawValue: s.socketUpdates!) ?? .auto
+            followInterfaces = s.followInterfaces!
+            stateDir = s.stateDir!
+            logLevel = Logger.Level(rawValue: s.logLevel!) ?? .info
+            apiSocket = s.apiSocket!
+            otlpQueueSize = s.otlpQueueSize!
         }
     }
 
@@ -113,7 +116,7 @@ struct Startup {
 
         var writer: FlowLogWriter?
         if let path = file.flowLog {
-            do { writer = try FlowLogWriter(path: path, maxBytes: file.flowLogMaxSize, keep: file.flowLogKeep ?? 5) } catch {
+            do { writer = try FlowLogWriter(path: path, maxBytes: file.flowLogMaxSize, keep: file.flowLogKeep!) } catch {
                 throw StartupError("--flow-log: \(error)")
             }
         }
@@ -246,7 +249,7 @@ struct Startup {
         if let target = file.ipfixCollector {
             let sender: IPFIXSender
             do { sender = try IPFIXSender(collector: target) } catch { throw StartupError("--ipfix-collector \(target): \(error)") }
-            let domain = UInt32(file.ipfixObservationDomain ?? 0)
+            let domain = UInt32(file.ipfixObservationDomain!)
             sinks.append(IPFIXSink(sender: sender, encoder: IPFIXEncoder(observationDomain: domain), onError: { e in
                 logger.warning("IPFIX export failed", metadata: ["collector": "\(target)", "error": "\(e)"])
             }))

@@ -1,0 +1,260 @@
+// The one definition of every setting: its YAML key, flag, variable, type,
+// check (bounds), default and help. The YAML reader, the environment reader,
+// the flags (Sources/flowmeterd), the layering, `config check`, the defaults
+// the daemon applies and the docs' option table (checked by a test) all come
+// from `Setting.all`. Adding a setting: a `FileConfig` property and one entry
+// here (and its one-line `@Option`, which takes everything from the entry).
+
+import FlowmeterCore
+import Foundation
+
+/// A setting's value, as read from any source.
+public enum SettingValue: Sendable, Equatable {
+    case text(String)
+    case names([String])
+    case integer(Int)
+    case bool(Bool)
+    case duration(FlowDuration)
+
+    var text: String? { if case .text(let v) = self { v } else { nil } }
+    var names: [String]? { if case .names(let v) = self { v } else { nil } }
+    var integer: Int? { if case .integer(let v) = self { v } else { nil } }
+    var bool: Bool? { if case .bool(let v) = self { v } else { nil } }
+    var duration: FlowDuration? { if case .duration(let v) = self { v } else { nil } }
+}
+
+public struct Setting: Sendable {
+    /// How a value is written and checked, the same from every source.
+    public enum Kind: Sendable {
+        /// Interface names or globs: a YAML list; comma-separated in a flag or variable.
+        case names
+        /// Text, checked (`expected` says what it should be, for YAML's type errors).
+        case text(expected: String, check: @Sendable (String) throws -> String)
+        /// One of a fixed list (`expected` names it, for YAML's type errors).
+        case oneOf([String], expected: String)
+        case duration
+        /// A whole number (YAML's 0x/0o/0b spellings too), checked.
+        case integer(check: @Sendable (Int) throws -> Int)
+        /// Bytes, or with K, M, G.
+        case byteSize
+        case bool
+    }
+
+    /// The YAML key; "series.expiry" is `expiry` under `series:`.
+    public let key: String
+    /// The long flag, without the dashes.
+    public let flag: String
+    /// The environment variable.
+    public let variable: String
+    /// The flag's value placeholder in --help.
+    public let valueName: String
+    public let kind: Kind
+    /// The default, applied by `FileConfig.withDefaults()`; nil when there is
+    /// none (off) or it is computed at start (`defaultText` says which).
+    public let defaultValue: SettingValue?
+    /// The default as the docs and --help say it.
+    public let defaultText: String
+    /// What it does (the flag's help, without the default).
+    public let help: String
+    /// A valid value, for tests and examples.
+    public let example: String
+    let get: @Sendable (FileConfig) -> SettingValue?
+    /// Sets this setting's field of a layer.
+    public let set: @Sendable (inout FileConfig, SettingValue) -> Void
+
+    /// The flag's help text: what it does, then the default.
+    public var flagHelp: String { "\(help) Default: \(defaultText)." }
+
+    /// The YAML key's last part and its section ("" for the top level).
+    var section: String { key.contains(".") ? String(key.split(separator: ".")[0]) : "" }
+    var leaf: String { key.contains(".") ? String(key.split(separator: ".")[1]) : key }
+
+    /// A value written as text (a flag, a variable), checked.
+    public func parse(_ text: String) throws -> SettingValue {
+        switch kind {
+        case .names: return .names(InterfaceSelection.patterns(text))
+        case .text(_, let check): return .text(try check(text))
+        case .oneOf(let allowed, _): return .text(try Check.oneOf(text, allowed))
+        case .duration: return .duration(try Check.duration(text))
+        case .integer(let check): return .integer(try check(Check.wholeNumber(text)))
+        case .byteSize: return .integer(try Check.byteSize(text))
+        case .bool: return .bool(try Check.bool(text))
+        }
+    }
+
+    /// The value this layer sets, if any.
+    public func value(in c: FileConfig) -> SettingValue? { get(c) }
+}
+
+extension Setting {
+    public static let interfaces = Setting(
+        key: "interfaces", flag: "interfaces", variable: "FLOWMETER_INTERFACES", valueName: "names", kind: .names,
+        defaultValue: nil, defaultText: "every interface that is up, except lo",
+        help: "Interfaces to attach to: names or globs, comma-separated (a list in the file). An unknown literal name is an error that lists the host's interfaces, also when following interfaces; a glob such as eth1* waits for one that appears later.", example: "eth*,veth*",
+        get: { $0.interfaces.map { .names($0) } }, set: { $0.interfaces = $1.names })
+    public static let excludeInterfaces = Setting(
+        key: "exclude_interfaces", flag: "exclude-interfaces", variable: "FLOWMETER_EXCLUDE_INTERFACES", valueName: "names",
+        kind: .names, defaultValue: nil, defaultText: "none",
+        help: "Interfaces to leave alone: names or globs, comma-separated.", example: "lo,docker*",
+        get: { $0.excludeInterfaces.map { .names($0) } }, set: { $0.excludeInterfaces = $1.names })
+    public static let interval = Setting(
+        key: "interval", flag: "interval", variable: "FLOWMETER_INTERVAL", valueName: "duration", kind: .duration,
+        defaultValue: .duration(FlowDuration(nanoseconds: 5_000_000_000)), defaultText: "5s",
+        help: "How often the flow tables are evicted and socket updates read (e.g. 500ms, 5s, 1m).", example: "2s",
+        get: { $0.interval.map { .duration($0) } }, set: { $0.interval = $1.duration })
+    public static let metricsListen = Setting(
+        key: "metrics_listen", flag: "metrics-listen", variable: "FLOWMETER_METRICS_LISTEN", valueName: "address",
+        kind: .text(expected: "an address (HOST:PORT)", check: Check.listen),
+        defaultValue: .text("0.0.0.0:9810"), defaultText: "0.0.0.0:9810 (all IPv4 addresses)",
+        help: "Address of the metrics endpoint: :PORT, HOST:PORT or [V6]:PORT.", example: "127.0.0.1:9810",
+        get: { $0.metricsListen.map { .text($0) } }, set: { $0.metricsListen = $1.text })
+    public static let flowLog = Setting(
+        key: "flow_log", flag: "flow-log", variable: "FLOWMETER_FLOW_LOG", valueName: "path",
+        kind: .text(expected: "a path", check: Check.nonEmpty), defaultValue: nil, defaultText: "off",
+        help: "Write one JSON object per evicted flow and per connection event to this file ('-' for stdout).",
+        example: "/var/log/flowmeter/flows.jsonl",
+        get: { $0.flowLog.map { .text($0) } }, set: { $0.flowLog = $1.text })
+    public static let flowLogMaxSize = Setting(
+        key: "flow_log_max_size", flag: "flow-log-max-size", variable: "FLOWMETER_FLOW_LOG_MAX_SIZE", valueName: "size",
+        kind: .byteSize, defaultValue: nil, defaultText: "never",
+        help: "Rotate the flow log at this size (bytes, or with K, M, G): FILE becomes FILE.1, FILE.1 becomes FILE.2, ...; a batch is never split. SIGHUP reopens the file (for logrotate).",
+        example: "100M", get: { $0.flowLogMaxSize.map { .integer($0) } }, set: { $0.flowLogMaxSize = $1.integer })
+    public static let flowLogKeep = Setting(
+        key: "flow_log_keep", flag: "flow-log-keep", variable: "FLOWMETER_FLOW_LOG_KEEP", valueName: "n",
+        kind: .integer(check: Check.keep), defaultValue: .integer(5), defaultText: "5",
+        help: "Rotated flow logs kept (FILE.1 ... FILE.N), 1 to 100.", example: "10",
+        get: { $0.flowLogKeep.map { .integer($0) } }, set: { $0.flowLogKeep = $1.integer })
+    public static let otlpEndpoint = Setting(
+        key: "otlp_endpoint", flag: "otlp-endpoint", variable: "FLOWMETER_OTLP_ENDPOINT", valueName: "url",
+        kind: .text(expected: "a URL", check: Check.httpURL), defaultValue: nil, defaultText: "off",
+        help: "Push the metrics every interval to this OTLP/HTTP endpoint (protobuf, cumulative; http:// only, see docs/exporting.md), e.g. http://127.0.0.1:4318/v1/metrics.",
+        example: "http://127.0.0.1:4318/v1/metrics",
+        get: { $0.otlpEndpoint.map { .text($0) } }, set: { $0.otlpEndpoint = $1.text })
+    public static let otlpQueueSize = Setting(
+        key: "otlp_queue_size", flag: "otlp-queue-size", variable: "FLOWMETER_OTLP_QUEUE_SIZE", valueName: "n",
+        kind: .integer(check: Check.otlpQueueSize), defaultValue: .integer(16), defaultText: "16",
+        help: "OTLP requests kept while the endpoint is unreachable (retried with exponential backoff, 0.5 s to 30 s), 1 to 10000; past it the oldest is dropped and counted.",
+        example: "64", get: { $0.otlpQueueSize.map { .integer($0) } }, set: { $0.otlpQueueSize = $1.integer })
+    public static let ipfixCollector = Setting(
+        key: "ipfix_collector", flag: "ipfix-collector", variable: "FLOWMETER_IPFIX_COLLECTOR", valueName: "host:port",
+        kind: .text(expected: "HOST:PORT", check: Check.destination), defaultValue: nil, defaultText: "off",
+        help: "Export every flow record as IPFIX (RFC 7011) over UDP to HOST:PORT.", example: "127.0.0.1:4739",
+        get: { $0.ipfixCollector.map { .text($0) } }, set: { $0.ipfixCollector = $1.text })
+    public static let ipfixObservationDomain = Setting(
+        key: "ipfix_observation_domain", flag: "ipfix-observation-domain", variable: "FLOWMETER_IPFIX_OBSERVATION_DOMAIN",
+        valueName: "id", kind: .integer(check: Check.observationDomain), defaultValue: .integer(0), defaultText: "0",
+        help: "IPFIX observation domain id (0 to 4294967295).", example: "7",
+        get: { $0.ipfixObservationDomain.map { .integer($0) } }, set: { $0.ipfixObservationDomain = $1.integer })
+    public static let apiSocket = Setting(
+        key: "api_socket", flag: "api-socket", variable: "FLOWMETER_API_SOCKET", valueName: "path",
+        kind: .text(expected: "a path or off", check: Check.nonEmpty),
+        defaultValue: .text("/run/flowmeter/flowmeter.sock"), defaultText: "/run/flowmeter/flowmeter.sock",
+        help: "Unix socket of the local API (flowtop, scripts; see docs/api.md): GET /v1/snapshot, /v1/stream. Give off to disable it. Created mode 0660; a socket another flowmeterd still answers on is an error.",
+        example: "off", get: { $0.apiSocket.map { .text($0) } }, set: { $0.apiSocket = $1.text })
+    public static let apiGroup = Setting(
+        key: "api_group", flag: "api-group", variable: "FLOWMETER_API_GROUP", valueName: "group",
+        kind: .text(expected: "a group name", check: Check.nonEmpty), defaultValue: nil, defaultText: "root's group",
+        help: "Group that owns the API socket, mode 0660 (its members may read the API).", example: "adm",
+        get: { $0.apiGroup.map { .text($0) } }, set: { $0.apiGroup = $1.text })
+    public static let flowTableSize = Setting(
+        key: "flow_table_size", flag: "flow-table-size", variable: "FLOWMETER_FLOW_TABLE_SIZE", valueName: "n",
+        kind: .integer(check: Check.flowTableSize), defaultValue: nil,
+        defaultText: "65536 (fewer on hosts with more than 8 CPUs)",
+        help: "Flows each of the two kernel flow tables holds, 1 to 16777216; packets of flows beyond it travel through the flows ring. The tables are preallocated per CPU: about 2 x N x (CPUs x 40 + 96) bytes of kernel memory, logged at start.",
+        example: "4096", get: { $0.flowTableSize.map { .integer($0) } }, set: { $0.flowTableSize = $1.integer })
+    public static let flowsRingSize = Setting(
+        key: "flows_ring_size", flag: "flows-ring-size", variable: "FLOWMETER_FLOWS_RING_SIZE", valueName: "bytes",
+        kind: .integer(check: Check.ringSize), defaultValue: .integer(4_194_304), defaultText: "4194304",
+        help: "Bytes of the ring that carries packets the full flow table cannot take (a power of two from the page size to 1073741824; a record is 96 bytes).",
+        example: "8388608", get: { $0.flowsRingSize.map { .integer($0) } }, set: { $0.flowsRingSize = $1.integer })
+    public static let tcMode = Setting(
+        key: "tc_mode", flag: "tc-mode", variable: "FLOWMETER_TC_MODE", valueName: "mode",
+        kind: .oneOf(FileConfig.tcModes, expected: "a tc mode"), defaultValue: .text("auto"), defaultText: "auto",
+        help: "How to attach tc programs: tcx (links, kernel 6.6+), clsact (qdisc + cls_bpf filter), auto (TCX, else clsact).", example: "clsact",
+        get: { $0.tcMode.map { .text($0) } }, set: { $0.tcMode = $1.text })
+    public static let hooks = Setting(
+        key: "hooks", flag: "hooks", variable: "FLOWMETER_HOOKS", valueName: "rung",
+        kind: .oneOf(FileConfig.hookRequests, expected: "a hook rung"), defaultValue: .text("auto"), defaultText: "auto",
+        help: "Socket-hook rung: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint, tracepoint-classic, or off. A forced rung that cannot be had is an error; with auto, no rung at all only disables socket telemetry.",
+        example: "tracepoint", get: { $0.hooks.map { .text($0) } }, set: { $0.hooks = $1.text })
+    public static let socketUpdates = Setting(
+        key: "socket_updates", flag: "socket-updates", variable: "FLOWMETER_SOCKET_UPDATES", valueName: "path",
+        kind: .oneOf(FileConfig.socketUpdateRequests, expected: "an update path"), defaultValue: .text("auto"), defaultText: "auto",
+        help: "How the counters of long-lived sockets are read once an interval: auto (the iterator, else the raw_tp run), iterator (iter/bpf_map_elem), raw-tp (a raw_tp program run with BPF_PROG_TEST_RUN, for kernels that refuse iterators). A forced path the kernel refuses is an error.",
+        example: "raw-tp", get: { $0.socketUpdates.map { .text($0) } }, set: { $0.socketUpdates = $1.text })
+    public static let followInterfaces = Setting(
+        key: "follow_interfaces", flag: "follow-interfaces", variable: "FLOWMETER_FOLLOW_INTERFACES", valueName: "bool",
+        kind: .bool, defaultValue: .bool(true), defaultText: "on",
+        help: "Attach to matching interfaces that appear or come up after start (containers' veths), and let go of those deleted or renamed away; with it on, starting with no matching interface is not an error (--no-follow-interfaces: off).",
+        example: "false", get: { $0.followInterfaces.map { .bool($0) } }, set: { $0.followInterfaces = $1.bool })
+    public static let stateDir = Setting(
+        key: "state_dir", flag: "state-dir", variable: "FLOWMETER_STATE_DIR", valueName: "dir",
+        kind: .text(expected: "a directory", check: Check.nonEmpty), defaultValue: .text("/run/flowmeter"),
+        defaultText: "/run/flowmeter",
+        help: "Where flowmeterd records clsact attachments, so a start after a SIGKILL removes them.",
+        example: "/run/flowmeter", get: { $0.stateDir.map { .text($0) } }, set: { $0.stateDir = $1.text })
+    public static let logLevel = Setting(
+        key: "log_level", flag: "log-level", variable: "FLOWMETER_LOG_LEVEL", valueName: "level",
+        kind: .oneOf(FileConfig.logLevels, expected: "a log level"), defaultValue: .text("info"), defaultText: "info",
+        help: "trace, debug, info, notice, warning, error or critical; logs go to stderr.", example: "debug",
+        get: { $0.logLevel.map { .text($0) } }, set: { $0.logLevel = $1.text })
+    public static let maxSeriesPerMetric = Setting(
+        key: "series.max_per_metric", flag: "max-series-per-metric", variable: "FLOWMETER_MAX_SERIES_PER_METRIC",
+        valueName: "n", kind: .integer(check: Check.maxSeries),
+        defaultValue: .integer(AggregationLimits.defaults.maxSeriesPerMetric),
+        defaultText: "\(AggregationLimits.defaults.maxSeriesPerMetric)",
+        help: "Service pairs that exist at most, at least \(FileConfig.minSeriesPerMetric) (see docs/services.md); a new pair past it folds into peer_service=\"other\" (or service and peer_service \"other\"), counted by flowmeter_series_dropped_total.",
+        example: "500", get: { $0.maxSeriesPerMetric.map { .integer($0) } }, set: { $0.maxSeriesPerMetric = $1.integer })
+    public static let seriesExpiry = Setting(
+        key: "series.expiry", flag: "series-expiry", variable: "FLOWMETER_SERIES_EXPIRY", valueName: "duration",
+        kind: .duration, defaultValue: .duration(AggregationLimits.defaults.seriesExpiry),
+        defaultText: "\(AggregationLimits.defaults.seriesExpiry.nanoseconds / 60_000_000_000)m",
+        help: "A pair with no live connection and no traffic for this long is dropped from the metrics.", example: "10m",
+        get: { $0.seriesExpiry.map { .duration($0) } }, set: { $0.seriesExpiry = $1.duration })
+    public static let peerAddresses = Setting(
+        key: "series.peer_addresses", flag: "peer-addresses", variable: "FLOWMETER_PEER_ADDRESSES", valueName: "bool",
+        kind: .bool, defaultValue: .bool(AggregationLimits.defaults.peerAddresses),
+        defaultText: AggregationLimits.defaults.peerAddresses ? "on" : "off",
+        help: "Label an unknown peer with its address instead of \"unknown\", under the same cap (--no-peer-addresses: off).",
+        example: "true", get: { $0.peerAddresses.map { .bool($0) } }, set: { $0.peerAddresses = $1.bool })
+
+    /// Every setting, in the order of the flags in --help and the docs.
+    public static let all: [Setting] = [
+        interfaces, excludeInterfaces, interval, metricsListen, flowLog, flowLogMaxSize, flowLogKeep,
+        otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
+        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, logLevel,
+        maxSeriesPerMetric, seriesExpiry, peerAddresses,
+    ]
+
+    public static func byKey(_ key: String) -> Setting? { all.first { $0.key == key } }
+    public static func byVariable(_ name: String) -> Setting? { all.first { $0.variable == name } }
+}
+
+extension Setting {
+    /// The option table of docs/flowmeterd.md, made from `all` (a test holds
+    /// the docs to it; `flowmeterd config settings` prints it).
+    public static func markdownTable() -> String {
+        func code(_ s: String) -> String { "`\(s)`" }
+        var out = "| Option | Variable | File key | Default | Meaning |\n|---|---|---|---|---|\n"
+        for s in all {
+            let option: String
+            if case .bool = s.kind { option = "--[no-]\(s.flag)" } else { option = "--\(s.flag) \(s.valueName)" }
+            let key = s.section.isEmpty ? s.key : "\(s.section): \(s.leaf)"
+            let meaning = s.help.replacingOccurrences(of: "|", with: "\\|")
+            out += "| \(code(option)) | \(code(s.variable)) | \(code(key)) | \(s.defaultText) | \(meaning) |\n"
+        }
+        return out
+    }
+}
+
+extension FileConfig {
+    /// This layer with every setting it leaves unset and that has a default
+    /// set to that default (`Setting.defaultValue`).
+    public func withDefaults() -> FileConfig {
+        var c = self
+        for s in Setting.all where s.get(c) == nil {
+            if let d = s.defaultValue { s.set(&c, d) }
+        }
+        return c
+    }
+}
