@@ -91,10 +91,13 @@ public struct ProgramRefusal: Sendable, Equatable, CustomStringConvertible {
     public let detail: String
     /// What is lost, or what serves instead.
     public let consequence: String
+    /// Whether something is lost (else a fallback serves, and the daemon
+    /// logs it as a notice, not a warning: a hardened host is not a fault).
+    public let loses: Bool
 
-    public init(program: String, section: String, errno: Int32, detail: String, consequence: String) {
+    public init(program: String, section: String, errno: Int32, detail: String, consequence: String, loses: Bool) {
         self.program = program; self.section = section; self.errno = errno; self.detail = detail
-        self.consequence = consequence
+        self.consequence = consequence; self.loses = loses
     }
 
     public var description: String {

@@ -177,13 +177,14 @@ public final class SocketPrograms: @unchecked Sendable {
         var refusals: [ProgramRefusal] = []
         // The kernel's verdict on each program's type, before loading: a
         // refused type leaves out its program, and only what it serves.
-        func refusal(_ name: String, _ consequence: String) -> ProgramRefusal? {
+        func refusal(_ name: String, _ consequence: String, loses: Bool) -> ProgramRefusal? {
             guard let prog = try? obj.program(name) else { return nil }
             let section = String(cString: bpf_program__section_name(prog))
             guard let type = ProgramType(section: section) else { return nil }
             let probe = ProgramTypes.probe(type)
             return probe.available ? nil
-                : ProgramRefusal(program: name, section: section, errno: probe.errno, detail: probe.detail, consequence: consequence)
+                : ProgramRefusal(program: name, section: section, errno: probe.errno, detail: probe.detail,
+                                 consequence: consequence, loses: loses)
         }
         var udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupFD >= 0 ? "" : nil)
         var chosen = Set<String>()
@@ -197,10 +198,10 @@ public final class SocketPrograms: @unchecked Sendable {
             }
             // A TCP hook's program refused: this rung cannot be had (the
             // ladder goes on to the next one, where the twins differ).
-            if !t.udp, let r = names?.lazy.compactMap({ refusal($0, "the \(variant.rawValue) rung is skipped") }).first {
+            if !t.udp, let r = names?.lazy.compactMap({ refusal($0, "the \(variant.rawValue) rung is skipped", loses: false) }).first {
                 throw BPFError(refused: r)
             }
-            if t.udp, udpMissing == nil, let r = names?.lazy.compactMap({ refusal($0, "UDP sockets are not seen on this rung") }).first {
+            if t.udp, udpMissing == nil, let r = names?.lazy.compactMap({ refusal($0, "UDP sockets are not seen on this rung", loses: true) }).first {
                 refusals.append(r)
                 udpMissing = "program \(r.program) (\(r.section)) is refused by the kernel at \(r.detail)"
             }
@@ -217,7 +218,7 @@ public final class SocketPrograms: @unchecked Sendable {
         var paths: [SocketUpdatePath] = []
         for path in SocketUpdatePath.allCases where updates.forced == nil || updates.forced == path {
             let other = path == .iterator ? "the raw_tp run (\(Self.updatesRun))" : "the iterator (\(Self.updatesIterator))"
-            if let r = refusal(path.program, "socket updates use \(other) instead") {
+            if let r = refusal(path.program, "socket updates use \(other) instead", loses: false) {
                 if updates.forced != nil { throw SocketUpdatesRefused(request: updates, probe: ProgramTypes.probe(path.type)) }
                 refusals.append(r)
             } else {
@@ -229,7 +230,8 @@ public final class SocketPrograms: @unchecked Sendable {
             // Neither twin: say what that costs on the line of the last refusal.
             let r = refusals[last]
             refusals[last] = ProgramRefusal(program: r.program, section: r.section, errno: r.errno, detail: r.detail,
-                consequence: "no update path is left: bytes of long-lived sockets are counted only when they close")
+                consequence: "no update path is left: bytes of long-lived sockets are counted only when they close",
+                loses: true)
         }
         modes.append(HookMode(hook: "socket_updates", mode: paths.first?.rawValue ?? "unsupported"))
 

@@ -169,8 +169,8 @@ struct Startup {
             let s = try SocketPrograms.load(hooks, updates: settings.socketUpdates)
             try s.setUpdateMinAge(nanoseconds: settings.interval.nanoseconds)
             // Each program left out, once, as one line: program, section,
-            // errno, and what it costs.
-            for r in s.refusals { logger.warning("\(r)") }
+            // errno, and what it costs; a warning only where something is lost.
+            for r in s.refusals { logger.log(level: r.loses ? .warning : .notice, "\(r)") }
             logger.info("socket hooks attached", metadata: [
                 "rung": "\(s.rung.rawValue)",
                 "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))"])

@@ -56,7 +56,8 @@ import Testing
 
     @Test func refusalsSayProgramSectionErrnoAndCost() {
         let r = ProgramRefusal(program: "fm_updates", section: "iter/bpf_map_elem", errno: EPERM,
-                               detail: "load: \(Errno.describe(EPERM))", consequence: "socket updates use the raw_tp run instead")
+                               detail: "load: \(Errno.describe(EPERM))", consequence: "socket updates use the raw_tp run instead",
+                               loses: false)
         #expect(r.description == "program fm_updates (iter/bpf_map_elem) refused by the kernel at load: Operation not permitted (EPERM); socket updates use the raw_tp run instead")
         #expect(Errno.describe(ENOENT) == "No such file or directory (ENOENT)")
         #expect(Errno.describe(524) == "Operation not supported by this kernel (ENOTSUPP)")
