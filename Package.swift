@@ -28,8 +28,9 @@ let package = Package(
         // kernel/user boundary. The .bpf.c programs include the same header.
         .target(name: "FlowmeterABI"),
         // Build-time tool: compiles bpf/*.bpf.c with clang -target bpf and turns
-        // each object into a Swift source so the executable carries its programs.
-        .executableTarget(name: "BPFEmbed"),
+        // each object into a Swift source so the executable carries its programs,
+        // with the names of its programs and maps (read with libbpf) as constants.
+        .executableTarget(name: "BPFEmbed", dependencies: ["CLibbpf"]),
         .plugin(name: "BPFObjects", capability: .buildTool(), dependencies: ["BPFEmbed"]),
 
         // Capabilities and no_new_privs are per thread: changes them on every

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* Feature probes for `flowmeterd check` and the hook ladder.
  *
  * Why these hooks: each program is the smallest possible user of one rung of
@@ -77,4 +77,6 @@ int probe_cgroup_sock_release(struct bpf_sock *ctx)
     return 1;
 }
 
-char LICENSE[] SEC("license") = "GPL";
+/* GPL-compatible, as the file's SPDX line and the socket object's: a probe
+ * must be refused or accepted for its type, never for its license. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

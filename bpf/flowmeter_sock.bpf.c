@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* Flowmeter socket telemetry: TCP connection lifecycle and UDP sockets, with
  * their owner.
  *
@@ -67,11 +67,10 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "flowmeter_abi.h"
+#include "flowmeter_common.h"
 
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP_ 6
-#define IPPROTO_UDP_ 17
+/* uapi macros that vmlinux.h cannot carry (the IP protocol numbers and
+ * address families are in flowmeter_common.h). */
 #define MSG_PEEK_ 2
 #define MSG_ERRQUEUE_ 0x2000
 #define ECONNREFUSED_ 111
@@ -104,12 +103,14 @@ struct {
     __type(value, struct fm_owner);
 } fm_listeners SEC(".maps");
 
+/* The socket records (struct fm_sock_event) for the daemon, submitted with
+ * fm_ringbuf_submit. */
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, FM_DEFAULT_EVENTS_RING_BYTES);
 } events SEC(".maps");
 
-/* Self-observability, indexed by enum fm_sock_stat. */
+/* Self-observability, indexed by enum fm_sock_stat (fm_stat_inc). */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, FM_SOCK_STAT_COUNT);
@@ -133,13 +134,6 @@ struct {
     __type(key, __u64);
     __type(value, __u64);
 } fm_udp_send_stash SEC(".maps");
-
-static __always_inline void sstat_inc(__u32 idx)
-{
-    __u64 *v = bpf_map_lookup_elem(&fm_sock_stats, &idx);
-    if (v)
-        *v += 1;
-}
 
 static __always_inline void owner_now(struct fm_owner *o)
 {
@@ -233,34 +227,20 @@ static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct
         e->sport = st->sport;
 }
 
-/* Submits a record without waking the reader unless the ring is filling up.
- * A plain submit wakes the reader whenever it has caught up, which for a
- * reader that keeps up is every record, and each wakeup is an irq_work
- * self-IPI: under connection churn that IPI was 11 of the 13% of all CPU the
- * state-change program took (perf, tools/bench churn; the APIC write traps to
- * the hypervisor on a VM). The reader polls with a timeout anyway, so records
- * wait at most one poll period; past a quarter of the ring it is woken at
- * once, so a burst cannot fill the ring while it sleeps. */
-static __always_inline void submit_event(struct fm_sock_event *e)
-{
-    __u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4;
-    bpf_ringbuf_submit(e, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
-}
-
 static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_state *st, __u8 reason,
                                  __u32 err, __u32 inferred_resets_sent)
 {
-    sstat_inc(FM_SOCK_STAT_EVENTS_ATTEMPTED);
+    fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_ATTEMPTED);
     struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
-        sstat_inc(FM_SOCK_STAT_EVENTS_LOST);
+        fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_LOST);
         return;
     }
     fill_event(e, (__u64)(unsigned long)sk, sk, kind, st ? st->protocol : IPPROTO_TCP_, st);
     e->reason = reason;
     e->err = err;
     e->resets_sent += inferred_resets_sent;
-    submit_event(e);
+    fm_ringbuf_submit(&events, e);
 }
 
 /* A socket starts listening (process context): remember who owns the port. */
@@ -292,7 +272,7 @@ static __always_inline void on_state(struct sock *sk, int old, int new)
         st.protocol = IPPROTO_TCP_;
         st.start_ns = bpf_ktime_get_ns();
         if (bpf_map_update_elem(&fm_socks, &id, &st, BPF_ANY))
-            sstat_inc(FM_SOCK_STAT_TABLE_FULL);
+            fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_TABLE_FULL);
         return;
     }
     if (new == ST_LISTEN) {
@@ -313,7 +293,7 @@ static __always_inline void on_state(struct sock *sk, int old, int new)
             ns.protocol = IPPROTO_TCP_;
             ns.start_ns = bpf_ktime_get_ns();
             if (bpf_map_update_elem(&fm_socks, &id, &ns, BPF_ANY))
-                sstat_inc(FM_SOCK_STAT_TABLE_FULL);
+                fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_TABLE_FULL);
             st = bpf_map_lookup_elem(&fm_socks, &id);
         }
         emit(sk, FM_SOCK_OPEN, st, 0, 0, 0);
@@ -400,7 +380,7 @@ static __always_inline void on_udp_bytes(struct sock *sk, long len, int sent)
         if (r == 0)
             emit(sk, FM_SOCK_OPEN, &ns, 0, 0, 0);
         else if (r != -17 /* EEXIST */)
-            sstat_inc(FM_SOCK_STAT_TABLE_FULL);
+            fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_TABLE_FULL);
         st = bpf_map_lookup_elem(&fm_socks, &id);
         if (!st)
             return;
@@ -745,13 +725,13 @@ int fm_udp_close_cgroup(struct bpf_sock *ctx)
     struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
     if (!st || st->protocol != IPPROTO_UDP_)
         return 1;
-    sstat_inc(FM_SOCK_STAT_EVENTS_ATTEMPTED);
+    fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_ATTEMPTED);
     struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (e) {
         fill_event(e, id, 0, FM_SOCK_CLOSE, IPPROTO_UDP_, st);
-        submit_event(e);
+        fm_ringbuf_submit(&events, e);
     } else {
-        sstat_inc(FM_SOCK_STAT_EVENTS_LOST);
+        fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_LOST);
     }
     bpf_map_delete_elem(&fm_socks, &id);
     return 1;
@@ -808,4 +788,5 @@ int fm_udp_recv_tp(struct trace_event_raw_sock_msg_length *ctx)
     return 0;
 }
 
-char LICENSE[] SEC("license") = "GPL";
+/* GPL-compatible, as the file's SPDX line: the tracing helpers are GPL-only. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

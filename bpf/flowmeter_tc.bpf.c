@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* Flowmeter tc flow accounting.
  *
  * Why tc: it is the one hook that sees every packet of an interface in both
@@ -29,18 +29,16 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
 #include "flowmeter_abi.h"
+#include "flowmeter_common.h"
 
-/* uapi macros that vmlinux.h (types only) cannot carry. */
+/* uapi macros that vmlinux.h (types only) cannot carry (the IP protocol
+ * numbers are in flowmeter_common.h). */
 #define TC_ACT_UNSPEC (-1)
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88A8
-#define IPPROTO_ICMP_ 1
-#define IPPROTO_TCP_ 6
-#define IPPROTO_UDP_ 17
-#define IPPROTO_ICMPV6_ 58
 #define IPV6_HOPOPTS 0
 #define IPV6_ROUTING 43
 #define IPV6_FRAGMENT 44
@@ -78,20 +76,13 @@ struct {
     __uint(max_entries, FM_DEFAULT_FLOWS_RING_BYTES);
 } flows SEC(".maps");
 
-/* Self-observability counters, indexed by enum fm_stat. */
+/* Self-observability counters, indexed by enum fm_stat (fm_stat_inc). */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, FM_STAT_COUNT);
     __type(key, __u32);
     __type(value, __u64);
 } fm_stats SEC(".maps");
-
-static __always_inline void stat_inc(__u32 idx)
-{
-    __u64 *v = bpf_map_lookup_elem(&fm_stats, &idx);
-    if (v)
-        *v += 1;
-}
 
 struct fm_vlan_hdr {
     __be16 tci;
@@ -320,7 +311,7 @@ static __always_inline void account(struct __sk_buff *skb, __u8 direction)
     p.key.ifindex = skb->ifindex;
     p.key.direction = direction;
     if (p.key.flags & FM_KEY_MALFORMED)
-        stat_inc(FM_STAT_MALFORMED);
+        fm_stat_inc(&fm_stats, FM_STAT_MALFORMED);
 
     __u64 now = packet_time();
     __u32 zero = 0;
@@ -348,14 +339,14 @@ static __always_inline void account(struct __sk_buff *skb, __u8 direction)
             st->tcp_flags |= p.tcp_flags;
             return;
         }
-        stat_inc(FM_STAT_FLOW_INSERT_FAILED);
+        fm_stat_inc(&fm_stats, FM_STAT_FLOW_INSERT_FAILED);
     } else {
-        stat_inc(FM_STAT_FLOW_TABLE_MISSING);
+        fm_stat_inc(&fm_stats, FM_STAT_FLOW_TABLE_MISSING);
     }
 
     struct fm_flow_event *ev = bpf_ringbuf_reserve(&flows, sizeof(*ev), 0);
     if (!ev) {
-        stat_inc(FM_STAT_FLOWS_RING_LOST);
+        fm_stat_inc(&fm_stats, FM_STAT_FLOWS_RING_LOST);
         return;
     }
     ev->version = FM_ABI_VERSION;
@@ -369,10 +360,9 @@ static __always_inline void account(struct __sk_buff *skb, __u8 direction)
     ev->stats.first_seen_ns = now;
     ev->stats.last_seen_ns = now;
     ev->stats.tcp_flags = p.tcp_flags;
-    /* Wake the reader only past a quarter of the ring (see submit_event in
-     * flowmeter_sock.bpf.c: a wakeup per record is an IPI per record). */
-    __u64 wake = bpf_ringbuf_query(&flows, BPF_RB_AVAIL_DATA) >= bpf_ringbuf_query(&flows, BPF_RB_RING_SIZE) / 4;
-    bpf_ringbuf_submit(ev, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+    /* Wakes the reader only past a quarter of the ring: a wakeup per record
+     * is an IPI per record. */
+    fm_ringbuf_submit(&flows, ev);
 }
 
 SEC("tc")
@@ -397,4 +387,5 @@ int flowmeter_noop(struct __sk_buff *skb)
     return TC_ACT_UNSPEC;
 }
 
+/* GPL-compatible, as the file's SPDX line: the kernel refuses GPL-only helpers otherwise. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

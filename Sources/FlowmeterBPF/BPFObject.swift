@@ -9,10 +9,11 @@ final class BPFObject {
     // The ELF bytes must outlive the open object (libbpf keeps pointers into them until load).
     private let image: UnsafeMutableRawBufferPointer?
 
-    /// Opens (does not load) an embedded object; `base64` comes from EmbeddedBPF.
-    init(name: String, base64: String) throws {
+    /// Opens (does not load) an embedded object (one of `BPFNames.objects`).
+    init(_ embedded: any EmbeddedBPFObject.Type) throws {
         LibbpfLog.install()
-        guard let data = Data(base64Encoded: base64) else {
+        let name = embedded.object
+        guard let data = Data(base64Encoded: embedded.base64) else {
             throw BPFError("decode embedded BPF object \(name)", errno: 0, detail: "corrupt base64 (rebuild)")
         }
         let image = UnsafeMutableRawBufferPointer.allocate(byteCount: data.count, alignment: 16)
@@ -57,28 +58,60 @@ final class BPFObject {
         }
     }
 
-    func map(_ mapName: String) throws -> OpaquePointer {
+    // Programs and maps are looked up by the names BPFEmbed generated
+    // (BPFNames), never by a string: those were read from the compiled
+    // object, so a misspelt or stale name does not compile. A name of another
+    // object still would, hence the check that it is this object's.
+
+    func map(_ m: BPFMapName) throws -> OpaquePointer {
+        try checkOwn(m.object, "map \(m.name)")
+        return try map(named: m.name)
+    }
+
+    func mapFD(_ m: BPFMapName) throws -> Int32 {
+        try checkOwn(m.object, "map \(m.name)")
+        return try mapFD(named: m.name)
+    }
+
+    func program(_ p: BPFProgramName) throws -> OpaquePointer {
+        try checkOwn(p.object, "program \(p.name)")
+        return try program(named: p.name)
+    }
+
+    func programFD(_ p: BPFProgramName) throws -> Int32 {
+        try checkOwn(p.object, "program \(p.name)")
+        return try programFD(named: p.name)
+    }
+
+    private func checkOwn(_ object: String, _ what: String) throws {
+        guard object == name else { throw BPFError("\(what) is of \(object), not of \(name)", errno: EINVAL) }
+    }
+
+    // By string: only for BPFObjectFile (below, hence fileprivate), whose
+    // objects are not embedded and so have no generated names.
+
+    fileprivate func map(named mapName: String) throws -> OpaquePointer {
         guard let m = bpf_object__find_map_by_name(handle, mapName) else {
             throw BPFError("find map \(mapName) in \(name)", errno: ENOENT)
         }
         return m
     }
 
-    func mapFD(_ mapName: String) throws -> Int32 {
-        let fd = bpf_map__fd(try map(mapName))
+    fileprivate func mapFD(named mapName: String) throws -> Int32 {
+        let fd = bpf_map__fd(try map(named: mapName))
         if fd < 0 { throw BPFError("map \(mapName) of \(name) is not loaded", errno: EBADF) }
         return fd
     }
 
-    func program(_ progName: String) throws -> OpaquePointer {
+    fileprivate func program(named progName: String) throws -> OpaquePointer {
         guard let p = bpf_object__find_program_by_name(handle, progName) else {
             throw BPFError("find program \(progName) in \(name)", errno: ENOENT)
         }
         return p
     }
 
-    func programFD(_ progName: String) throws -> Int32 {
-        let fd = bpf_program__fd(try program(progName))
+    fileprivate func programFD(named progName: String) throws -> Int32 {
+        let fd = bpf_program__fd(try program(named: progName))
         if fd < 0 { throw BPFError("program \(progName) of \(name) is not loaded", errno: EBADF) }
         return fd
     }
@@ -91,6 +124,10 @@ final class BPFObject {
 
 /// A BPF object loaded from a file: programs that are not part of flowmeterd
 /// (bench/*.bpf.c), which the benchmarks build and run beside it.
+///
+/// Its programs and maps are named by String: the object is built apart
+/// (bench/build.sh) and found at run time, so BPFEmbed, which names only what
+/// it embeds, has no names for it.
 public final class BPFObjectFile: @unchecked Sendable {
     let object: BPFObject
 
@@ -98,20 +135,20 @@ public final class BPFObjectFile: @unchecked Sendable {
     public init(path: String, mapSizes: [String: Int] = [:]) throws {
         let obj = try BPFObject(path: path)
         for (name, size) in mapSizes {
-            let r = bpf_map__set_max_entries(try obj.map(name), UInt32(size))
+            let r = bpf_map__set_max_entries(try obj.map(named: name), UInt32(size))
             if r != 0 { throw BPFError.from("set size of map \(name)", result: r) }
         }
         try obj.load()
         object = obj
     }
 
-    public func mapFD(_ name: String) throws -> Int32 { try object.mapFD(name) }
+    public func mapFD(_ name: String) throws -> Int32 { try object.mapFD(named: name) }
 
     /// Runs a socket-buffer program (tc) `count` times on `packet` with
     /// BPF_PROG_TEST_RUN. Returns its last verdict and the kernel-measured
     /// average run time.
     public func testRun(_ program: String, packet: [UInt8], repeat count: Int32 = 1) throws -> (verdict: Int32, nanoseconds: UInt32) {
-        let fd = try object.programFD(program)
+        let fd = try object.programFD(named: program)
         var retval: UInt32 = 0, duration: UInt32 = 0
         let r = packet.withUnsafeBytes { p in
             fm_prog_test_run(fd, p.baseAddress, UInt32(p.count), nil, 0, count, &retval, &duration)

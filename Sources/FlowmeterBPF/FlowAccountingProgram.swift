@@ -9,11 +9,29 @@ import Foundation
 ///
 /// Not thread-safe: one owner (the collector) calls evict/readCounters.
 public final class FlowAccountingProgram: @unchecked Sendable {
-    public enum Program: String, CaseIterable, Sendable {
-        case ingress = "flowmeter_ingress"
-        case egress = "flowmeter_egress"
+    public enum Program: CaseIterable, Sendable {
+        case ingress
+        case egress
         /// The empty classifier in the same object (benchmark baseline).
-        case noop = "flowmeter_noop"
+        case noop
+
+        var name: BPFProgramName {
+            switch self {
+            case .ingress: P.flowmeter_ingress
+            case .egress: P.flowmeter_egress
+            case .noop: P.flowmeter_noop
+            }
+        }
+    }
+
+    /// The object's programs and maps, as BPFEmbed named them.
+    private typealias P = BPFNames.FlowmeterTc.Program
+    private typealias Maps = BPFNames.FlowmeterTc.Map
+
+    /// Whether `kernelName` (a program's name as the kernel reports it, e.g.
+    /// for the filter at our tc handle) is one of this object's programs.
+    static func isOurs(kernelName: String) -> Bool {
+        BPFNames.FlowmeterTc.programs.contains { $0.kernelName == kernelName }
     }
 
     let object: BPFObject
@@ -57,22 +75,22 @@ public final class FlowAccountingProgram: @unchecked Sendable {
         guard ringBytes >= page, ringBytes & (ringBytes - 1) == 0 else {
             throw BPFError("ring size \(ringBytes) must be a power of two of at least \(page) bytes", errno: EINVAL)
         }
-        let obj = try BPFObject(name: "flowmeter_tc", base64: EmbeddedBPF.flowmeterTc)
-        for t in ["flows_a", "flows_b"] {
+        let obj = try BPFObject(BPFNames.FlowmeterTc.self)
+        for t in [Maps.flows_a, Maps.flows_b] {
             let r = bpf_map__set_max_entries(try obj.map(t), UInt32(flowTableSize))
             if r != 0 { throw BPFError.from("set size of flow table \(t)", result: r) }
         }
-        let r = bpf_map__set_max_entries(try obj.map("flows"), UInt32(ringBytes))
-        if r != 0 { throw BPFError.from("set size of ring flows", result: r) }
+        let r = bpf_map__set_max_entries(try obj.map(Maps.flows), UInt32(ringBytes))
+        if r != 0 { throw BPFError.from("set size of ring \(Maps.flows)", result: r) }
         try obj.load()
         object = obj
-        ingressFD = try obj.programFD(Program.ingress.rawValue)
-        egressFD = try obj.programFD(Program.egress.rawValue)
-        noopFD = try obj.programFD(Program.noop.rawValue)
-        outerFD = try obj.mapFD("flow_tables")
-        tableFDs = (try obj.mapFD("flows_a"), try obj.mapFD("flows_b"))
-        statsFD = try obj.mapFD("fm_stats")
-        flowsRingFD = try obj.mapFD("flows")
+        ingressFD = try obj.programFD(Program.ingress.name)
+        egressFD = try obj.programFD(Program.egress.name)
+        noopFD = try obj.programFD(Program.noop.name)
+        outerFD = try obj.mapFD(Maps.flow_tables)
+        tableFDs = (try obj.mapFD(Maps.flows_a), try obj.mapFD(Maps.flows_b))
+        statsFD = try obj.mapFD(Maps.fm_stats)
+        flowsRingFD = try obj.mapFD(Maps.flows)
         self.flowTableSize = flowTableSize
         // libbpf put flows_a into slot 0 at load; say so explicitly anyway.
         try point(at: tableFDs.a)
@@ -226,7 +244,7 @@ public final class FlowAccountingProgram: @unchecked Sendable {
                                  UInt32(c.count), count, &retval, &duration)
             }
         }
-        if r != 0 { throw BPFError("test run of \(program.rawValue)", errno: -r) }
+        if r != 0 { throw BPFError("test run of \(program.name)", errno: -r) }
         return (Int32(bitPattern: retval), duration)
     }
 }

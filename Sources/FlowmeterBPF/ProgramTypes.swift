@@ -40,17 +40,18 @@ public enum ProgramType: String, Sendable, CaseIterable {
     }
 
     /// The probe program of this type in flowmeter_probe.bpf.c.
-    var probeProgram: String {
-        switch self {
-        case .fentry: "probe_fentry"
-        case .fexit: "probe_fexit"
-        case .kprobe: "probe_kprobe"
-        case .kretprobe: "probe_kretprobe"
-        case .tpBTF: "probe_tp_btf"
-        case .tracepoint: "probe_tracepoint"
-        case .rawTPRun: "probe_raw_tp_run"
-        case .iterMapElem: "probe_iter_map_elem"
-        case .cgroupSockRelease: "probe_cgroup_sock_release"
+    var probeProgram: BPFProgramName {
+        typealias P = BPFNames.FlowmeterProbe.Program
+        return switch self {
+        case .fentry: P.probe_fentry
+        case .fexit: P.probe_fexit
+        case .kprobe: P.probe_kprobe
+        case .kretprobe: P.probe_kretprobe
+        case .tpBTF: P.probe_tp_btf
+        case .tracepoint: P.probe_tracepoint
+        case .rawTPRun: P.probe_raw_tp_run
+        case .iterMapElem: P.probe_iter_map_elem
+        case .cgroupSockRelease: P.probe_cgroup_sock_release
         }
     }
 
@@ -168,12 +169,12 @@ public enum ProgramTypes {
             return ProgramTypeProbe(type: type, available: false, errno: e, detail: detail)
         }
         let obj: BPFObject
-        do { obj = try BPFObject(name: "flowmeter_probe", base64: EmbeddedBPF.flowmeterProbe) } catch {
+        do { obj = try BPFObject(BPFNames.FlowmeterProbe.self) } catch {
             return ProgramTypeProbe(type: type, available: false, errno: 0, detail: "\(error)")
         }
         var p: OpaquePointer? = nil
         while let next = bpf_object__next_program(obj.handle, p) {
-            bpf_program__set_autoload(next, String(cString: bpf_program__name(next)) == type.probeProgram)
+            bpf_program__set_autoload(next, String(cString: bpf_program__name(next)) == type.probeProgram.name)
             p = next
         }
         do { try obj.load() } catch let e as BPFError {

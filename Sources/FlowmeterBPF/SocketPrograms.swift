@@ -25,7 +25,7 @@ public enum SocketUpdatePath: String, Sendable, CaseIterable {
     /// daemon reads from the table: for kernels that refuse iterators.
     case rawTP = "raw_tp"
 
-    var program: String { self == .iterator ? SocketPrograms.updatesIterator : SocketPrograms.updatesRun }
+    var program: BPFProgramName { self == .iterator ? SocketPrograms.updatesIterator : SocketPrograms.updatesRun }
     var type: ProgramType { self == .iterator ? .iterMapElem : .rawTPRun }
 }
 
@@ -69,38 +69,42 @@ public final class SocketPrograms: @unchecked Sendable {
     /// (listen() reaches the state tracepoint, but not tcp_set_state).
     struct Twin {
         let hook: String
-        let fentry: [String]
-        let kprobe: [String]
-        let tpBTF: [String]?
-        let tracepoint: [String]?
+        let fentry: [BPFProgramName]
+        let kprobe: [BPFProgramName]
+        let tpBTF: [BPFProgramName]?
+        let tracepoint: [BPFProgramName]?
         /// A UDP hook: on the tracepoint rung it needs the sock_*_length
         /// tracepoints (6.3+) and a cgroup v2 mount.
         var udp = false
     }
 
+    /// The object's programs and maps, as BPFEmbed named them.
+    private typealias P = BPFNames.FlowmeterSock.Program
+    private typealias Maps = BPFNames.FlowmeterSock.Map
+
     static let twins: [Twin] = [
-        Twin(hook: "tcp_state", fentry: ["fm_state_fentry"], kprobe: ["fm_state_kprobe"],
-             tpBTF: ["fm_state_tp_btf"], tracepoint: ["fm_state_tp"]),
-        Twin(hook: "tcp_listen", fentry: ["fm_listen_fentry"], kprobe: ["fm_listen_kprobe"], tpBTF: nil, tracepoint: nil),
-        Twin(hook: "tcp_reset_received", fentry: ["fm_reset_rx_fentry"], kprobe: ["fm_reset_rx_kprobe"],
-             tpBTF: ["fm_reset_rx_tp_btf"], tracepoint: ["fm_reset_rx_tp"]),
-        Twin(hook: "tcp_reset_sent", fentry: ["fm_reset_tx_fentry"], kprobe: ["fm_reset_tx_kprobe"],
-             tpBTF: ["fm_reset_tx_tp_btf"], tracepoint: ["fm_reset_tx_tp"]),
-        Twin(hook: "udp_send", fentry: ["fm_udp_send_fexit", "fm_udp6_send_fexit"],
-             kprobe: ["fm_udp_send_kprobe", "fm_udp_send_kretprobe", "fm_udp6_send_kprobe", "fm_udp6_send_kretprobe"],
-             tpBTF: ["fm_udp_send_tp_btf"], tracepoint: ["fm_udp_send_tp"], udp: true),
-        Twin(hook: "udp_receive", fentry: ["fm_udp_recv_fentry"], kprobe: ["fm_udp_recv_kprobe"],
-             tpBTF: ["fm_udp_recv_tp_btf"], tracepoint: ["fm_udp_recv_tp"], udp: true),
-        Twin(hook: "udp_close", fentry: ["fm_udp_close_fentry", "fm_udp6_close_fentry"],
-             kprobe: ["fm_udp_close_kprobe", "fm_udp6_close_kprobe"],
+        Twin(hook: "tcp_state", fentry: [P.fm_state_fentry], kprobe: [P.fm_state_kprobe],
+             tpBTF: [P.fm_state_tp_btf], tracepoint: [P.fm_state_tp]),
+        Twin(hook: "tcp_listen", fentry: [P.fm_listen_fentry], kprobe: [P.fm_listen_kprobe], tpBTF: nil, tracepoint: nil),
+        Twin(hook: "tcp_reset_received", fentry: [P.fm_reset_rx_fentry], kprobe: [P.fm_reset_rx_kprobe],
+             tpBTF: [P.fm_reset_rx_tp_btf], tracepoint: [P.fm_reset_rx_tp]),
+        Twin(hook: "tcp_reset_sent", fentry: [P.fm_reset_tx_fentry], kprobe: [P.fm_reset_tx_kprobe],
+             tpBTF: [P.fm_reset_tx_tp_btf], tracepoint: [P.fm_reset_tx_tp]),
+        Twin(hook: "udp_send", fentry: [P.fm_udp_send_fexit, P.fm_udp6_send_fexit],
+             kprobe: [P.fm_udp_send_kprobe, P.fm_udp_send_kretprobe, P.fm_udp6_send_kprobe, P.fm_udp6_send_kretprobe],
+             tpBTF: [P.fm_udp_send_tp_btf], tracepoint: [P.fm_udp_send_tp], udp: true),
+        Twin(hook: "udp_receive", fentry: [P.fm_udp_recv_fentry], kprobe: [P.fm_udp_recv_kprobe],
+             tpBTF: [P.fm_udp_recv_tp_btf], tracepoint: [P.fm_udp_recv_tp], udp: true),
+        Twin(hook: "udp_close", fentry: [P.fm_udp_close_fentry, P.fm_udp6_close_fentry],
+             kprobe: [P.fm_udp_close_kprobe, P.fm_udp6_close_kprobe],
              tpBTF: [cgroupRelease], tracepoint: [cgroupRelease], udp: true),
     ]
     /// The tracepoint rung's UDP close: attached to the cgroup v2 root.
-    static let cgroupRelease = "fm_udp_close_cgroup"
+    static let cgroupRelease = P.fm_udp_close_cgroup
     /// The per-interval update twins, the same on every rung: the iterator,
     /// and the raw_tp program run by BPF_PROG_TEST_RUN where iterators are refused.
-    static let updatesIterator = "fm_updates"
-    static let updatesRun = "fm_updates_run"
+    static let updatesIterator = P.fm_updates
+    static let updatesRun = P.fm_updates_run
 
     public let rung: HookRung
     /// Per hook, the mode in use: "fentry", "kprobe", "tp_btf", "tracepoint",
@@ -170,27 +174,25 @@ public final class SocketPrograms: @unchecked Sendable {
     }
 
     private init(variant: Variant, rung: HookRung, updates: SocketUpdatesRequest) throws {
-        let obj = try BPFObject(name: "flowmeter_sock", base64: EmbeddedBPF.flowmeterSock)
+        let obj = try BPFObject(BPFNames.FlowmeterSock.self)
         var cgroupFD: Int32 = -1
         defer { if cgroupFD >= 0 { close(cgroupFD) } }
         if variant == .tpBTF || variant == .tracepoint { cgroupFD = Self.openCgroup2Root(mounted: CgroupPaths().root) }
         var refusals: [ProgramRefusal] = []
         // The kernel's verdict on each program's type, before loading: a
         // refused type leaves out its program, and only what it serves.
-        func refusal(_ name: String, _ consequence: String, loses: Bool) -> ProgramRefusal? {
-            guard let prog = try? obj.program(name) else { return nil }
-            let section = String(cString: bpf_program__section_name(prog))
-            guard let type = ProgramType(section: section) else { return nil }
+        func refusal(_ prog: BPFProgramName, _ consequence: String, loses: Bool) -> ProgramRefusal? {
+            guard let type = ProgramType(section: prog.section) else { return nil }
             let probe = ProgramTypes.probe(type)
             return probe.available ? nil
-                : ProgramRefusal(program: name, section: section, errno: probe.errno, detail: probe.detail,
+                : ProgramRefusal(program: prog.name, section: prog.section, errno: probe.errno, detail: probe.detail,
                                  consequence: consequence, loses: loses)
         }
         var udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupFD >= 0 ? "" : nil)
-        var chosen = Set<String>()
+        var chosen = Set<BPFProgramName>()
         var modes: [HookMode] = []
         for t in Self.twins {
-            let names: [String]? = switch variant {
+            let names: [BPFProgramName]? = switch variant {
             case .fentry: t.fentry
             case .kprobe: t.kprobe
             case .tpBTF: t.tpBTF
@@ -235,9 +237,11 @@ public final class SocketPrograms: @unchecked Sendable {
         }
         modes.append(HookMode(hook: "socket_updates", mode: paths.first?.rawValue ?? "unsupported"))
 
+        // libbpf's own names of the object's programs, matched against the generated ones.
+        let autoload = Set(chosen.map(\.name))
         var p: OpaquePointer? = nil
         while let next = bpf_object__next_program(obj.handle, p) {
-            bpf_program__set_autoload(next, chosen.contains(String(cString: bpf_program__name(next))))
+            bpf_program__set_autoload(next, autoload.contains(String(cString: bpf_program__name(next))))
             p = next
         }
         try obj.load()
@@ -248,11 +252,11 @@ public final class SocketPrograms: @unchecked Sendable {
         self.updatePaths = paths
         self.updatePath = paths.first
         self.refusals = refusals
-        eventsRingFD = try obj.mapFD("events")
-        statsFD = try obj.mapFD("fm_sock_stats")
-        configFD = try obj.mapFD("fm_sock_config")
-        socketsFD = try obj.mapFD("fm_socks")
-        func fail(_ what: String, _ e: Int32) -> BPFError {
+        eventsRingFD = try obj.mapFD(Maps.events)
+        statsFD = try obj.mapFD(Maps.fm_sock_stats)
+        configFD = try obj.mapFD(Maps.fm_sock_config)
+        socketsFD = try obj.mapFD(Maps.fm_socks)
+        func fail(_ what: BPFProgramName, _ e: Int32) -> BPFError {
             links.forEach { bpf_link__destroy($0) }
             links.removeAll()
             if let l = updatesLink { bpf_link__destroy(l); updatesLink = nil }
@@ -260,10 +264,9 @@ public final class SocketPrograms: @unchecked Sendable {
                 .contains { FileManager.default.fileExists(atPath: $0) }
             let hint = variant == .tracepoint && e == ENOENT && !tracefs
                 ? " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)" : ""
-            let section = (try? obj.program(what)).map { " (\(String(cString: bpf_program__section_name($0))))" } ?? ""
-            return BPFError("attach \(what)\(section)\(hint)", errno: e)
+            return BPFError("attach \(what.name) (\(what.section))\(hint)", errno: e)
         }
-        for name in chosen.sorted() where name != Self.updatesIterator && name != Self.updatesRun {
+        for name in chosen.sorted(by: { $0.name < $1.name }) where name != Self.updatesIterator && name != Self.updatesRun {
             let prog = try obj.program(name)
             var link: OpaquePointer?
             if name == Self.cgroupRelease {
@@ -282,7 +285,7 @@ public final class SocketPrograms: @unchecked Sendable {
         }
         if paths.contains(.rawTP) {
             updatesRunFD = try obj.programFD(Self.updatesRun)
-            updateRing = try RingReader(ringFD: try obj.mapFD("fm_update_ring"), name: "update-ring",
+            updateRing = try RingReader(ringFD: try obj.mapFD(Maps.fm_update_ring), name: "update-ring",
                                         decode: ABI.decodeSocketEvent)
         }
     }

@@ -245,13 +245,14 @@ public final class TCAttacher: @unchecked Sendable {
         return removed
     }
 
-    /// Detaches filters at our (handle, priority) whose program is one of ours.
+    /// Detaches filters at our (handle, priority) whose program is one of ours
+    /// (by the kernel's name for it, compared with the generated names).
     @discardableResult
     private func removeStaleFilters(ifindex: Int32) -> Int {
         var n = 0
         for ingress in [Int32(1), 0] {
             let id = fm_tc_query(ifindex, ingress, Self.clsactHandle, Self.clsactPriority)
-            guard id != 0, Self.programName(id: id).hasPrefix("flowmeter_") else { continue }
+            guard id != 0, FlowAccountingProgram.isOurs(kernelName: Self.programName(id: id)) else { continue }
             if fm_tc_detach(ifindex, ingress, Self.clsactHandle, Self.clsactPriority) == 0 { n += 1 }
         }
         return n

@@ -138,6 +138,9 @@ struct BenchError: Error, CustomStringConvertible {
 enum RingBench {
     /// As in bench/ring_producer.bpf.c.
     static let flows = 65536
+    /// Its program and ring, by String: that object is built by bench/build.sh
+    /// and opened from a path (BPFObjectFile), so it has no generated names.
+    static let producerProgram = "ring_produce", producerRing = "bench_flows"
     static let recordBytes = (ABI.flowEventSize + 8 + 7) & ~7 // ring header + record, 8-aligned
 
     static func monotonicNanos() -> UInt64 {
@@ -169,10 +172,10 @@ enum RingBench {
         pin(cpu: cpu)
         var ringBytes = Int(sysconf(Int32(_SC_PAGESIZE)))
         while ringBytes <= records * recordBytes { ringBytes <<= 1 }
-        let obj = try BPFObjectFile(path: producer, mapSizes: ["bench_flows": ringBytes])
-        let ringFD = try obj.mapFD("bench_flows")
+        let obj = try BPFObjectFile(path: producer, mapSizes: [producerRing: ringBytes])
+        let ringFD = try obj.mapFD(producerRing)
         let packet = [UInt8](repeating: 0, count: 64)
-        func fill() throws { _ = try obj.testRun("ring_produce", packet: packet, repeat: Int32(records)) }
+        func fill() throws { _ = try obj.testRun(producerProgram, packet: packet, repeat: Int32(records)) }
         // Two readers of one ring (the consumer position is the kernel's, shared):
         // the bare RingReader for (b), the daemon's FlowsRing for (c).
         let reader = try RingReader<Void>(ringFD: ringFD, name: "bench") { _ in () }

@@ -23,10 +23,10 @@ import Testing
     }
 
     /// Every program of the socket object has a probed type, and every name
-    /// the loader uses is a program of the object: a rename fails here, not
-    /// at run time on one rung.
+    /// the loader uses is a program of the object, of the section it was
+    /// generated with (a rename does not compile; this guards the generator).
     @Test func everySocketProgramHasAProbedType() throws {
-        let obj = try BPFObject(name: "flowmeter_sock", base64: EmbeddedBPF.flowmeterSock)
+        let obj = try BPFObject(BPFNames.FlowmeterSock.self)
         var sections: [String: String] = [:]
         var p: OpaquePointer? = nil
         while let next = bpf_object__next_program(obj.handle, p) {
@@ -40,13 +40,13 @@ import Testing
         for t in SocketPrograms.twins {
             used += t.fentry + t.kprobe + (t.tpBTF ?? []) + (t.tracepoint ?? [])
         }
-        for name in used { #expect(sections[name] != nil, "the loader names \(name), which the object lacks") }
-        #expect(sections[SocketPrograms.updatesIterator] == "iter/bpf_map_elem")
-        #expect(sections[SocketPrograms.updatesRun] == "raw_tp")
+        for p in used { #expect(sections[p.name] == p.section, "the loader names \(p) (\(p.section)), which the object lacks") }
+        #expect(SocketPrograms.updatesIterator.section == "iter/bpf_map_elem")
+        #expect(SocketPrograms.updatesRun.section == "raw_tp")
     }
 
     @Test func probeProgramsExistForEveryType() throws {
-        let obj = try BPFObject(name: "flowmeter_probe", base64: EmbeddedBPF.flowmeterProbe)
+        let obj = try BPFObject(BPFNames.FlowmeterProbe.self)
         for type in ProgramType.allCases {
             let prog = try obj.program(type.probeProgram)
             // The probe program is of the type it probes.
@@ -55,10 +55,11 @@ import Testing
     }
 
     @Test func refusalsSayProgramSectionErrnoAndCost() {
-        let r = ProgramRefusal(program: "fm_updates", section: "iter/bpf_map_elem", errno: EPERM,
+        let it = SocketPrograms.updatesIterator
+        let r = ProgramRefusal(program: it.name, section: it.section, errno: EPERM,
                                detail: "load: \(Errno.describe(EPERM))", consequence: "socket updates use the raw_tp run instead",
                                loses: false)
-        #expect(r.description == "program fm_updates (iter/bpf_map_elem) refused by the kernel at load: Operation not permitted (EPERM); socket updates use the raw_tp run instead")
+        #expect(r.description == "program \(it.name) (iter/bpf_map_elem) refused by the kernel at load: Operation not permitted (EPERM); socket updates use the raw_tp run instead")
         #expect(Errno.describe(ENOENT) == "No such file or directory (ENOENT)")
         #expect(Errno.describe(524) == "Operation not supported by this kernel (ENOTSUPP)")
         #expect(Errno.name(4242) == "errno 4242")
@@ -75,15 +76,17 @@ import Testing
     }
 
     @Test func libbpfLogNamesTheFailedProgramAndDropsTheUlimitHint() {
+        // libbpf's lines as it writes them, about the socket object's iterator.
+        let it = SocketPrograms.updatesIterator
         LibbpfLog.clear()
-        LibbpfLog.record("libbpf: prog 'fm_updates': BPF program load failed: Operation not permitted\n")
+        LibbpfLog.record("libbpf: prog '\(it.name)': BPF program load failed: Operation not permitted\n")
         LibbpfLog.record("libbpf: permission error while running as root; try raising 'ulimit -l'? current value: 8.0 MiB\n")
-        LibbpfLog.record("libbpf: prog 'fm_updates': failed to load: -1\n")
-        LibbpfLog.record("libbpf: failed to load object 'flowmeter_sock'\n")
+        LibbpfLog.record("libbpf: prog '\(it.name)': failed to load: -1\n")
+        LibbpfLog.record("libbpf: failed to load object '\(BPFNames.FlowmeterSock.object)'\n")
         let detail = LibbpfLog.recent()
         #expect(!detail.contains("ulimit -l"))
         #expect(detail.contains("note: "))
-        #expect(LibbpfLog.failedProgram(in: detail) == "fm_updates")
+        #expect(LibbpfLog.failedProgram(in: detail) == it.name)
         #expect(LibbpfLog.failedProgram(in: "libbpf: prog 'x': BPF program load failed") == nil)
     }
 
