@@ -22,8 +22,9 @@ let package = Package(
     targets: [
         // libbpf from the system (Debian libbpf-dev), plus static-inline shims
         // for the option structs that Swift cannot build with LIBBPF_OPTS.
-        .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf",
-                       providers: [.apt(["libbpf-dev", "libelf-dev", "zlib1g-dev"])]),
+        .systemLibrary(
+            name: "CLibbpf", pkgConfig: "libbpf",
+            providers: [.apt(["libbpf-dev", "libelf-dev", "zlib1g-dev"])]),
         // The one definition of every record, key and constant that crosses the
         // kernel/user boundary. The .bpf.c programs include the same header.
         .target(name: "FlowmeterABI"),
@@ -40,15 +41,19 @@ let package = Package(
         .target(name: "FlowmeterCore"),
         .target(
             name: "FlowmeterBPF",
-            dependencies: ["CLibbpf", "FlowmeterABI", "CPrivileges", "FlowmeterCore",
-                           .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "CLibbpf", "FlowmeterABI", "CPrivileges", "FlowmeterCore",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             plugins: ["BPFObjects"]
         ),
         .target(
             name: "FlowmeterExport",
-            dependencies: ["FlowmeterCore",
-                           .product(name: "Hummingbird", package: "hummingbird"),
-                           .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "FlowmeterCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // The config file (YAML) and FLOWMETER_* environment, validated with
         // positions; layered under the flags by flowmeterd.
@@ -65,18 +70,22 @@ let package = Package(
         ),
         .executableTarget(
             name: "flowmeterd",
-            dependencies: ["FlowmeterCore", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig", "FlowmeterPipeline",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                           .product(name: "Logging", package: "swift-log"),
-                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
+            dependencies: [
+                "FlowmeterCore", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig", "FlowmeterPipeline",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         // ncursesw (Debian libncurses-dev) for flowtop, behind a shim: its
         // attributes and key codes are macros.
         .systemLibrary(name: "CNcurses", pkgConfig: "ncursesw", providers: [.apt(["libncurses-dev"])]),
         .executableTarget(
             name: "flowtop",
-            dependencies: ["FlowtopCore", "FlowmeterCore", "CNcurses",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "FlowtopCore", "FlowmeterCore", "CNcurses",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // flowtop's pure part: snapshot history and rates, views, keys, screen model (no I/O).
         .target(name: "FlowtopCore", dependencies: ["FlowmeterCore"]),
@@ -88,16 +97,23 @@ let package = Package(
         .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore", "FlowmeterTestSupport"]),
         .testTarget(name: "FlowtopCoreTests", dependencies: ["FlowtopCore", "FlowmeterCore"]),
         // FlowmeterBPF and Logging only to check that the allowed values are the flags'.
-        .testTarget(name: "FlowmeterConfigTests",
-                    dependencies: ["FlowmeterConfig", "FlowmeterCore", "FlowmeterBPF", "FlowmeterTestSupport",
-                                   .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "FlowmeterPipelineTests",
-                    dependencies: ["FlowmeterPipeline", "FlowmeterCore", "FlowmeterExport",
-                                   .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "FlowmeterConfigTests",
+            dependencies: [
+                "FlowmeterConfig", "FlowmeterCore", "FlowmeterBPF", "FlowmeterTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "FlowmeterPipelineTests",
+            dependencies: [
+                "FlowmeterPipeline", "FlowmeterCore", "FlowmeterExport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // The daemon's flags against the settings table.
         .testTarget(name: "FlowmeterdTests", dependencies: ["flowmeterd", "FlowmeterConfig"]),
         .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore", "FlowmeterTestSupport"]),
-        .testTarget(name: "FlowmeterBPFTests",
-                    dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI", "FlowmeterTestSupport"]),
+        .testTarget(
+            name: "FlowmeterBPFTests",
+            dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI", "FlowmeterTestSupport"]),
     ]
 )

@@ -17,13 +17,13 @@
 /* IP protocol numbers (uapi linux/in.h, linux/in6.h: macros and enum
  * constants that vmlinux.h leaves out or that would clash with it, hence the
  * trailing underscore). */
-#define IPPROTO_ICMP_ 1
-#define IPPROTO_TCP_ 6
-#define IPPROTO_UDP_ 17
+#define IPPROTO_ICMP_   1
+#define IPPROTO_TCP_    6
+#define IPPROTO_UDP_    17
 #define IPPROTO_ICMPV6_ 58
 
 /* Address families (linux/socket.h), as in sock->__sk_common.skc_family. */
-#define AF_INET 2
+#define AF_INET  2
 #define AF_INET6 10
 
 /* Adds one to slot `idx` of a per-CPU counter array (`stats`: a

@@ -71,18 +71,27 @@
 
 /* uapi macros that vmlinux.h cannot carry (the IP protocol numbers and
  * address families are in flowmeter_common.h). */
-#define MSG_PEEK_ 2
+#define MSG_PEEK_     2
 #define MSG_ERRQUEUE_ 0x2000
 #define ECONNREFUSED_ 111
-#define ETIMEDOUT_ 110
+#define ETIMEDOUT_    110
 #define EHOSTUNREACH_ 113
-#define ENETUNREACH_ 101
+#define ENETUNREACH_  101
 #define RCV_SHUTDOWN_ 1
 
 /* TCP states (include/net/tcp_states.h). */
 enum {
-    ST_ESTABLISHED = 1, ST_SYN_SENT = 2, ST_SYN_RECV = 3, ST_FIN_WAIT1 = 4, ST_FIN_WAIT2 = 5,
-    ST_TIME_WAIT = 6, ST_CLOSE = 7, ST_CLOSE_WAIT = 8, ST_LAST_ACK = 9, ST_LISTEN = 10, ST_CLOSING = 11,
+    ST_ESTABLISHED = 1,
+    ST_SYN_SENT = 2,
+    ST_SYN_RECV = 3,
+    ST_FIN_WAIT1 = 4,
+    ST_FIN_WAIT2 = 5,
+    ST_TIME_WAIT = 6,
+    ST_CLOSE = 7,
+    ST_CLOSE_WAIT = 8,
+    ST_LAST_ACK = 9,
+    ST_LISTEN = 10,
+    ST_CLOSING = 11,
 };
 
 /* Per-socket state while a connection lives, keyed by the socket's address.
@@ -199,8 +208,8 @@ static __always_inline void fill_counters(struct sock *sk, struct fm_sock_state 
 
 /* The record for a socket; sk may be NULL (the cgroup hook cannot read it):
  * then addresses stay zero and the daemon has them from the open. */
-static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct sock *sk, __u16 kind,
-                                       __u8 protocol, struct fm_sock_state *st)
+static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct sock *sk, __u16 kind, __u8 protocol,
+                                       struct fm_sock_state *st)
 {
     __builtin_memset(e, 0, sizeof(*e));
     e->version = FM_ABI_VERSION;
@@ -227,8 +236,8 @@ static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct
         e->sport = st->sport;
 }
 
-static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_state *st, __u8 reason,
-                                 __u32 err, __u32 inferred_resets_sent)
+static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_state *st, __u8 reason, __u32 err,
+                                 __u32 inferred_resets_sent)
 {
     fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_ATTEMPTED);
     struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -315,10 +324,10 @@ static __always_inline void on_state(struct sock *sk, int old, int new)
     struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
     __u32 err = BPF_CORE_READ(sk, sk_err);
     if (old == ST_SYN_SENT) {
-        __u8 reason = err == ECONNREFUSED_ ? FM_FAIL_REFUSED
-                    : err == ETIMEDOUT_ ? FM_FAIL_TIMEOUT
-                    : (err == EHOSTUNREACH_ || err == ENETUNREACH_) ? FM_FAIL_UNREACHABLE
-                    : FM_FAIL_OTHER;
+        __u8 reason = err == ECONNREFUSED_                            ? FM_FAIL_REFUSED
+                      : err == ETIMEDOUT_                             ? FM_FAIL_TIMEOUT
+                      : (err == EHOSTUNREACH_ || err == ENETUNREACH_) ? FM_FAIL_UNREACHABLE
+                                                                      : FM_FAIL_OTHER;
         emit(sk, FM_SOCK_FAILED, st, reason, err, 0);
     } else if (old != ST_SYN_RECV && old != ST_CLOSE) {
         __u32 abort = (old == ST_ESTABLISHED || old == ST_CLOSE_WAIT) && err == 0;
@@ -407,8 +416,8 @@ static __always_inline void on_udp_close(struct sock *sk)
 static __always_inline int tcp_alive(struct sock *sk)
 {
     int state = BPF_CORE_READ(sk, __sk_common.skc_state);
-    return state == ST_ESTABLISHED || state == ST_FIN_WAIT1 || state == ST_FIN_WAIT2 ||
-           state == ST_CLOSE_WAIT || state == ST_LAST_ACK || state == ST_CLOSING;
+    return state == ST_ESTABLISHED || state == ST_FIN_WAIT1 || state == ST_FIN_WAIT2 || state == ST_CLOSE_WAIT ||
+           state == ST_LAST_ACK || state == ST_CLOSING;
 }
 
 /* The UPDATE for the socket `key` into *e, if one is due: it was opened, is

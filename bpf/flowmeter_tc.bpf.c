@@ -34,15 +34,15 @@
 /* uapi macros that vmlinux.h (types only) cannot carry (the IP protocol
  * numbers are in flowmeter_common.h). */
 #define TC_ACT_UNSPEC (-1)
-#define ETH_HLEN 14
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define ETH_P_8021Q 0x8100
-#define ETH_P_8021AD 0x88A8
-#define IPV6_HOPOPTS 0
-#define IPV6_ROUTING 43
+#define ETH_HLEN      14
+#define ETH_P_IP      0x0800
+#define ETH_P_IPV6    0x86DD
+#define ETH_P_8021Q   0x8100
+#define ETH_P_8021AD  0x88A8
+#define IPV6_HOPOPTS  0
+#define IPV6_ROUTING  43
 #define IPV6_FRAGMENT 44
-#define IPV6_DSTOPTS 60
+#define IPV6_DSTOPTS  60
 /* At most this many VLAN tags are unwrapped (802.1ad outer + 802.1Q inner). */
 #define FM_MAX_VLAN_TAGS 2
 /* At most this many IPv6 extension headers are skipped before giving up on L4. */
@@ -67,7 +67,7 @@ struct {
     __type(key, __u32);
     __array(values, struct fm_flow_table);
 } flow_tables SEC(".maps") = {
-    .values = { [0] = &flows_a },
+    .values = {[0] = &flows_a},
 };
 
 /* Packets that found no room in the flow table. */
@@ -107,8 +107,7 @@ static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
 
 /* Parses L4 at l4off (l3end = end of the IP datagram). Fills ports/flags and
  * returns the L4 header length counted in every GSO segment (0 if none). */
-static __always_inline __u32 parse_l4(struct __sk_buff *skb, struct fm_parsed *p,
-                                      __u32 l4off, __u32 l3end)
+static __always_inline __u32 parse_l4(struct __sk_buff *skb, struct fm_parsed *p, __u32 l4off, __u32 l3end)
 {
     __u8 proto = p->key.protocol;
     if (proto == IPPROTO_TCP_) {

@@ -16,18 +16,23 @@ struct BPFObjects: BuildToolPlugin {
             return names.filter { $0.hasSuffix(suffix) }.sorted().map { dir.appending(path: $0) }
         }
         let sources = files(in: bpfDir, suffix: ".bpf.c")
-        let headers = files(in: bpfDir, suffix: ".h") + files(in: bpfDir.appending(path: "include"), suffix: ".h")
+        let headers =
+            files(in: bpfDir, suffix: ".h") + files(in: bpfDir.appending(path: "include"), suffix: ".h")
             + files(in: abiInclude, suffix: ".h")
         let output = context.pluginWorkDirectoryURL.appending(path: "EmbeddedBPF.swift")
-        var args = ["--output", output.path, "-I", bpfDir.appending(path: "include").path,
-                    "-I", bpfDir.path, "-I", abiInclude.path]
+        var args = [
+            "--output", output.path, "-I", bpfDir.appending(path: "include").path,
+            "-I", bpfDir.path, "-I", abiInclude.path,
+        ]
         args += sources.map(\.path)
-        return [.buildCommand(
-            displayName: "Compiling BPF programs (\(sources.map(\.lastPathComponent).joined(separator: ", ")))",
-            executable: try context.tool(named: "BPFEmbed").url,
-            arguments: args,
-            inputFiles: sources + headers,
-            outputFiles: [output]
-        )]
+        return [
+            .buildCommand(
+                displayName: "Compiling BPF programs (\(sources.map(\.lastPathComponent).joined(separator: ", ")))",
+                executable: try context.tool(named: "BPFEmbed").url,
+                arguments: args,
+                inputFiles: sources + headers,
+                outputFiles: [output]
+            )
+        ]
     }
 }

@@ -157,7 +157,8 @@ func namesSource(file: String, programs: [(name: String, section: String)], maps
     s += "        enum Program {\n"
     for p in programs {
         s += "            /// SEC(\(literal(p.section)))\n"
-        s += "            static let \(try unique(p.name)) = BPFProgramName(object: \(literal(object)), name: \(literal(p.name)), section: \(literal(p.section)))\n"
+        s +=
+            "            static let \(try unique(p.name)) = BPFProgramName(object: \(literal(object)), name: \(literal(p.name)), section: \(literal(p.section)))\n"
     }
     s += "        }\n"
     members.removeAll()
@@ -200,8 +201,10 @@ do {
     for input in inputs.sorted() {
         let name = identifier(for: input)
         let object = workDir.appendingPathComponent(name + ".bpf.o").path
-        var cargs = ["-target", "bpf", "-O2", "-g", "-mcpu=v3", "-D__TARGET_ARCH_x86",
-                     "-Wall", "-Werror", "-Wno-unused-function"]
+        var cargs = [
+            "-target", "bpf", "-O2", "-g", "-mcpu=v3", "-D__TARGET_ARCH_x86",
+            "-Wall", "-Werror", "-Wno-unused-function",
+        ]
         for inc in includes { cargs += ["-I", inc] }
         cargs += ["-c", input, "-o", object]
         try run(clang, cargs)

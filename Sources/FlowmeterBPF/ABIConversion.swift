@@ -3,8 +3,12 @@ import FlowmeterABI
 import FlowmeterCore
 
 extension IPAddress16 {
-    init(tuple t: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                   UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)) {
+    init(
+        tuple t: (
+            UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+            UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
+        )
+    ) {
         // Two big-endian loads: the compiler did not merge the sixteen byte
         // shifts, and this runs twice per ring record (flowmeter-bench ring).
         let (hi, lo) = withUnsafeBytes(of: t) {
@@ -17,19 +21,21 @@ extension IPAddress16 {
 extension FlowKey {
     /// From the kernel's struct fm_flow_key.
     public init(abi k: fm_flow_key) {
-        self.init(source: IPAddress16(tuple: k.saddr), destination: IPAddress16(tuple: k.daddr),
-                  ifindex: k.ifindex, sourcePort: k.sport, destinationPort: k.dport,
-                  direction: Direction(rawValue: k.direction) ?? .receive,
-                  family: Family(rawValue: k.family) ?? .other,
-                  ipProtocol: k.protocol, flags: FlowKeyFlags(rawValue: k.flags))
+        self.init(
+            source: IPAddress16(tuple: k.saddr), destination: IPAddress16(tuple: k.daddr),
+            ifindex: k.ifindex, sourcePort: k.sport, destinationPort: k.dport,
+            direction: Direction(rawValue: k.direction) ?? .receive,
+            family: Family(rawValue: k.family) ?? .other,
+            ipProtocol: k.protocol, flags: FlowKeyFlags(rawValue: k.flags))
     }
 }
 
 extension FlowStats {
     /// From the kernel's struct fm_flow_stats (one CPU's slice).
     public init(abi s: fm_flow_stats) {
-        self.init(packets: s.packets, bytes: s.bytes, firstSeenNanos: s.first_seen_ns,
-                  lastSeenNanos: s.last_seen_ns, tcpFlags: s.tcp_flags)
+        self.init(
+            packets: s.packets, bytes: s.bytes, firstSeenNanos: s.first_seen_ns,
+            lastSeenNanos: s.last_seen_ns, tcpFlags: s.tcp_flags)
     }
 }
 
@@ -58,15 +64,18 @@ extension ABI {
         let e = data.loadUnaligned(as: fm_sock_event.self)
         guard e.version == UInt16(FM_ABI_VERSION), let kind = SocketEvent.Kind(rawValue: e.kind) else { return nil }
         let comm = withUnsafeBytes(of: e.owner.comm) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let owner: SocketOwner? = e.owner.tgid == 0 && e.owner.cgroup_id == 0 ? nil
+        let owner: SocketOwner? =
+            e.owner.tgid == 0 && e.owner.cgroup_id == 0
+            ? nil
             : SocketOwner(tgid: e.owner.tgid, pid: e.owner.pid, name: comm, cgroupID: e.owner.cgroup_id)
-        return SocketEvent(kind: kind, role: SocketEvent.Role(rawValue: e.role) ?? .unknown,
-                           family: Family(rawValue: e.family) ?? .other, ipProtocol: e.protocol,
-                           reason: SocketEvent.FailReason(rawValue: e.reason) ?? .other, socketID: e.sock_id,
-                           timestampNanos: e.ts_ns, startNanos: e.start_ns, owner: owner,
-                           localAddress: IPAddress16(tuple: e.saddr), remoteAddress: IPAddress16(tuple: e.daddr),
-                           localPort: e.sport, remotePort: e.dport, srttMicros: e.srtt_us, bytesSent: e.bytes_sent,
-                           bytesReceived: e.bytes_received, retransmits: e.retransmits, resetsSent: e.resets_sent,
-                           resetsReceived: e.resets_received, error: e.err)
+        return SocketEvent(
+            kind: kind, role: SocketEvent.Role(rawValue: e.role) ?? .unknown,
+            family: Family(rawValue: e.family) ?? .other, ipProtocol: e.protocol,
+            reason: SocketEvent.FailReason(rawValue: e.reason) ?? .other, socketID: e.sock_id,
+            timestampNanos: e.ts_ns, startNanos: e.start_ns, owner: owner,
+            localAddress: IPAddress16(tuple: e.saddr), remoteAddress: IPAddress16(tuple: e.daddr),
+            localPort: e.sport, remotePort: e.dport, srttMicros: e.srtt_us, bytesSent: e.bytes_sent,
+            bytesReceived: e.bytes_received, retransmits: e.retransmits, resetsSent: e.resets_sent,
+            resetsReceived: e.resets_received, error: e.err)
     }
 }

@@ -166,12 +166,13 @@ public final class FlowAccountingProgram: @unchecked Sendable {
             var count = UInt32(capacity)
             let r = withUnsafeMutablePointer(to: &inBatch) { inp in
                 withUnsafeMutablePointer(to: &outBatch) { outp in
-                    fm_map_lookup_and_delete_batch(fd, first ? nil : UnsafeMutableRawPointer(inp),
-                                                   UnsafeMutableRawPointer(outp), keys, values, &count)
+                    fm_map_lookup_and_delete_batch(
+                        fd, first ? nil : UnsafeMutableRawPointer(inp),
+                        UnsafeMutableRawPointer(outp), keys, values, &count)
                 }
             }
             if r == -ENOSPC && count == 0 {
-                capacity *= 4 // one bucket holds more entries than the buffer: grow and retry
+                capacity *= 4  // one bucket holds more entries than the buffer: grow and retry
                 continue
             }
             if r != 0 && r != -ENOENT { throw BPFError("drain flow table (batch)", errno: -r) }
@@ -232,16 +233,19 @@ public final class FlowAccountingProgram: @unchecked Sendable {
     /// Runs a program on one packet with BPF_PROG_TEST_RUN, as if it arrived on
     /// `ifindex` (0: loopback) as a super-packet of `gsoSegs` segments (0: none).
     /// Returns the program's verdict and the kernel-measured average run time.
-    public func testRun(_ program: Program, packet: [UInt8], ifindex: UInt32 = 0,
-                        gsoSegs: UInt32 = 0, repeat count: Int32 = 1) throws -> (verdict: Int32, nanoseconds: UInt32) {
+    public func testRun(
+        _ program: Program, packet: [UInt8], ifindex: UInt32 = 0,
+        gsoSegs: UInt32 = 0, repeat count: Int32 = 1
+    ) throws -> (verdict: Int32, nanoseconds: UInt32) {
         var ctx = __sk_buff()
         ctx.ifindex = ifindex
         ctx.gso_segs = gsoSegs
         var retval: UInt32 = 0, duration: UInt32 = 0
         let r = packet.withUnsafeBytes { p in
             withUnsafeBytes(of: &ctx) { c in
-                fm_prog_test_run(fd(of: program), p.baseAddress, UInt32(p.count), c.baseAddress,
-                                 UInt32(c.count), count, &retval, &duration)
+                fm_prog_test_run(
+                    fd(of: program), p.baseAddress, UInt32(p.count), c.baseAddress,
+                    UInt32(c.count), count, &retval, &duration)
             }
         }
         if r != 0 { throw BPFError("test run of \(program.name)", errno: -r) }

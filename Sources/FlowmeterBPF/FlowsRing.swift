@@ -65,21 +65,26 @@ public final class RingReader<Record>: @unchecked Sendable {
     /// lock, right after `decode` made them and while they are in cache;
     /// what it keeps can be handed over by `take(_:)`.
     @inlinable
-    public convenience init(ringFD: Int32, name: String, softLimit: Int = .max, hardLimit: Int = .max,
-                            decode: @escaping (UnsafeRawBufferPointer) -> Record?,
-                            fold: ((UnsafeBufferPointer<Record>) -> Void)? = nil) throws {
+    public convenience init(
+        ringFD: Int32, name: String, softLimit: Int = .max, hardLimit: Int = .max,
+        decode: @escaping (UnsafeRawBufferPointer) -> Record?,
+        fold: ((UnsafeBufferPointer<Record>) -> Void)? = nil
+    ) throws {
         let pending = UnsafeMutablePointer<Pending>.allocate(capacity: 1)
         pending.initialize(to: Pending())
         let handler = RingSampleHandler { bytes in
             if let r = decode(bytes) { pending.pointee.records.append(r) } else { pending.pointee.rejected += 1 }
         }
-        try self.init(ringFD: ringFD, name: name, softLimit: softLimit, hardLimit: hardLimit, handler: handler,
-                      pending: pending, fold: fold)
+        try self.init(
+            ringFD: ringFD, name: name, softLimit: softLimit, hardLimit: hardLimit, handler: handler,
+            pending: pending, fold: fold)
     }
 
     @usableFromInline
-    init(ringFD: Int32, name: String, softLimit: Int, hardLimit: Int, handler: RingSampleHandler,
-         pending: UnsafeMutablePointer<Pending>, fold: ((UnsafeBufferPointer<Record>) -> Void)?) throws {
+    init(
+        ringFD: Int32, name: String, softLimit: Int, hardLimit: Int, handler: RingSampleHandler,
+        pending: UnsafeMutablePointer<Pending>, fold: ((UnsafeBufferPointer<Record>) -> Void)?
+    ) throws {
         precondition(softLimit > 0 && hardLimit >= softLimit, "ring limits: 0 < soft <= hard")
         self.name = name
         self.softLimit = softLimit
@@ -265,9 +270,10 @@ public final class FlowsRing: @unchecked Sendable {
 
     public init(ringFD: Int32) throws {
         let sums = self.sums
-        reader = try RingReader(ringFD: ringFD, name: "flows-ring", softLimit: RingLimits.flowsSoft,
-                                hardLimit: RingLimits.flowsHard, decode: ABI.decodeFlowEvent,
-                                fold: { sums.table.pointee.add($0) })
+        reader = try RingReader(
+            ringFD: ringFD, name: "flows-ring", softLimit: RingLimits.flowsSoft,
+            hardLimit: RingLimits.flowsHard, decode: ABI.decodeFlowEvent,
+            fold: { sums.table.pointee.add($0) })
     }
     public func start() { reader.start() }
     public func stop() { reader.stop() }

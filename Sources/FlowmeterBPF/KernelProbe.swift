@@ -29,8 +29,10 @@ public struct KernelFeatures: Sendable {
     /// The socket-hook rung `auto` resolves to: fentry, else kprobe, else
     /// tracepoint (tp_btf, else classic), then the rungs it would fall back to.
     public var socketRung: String {
-        let ladder = [("fentry", "fentry"), ("kprobe", "kprobe"), ("tp_btf", "tracepoint (tp_btf)"),
-                      ("tracepoint", "tracepoint (classic)")].filter { has($0.0) }.map(\.1)
+        let ladder = [
+            ("fentry", "fentry"), ("kprobe", "kprobe"), ("tp_btf", "tracepoint (tp_btf)"),
+            ("tracepoint", "tracepoint (classic)"),
+        ].filter { has($0.0) }.map(\.1)
         guard let first = ladder.first else { return "none: socket telemetry off" }
         return ladder.count == 1 ? first + "; no fallback" : first + "; fallback " + ladder.dropFirst().joined(separator: ", ")
     }
@@ -67,11 +69,15 @@ public enum KernelProbe {
 
         // Ring buffer
         let rb = libbpf_probe_bpf_map_type(BPF_MAP_TYPE_RINGBUF, nil)
-        add("ringbuf", rb == 1, rb == 1 ? "BPF_MAP_TYPE_RINGBUF" : (rb == 0 ? "map type unknown to this kernel" : "probe failed: \(errText(-rb))"))
+        add(
+            "ringbuf", rb == 1,
+            rb == 1 ? "BPF_MAP_TYPE_RINGBUF" : (rb == 0 ? "map type unknown to this kernel" : "probe failed: \(errText(-rb))"))
 
         // tc programs
         let cls = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_SCHED_CLS, nil)
-        add("tc", cls == 1, cls == 1 ? "BPF_PROG_TYPE_SCHED_CLS loads" : (cls == 0 ? "program type unknown" : "probe failed: \(errText(-cls))"))
+        add(
+            "tc", cls == 1,
+            cls == 1 ? "BPF_PROG_TYPE_SCHED_CLS loads" : (cls == 0 ? "program type unknown" : "probe failed: \(errText(-cls))"))
 
         // TCX: attach a trivial classifier to loopback ingress and take it off.
         let prog = fm_probe_load_trivial(BPF_PROG_TYPE_SCHED_CLS)
@@ -96,17 +102,21 @@ public enum KernelProbe {
             if q == 0 { _ = fm_clsact_destroy(lo) }
             add("clsact", true, q == 0 ? "qdisc created and removed on lo" : "qdisc present on lo")
         } else {
-            add("clsact", false, "create clsact on lo: \(errText(-q))"
-                + (q == -ENOENT || q == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""))
+            add(
+                "clsact", false,
+                "create clsact on lo: \(errText(-q))"
+                    + (q == -ENOENT || q == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""))
         }
 
         // One row per program type the socket object uses: a minimal program
         // of each, loaded (and attached or run) on its own.
         for type in ProgramType.allCases {
             let r = ProgramTypes.probe(type)
-            add(type.rawValue, r.available, r.available
-                ? type.probeDescription + (r.detail.isEmpty ? "" : " (\(r.detail))")
-                : "\(type.probeDescription): \(r.detail)")
+            add(
+                type.rawValue, r.available,
+                r.available
+                    ? type.probeDescription + (r.detail.isEmpty ? "" : " (\(r.detail))")
+                    : "\(type.probeDescription): \(r.detail)")
         }
 
         // Batch map operations on a scratch hash map.
@@ -115,7 +125,8 @@ public enum KernelProbe {
             var keys = [UInt32](repeating: 0, count: 4), vals = keys
             var out: UInt64 = 0, count: UInt32 = 4
             let r = fm_map_lookup_and_delete_batch(m, nil, &out, &keys, &vals, &count)
-            add("batch_map_ops", r == 0 || r == -ENOENT,
+            add(
+                "batch_map_ops", r == 0 || r == -ENOENT,
                 r == 0 || r == -ENOENT ? "BPF_MAP_LOOKUP_AND_DELETE_BATCH" : "lookup-and-delete batch: \(errText(-r)) (will iterate)")
             close(m)
         } else {
@@ -124,7 +135,9 @@ public enum KernelProbe {
 
         // cgroup v2
         let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
-        if let line = mounts.split(separator: "\n").first(where: { $0.split(separator: " ").count > 2 && $0.split(separator: " ")[2] == "cgroup2" }) {
+        if let line = mounts.split(separator: "\n").first(where: {
+            $0.split(separator: " ").count > 2 && $0.split(separator: " ")[2] == "cgroup2"
+        }) {
             add("cgroup_v2", true, "mounted at \(line.split(separator: " ")[1])")
         } else {
             add("cgroup_v2", false, "no cgroup2 mount in /proc/self/mounts")
@@ -139,8 +152,9 @@ public enum Capabilities {
 
     public static func effective() -> UInt64 {
         guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-              let v = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) else { return 0 }
+            let line = s.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+            let v = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return 0 }
         return v
     }
 

@@ -19,7 +19,7 @@ public final class LinkMonitor: @unchecked Sendable {
         guard fd >= 0 else { throw BPFError("open rtnetlink socket", errno: errno) }
         var addr = sockaddr_nl()
         addr.nl_family = sa_family_t(AF_NETLINK)
-        addr.nl_groups = 1 // RTMGRP_LINK
+        addr.nl_groups = 1  // RTMGRP_LINK
         let r = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
         }
@@ -46,7 +46,7 @@ public final class LinkMonitor: @unchecked Sendable {
                 if n > 0 {
                     onChange(RTNetlink.parse(Array(buf[0..<n])))
                 } else if n < 0 && errno == ENOBUFS {
-                    onChange([]) // events were dropped: reconcile from scratch
+                    onChange([])  // events were dropped: reconcile from scratch
                 }
             }
             stopped.signal()

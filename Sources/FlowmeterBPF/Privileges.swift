@@ -20,7 +20,8 @@ public struct ThreadPrivileges: Sendable, Equatable {
         }
         func mask(_ k: String) -> UInt64? { v[k].flatMap { UInt64($0, radix: 16) } }
         guard let e = mask("CapEff"), let p = mask("CapPrm"), let i = mask("CapInh"), let b = mask("CapBnd"),
-              let nnp = v["NoNewPrivs"] else { return nil }
+            let nnp = v["NoNewPrivs"]
+        else { return nil }
         effective = e; permitted = p; inheritable = i; bounding = b
         // CapAmb exists from Linux 4.3 on; before it there is no ambient set.
         ambient = mask("CapAmb") ?? 0
@@ -41,7 +42,7 @@ public struct PrivilegeError: Error, CustomStringConvertible {
 /// Giving up, once attached, the capabilities only the start needs.
 public enum Privileges {
     public static let chown = 0, setpcap = 8, netBindService = 10, netAdmin = 12, sysAdmin = 21,
-                      perfmon = 38, bpf = 39
+        perfmon = 38, bpf = 39
 
     private static let capabilityNames = [
         "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
@@ -78,8 +79,10 @@ public enum Privileges {
     ///   clsact filters off at shutdown (rtnetlink).
     /// CAP_PERFMON is needed only to load and attach the socket hooks;
     /// CAP_CHOWN and CAP_NET_BIND_SERVICE only until the servers run.
-    public static func neededAfterAttach(followsInterfaces: Bool, clsact: Bool,
-                                         permitted: UInt64 = ThreadPrivileges.current()?.permitted ?? 0) -> UInt64 {
+    public static func neededAfterAttach(
+        followsInterfaces: Bool, clsact: Bool,
+        permitted: UInt64 = ThreadPrivileges.current()?.permitted ?? 0
+    ) -> UInt64 {
         var keep: UInt64 = permitted & mask(bpf) != 0 ? mask(bpf) : mask(sysAdmin)
         if followsInterfaces || clsact { keep |= mask(netAdmin) }
         return keep & permitted
@@ -124,8 +127,10 @@ public enum Privileges {
         var wrong = 0
         for tid in tids {
             guard let s = try? String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8),
-                  let p = ThreadPrivileges(status: s) else { continue }
-            let ok = p.effective == keep && p.permitted == keep && p.inheritable == 0 && p.ambient == 0
+                let p = ThreadPrivileges(status: s)
+            else { continue }
+            let ok =
+                p.effective == keep && p.permitted == keep && p.inheritable == 0 && p.ambient == 0
                 && p.noNewPrivs && (bounding == nil || p.bounding == bounding)
             if !ok { wrong += 1 }
         }

@@ -133,14 +133,17 @@ public enum Errno {
     public static var epermNote: String {
         let memcg = libbpf_probe_bpf_helper(BPF_PROG_TYPE_SOCKET_FILTER, BPF_FUNC_ktime_get_coarse_ns, nil) == 1
         if memcg {
-            return "not a RLIMIT_MEMLOCK matter (this kernel charges BPF memory to the memory cgroup): the type is disabled in this build, or lockdown or a BPF LSM policy refuses it"
+            return
+                "not a RLIMIT_MEMLOCK matter (this kernel charges BPF memory to the memory cgroup): the type is disabled in this build, or lockdown or a BPF LSM policy refuses it"
         }
         var lim = rlimit()
         getrlimit(__rlimit_resource_t(8) /* RLIMIT_MEMLOCK */, &lim)
         if lim.rlim_cur == rlim_t.max /* RLIM_INFINITY */ {
-            return "not a RLIMIT_MEMLOCK matter (it is unlimited): the type is disabled in this build, or lockdown or a BPF LSM policy refuses it"
+            return
+                "not a RLIMIT_MEMLOCK matter (it is unlimited): the type is disabled in this build, or lockdown or a BPF LSM policy refuses it"
         }
-        return "RLIMIT_MEMLOCK (\(lim.rlim_cur) bytes) may be too low on this kernel (ulimit -l), or the type is disabled, or lockdown or a BPF LSM policy refuses it"
+        return
+            "RLIMIT_MEMLOCK (\(lim.rlim_cur) bytes) may be too low on this kernel (ulimit -l), or the type is disabled, or lockdown or a BPF LSM policy refuses it"
     }
 }
 
@@ -160,7 +163,8 @@ public enum ProgramTypes {
         func refused(_ step: String, _ e: Int32) -> ProgramTypeProbe {
             var detail = "\(step): \(Errno.describe(e))"
             if type == .tracepoint, e == ENOENT, !FileManager.default.fileExists(atPath: "/sys/kernel/tracing/events"),
-               !FileManager.default.fileExists(atPath: "/sys/kernel/debug/tracing/events") {
+                !FileManager.default.fileExists(atPath: "/sys/kernel/debug/tracing/events")
+            {
                 detail += " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)"
             }
             if type == .kprobe || type == .kretprobe, step == "attach", e == ENOENT {
@@ -191,9 +195,13 @@ public enum ProgramTypes {
             var ctx = [UInt64](repeating: 0, count: Int(FM_UPDATE_RUN_KEYS))
             ctx[0] = 41
             var retval: UInt32 = 0, duration: UInt32 = 0
-            let r = ctx.withUnsafeBytes { fm_prog_test_run(bpf_program__fd(prog), nil, 0, $0.baseAddress, UInt32($0.count), 0, &retval, &duration) }
+            let r = ctx.withUnsafeBytes {
+                fm_prog_test_run(bpf_program__fd(prog), nil, 0, $0.baseAddress, UInt32($0.count), 0, &retval, &duration)
+            }
             if r != 0 { return refused("BPF_PROG_TEST_RUN", -r) }
-            if retval != 42 { return ProgramTypeProbe(type: type, available: false, errno: 0, detail: "test run returned \(retval), want 42") }
+            if retval != 42 {
+                return ProgramTypeProbe(type: type, available: false, errno: 0, detail: "test run returned \(retval), want 42")
+            }
             return ProgramTypeProbe(type: type, available: true, errno: 0, detail: "")
         case .iterMapElem:
             let m = bpf_map_create(BPF_MAP_TYPE_HASH, "fm_probe_it", 8, 8, 4, nil)

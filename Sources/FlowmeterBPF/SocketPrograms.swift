@@ -83,21 +83,27 @@ public final class SocketPrograms: @unchecked Sendable {
     private typealias Maps = BPFNames.FlowmeterSock.Map
 
     static let twins: [Twin] = [
-        Twin(hook: "tcp_state", fentry: [P.fm_state_fentry], kprobe: [P.fm_state_kprobe],
-             tpBTF: [P.fm_state_tp_btf], tracepoint: [P.fm_state_tp]),
+        Twin(
+            hook: "tcp_state", fentry: [P.fm_state_fentry], kprobe: [P.fm_state_kprobe],
+            tpBTF: [P.fm_state_tp_btf], tracepoint: [P.fm_state_tp]),
         Twin(hook: "tcp_listen", fentry: [P.fm_listen_fentry], kprobe: [P.fm_listen_kprobe], tpBTF: nil, tracepoint: nil),
-        Twin(hook: "tcp_reset_received", fentry: [P.fm_reset_rx_fentry], kprobe: [P.fm_reset_rx_kprobe],
-             tpBTF: [P.fm_reset_rx_tp_btf], tracepoint: [P.fm_reset_rx_tp]),
-        Twin(hook: "tcp_reset_sent", fentry: [P.fm_reset_tx_fentry], kprobe: [P.fm_reset_tx_kprobe],
-             tpBTF: [P.fm_reset_tx_tp_btf], tracepoint: [P.fm_reset_tx_tp]),
-        Twin(hook: "udp_send", fentry: [P.fm_udp_send_fexit, P.fm_udp6_send_fexit],
-             kprobe: [P.fm_udp_send_kprobe, P.fm_udp_send_kretprobe, P.fm_udp6_send_kprobe, P.fm_udp6_send_kretprobe],
-             tpBTF: [P.fm_udp_send_tp_btf], tracepoint: [P.fm_udp_send_tp], udp: true),
-        Twin(hook: "udp_receive", fentry: [P.fm_udp_recv_fentry], kprobe: [P.fm_udp_recv_kprobe],
-             tpBTF: [P.fm_udp_recv_tp_btf], tracepoint: [P.fm_udp_recv_tp], udp: true),
-        Twin(hook: "udp_close", fentry: [P.fm_udp_close_fentry, P.fm_udp6_close_fentry],
-             kprobe: [P.fm_udp_close_kprobe, P.fm_udp6_close_kprobe],
-             tpBTF: [cgroupRelease], tracepoint: [cgroupRelease], udp: true),
+        Twin(
+            hook: "tcp_reset_received", fentry: [P.fm_reset_rx_fentry], kprobe: [P.fm_reset_rx_kprobe],
+            tpBTF: [P.fm_reset_rx_tp_btf], tracepoint: [P.fm_reset_rx_tp]),
+        Twin(
+            hook: "tcp_reset_sent", fentry: [P.fm_reset_tx_fentry], kprobe: [P.fm_reset_tx_kprobe],
+            tpBTF: [P.fm_reset_tx_tp_btf], tracepoint: [P.fm_reset_tx_tp]),
+        Twin(
+            hook: "udp_send", fentry: [P.fm_udp_send_fexit, P.fm_udp6_send_fexit],
+            kprobe: [P.fm_udp_send_kprobe, P.fm_udp_send_kretprobe, P.fm_udp6_send_kprobe, P.fm_udp6_send_kretprobe],
+            tpBTF: [P.fm_udp_send_tp_btf], tracepoint: [P.fm_udp_send_tp], udp: true),
+        Twin(
+            hook: "udp_receive", fentry: [P.fm_udp_recv_fentry], kprobe: [P.fm_udp_recv_kprobe],
+            tpBTF: [P.fm_udp_recv_tp_btf], tracepoint: [P.fm_udp_recv_tp], udp: true),
+        Twin(
+            hook: "udp_close", fentry: [P.fm_udp_close_fentry, P.fm_udp6_close_fentry],
+            kprobe: [P.fm_udp_close_kprobe, P.fm_udp6_close_kprobe],
+            tpBTF: [cgroupRelease], tracepoint: [cgroupRelease], udp: true),
     ]
     /// The tracepoint rung's UDP close: attached to the cgroup v2 root.
     static let cgroupRelease = P.fm_udp_close_cgroup
@@ -165,7 +171,9 @@ public final class SocketPrograms: @unchecked Sendable {
             return open(mounted, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         }
         var template = Array("/tmp/flowmeter-cgroup2-XXXXXX".utf8CString)
-        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else { return -1 }
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
+            return -1
+        }
         defer { rmdir(dir) }
         guard mount("cgroup2", dir, "cgroup2", 0, nil) == 0 else { return -1 }
         let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -184,26 +192,31 @@ public final class SocketPrograms: @unchecked Sendable {
         func refusal(_ prog: BPFProgramName, _ consequence: String, loses: Bool) -> ProgramRefusal? {
             guard let type = ProgramType(section: prog.section) else { return nil }
             let probe = ProgramTypes.probe(type)
-            return probe.available ? nil
-                : ProgramRefusal(program: prog.name, section: prog.section, errno: probe.errno, detail: probe.detail,
-                                 consequence: consequence, loses: loses)
+            return probe.available
+                ? nil
+                : ProgramRefusal(
+                    program: prog.name, section: prog.section, errno: probe.errno, detail: probe.detail,
+                    consequence: consequence, loses: loses)
         }
         var udpMissing = Self.udpMissing(variant, cgroupRoot: cgroupFD >= 0 ? "" : nil)
         var chosen = Set<BPFProgramName>()
         var modes: [HookMode] = []
         for t in Self.twins {
-            let names: [BPFProgramName]? = switch variant {
-            case .fentry: t.fentry
-            case .kprobe: t.kprobe
-            case .tpBTF: t.tpBTF
-            case .tracepoint: t.tracepoint
-            }
+            let names: [BPFProgramName]? =
+                switch variant {
+                case .fentry: t.fentry
+                case .kprobe: t.kprobe
+                case .tpBTF: t.tpBTF
+                case .tracepoint: t.tracepoint
+                }
             // A TCP hook's program refused: this rung cannot be had (the
             // ladder goes on to the next one, where the twins differ).
             if !t.udp, let r = names?.lazy.compactMap({ refusal($0, "the \(variant.rawValue) rung is skipped", loses: false) }).first {
                 throw BPFError(refused: r)
             }
-            if t.udp, udpMissing == nil, let r = names?.lazy.compactMap({ refusal($0, "UDP sockets are not seen on this rung", loses: true) }).first {
+            if t.udp, udpMissing == nil,
+                let r = names?.lazy.compactMap({ refusal($0, "UDP sockets are not seen on this rung", loses: true) }).first
+            {
                 refusals.append(r)
                 udpMissing = "program \(r.program) (\(r.section)) is refused by the kernel at \(r.detail)"
             }
@@ -212,7 +225,9 @@ public final class SocketPrograms: @unchecked Sendable {
                 continue
             }
             names?.forEach { chosen.insert($0) }
-            let mode = names == [Self.cgroupRelease] ? "cgroup"
+            let mode =
+                names == [Self.cgroupRelease]
+                ? "cgroup"
                 : names == nil ? "\(variant.rawValue) (tcp_state)" : variant.rawValue
             modes.append(HookMode(hook: t.hook, mode: mode))
         }
@@ -231,7 +246,8 @@ public final class SocketPrograms: @unchecked Sendable {
         if paths.isEmpty, let last = refusals.indices.last {
             // Neither twin: say what that costs on the line of the last refusal.
             let r = refusals[last]
-            refusals[last] = ProgramRefusal(program: r.program, section: r.section, errno: r.errno, detail: r.detail,
+            refusals[last] = ProgramRefusal(
+                program: r.program, section: r.section, errno: r.errno, detail: r.detail,
                 consequence: "no update path is left: bytes of long-lived sockets are counted only when they close",
                 loses: true)
         }
@@ -262,7 +278,8 @@ public final class SocketPrograms: @unchecked Sendable {
             if let l = updatesLink { bpf_link__destroy(l); updatesLink = nil }
             let tracefs = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
                 .contains { FileManager.default.fileExists(atPath: $0) }
-            let hint = variant == .tracepoint && e == ENOENT && !tracefs
+            let hint =
+                variant == .tracepoint && e == ENOENT && !tracefs
                 ? " (tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing)" : ""
             return BPFError("attach \(what.name) (\(what.section))\(hint)", errno: e)
         }
@@ -285,8 +302,9 @@ public final class SocketPrograms: @unchecked Sendable {
         }
         if paths.contains(.rawTP) {
             updatesRunFD = try obj.programFD(Self.updatesRun)
-            updateRing = try RingReader(ringFD: try obj.mapFD(Maps.fm_update_ring), name: "update-ring",
-                                        decode: ABI.decodeSocketEvent)
+            updateRing = try RingReader(
+                ringFD: try obj.mapFD(Maps.fm_update_ring), name: "update-ring",
+                decode: ABI.decodeSocketEvent)
         }
     }
 
@@ -379,19 +397,21 @@ public final class SocketPrograms: @unchecked Sendable {
     /// `SocketUpdatesRefused`, whatever the rung request.
     public static func load(_ request: HookRequest, updates: SocketUpdatesRequest = .auto) throws -> SocketPrograms {
         try checkForced(updates)
-        let rungs: [HookRung] = switch request {
-        case .auto: HookRung.allCases
-        case .fentry: [.fentry]
-        case .kprobe: [.kprobe]
-        case .tracepoint, .tracepointClassic: [.tracepoint]
-        }
-        var reasons: [String] = [], details: [String] = [], skipped: [ProgramRefusal] = []
-        for rung in rungs {
-            let variants: [Variant] = switch rung {
+        let rungs: [HookRung] =
+            switch request {
+            case .auto: HookRung.allCases
             case .fentry: [.fentry]
             case .kprobe: [.kprobe]
-            case .tracepoint: request == .tracepointClassic ? [.tracepoint] : [.tpBTF, .tracepoint]
+            case .tracepoint, .tracepointClassic: [.tracepoint]
             }
+        var reasons: [String] = [], details: [String] = [], skipped: [ProgramRefusal] = []
+        for rung in rungs {
+            let variants: [Variant] =
+                switch rung {
+                case .fentry: [.fentry]
+                case .kprobe: [.kprobe]
+                case .tracepoint: request == .tracepointClassic ? [.tracepoint] : [.tpBTF, .tracepoint]
+                }
             for v in variants {
                 do {
                     let programs = try SocketPrograms(variant: v, rung: rung, updates: updates)
@@ -410,8 +430,9 @@ public final class SocketPrograms: @unchecked Sendable {
                 }
             }
         }
-        throw BPFError("no socket-hook rung available for --hooks \(request.rawValue) (\(reasons.joined(separator: "; ")))", errno: 0,
-                       detail: details.joined(separator: "\n"))
+        throw BPFError(
+            "no socket-hook rung available for --hooks \(request.rawValue) (\(reasons.joined(separator: "; ")))", errno: 0,
+            detail: details.joined(separator: "\n"))
     }
 
     /// Failed ring reservations and sockets the table could not take (kernel counters).
@@ -461,8 +482,9 @@ public final class SocketPrograms: @unchecked Sendable {
 
     /// A reader of the "events" ring (start it, or consume on demand).
     public func eventsReader() throws -> RingReader<SocketEvent> {
-        try RingReader(ringFD: eventsRingFD, name: "events-ring", softLimit: RingLimits.eventsSoft,
-                       hardLimit: RingLimits.eventsHard, decode: ABI.decodeSocketEvent)
+        try RingReader(
+            ringFD: eventsRingFD, name: "events-ring", softLimit: RingLimits.eventsSoft,
+            hardLimit: RingLimits.eventsHard, decode: ABI.decodeSocketEvent)
     }
 
     /// Empties the events ring on the caller's thread (self-test).

@@ -37,8 +37,10 @@ public enum HostInterfaces {
             if sock >= 0, ioctl(sock, UInt(SIOCGIFFLAGS), &req) == 0 {
                 flags = Int32(req.ifr_ifru.ifru_flags)
             }
-            out.append(.init(name: name, ifindex: p.pointee.if_index, isUp: flags & Int32(IFF_UP) != 0,
-                             isLoopback: flags & Int32(IFF_LOOPBACK) != 0))
+            out.append(
+                .init(
+                    name: name, ifindex: p.pointee.if_index, isUp: flags & Int32(IFF_UP) != 0,
+                    isLoopback: flags & Int32(IFF_LOOPBACK) != 0))
             p += 1
         }
         return out.sorted { $0.name < $1.name }
@@ -115,8 +117,10 @@ public final class TCAttacher: @unchecked Sendable {
         lock.withLock { detachLocked { $0.ifindex == ifindex } }
     }
 
-    private func attachLocked(_ interfaces: [InterfaceSelection.Candidate], mode: TCMode,
-                              rollBackAll: Bool = true) throws -> TCMode {
+    private func attachLocked(
+        _ interfaces: [InterfaceSelection.Candidate], mode: TCMode,
+        rollBackAll: Bool = true
+    ) throws -> TCMode {
         var resolved = resolvedMode ?? mode
         do {
             for iface in interfaces {
@@ -153,8 +157,10 @@ public final class TCAttacher: @unchecked Sendable {
             close(inFD)
             throw BPFError("attach tcx egress on \(iface.name)", errno: -outFD)
         }
-        attachments.append(Attachment(name: iface.name, ifindex: iface.ifindex, mode: .tcx,
-                                      linkFDs: [inFD, outFD], createdQdisc: false))
+        attachments.append(
+            Attachment(
+                name: iface.name, ifindex: iface.ifindex, mode: .tcx,
+                linkFDs: [inFD, outFD], createdQdisc: false))
     }
 
     private func attachClsact(_ iface: InterfaceSelection.Candidate) throws {
@@ -174,13 +180,14 @@ public final class TCAttacher: @unchecked Sendable {
         if existed == 0 { attachments.removeLast() }
         if created != 0 && created != -EEXIST {
             writeState()
-            throw BPFError("create clsact qdisc on \(iface.name)"
-                + (created == -ENOENT || created == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""),
+            throw BPFError(
+                "create clsact qdisc on \(iface.name)"
+                    + (created == -ENOENT || created == -EOPNOTSUPP ? " (is the sch_ingress module available? modprobe sch_ingress)" : ""),
                 errno: -created)
         }
         let a = Attachment(name: iface.name, ifindex: iface.ifindex, mode: .clsact, linkFDs: [], createdQdisc: created == 0)
         attachments.append(a)
-        writeState() // before the filters, so a kill right now still leaves a record
+        writeState()  // before the filters, so a kill right now still leaves a record
         for (ingress, fd) in [(Int32(1), ingressFD), (Int32(0), egressFD)] {
             let r = fm_tc_attach(fd, idx, ingress, Self.clsactHandle, Self.clsactPriority)
             if r != 0 {
@@ -228,7 +235,7 @@ public final class TCAttacher: @unchecked Sendable {
     @discardableResult
     public func removeLeftovers() -> [String] {
         var removed: [String] = []
-        unlink(statePath + ".tmp") // a record being written when the run was killed
+        unlink(statePath + ".tmp")  // a record being written when the run was killed
         guard let text = try? String(contentsOfFile: statePath, encoding: .utf8) else { return removed }
         for line in text.split(separator: "\n") {
             // "clsact <ifindex> <name> created=<0|1>"

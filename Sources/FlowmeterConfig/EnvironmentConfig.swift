@@ -7,14 +7,14 @@ extension FileConfig {
     /// `FLOWMETER_*` variables that are not settings, so `environment(_:)`
     /// neither reads them nor calls them unknown.
     public static let environmentNotSettings: Set<String> = [
-        "FLOWMETER_CONFIG",               // the config file's path; read by the caller
-        "FLOWMETER_REQUIRE_PRIVILEGED",   // tests: not being root is a failure
-        "FLOWMETER_BPF_CLANG",            // build: the clang for -target bpf
-        "FLOWMETER_LIBBPF_DEBUG",         // daemon: print libbpf's debug log
-        "FLOWMETER_BIN",                  // tests: the daemon binary the e2e tests run
-        "FLOWMETER_VMTEST_CACHE",         // tools/vmtest: its kernel image cache
-        "FLOWMETER_FUZZ_SEED",            // tests: replay the property tests' random cases
-        "FLOWMETER_FUZZ_CASES",           // tests: how many random cases they try
+        "FLOWMETER_CONFIG",  // the config file's path; read by the caller
+        "FLOWMETER_REQUIRE_PRIVILEGED",  // tests: not being root is a failure
+        "FLOWMETER_BPF_CLANG",  // build: the clang for -target bpf
+        "FLOWMETER_LIBBPF_DEBUG",  // daemon: print libbpf's debug log
+        "FLOWMETER_BIN",  // tests: the daemon binary the e2e tests run
+        "FLOWMETER_VMTEST_CACHE",  // tools/vmtest: its kernel image cache
+        "FLOWMETER_FUZZ_SEED",  // tests: replay the property tests' random cases
+        "FLOWMETER_FUZZ_CASES",  // tests: how many random cases they try
     ]
 
     /// The settings' variables, in the order of the flags (`Setting.all`).

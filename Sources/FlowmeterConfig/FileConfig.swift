@@ -79,16 +79,18 @@ public struct FileConfig: Sendable, Equatable {
     /// Label unknown peers with their address instead of "unknown".
     public var peerAddresses: Bool?
 
-    public init(interfaces: [String]? = nil, excludeInterfaces: [String]? = nil, interval: FlowDuration? = nil,
-                metricsListen: String? = nil, flowLog: String? = nil, flowTableSize: Int? = nil,
-                flowsRingSize: Int? = nil, otlpQueueSize: Int? = nil,
-                flowLogMaxSize: Int? = nil, flowLogKeep: Int? = nil, otlpEndpoint: String? = nil,
-                ipfixCollector: String? = nil, ipfixObservationDomain: Int? = nil,
-                apiSocket: String? = nil, apiGroup: String? = nil,
-                tcMode: String? = nil, hooks: String? = nil, socketUpdates: String? = nil, followInterfaces: Bool? = nil,
-                stateDir: String? = nil, logLevel: String? = nil,
-                services: [ServiceRule]? = nil, peers: [PeerRule]? = nil,
-                maxSeriesPerMetric: Int? = nil, seriesExpiry: FlowDuration? = nil, peerAddresses: Bool? = nil) {
+    public init(
+        interfaces: [String]? = nil, excludeInterfaces: [String]? = nil, interval: FlowDuration? = nil,
+        metricsListen: String? = nil, flowLog: String? = nil, flowTableSize: Int? = nil,
+        flowsRingSize: Int? = nil, otlpQueueSize: Int? = nil,
+        flowLogMaxSize: Int? = nil, flowLogKeep: Int? = nil, otlpEndpoint: String? = nil,
+        ipfixCollector: String? = nil, ipfixObservationDomain: Int? = nil,
+        apiSocket: String? = nil, apiGroup: String? = nil,
+        tcMode: String? = nil, hooks: String? = nil, socketUpdates: String? = nil, followInterfaces: Bool? = nil,
+        stateDir: String? = nil, logLevel: String? = nil,
+        services: [ServiceRule]? = nil, peers: [PeerRule]? = nil,
+        maxSeriesPerMetric: Int? = nil, seriesExpiry: FlowDuration? = nil, peerAddresses: Bool? = nil
+    ) {
         self.interfaces = interfaces; self.excludeInterfaces = excludeInterfaces; self.interval = interval
         self.metricsListen = metricsListen; self.flowLog = flowLog; self.flowTableSize = flowTableSize
         self.flowsRingSize = flowsRingSize; self.otlpQueueSize = otlpQueueSize
@@ -117,9 +119,10 @@ public struct FileConfig: Sendable, Equatable {
     /// The series limits, with `AggregationLimits.defaults` where unset.
     public var limits: AggregationLimits {
         let d = AggregationLimits.defaults
-        return AggregationLimits(maxSeriesPerMetric: maxSeriesPerMetric ?? d.maxSeriesPerMetric,
-                                 seriesExpiry: seriesExpiry ?? d.seriesExpiry,
-                                 peerAddresses: peerAddresses ?? d.peerAddresses)
+        return AggregationLimits(
+            maxSeriesPerMetric: maxSeriesPerMetric ?? d.maxSeriesPerMetric,
+            seriesExpiry: seriesExpiry ?? d.seriesExpiry,
+            peerAddresses: peerAddresses ?? d.peerAddresses)
     }
 
     // The checks of the export settings, for the flags (the same as the file's).
@@ -217,7 +220,8 @@ enum Check {
     static func httpURL(_ s: String) throws -> String {
         let t = s.trimmed
         if t.hasPrefix("https://") {
-            throw ValueError("\(quoted(s)): https is not supported; push to a local OpenTelemetry Collector over http:// and let it forward over TLS")
+            throw ValueError(
+                "\(quoted(s)): https is not supported; push to a local OpenTelemetry Collector over http:// and let it forward over TLS")
         }
         guard t.hasPrefix("http://"), t.dropFirst(7).split(separator: "/").first.map({ !$0.isEmpty }) == true else {
             throw ValueError("\(quoted(s)) is not an http:// URL (e.g. http://127.0.0.1:4318/v1/metrics)")
@@ -265,7 +269,9 @@ enum Check {
     static func processGlob(_ s: String) throws -> String {
         _ = try nonEmpty(s)
         if !s.contains(where: { "*?[".contains($0) }) && s.unicodeScalars.count > 15 {
-            throw ValueError("\(quoted(s)) never matches: process names (comm) are at most 15 characters; use \(quoted(String(String.UnicodeScalarView(s.unicodeScalars.prefix(15))))) or a glob")
+            throw ValueError(
+                "\(quoted(s)) never matches: process names (comm) are at most 15 characters; use \(quoted(String(String.UnicodeScalarView(s.unicodeScalars.prefix(15))))) or a glob"
+            )
         }
         return s
     }

@@ -90,7 +90,9 @@ extension Setting {
     public static let interfaces = Setting(
         key: "interfaces", flag: "interfaces", variable: "FLOWMETER_INTERFACES", valueName: "names", kind: .names,
         defaultValue: nil, defaultText: "every interface that is up, except lo",
-        help: "Interfaces to attach to: names or globs, comma-separated (a list in the file). An unknown literal name is an error that lists the host's interfaces, also when following interfaces; a glob such as eth1* waits for one that appears later.", example: "eth*,veth*",
+        help:
+            "Interfaces to attach to: names or globs, comma-separated (a list in the file). An unknown literal name is an error that lists the host's interfaces, also when following interfaces; a glob such as eth1* waits for one that appears later.",
+        example: "eth*,veth*",
         get: { $0.interfaces.map { .names($0) } }, set: { $0.interfaces = $1.names })
     public static let excludeInterfaces = Setting(
         key: "exclude_interfaces", flag: "exclude-interfaces", variable: "FLOWMETER_EXCLUDE_INTERFACES", valueName: "names",
@@ -117,7 +119,8 @@ extension Setting {
     public static let flowLogMaxSize = Setting(
         key: "flow_log_max_size", flag: "flow-log-max-size", variable: "FLOWMETER_FLOW_LOG_MAX_SIZE", valueName: "size",
         kind: .byteSize, defaultValue: nil, defaultText: "never",
-        help: "Rotate the flow log at this size (bytes, or with K, M, G): FILE becomes FILE.1, FILE.1 becomes FILE.2, ...; a batch is never split. SIGHUP reopens the file (for logrotate).",
+        help:
+            "Rotate the flow log at this size (bytes, or with K, M, G): FILE becomes FILE.1, FILE.1 becomes FILE.2, ...; a batch is never split. SIGHUP reopens the file (for logrotate).",
         example: "100M", get: { $0.flowLogMaxSize.map { .integer($0) } }, set: { $0.flowLogMaxSize = $1.integer })
     public static let flowLogKeep = Setting(
         key: "flow_log_keep", flag: "flow-log-keep", variable: "FLOWMETER_FLOW_LOG_KEEP", valueName: "n",
@@ -127,13 +130,15 @@ extension Setting {
     public static let otlpEndpoint = Setting(
         key: "otlp_endpoint", flag: "otlp-endpoint", variable: "FLOWMETER_OTLP_ENDPOINT", valueName: "url",
         kind: .text(expected: "a URL", check: Check.httpURL), defaultValue: nil, defaultText: "off",
-        help: "Push the metrics every interval to this OTLP/HTTP endpoint (protobuf, cumulative; http:// only, see docs/exporting.md), e.g. http://127.0.0.1:4318/v1/metrics.",
+        help:
+            "Push the metrics every interval to this OTLP/HTTP endpoint (protobuf, cumulative; http:// only, see docs/exporting.md), e.g. http://127.0.0.1:4318/v1/metrics.",
         example: "http://127.0.0.1:4318/v1/metrics",
         get: { $0.otlpEndpoint.map { .text($0) } }, set: { $0.otlpEndpoint = $1.text })
     public static let otlpQueueSize = Setting(
         key: "otlp_queue_size", flag: "otlp-queue-size", variable: "FLOWMETER_OTLP_QUEUE_SIZE", valueName: "n",
         kind: .integer(check: Check.otlpQueueSize), defaultValue: .integer(16), defaultText: "16",
-        help: "OTLP requests kept while the endpoint is unreachable (retried with exponential backoff, 0.5 s to 30 s), 1 to 10000; past it the oldest is dropped and counted.",
+        help:
+            "OTLP requests kept while the endpoint is unreachable (retried with exponential backoff, 0.5 s to 30 s), 1 to 10000; past it the oldest is dropped and counted.",
         example: "64", get: { $0.otlpQueueSize.map { .integer($0) } }, set: { $0.otlpQueueSize = $1.integer })
     public static let ipfixCollector = Setting(
         key: "ipfix_collector", flag: "ipfix-collector", variable: "FLOWMETER_IPFIX_COLLECTOR", valueName: "host:port",
@@ -149,7 +154,8 @@ extension Setting {
         key: "api_socket", flag: "api-socket", variable: "FLOWMETER_API_SOCKET", valueName: "path",
         kind: .text(expected: "a path or off", check: Check.nonEmpty),
         defaultValue: .text("/run/flowmeter/flowmeter.sock"), defaultText: "/run/flowmeter/flowmeter.sock",
-        help: "Unix socket of the local API (flowtop, scripts; see docs/api.md): GET /v1/snapshot, /v1/stream. Give off to disable it. Created mode 0660; a socket another flowmeterd still answers on is an error.",
+        help:
+            "Unix socket of the local API (flowtop, scripts; see docs/api.md): GET /v1/snapshot, /v1/stream. Give off to disable it. Created mode 0660; a socket another flowmeterd still answers on is an error.",
         example: "off", get: { $0.apiSocket.map { .text($0) } }, set: { $0.apiSocket = $1.text })
     public static let apiGroup = Setting(
         key: "api_group", flag: "api-group", variable: "FLOWMETER_API_GROUP", valueName: "group",
@@ -160,32 +166,38 @@ extension Setting {
         key: "flow_table_size", flag: "flow-table-size", variable: "FLOWMETER_FLOW_TABLE_SIZE", valueName: "n",
         kind: .integer(check: Check.flowTableSize), defaultValue: nil,
         defaultText: "65536 (fewer on hosts with more than 8 CPUs)",
-        help: "Flows each of the two kernel flow tables holds, 1 to 16777216; packets of flows beyond it travel through the flows ring. The tables are preallocated per CPU: about 2 x N x (CPUs x 40 + 96) bytes of kernel memory, logged at start.",
+        help:
+            "Flows each of the two kernel flow tables holds, 1 to 16777216; packets of flows beyond it travel through the flows ring. The tables are preallocated per CPU: about 2 x N x (CPUs x 40 + 96) bytes of kernel memory, logged at start.",
         example: "4096", get: { $0.flowTableSize.map { .integer($0) } }, set: { $0.flowTableSize = $1.integer })
     public static let flowsRingSize = Setting(
         key: "flows_ring_size", flag: "flows-ring-size", variable: "FLOWMETER_FLOWS_RING_SIZE", valueName: "bytes",
         kind: .integer(check: Check.ringSize), defaultValue: .integer(4_194_304), defaultText: "4194304",
-        help: "Bytes of the ring that carries packets the full flow table cannot take (a power of two from the page size to 1073741824; a record is 96 bytes).",
+        help:
+            "Bytes of the ring that carries packets the full flow table cannot take (a power of two from the page size to 1073741824; a record is 96 bytes).",
         example: "8388608", get: { $0.flowsRingSize.map { .integer($0) } }, set: { $0.flowsRingSize = $1.integer })
     public static let tcMode = Setting(
         key: "tc_mode", flag: "tc-mode", variable: "FLOWMETER_TC_MODE", valueName: "mode",
         kind: .oneOf(FileConfig.tcModes, expected: "a tc mode"), defaultValue: .text("auto"), defaultText: "auto",
-        help: "How to attach tc programs: tcx (links, kernel 6.6+), clsact (qdisc + cls_bpf filter), auto (TCX, else clsact).", example: "clsact",
+        help: "How to attach tc programs: tcx (links, kernel 6.6+), clsact (qdisc + cls_bpf filter), auto (TCX, else clsact).",
+        example: "clsact",
         get: { $0.tcMode.map { .text($0) } }, set: { $0.tcMode = $1.text })
     public static let hooks = Setting(
         key: "hooks", flag: "hooks", variable: "FLOWMETER_HOOKS", valueName: "rung",
         kind: .oneOf(FileConfig.hookRequests, expected: "a hook rung"), defaultValue: .text("auto"), defaultText: "auto",
-        help: "Socket-hook rung: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint, tracepoint-classic, or off. A forced rung that cannot be had is an error; with auto, no rung at all only disables socket telemetry.",
+        help:
+            "Socket-hook rung: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint, tracepoint-classic, or off. A forced rung that cannot be had is an error; with auto, no rung at all only disables socket telemetry.",
         example: "tracepoint", get: { $0.hooks.map { .text($0) } }, set: { $0.hooks = $1.text })
     public static let socketUpdates = Setting(
         key: "socket_updates", flag: "socket-updates", variable: "FLOWMETER_SOCKET_UPDATES", valueName: "path",
         kind: .oneOf(FileConfig.socketUpdateRequests, expected: "an update path"), defaultValue: .text("auto"), defaultText: "auto",
-        help: "How the counters of long-lived sockets are read once an interval: auto (the iterator, else the raw_tp run), iterator (iter/bpf_map_elem), raw-tp (a raw_tp program run with BPF_PROG_TEST_RUN, for kernels that refuse iterators). A forced path the kernel refuses is an error.",
+        help:
+            "How the counters of long-lived sockets are read once an interval: auto (the iterator, else the raw_tp run), iterator (iter/bpf_map_elem), raw-tp (a raw_tp program run with BPF_PROG_TEST_RUN, for kernels that refuse iterators). A forced path the kernel refuses is an error.",
         example: "raw-tp", get: { $0.socketUpdates.map { .text($0) } }, set: { $0.socketUpdates = $1.text })
     public static let followInterfaces = Setting(
         key: "follow_interfaces", flag: "follow-interfaces", variable: "FLOWMETER_FOLLOW_INTERFACES", valueName: "bool",
         kind: .bool, defaultValue: .bool(true), defaultText: "on",
-        help: "Attach to matching interfaces that appear or come up after start (containers' veths), and let go of those deleted or renamed away; with it on, starting with no matching interface is not an error (--no-follow-interfaces: off).",
+        help:
+            "Attach to matching interfaces that appear or come up after start (containers' veths), and let go of those deleted or renamed away; with it on, starting with no matching interface is not an error (--no-follow-interfaces: off).",
         example: "false", get: { $0.followInterfaces.map { .bool($0) } }, set: { $0.followInterfaces = $1.bool })
     public static let stateDir = Setting(
         key: "state_dir", flag: "state-dir", variable: "FLOWMETER_STATE_DIR", valueName: "dir",
@@ -203,7 +215,8 @@ extension Setting {
         valueName: "n", kind: .integer(check: Check.maxSeries),
         defaultValue: .integer(AggregationLimits.defaults.maxSeriesPerMetric),
         defaultText: "\(AggregationLimits.defaults.maxSeriesPerMetric)",
-        help: "Service pairs that exist at most, at least \(FileConfig.minSeriesPerMetric) (see docs/services.md); a new pair past it folds into peer_service=\"other\" (or service and peer_service \"other\"), counted by flowmeter_series_dropped_total.",
+        help:
+            "Service pairs that exist at most, at least \(FileConfig.minSeriesPerMetric) (see docs/services.md); a new pair past it folds into peer_service=\"other\" (or service and peer_service \"other\"), counted by flowmeter_series_dropped_total.",
         example: "500", get: { $0.maxSeriesPerMetric.map { .integer($0) } }, set: { $0.maxSeriesPerMetric = $1.integer })
     public static let seriesExpiry = Setting(
         key: "series.expiry", flag: "series-expiry", variable: "FLOWMETER_SERIES_EXPIRY", valueName: "duration",

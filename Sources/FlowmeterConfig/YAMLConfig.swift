@@ -69,7 +69,9 @@ extension FileConfig {
                 return problem(mark, "YAML syntax error: a config file holds one document; another starts here")
             }
             if text.hasPrefix("Maximum nesting level reached") {
-                return problem(mark, "YAML syntax error: nested too deeply (a config file needs three levels: settings, a list of rules, a rule's keys)")
+                return problem(
+                    mark,
+                    "YAML syntax error: nested too deeply (a config file needs three levels: settings, a list of rules, a rule's keys)")
             }
             var message = "YAML syntax error: \(text)"
             if let context {
@@ -125,7 +127,8 @@ struct NodeReader {
     /// The entries of a mapping whose keys are allowed, without those whose
     /// value is null (not set); reports unknown keys. Nil if `node` is not a mapping.
     mutating func entries(_ node: Node, _ path: String, allowed: [String], expected: String)
-        -> [(key: String, path: String, value: Node)]? {
+        -> [(key: String, path: String, value: Node)]?
+    {
         guard case .mapping(let mapping) = node else {
             report(node, path, "expected \(expected), got \(kind(node))")
             return nil
@@ -139,7 +142,8 @@ struct NodeReader {
             let key = k.string
             let keyPath = path.isEmpty ? key : "\(path).\(key)"
             guard allowed.contains(key) else {
-                let hint = closest(to: key, in: allowed).map { " (did you mean \(quoted($0))?)" }
+                let hint =
+                    closest(to: key, in: allowed).map { " (did you mean \(quoted($0))?)" }
                     ?? FileConfig.placeOf(key, notAt: path).map { " (\($0))" } ?? ""
                 report(keyNode, keyPath, "unknown key\(hint); allowed here: \(allowed.joined(separator: ", "))")
                 continue
@@ -245,8 +249,11 @@ struct NodeReader {
 
     mutating func config(_ root: Node) -> FileConfig {
         var c = FileConfig()
-        guard let entries = entries(root, "", allowed: FileConfig.topLevelKeys,
-                                    expected: "a mapping of settings (key: value) at the top level") else { return c }
+        guard
+            let entries = entries(
+                root, "", allowed: FileConfig.topLevelKeys,
+                expected: "a mapping of settings (key: value) at the top level")
+        else { return c }
         for (key, path, v) in entries {
             switch key {
             case "services": c.services = rules(v, path, what: "service", NodeReader.serviceRule)
@@ -261,8 +268,11 @@ struct NodeReader {
     /// The settings under a section key (e.g. `series:`).
     mutating func section(_ name: String, _ node: Node, _ path: String, into c: inout FileConfig) {
         let keys = Setting.all.filter { $0.section == name }.map(\.leaf)
-        guard let entries = entries(node, path, allowed: keys,
-                                    expected: "a mapping (\(keys.joined(separator: ", ")))") else { return }
+        guard
+            let entries = entries(
+                node, path, allowed: keys,
+                expected: "a mapping (\(keys.joined(separator: ", ")))")
+        else { return }
         for (key, p, v) in entries {
             if let s = Setting.byKey("\(name).\(key)") { read(s, v, p, into: &c) }
         }
@@ -275,7 +285,8 @@ struct NodeReader {
         case .names: value = patterns(v, path).map { .names($0) }
         case .text(let expected, let check): value = self.value(v, path, expected: expected, check).map { .text($0) }
         // `hooks: off` is YAML's false; its text is still "off".
-        case .oneOf(let allowed, let expected): value = self.value(v, path, expected: expected) { try Check.oneOf($0, allowed) }.map { .text($0) }
+        case .oneOf(let allowed, let expected):
+            value = self.value(v, path, expected: expected) { try Check.oneOf($0, allowed) }.map { .text($0) }
         case .duration: value = self.value(v, path, expected: "a duration", Check.duration).map { .duration($0) }
         case .integer(let check): value = integer(v, path, check).map { .integer($0) }
         case .byteSize: value = self.value(v, path, expected: "a size", Check.byteSize).map { .integer($0) }
@@ -285,8 +296,10 @@ struct NodeReader {
     }
 
     /// A list of rules; nil if any rule has a problem.
-    mutating func rules<R>(_ node: Node, _ path: String, what: String,
-                           _ rule: (inout NodeReader, Node, String) -> R?) -> [R]? {
+    mutating func rules<R>(
+        _ node: Node, _ path: String, what: String,
+        _ rule: (inout NodeReader, Node, String) -> R?
+    ) -> [R]? {
         guard case .sequence(let items) = node else {
             report(node, path, "expected a list of \(what) rules (each \"- name: ...\"), got \(kind(node))")
             return nil
@@ -300,12 +313,17 @@ struct NodeReader {
 
     /// Checks a rule's name and that it has a condition; the rule's own
     /// conditions are read by `condition`, which returns whether it set one.
-    mutating func rule(_ node: Node, _ path: String, what: String, allowed: [String],
-                       _ condition: (inout NodeReader, String, String, Node) -> Void) -> String? {
+    mutating func rule(
+        _ node: Node, _ path: String, what: String, allowed: [String],
+        _ condition: (inout NodeReader, String, String, Node) -> Void
+    ) -> String? {
         let before = problems.count
         let conditions = allowed.filter { $0 != "name" }
-        guard let entries = entries(node, path, allowed: allowed,
-                                    expected: "a \(what) rule (name and at least one of \(conditions.joined(separator: ", ")))") else {
+        guard
+            let entries = entries(
+                node, path, allowed: allowed,
+                expected: "a \(what) rule (name and at least one of \(conditions.joined(separator: ", ")))")
+        else {
             return nil
         }
         var name: String?

@@ -78,8 +78,10 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         public var host: String, kernel: String, version: String
         public var startUnixMs: Int64, intervalSeconds: Double
         public var interfaceNames: [UInt32: String]
-        public init(host: String, kernel: String, version: String, startUnixMs: Int64, intervalSeconds: Double,
-                    interfaceNames: [UInt32: String]) {
+        public init(
+            host: String, kernel: String, version: String, startUnixMs: Int64, intervalSeconds: Double,
+            interfaceNames: [UInt32: String]
+        ) {
             self.host = host; self.kernel = kernel; self.version = version; self.startUnixMs = startUnixMs
             self.intervalSeconds = intervalSeconds; self.interfaceNames = interfaceNames
         }
@@ -93,17 +95,19 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         }
         let interfaces = a.interfaces.keys.sorted().map { name -> Interface in
             let d = a.interfaces[name] ?? [:]
-            return Interface(name: name, tx_bytes: d[.transmit]?.bytes ?? 0, rx_bytes: d[.receive]?.bytes ?? 0,
-                             tx_packets: d[.transmit]?.packets ?? 0, rx_packets: d[.receive]?.packets ?? 0)
+            return Interface(
+                name: name, tx_bytes: d[.transmit]?.bytes ?? 0, rx_bytes: d[.receive]?.bytes ?? 0,
+                tx_packets: d[.transmit]?.packets ?? 0, rx_packets: d[.receive]?.packets ?? 0)
         }
         let tx = Int(Direction.transmit.rawValue), rx = Int(Direction.receive.rawValue)
         let services = (a.services?.pairs ?? [:]).sorted { $0.key < $1.key }.map { p, s in
-            Service(service: p.service, peer_service: p.peer, transport: p.transport,
-                    tx_bytes: s.bytes[tx], rx_bytes: s.bytes[rx], tx_packets: s.packets[tx], rx_packets: s.packets[rx],
-                    connections_opened: s.opened.reduce(0, +), connections_active: s.active.reduce(0, +),
-                    connections_failed: s.failed.values.reduce(0, +), retransmits: s.retransmits,
-                    resets_sent: s.resets[tx], resets_received: s.resets[rx],
-                    rtt_p50_seconds: quantile(0.5, s.rtt), rtt_p99_seconds: quantile(0.99, s.rtt))
+            Service(
+                service: p.service, peer_service: p.peer, transport: p.transport,
+                tx_bytes: s.bytes[tx], rx_bytes: s.bytes[rx], tx_packets: s.packets[tx], rx_packets: s.packets[rx],
+                connections_opened: s.opened.reduce(0, +), connections_active: s.active.reduce(0, +),
+                connections_failed: s.failed.values.reduce(0, +), retransmits: s.retransmits,
+                resets_sent: s.resets[tx], resets_received: s.resets[rx],
+                rtt_p50_seconds: quantile(0.5, s.rtt), rtt_p99_seconds: quantile(0.99, s.rtt))
         }
         // Past the cap, the busiest connections (the total is in self_metrics.sockets_tracked).
         var listed = a.connections
@@ -112,32 +116,35 @@ public struct APISnapshot: Codable, Sendable, Equatable {
             listed.removeLast(listed.count - Self.maxListedConnections)
         }
         let connections = listed.sorted { ($0.startNanos, $0.socketID) < ($1.startNanos, $1.socketID) }.map { e in
-            Connection(id: String(e.socketID, radix: 16), protocol_: e.ipProtocol == 17 ? "udp" : "tcp",
-                       role: e.role == .client ? "client" : e.role == .server ? "server" : "unknown",
-                       local: endpoint(e.localAddress, e.localPort), remote: endpoint(e.remoteAddress, e.remotePort),
-                       pid: e.owner?.tgid, process: e.owner?.name, cgroup_id: e.owner?.cgroupID,
-                       bytes_sent: e.bytesSent, bytes_received: e.bytesReceived,
-                       srtt_us: e.ipProtocol == 6 ? e.srttMicros : nil,
-                       state: e.kind == .open ? "open" : "active")
+            Connection(
+                id: String(e.socketID, radix: 16), protocol_: e.ipProtocol == 17 ? "udp" : "tcp",
+                role: e.role == .client ? "client" : e.role == .server ? "server" : "unknown",
+                local: endpoint(e.localAddress, e.localPort), remote: endpoint(e.remoteAddress, e.remotePort),
+                pid: e.owner?.tgid, process: e.owner?.name, cgroup_id: e.owner?.cgroupID,
+                bytes_sent: e.bytesSent, bytes_received: e.bytesReceived,
+                srtt_us: e.ipProtocol == 6 ? e.srttMicros : nil,
+                state: e.kind == .open ? "open" : "active")
         }
         let flows = a.lastFlows.compactMap { f, pair -> Flow? in
             let k = f.key
             guard k.family != .other else { return nil }
-            return Flow(interface: c.interfaceNames[k.ifindex] ?? "if\(k.ifindex)", direction: k.direction.label,
-                        protocol_: IPProtocolName.name(k.ipProtocol, family: k.family),
-                        src: endpoint(k.source, k.sourcePort), dst: endpoint(k.destination, k.destinationPort),
-                        packets: f.stats.packets, bytes: f.stats.bytes, service: pair?.service, peer_service: pair?.peer)
+            return Flow(
+                interface: c.interfaceNames[k.ifindex] ?? "if\(k.ifindex)", direction: k.direction.label,
+                protocol_: IPProtocolName.name(k.ipProtocol, family: k.family),
+                src: endpoint(k.source, k.sourcePort), dst: endpoint(k.destination, k.destinationPort),
+                packets: f.stats.packets, bytes: f.stats.bytes, service: pair?.service, peer_service: pair?.peer)
         }
         return APISnapshot(
             version: version, time_unix_ms: nowUnixMs, host: c.host, kernel: c.kernel, flowmeter_version: c.version,
             uptime_seconds: Double(nowUnixMs - c.startUnixMs) / 1000, interval_seconds: c.intervalSeconds,
             hooks: a.hooks.map { Hook(hook: $0.hook, mode: $0.mode) }, interfaces: interfaces, services: services,
             connections: connections, flows: flows,
-            self_metrics: SelfMetrics(flows_ring_lost: a.kernel.flowsRingLost, events_ring_lost: a.socketEventsLost,
-                                      flow_table_entries: a.flowTableEntries,
-                                      flow_table_insert_failures: a.kernel.flowInsertFailures,
-                                      series_dropped: a.services?.seriesDropped ?? 0,
-                                      sockets_tracked: a.connections.count))
+            self_metrics: SelfMetrics(
+                flows_ring_lost: a.kernel.flowsRingLost, events_ring_lost: a.socketEventsLost,
+                flow_table_entries: a.flowTableEntries,
+                flow_table_insert_failures: a.kernel.flowInsertFailures,
+                series_dropped: a.services?.seriesDropped ?? 0,
+                sockets_tracked: a.connections.count))
     }
 
     /// The q-quantile of a histogram, interpolated linearly within its bucket

@@ -76,8 +76,10 @@ public struct Accounting: Sendable {
     /// `listed` followed by `batch` (each record with `pair(i)`), or their
     /// `maxListedFlows` largest by bytes, in their order. Picks by index
     /// before it copies: the batch can be a backlog of a hundred thousand.
-    public static func largestFlows(_ listed: [(record: FlowRecord, pair: ServicePair?)], _ batch: [FlowRecord],
-                                    pair: (Int) -> ServicePair?) -> [(record: FlowRecord, pair: ServicePair?)] {
+    public static func largestFlows(
+        _ listed: [(record: FlowRecord, pair: ServicePair?)], _ batch: [FlowRecord],
+        pair: (Int) -> ServicePair?
+    ) -> [(record: FlowRecord, pair: ServicePair?)] {
         let n = listed.count, total = n + batch.count
         func entry(_ i: Int) -> (record: FlowRecord, pair: ServicePair?) { i < n ? listed[i] : (batch[i - n], pair(i - n)) }
         guard total > maxListedFlows else { return (0..<total).map(entry) }

@@ -88,7 +88,9 @@ public struct IPAddress16: Sendable, Hashable {
                 while j < 8 && groups[j] == 0 { j += 1 }
                 if j - i > bestLen { bestStart = i; bestLen = j - i }
                 i = j
-            } else { i += 1 }
+            } else {
+                i += 1
+            }
         }
         if bestLen < 2 { bestStart = -1 }
         func hex(_ r: Range<Int>) -> String { r.map { String(groups[$0], radix: 16) }.joined(separator: ":") }
@@ -110,9 +112,11 @@ public struct FlowKey: Sendable, Hashable {
     public var ipProtocol: UInt8
     public var flags: FlowKeyFlags
 
-    public init(source: IPAddress16, destination: IPAddress16, ifindex: UInt32, sourcePort: UInt16,
-                destinationPort: UInt16, direction: Direction, family: Family, ipProtocol: UInt8,
-                flags: FlowKeyFlags) {
+    public init(
+        source: IPAddress16, destination: IPAddress16, ifindex: UInt32, sourcePort: UInt16,
+        destinationPort: UInt16, direction: Direction, family: Family, ipProtocol: UInt8,
+        flags: FlowKeyFlags
+    ) {
         self.source = source; self.destination = destination; self.ifindex = ifindex
         self.sourcePort = sourcePort; self.destinationPort = destinationPort
         self.direction = direction; self.family = family; self.ipProtocol = ipProtocol; self.flags = flags
@@ -191,8 +195,10 @@ public enum IPProtocolName {
 public enum TCPFlags {
     /// Flags as letters in the order tcpdump shows them (F S R P . U E W).
     public static func describe(_ f: UInt8) -> String {
-        let names: [(UInt8, Character)] = [(0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"),
-                                           (0x10, "."), (0x20, "U"), (0x40, "E"), (0x80, "W")]
+        let names: [(UInt8, Character)] = [
+            (0x01, "F"), (0x02, "S"), (0x04, "R"), (0x08, "P"),
+            (0x10, "."), (0x20, "U"), (0x40, "E"), (0x80, "W"),
+        ]
         return String(names.compactMap { f & $0.0 != 0 ? $0.1 : nil })
     }
 }

@@ -53,8 +53,9 @@ public struct FlowTable: Sendable {
 
         init(slotCount n: Int) {
             let raw = UnsafeMutableRawPointer.allocate(byteCount: n * MemoryLayout<Slot>.stride, alignment: 64)
-            slots = UnsafeMutableBufferPointer(start: raw.initializeMemory(as: Slot.self, repeating: FlowTable.emptySlot, count: n),
-                                               count: n)
+            slots = UnsafeMutableBufferPointer(
+                start: raw.initializeMemory(as: Slot.self, repeating: FlowTable.emptySlot, count: n),
+                count: n)
             info = .allocate(capacity: n / 2)
         }
 
@@ -81,9 +82,11 @@ public struct FlowTable: Sendable {
     public private(set) var recordsFromMap: UInt64 = 0
     public private(set) var recordsFromRing: UInt64 = 0
 
-    static let emptySlot = Slot(key: FlowKey(source: .zero, destination: .zero, ifindex: 0, sourcePort: 0, destinationPort: 0,
-                                             direction: .receive, family: .other, ipProtocol: 0, flags: []),
-                                entry: -1, packets: 0, bytes: 0)
+    static let emptySlot = Slot(
+        key: FlowKey(
+            source: .zero, destination: .zero, ifindex: 0, sourcePort: 0, destinationPort: 0,
+            direction: .receive, family: .other, ipProtocol: 0, flags: []),
+        entry: -1, packets: 0, bytes: 0)
 
     /// Room for `minimumCapacity` flows before the first growth. The load
     /// factor stays at or below one half, so probe runs stay short.
@@ -160,7 +163,7 @@ public struct FlowTable: Sendable {
         let first = recordEntries.count
         recordEntries.append(contentsOf: repeatElement(0, count: records.count))
         var entries: [Int32] = []
-        swap(&entries, &recordEntries) // written below while `self` may grow
+        swap(&entries, &recordEntries)  // written below while `self` may grow
         var fromMap: UInt64 = 0, i = 0
         entries.withUnsafeMutableBufferPointer { all in
             while i < records.count {
@@ -203,7 +206,9 @@ public struct FlowTable: Sendable {
         if count == 0 && records == 0 { return }
         recordsFromMap = 0
         recordsFromRing = 0
-        if recordEntries.capacity > 4 * max(recordEntries.count, 1024) { recordEntries = [] } else {
+        if recordEntries.capacity > 4 * max(recordEntries.count, 1024) {
+            recordEntries = []
+        } else {
             recordEntries.removeAll(keepingCapacity: true)
         }
         let n = count
@@ -225,15 +230,19 @@ public struct FlowTable: Sendable {
 
     /// Finds or claims the key's slot; the caller made room.
     @inline(__always)
-    private static func insert(_ key: FlowKey, _ packets: UInt64, _ bytes: UInt64, records: UInt64,
-                               seed: UInt64, into t: Storage) -> Int32 {
+    private static func insert(
+        _ key: FlowKey, _ packets: UInt64, _ bytes: UInt64, records: UInt64,
+        seed: UInt64, into t: Storage
+    ) -> Int32 {
         insert(key, packets, bytes, records: records, at: Int(truncatingIfNeeded: hash(key, seed)) & (t.slots.count - 1), into: t)
     }
 
     /// The same, from slot `home` (the key's hash, masked).
     @inline(__always)
-    private static func insert(_ key: FlowKey, _ packets: UInt64, _ bytes: UInt64, records: UInt64, at home: Int,
-                               into t: Storage) -> Int32 {
+    private static func insert(
+        _ key: FlowKey, _ packets: UInt64, _ bytes: UInt64, records: UInt64, at home: Int,
+        into t: Storage
+    ) -> Int32 {
         let s = t.slots, mask = s.count - 1
         var i = home
         while true {

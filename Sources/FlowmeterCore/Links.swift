@@ -20,8 +20,8 @@ public struct LinkEvent: Sendable, Equatable {
 public enum RTNetlink {
     static let newLink: UInt16 = 16  // RTM_NEWLINK
     static let delLink: UInt16 = 17  // RTM_DELLINK
-    static let done: UInt16 = 3      // NLMSG_DONE
-    static let ifnameAttr: UInt16 = 3 // IFLA_IFNAME
+    static let done: UInt16 = 3  // NLMSG_DONE
+    static let ifnameAttr: UInt16 = 3  // IFLA_IFNAME
 
     /// Parses a datagram read from a NETLINK_ROUTE socket (host byte order,
     /// as the kernel writes it). Messages of other types are skipped;
@@ -69,8 +69,10 @@ public struct AttachPlan: Sendable, Equatable {
     /// `attached`: ifindex -> name of what we are attached to now.
     /// An interface that was renamed (same index, new name) counts as a new one
     /// when the new name is selected, and is detached when it is not.
-    public static func make(selection: InterfaceSelection, host: [InterfaceSelection.Candidate],
-                            attached: [UInt32: String]) -> AttachPlan {
+    public static func make(
+        selection: InterfaceSelection, host: [InterfaceSelection.Candidate],
+        attached: [UInt32: String]
+    ) -> AttachPlan {
         let wanted = selection.matching(host)
         let wantedByIndex = Dictionary(wanted.map { ($0.ifindex, $0) }, uniquingKeysWith: { a, _ in a })
         let detach = attached.keys.sorted().filter { idx in wantedByIndex[idx]?.name != attached[idx] }
@@ -84,7 +86,8 @@ extension InterfaceSelection {
     /// exist are not an error (they may appear later), and an interface named
     /// explicitly is taken only once it exists.
     public func matching(_ all: [Candidate]) -> [Candidate] {
-        let chosen = include.isEmpty
+        let chosen =
+            include.isEmpty
             ? all.filter { $0.isUp && !$0.isLoopback }
             : all.filter { c in include.contains(where: { globMatch($0, c.name) }) }
         return chosen.filter { c in !exclude.contains(where: { globMatch($0, c.name) }) }

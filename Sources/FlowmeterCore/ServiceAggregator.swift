@@ -43,8 +43,10 @@ public struct ServicePair: Sendable, Hashable, Comparable {
 public struct Histogram: Sendable, Equatable {
     /// Upper bounds of the TCP RTT buckets, in seconds: 100 µs (loopback,
     /// same rack) to 2.5 s (a congested intercontinental path).
-    public static let rttBuckets: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                              0.05, 0.1, 0.25, 0.5, 1, 2.5]
+    public static let rttBuckets: [Double] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.05, 0.1, 0.25, 0.5, 1, 2.5,
+    ]
     public let bounds: [Double]
     /// counts[i]: observations in (bounds[i-1], bounds[i]]; the last entry is above every bound.
     public private(set) var counts: [UInt64]
@@ -67,7 +69,9 @@ public struct Histogram: Sendable, Equatable {
     /// Cumulative counts per bound, then +Inf (what the exposition prints).
     public var cumulative: [UInt64] {
         var run: UInt64 = 0
-        return counts.map { run += $0; return run }
+        return counts.map {
+            run += $0; return run
+        }
     }
 }
 
@@ -229,8 +233,9 @@ public struct ServiceAggregator: Sendable {
     }
 
     private func localService(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> String {
-        resolver.localService(cgroupPath: e.owner.flatMap { cgroupPath($0.cgroupID) }, process: e.owner?.name,
-                              address: e.localAddress, port: e.localPort)
+        resolver.localService(
+            cgroupPath: e.owner.flatMap { cgroupPath($0.cgroupID) }, process: e.owner?.name,
+            address: e.localAddress, port: e.localPort)
     }
 
     private func peerService(proto: UInt8, address: IPAddress16, port: UInt16) -> String {
@@ -270,9 +275,11 @@ public struct ServiceAggregator: Sendable {
 
     private mutating func resolve(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> ServicePair? {
         guard let transport = Self.transport(e.ipProtocol) else { return nil }
-        return admit(ServicePair(service: localService(e, cgroupPath: cgroupPath),
-                                 peer: peerService(proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort),
-                                 transport: transport))
+        return admit(
+            ServicePair(
+                service: localService(e, cgroupPath: cgroupPath),
+                peer: peerService(proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort),
+                transport: transport))
     }
 
     private mutating func apply(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) {
@@ -289,8 +296,9 @@ public struct ServiceAggregator: Sendable {
         } else {
             guard e.family != .other, let p = resolve(e, cgroupPath: cgroupPath) else { return }
             let local = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
-            let tuple = Tuple(proto: e.ipProtocol, local: e.localAddress, localPort: e.localPort,
-                              remote: e.remoteAddress, remotePort: e.remotePort)
+            let tuple = Tuple(
+                proto: e.ipProtocol, local: e.localAddress, localPort: e.localPort,
+                remote: e.remoteAddress, remotePort: e.remotePort)
             if var known = sockets[e.socketID] {
                 // Re-resolved under new rules: the live count moves with it.
                 if known.pair != p, e.ipProtocol == 6, known.role != .unknown {
@@ -452,8 +460,9 @@ public struct ServiceAggregator: Sendable {
         if let p = tuples[Tuple(proto: k.ipProtocol, local: local, localPort: lport, remote: .zero, remotePort: 0)]?.pair {
             return p
         }
-        return ServicePair(service: "unknown", peer: peerService(proto: k.ipProtocol, address: remote, port: rport),
-                           transport: transport)
+        return ServicePair(
+            service: "unknown", peer: peerService(proto: k.ipProtocol, address: remote, port: rport),
+            transport: transport)
     }
 
     /// A scrape has rendered every current pair: from now on with their counts.

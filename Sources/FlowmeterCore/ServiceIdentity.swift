@@ -129,7 +129,8 @@ public struct CgroupWorkload: Sendable, Hashable {
             let words = name.dropLast(".slice".count).split(separator: "-", omittingEmptySubsequences: false)
             guard words.count >= 2, let last = words.last, last.hasPrefix("pod") else { return nil }
             let n = words.count
-            let parentOK = words[n - 2] == "kubepods"
+            let parentOK =
+                words[n - 2] == "kubepods"
                 || (n >= 3 && qos.contains(String(words[n - 2])) && words[n - 3] == "kubepods")
             guard parentOK else { return nil }
             let raw = last.dropFirst(3)
@@ -140,7 +141,8 @@ public struct CgroupWorkload: Sendable, Hashable {
         }
         // cgroupfs driver: kubepods/[burstable|besteffort/]pod<uid>
         guard name.hasPrefix("pod"), j >= 1 else { return nil }
-        let parentOK = parts[j - 1] == "kubepods"
+        let parentOK =
+            parts[j - 1] == "kubepods"
             || (j >= 2 && qos.contains(parts[j - 1]) && parts[j - 2] == "kubepods")
         guard parentOK else { return nil }
         let uid = String(name.dropFirst(3))

@@ -2,7 +2,7 @@
 // rules a config file gives. Pure values; matching lives in ServiceIdentity.
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension IPAddress16 {
@@ -115,9 +115,10 @@ public struct AggregationLimits: Sendable, Equatable {
     /// Label unknown peers with their address instead of "unknown".
     public var peerAddresses: Bool
 
-    public static let defaults = AggregationLimits(maxSeriesPerMetric: 2000,
-                                                   seriesExpiry: FlowDuration(nanoseconds: 300_000_000_000),
-                                                   peerAddresses: false)
+    public static let defaults = AggregationLimits(
+        maxSeriesPerMetric: 2000,
+        seriesExpiry: FlowDuration(nanoseconds: 300_000_000_000),
+        peerAddresses: false)
 
     public init(maxSeriesPerMetric: Int, seriesExpiry: FlowDuration, peerAddresses: Bool) {
         self.maxSeriesPerMetric = maxSeriesPerMetric; self.seriesExpiry = seriesExpiry; self.peerAddresses = peerAddresses

@@ -149,8 +149,9 @@ public struct InterfaceSelection: Sendable, Equatable {
                 // Even when following interfaces: a name that is not there at
                 // start is far more often a typo than one yet to come, and a
                 // glob says "wait for it" on purpose.
-                throw ValueError("unknown interface\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) (this host has: \(known)); "
-                                 + "a name must exist at start; to also take one that appears later, give a glob such as \(missing[0])*")
+                throw ValueError(
+                    "unknown interface\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) (this host has: \(known)); "
+                        + "a name must exist at start; to also take one that appears later, give a glob such as \(missing[0])*")
             }
         }
         return matching(all)

@@ -24,10 +24,12 @@ public struct SnapshotStream: Sendable {
     }
 
     static func object(_ parts: [String: String]) -> String {
-        "{" + parts.keys.sorted().map { k in
-            let key = String(decoding: (try? JSONSerialization.data(withJSONObject: k, options: [.fragmentsAllowed])) ?? Data(), as: UTF8.self)
-            return key + ":" + parts[k]!
-        }.joined(separator: ",") + "}"
+        "{"
+            + parts.keys.sorted().map { k in
+                let key = String(
+                    decoding: (try? JSONSerialization.data(withJSONObject: k, options: [.fragmentsAllowed])) ?? Data(), as: UTF8.self)
+                return key + ":" + parts[k]!
+            }.joined(separator: ",") + "}"
     }
 
     /// Sender: the next line (no newline) for this snapshot.

@@ -52,11 +52,13 @@ public struct SocketEvent: Sendable, Hashable {
     /// sk_err at the event (positive errno, 0 if none).
     public var error: UInt32
 
-    public init(kind: Kind, role: Role, family: Family, ipProtocol: UInt8, reason: FailReason, socketID: UInt64,
-                timestampNanos: UInt64, startNanos: UInt64, owner: SocketOwner?, localAddress: IPAddress16,
-                remoteAddress: IPAddress16, localPort: UInt16, remotePort: UInt16, srttMicros: UInt32,
-                bytesSent: UInt64, bytesReceived: UInt64, retransmits: UInt32, resetsSent: UInt32,
-                resetsReceived: UInt32, error: UInt32) {
+    public init(
+        kind: Kind, role: Role, family: Family, ipProtocol: UInt8, reason: FailReason, socketID: UInt64,
+        timestampNanos: UInt64, startNanos: UInt64, owner: SocketOwner?, localAddress: IPAddress16,
+        remoteAddress: IPAddress16, localPort: UInt16, remotePort: UInt16, srttMicros: UInt32,
+        bytesSent: UInt64, bytesReceived: UInt64, retransmits: UInt32, resetsSent: UInt32,
+        resetsReceived: UInt32, error: UInt32
+    ) {
         self.kind = kind; self.role = role; self.family = family; self.ipProtocol = ipProtocol; self.reason = reason
         self.socketID = socketID; self.timestampNanos = timestampNanos; self.startNanos = startNanos; self.owner = owner
         self.localAddress = localAddress; self.remoteAddress = remoteAddress; self.localPort = localPort

@@ -21,9 +21,11 @@ public enum APIServer {
     /// be closed from outside its task.
     public typealias Context = HTTPGuard.Context
 
-    public static func make(socketPath: String, logger: Logger, streamEverySeconds: Double = 1,
-                            onRunning: @escaping @Sendable () async -> Void = {},
-                            snapshot: @escaping @Sendable () -> APISnapshot) -> some ApplicationProtocol {
+    public static func make(
+        socketPath: String, logger: Logger, streamEverySeconds: Double = 1,
+        onRunning: @escaping @Sendable () async -> Void = {},
+        snapshot: @escaping @Sendable () -> APISnapshot
+    ) -> some ApplicationProtocol {
         let router = Router(context: Context.self)
         router.add(middleware: HTTPGuard.ReadOnly(render: { status, message in error(status, message) }))
         router.add(middleware: JSONErrors())

@@ -43,8 +43,19 @@ public enum FlowLogEncoder {
 
     /// One connection record (schema in docs/flow-log.md).
     public static func encodeConnection(_ e: SocketEvent, cgroupPath: String?, clock: ClockMapping) -> String {
-        let event = switch e.kind { case .open: "open"; case .close: "close"; case .failed: "failed"; case .update: "update" }
-        let role = switch e.role { case .client: "client"; case .server: "server"; case .unknown: "unknown" }
+        let event =
+            switch e.kind {
+            case .open: "open";
+            case .close: "close";
+            case .failed: "failed";
+            case .update: "update"
+            }
+        let role =
+            switch e.role {
+            case .client: "client";
+            case .server: "server";
+            case .unknown: "unknown"
+            }
         var o = "{\"version\":\(schemaVersion),\"type\":\"connection\",\"event\":\"\(event)\""
         o += ",\"time\":" + quote(rfc3339(nanosSinceEpoch: clock.wallNanos(monotonic: e.timestampNanos)))
         o += ",\"protocol\":" + quote(IPProtocolName.name(e.ipProtocol, family: e.family))

@@ -21,11 +21,13 @@ public enum HTTPGuard {
     public static let maxHeaderFields = 100
 
     static var server: HTTPServerBuilder {
-        .http1(configuration: .init(
-            idleTimeout: .seconds(idleSeconds),
-            httpDecoderConfiguration: .init(maxHeaderFieldSize: maxHeaderFieldBytes,
-                                            maxHeaderListSize: maxHeaderBytes,
-                                            maxHeaderFieldCount: maxHeaderFields)))
+        .http1(
+            configuration: .init(
+                idleTimeout: .seconds(idleSeconds),
+                httpDecoderConfiguration: .init(
+                    maxHeaderFieldSize: maxHeaderFieldBytes,
+                    maxHeaderListSize: maxHeaderBytes,
+                    maxHeaderFieldCount: maxHeaderFields)))
     }
 
     /// Hummingbird's basic context plus the connection, so that a refusal can
@@ -44,7 +46,8 @@ public enum HTTPGuard {
     /// GET (405), or a body (413; nothing here reads one). Pure, so the
     /// property tests can hold it to the same answer as the server.
     public static func refusal(method: String, contentLength: String?, transferEncoding: String?)
-        -> (status: Int, message: String)? {
+        -> (status: Int, message: String)?
+    {
         guard method == "GET" else {
             return (405, "\(method) is not allowed: this endpoint is read-only (GET)")
         }
@@ -61,11 +64,16 @@ public enum HTTPGuard {
     struct ReadOnly: RouterMiddleware {
         let render: @Sendable (HTTPResponse.Status, String) -> Response
 
-        func handle(_ request: Request, context: Context,
-                    next: (Request, Context) async throws -> Response) async throws -> Response {
-            guard let (code, message) = refusal(method: request.method.rawValue,
-                                                contentLength: request.headers[.contentLength],
-                                                transferEncoding: request.headers[.transferEncoding]) else {
+        func handle(
+            _ request: Request, context: Context,
+            next: (Request, Context) async throws -> Response
+        ) async throws -> Response {
+            guard
+                let (code, message) = refusal(
+                    method: request.method.rawValue,
+                    contentLength: request.headers[.contentLength],
+                    transferEncoding: request.headers[.transferEncoding])
+            else {
                 return try await next(request, context)
             }
             var response = render(HTTPResponse.Status(code: code), message)

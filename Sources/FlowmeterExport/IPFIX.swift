@@ -77,20 +77,24 @@ public struct IPFIXEncoder: Sendable {
     public static let setHeaderBytes = 4
 
     /// The IPv4 template's fields, in record order.
-    public static let ipv4Fields: [IPFIXField] = fields(source: .init("sourceIPv4Address", 8, 4),
-                                                        destination: .init("destinationIPv4Address", 12, 4))
+    public static let ipv4Fields: [IPFIXField] = fields(
+        source: .init("sourceIPv4Address", 8, 4),
+        destination: .init("destinationIPv4Address", 12, 4))
     /// The IPv6 template's fields, in record order.
-    public static let ipv6Fields: [IPFIXField] = fields(source: .init("sourceIPv6Address", 27, 16),
-                                                        destination: .init("destinationIPv6Address", 28, 16))
+    public static let ipv6Fields: [IPFIXField] = fields(
+        source: .init("sourceIPv6Address", 27, 16),
+        destination: .init("destinationIPv6Address", 28, 16))
 
     private static func fields(source: IPFIXField, destination: IPFIXField) -> [IPFIXField] {
-        [source, destination,
-         .init("sourceTransportPort", 7, 2), .init("destinationTransportPort", 11, 2),
-         .init("protocolIdentifier", 4, 1), .init("tcpControlBits", 6, 2),
-         .init("octetDeltaCount", 1, 8), .init("packetDeltaCount", 2, 8),
-         .init("flowStartMilliseconds", 152, 8), .init("flowEndMilliseconds", 153, 8),
-         .init("ingressInterface", 10, 4), .init("egressInterface", 14, 4),
-         .init("flowDirection", 61, 1)]
+        [
+            source, destination,
+            .init("sourceTransportPort", 7, 2), .init("destinationTransportPort", 11, 2),
+            .init("protocolIdentifier", 4, 1), .init("tcpControlBits", 6, 2),
+            .init("octetDeltaCount", 1, 8), .init("packetDeltaCount", 2, 8),
+            .init("flowStartMilliseconds", 152, 8), .init("flowEndMilliseconds", 153, 8),
+            .init("ingressInterface", 10, 4), .init("egressInterface", 14, 4),
+            .init("flowDirection", 61, 1),
+        ]
     }
 
     /// Data record lengths: 56 (IPv4) and 80 (IPv6) bytes.
@@ -153,8 +157,10 @@ public struct IPFIXEncoder: Sendable {
     /// Encodes `flows` into IPFIX messages of at most `maxMessageBytes` each.
     /// Non-IP flows are skipped (counted in `skippedNonIP`); with nothing to
     /// encode it returns no message and leaves the template timing alone.
-    public mutating func messages(for flows: [FlowRecord], exportTimeSeconds: UInt32,
-                                  clock: ClockMapping) -> [[UInt8]] {
+    public mutating func messages(
+        for flows: [FlowRecord], exportTimeSeconds: UInt32,
+        clock: ClockMapping
+    ) -> [[UInt8]] {
         var v4: [FlowRecord] = [], v6: [FlowRecord] = []
         for f in flows {
             switch f.key.family {

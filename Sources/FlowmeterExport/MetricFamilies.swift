@@ -42,4 +42,3 @@ public struct MetricFamilyData: Sendable, Equatable {
         self.name = name; self.kind = kind; self.help = help; self.series = series
     }
 }
-

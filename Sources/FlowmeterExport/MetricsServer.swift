@@ -1,7 +1,7 @@
-import Hummingbird
-import Logging
 import FlowmeterCore
 import Foundation
+import Hummingbird
+import Logging
 
 /// The read-only HTTP endpoint: GET /metrics (Prometheus text 0.0.4, or
 /// OpenMetrics 1.0 when the scraper's Accept header asks for it), GET /healthz.
@@ -10,20 +10,25 @@ import Foundation
 public enum MetricsServer {
     /// Builds the Hummingbird application (a swift-service-lifecycle Service).
     /// `render` produces the exposition text on each scrape.
-    public static func make(listen: ListenAddress, logger: Logger,
-                            onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
-                            render: @escaping @Sendable (_ openMetrics: Bool) -> String) -> some ApplicationProtocol {
+    public static func make(
+        listen: ListenAddress, logger: Logger,
+        onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
+        render: @escaping @Sendable (_ openMetrics: Bool) -> String
+    ) -> some ApplicationProtocol {
         let router = Router(context: HTTPGuard.Context.self)
-        router.add(middleware: HTTPGuard.ReadOnly(render: { status, message in
-            Response(status: status, headers: [.contentType: "text/plain; charset=utf-8"],
-                     body: .init(byteBuffer: ByteBuffer(string: message + "\n")))
-        }))
+        router.add(
+            middleware: HTTPGuard.ReadOnly(render: { status, message in
+                Response(
+                    status: status, headers: [.contentType: "text/plain; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(string: message + "\n")))
+            }))
         router.get("/metrics") { request, _ -> Response in
             let om = wantsOpenMetrics(request.headers[.accept])
             let body = render(om)
-            return Response(status: .ok,
-                            headers: [.contentType: om ? Exposition.openMetricsContentType : Exposition.textContentType],
-                            body: .init(byteBuffer: ByteBuffer(string: body)))
+            return Response(
+                status: .ok,
+                headers: [.contentType: om ? Exposition.openMetricsContentType : Exposition.textContentType],
+                body: .init(byteBuffer: ByteBuffer(string: body)))
         }
         router.get("/healthz") { _, _ -> String in "ok\n" }
         return Application(

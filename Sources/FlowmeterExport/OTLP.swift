@@ -65,27 +65,32 @@ public enum OTLPEncoder {
     /// strings), one ScopeMetrics ("flowmeterd", `scopeVersion`), one Metric
     /// per family that has series. `scopeVersion` is also the version label of
     /// flowmeter_build_info, as on /metrics.
-    public static func request(_ a: Accounting, resource: [(String, String)], scopeVersion: String,
-                               startUnixNanos: UInt64, nowUnixNanos: UInt64) -> [UInt8] {
-        request(families: MetricsRenderer.families(a, version: scopeVersion), resource: resource, scopeVersion: scopeVersion,
-                       startUnixNanos: startUnixNanos, nowUnixNanos: nowUnixNanos)
+    public static func request(
+        _ a: Accounting, resource: [(String, String)], scopeVersion: String,
+        startUnixNanos: UInt64, nowUnixNanos: UInt64
+    ) -> [UInt8] {
+        request(
+            families: MetricsRenderer.families(a, version: scopeVersion), resource: resource, scopeVersion: scopeVersion,
+            startUnixNanos: startUnixNanos, nowUnixNanos: nowUnixNanos)
     }
 
     /// The same from families already in the neutral model.
-    public static func request(families: [MetricFamilyData], resource: [(String, String)], scopeVersion: String,
-                               startUnixNanos: UInt64, nowUnixNanos: UInt64) -> [UInt8] {
+    public static func request(
+        families: [MetricFamilyData], resource: [(String, String)], scopeVersion: String,
+        startUnixNanos: UInt64, nowUnixNanos: UInt64
+    ) -> [UInt8] {
         var request = ProtobufWriter()
-        request.message(1) { rm in                          // ExportMetricsServiceRequest.resource_metrics
-            rm.message(1) { r in                            // ResourceMetrics.resource
-                for (k, v) in resource { r.message(1) { keyValue(&$0, k, v) } } // Resource.attributes
+        request.message(1) { rm in  // ExportMetricsServiceRequest.resource_metrics
+            rm.message(1) { r in  // ResourceMetrics.resource
+                for (k, v) in resource { r.message(1) { keyValue(&$0, k, v) } }  // Resource.attributes
             }
-            rm.message(2) { sm in                           // ResourceMetrics.scope_metrics
-                sm.message(1) { s in                        // ScopeMetrics.scope
-                    s.string(1, scopeName)                  // InstrumentationScope.name
+            rm.message(2) { sm in  // ResourceMetrics.scope_metrics
+                sm.message(1) { s in  // ScopeMetrics.scope
+                    s.string(1, scopeName)  // InstrumentationScope.name
                     if !scopeVersion.isEmpty { s.string(2, scopeVersion) }
                 }
                 for f in families where !f.series.isEmpty {
-                    sm.message(2) { metric(&$0, f, start: startUnixNanos, now: nowUnixNanos) } // ScopeMetrics.metrics
+                    sm.message(2) { metric(&$0, f, start: startUnixNanos, now: nowUnixNanos) }  // ScopeMetrics.metrics
                 }
             }
         }
@@ -109,41 +114,41 @@ public enum OTLPEncoder {
         return "1"
     }
 
-    static let cumulative: UInt64 = 2 // AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+    static let cumulative: UInt64 = 2  // AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
     static func keyValue(_ w: inout ProtobufWriter, _ key: String, _ value: String) {
-        if !key.isEmpty { w.string(1, key) } // KeyValue.key
-        w.message(2) { $0.string(1, value) } // KeyValue.value: AnyValue.string_value (oneof: written even if empty)
+        if !key.isEmpty { w.string(1, key) }  // KeyValue.key
+        w.message(2) { $0.string(1, value) }  // KeyValue.value: AnyValue.string_value (oneof: written even if empty)
     }
 
     static func metric(_ w: inout ProtobufWriter, _ f: MetricFamilyData, start: UInt64, now: UInt64) {
-        w.string(1, otlpName(f.name))                       // Metric.name
-        if !f.help.isEmpty { w.string(2, f.help) }          // Metric.description
-        w.string(3, otlpUnit(f.name))                       // Metric.unit (never empty)
+        w.string(1, otlpName(f.name))  // Metric.name
+        if !f.help.isEmpty { w.string(2, f.help) }  // Metric.description
+        w.string(3, otlpUnit(f.name))  // Metric.unit (never empty)
         switch f.kind {
         case .counter:
-            w.message(7) { sum in                           // Metric.sum
+            w.message(7) { sum in  // Metric.sum
                 numberPoints(&sum, f, start: start, now: now)
-                sum.varint(2, cumulative)                   // Sum.aggregation_temporality
-                sum.varint(3, 1)                            // Sum.is_monotonic
+                sum.varint(2, cumulative)  // Sum.aggregation_temporality
+                sum.varint(3, 1)  // Sum.is_monotonic
             }
         case .gauge:
-            w.message(5) { numberPoints(&$0, f, start: start, now: now) } // Metric.gauge
+            w.message(5) { numberPoints(&$0, f, start: start, now: now) }  // Metric.gauge
         case .histogram:
-            w.message(9) { h in                             // Metric.histogram
+            w.message(9) { h in  // Metric.histogram
                 for s in f.series {
                     guard case .histogram(let b) = s.value else { continue }
-                    h.message(1) { p in                     // Histogram.data_points
-                        if start != 0 { p.fixed64(2, start) } // start_time_unix_nano
-                        if now != 0 { p.fixed64(3, now) }   // time_unix_nano
-                        if b.count != 0 { p.fixed64(4, b.count) } // count
-                        p.double(5, b.sum)                  // sum (optional: always present)
-                        p.packedFixed64(6, b.counts)        // bucket_counts
-                        p.packedDouble(7, b.bounds)         // explicit_bounds
-                        for (k, v) in s.labels { p.message(9) { keyValue(&$0, k, v) } } // attributes
+                    h.message(1) { p in  // Histogram.data_points
+                        if start != 0 { p.fixed64(2, start) }  // start_time_unix_nano
+                        if now != 0 { p.fixed64(3, now) }  // time_unix_nano
+                        if b.count != 0 { p.fixed64(4, b.count) }  // count
+                        p.double(5, b.sum)  // sum (optional: always present)
+                        p.packedFixed64(6, b.counts)  // bucket_counts
+                        p.packedDouble(7, b.bounds)  // explicit_bounds
+                        for (k, v) in s.labels { p.message(9) { keyValue(&$0, k, v) } }  // attributes
                     }
                 }
-                h.varint(2, cumulative)                     // Histogram.aggregation_temporality
+                h.varint(2, cumulative)  // Histogram.aggregation_temporality
             }
         }
     }
@@ -153,10 +158,10 @@ public enum OTLPEncoder {
         for s in f.series {
             guard case .number(let v) = s.value else { continue }
             w.message(1) { p in
-                if start != 0 { p.fixed64(2, start) }       // NumberDataPoint.start_time_unix_nano
-                if now != 0 { p.fixed64(3, now) }           // time_unix_nano
-                p.double(4, v)                              // as_double (oneof: written even if 0)
-                for (k, v) in s.labels { p.message(7) { keyValue(&$0, k, v) } } // attributes
+                if start != 0 { p.fixed64(2, start) }  // NumberDataPoint.start_time_unix_nano
+                if now != 0 { p.fixed64(3, now) }  // time_unix_nano
+                p.double(4, v)  // as_double (oneof: written even if 0)
+                for (k, v) in s.labels { p.message(7) { keyValue(&$0, k, v) } }  // attributes
             }
         }
     }

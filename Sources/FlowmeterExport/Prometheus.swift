@@ -62,16 +62,25 @@ public struct Exposition {
 
     /// A counter or gauge family from its samples.
     public mutating func family(_ f: Family, _ samples: [(labels: [(String, String)], value: Double)]) {
-        family(MetricFamilyData(name: f.name, kind: f.kind, help: f.help,
-                                series: samples.map { .init(labels: $0.labels, value: .number($0.value)) }))
+        family(
+            MetricFamilyData(
+                name: f.name, kind: f.kind, help: f.help,
+                series: samples.map { .init(labels: $0.labels, value: .number($0.value)) }))
     }
 
     /// A histogram family from its series.
     public mutating func histogram(_ f: Family, _ series: [(labels: [(String, String)], value: Histogram)]) {
-        family(MetricFamilyData(name: f.name, kind: f.kind, help: f.help, series: series.map {
-            .init(labels: $0.labels, value: .histogram(.init(bounds: $0.value.bounds, counts: $0.value.counts,
-                                                             sum: $0.value.sum, count: $0.value.count)))
-        }))
+        family(
+            MetricFamilyData(
+                name: f.name, kind: f.kind, help: f.help,
+                series: series.map {
+                    .init(
+                        labels: $0.labels,
+                        value: .histogram(
+                            .init(
+                                bounds: $0.value.bounds, counts: $0.value.counts,
+                                sum: $0.value.sum, count: $0.value.count)))
+                }))
     }
 
     /// The text of these families, in order.
@@ -113,7 +122,9 @@ public struct Exposition {
 public enum MetricCatalog {
     public static let interfaceBytes = Exposition.Family(
         name: "flowmeter_interface_io_bytes_total", kind: .counter,
-        help: "L3 bytes (sum of IP total lengths; non-IP frames: length after the link-layer header) seen by tc on an interface, by direction.")
+        help:
+            "L3 bytes (sum of IP total lengths; non-IP frames: length after the link-layer header) seen by tc on an interface, by direction."
+    )
     public static let interfacePackets = Exposition.Family(
         name: "flowmeter_interface_packets_total", kind: .counter,
         help: "Wire packets seen by tc on an interface, by direction (a GSO/GRO super-packet counts as its segments).")
@@ -128,7 +139,9 @@ public enum MetricCatalog {
         help: "New flows the kernel flow table could not take; each such packet was sent through the flows ring instead.")
     public static let records = Exposition.Family(
         name: "flowmeter_records_total", kind: .counter,
-        help: "Records received from the kernel, by source (flow_map: evicted flow entries; flows_ring: overflow packets; events_ring: socket events; socket_updates: counters of live sockets, read each interval).")
+        help:
+            "Records received from the kernel, by source (flow_map: evicted flow entries; flows_ring: overflow packets; events_ring: socket events; socket_updates: counters of live sockets, read each interval)."
+    )
     public static let socketsTracked = Exposition.Family(
         name: "flowmeter_sockets_tracked", kind: .gauge,
         help: "Live TCP connections and UDP sockets in flowmeterd's connection table, by transport.")
@@ -147,7 +160,9 @@ public enum MetricCatalog {
 
     public static let exportRecords = Exposition.Family(
         name: "flowmeter_export_records_total", kind: .counter,
-        help: "Records each exporter handled, by outcome: queued (handed to it), sent, failed (attempts; OTLP retries), dropped (never delivered). Units: flow_log lines, ipfix flow records, otlp export requests.")
+        help:
+            "Records each exporter handled, by outcome: queued (handed to it), sent, failed (attempts; OTLP retries), dropped (never delivered). Units: flow_log lines, ipfix flow records, otlp export requests."
+    )
     public static let exportQueue = Exposition.Family(
         name: "flowmeter_export_queue_length", kind: .gauge,
         help: "Records waiting in each exporter's queue (OTLP requests not yet delivered; 0 for exporters that send at once).")
@@ -182,11 +197,13 @@ public enum MetricCatalog {
         name: "flowmeter_tcp_rtt_seconds", kind: .histogram,
         help: "Smoothed RTT of TCP connections per service pair: one sample per connection update and one at close.")
 
-    public static let all = [interfaceBytes, interfacePackets, ringLost, flowTableEntries, insertFailures,
-                             records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
-                             exportRecords, exportLastSuccess, exportQueue,
-                             networkBytes, networkPackets, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
-                             tcpResets, tcpRTT]
+    public static let all = [
+        interfaceBytes, interfacePackets, ringLost, flowTableEntries, insertFailures,
+        records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
+        exportRecords, exportLastSuccess, exportQueue,
+        networkBytes, networkPackets, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
+        tcpResets, tcpRTT,
+    ]
 }
 
 /// The metrics of one accounting snapshot: built once as metric families,
@@ -201,8 +218,9 @@ public enum MetricsRenderer {
     typealias Samples = [(labels: [(String, String)], value: Double)]
 
     static func numbers(_ f: Exposition.Family, _ samples: Samples) -> MetricFamilyData {
-        MetricFamilyData(name: f.name, kind: f.kind, help: f.help,
-                         series: samples.map { .init(labels: $0.labels, value: .number($0.value)) })
+        MetricFamilyData(
+            name: f.name, kind: f.kind, help: f.help,
+            series: samples.map { .init(labels: $0.labels, value: .number($0.value)) })
     }
 
     /// Every family, in exposition order.
@@ -219,28 +237,41 @@ public enum MetricsRenderer {
         }
         add(MetricCatalog.interfaceBytes, perInterface(\.bytes))
         add(MetricCatalog.interfacePackets, perInterface(\.packets))
-        add(MetricCatalog.ringLost, [([("ring", "flows")], Double(a.kernel.flowsRingLost))]
-            + (a.socketTelemetry ? [([("ring", "events")], Double(a.socketEventsLost))] : []))
+        add(
+            MetricCatalog.ringLost,
+            [([("ring", "flows")], Double(a.kernel.flowsRingLost))]
+                + (a.socketTelemetry ? [([("ring", "events")], Double(a.socketEventsLost))] : []))
         add(MetricCatalog.flowTableEntries, [([], Double(a.flowTableEntries))])
         add(MetricCatalog.insertFailures, [([], Double(a.kernel.flowInsertFailures))])
-        add(MetricCatalog.records, [FlowSource.flowMap, .flowsRing].map { ([("source", $0.rawValue)], Double(a.records[$0] ?? 0)) }
-            + (a.socketTelemetry ? [([("source", "events_ring")], Double(a.socketEvents)),
-                                    ([("source", "socket_updates")], Double(a.socketUpdates))] : []))
+        add(
+            MetricCatalog.records,
+            [FlowSource.flowMap, .flowsRing].map { ([("source", $0.rawValue)], Double(a.records[$0] ?? 0)) }
+                + (a.socketTelemetry
+                    ? [
+                        ([("source", "events_ring")], Double(a.socketEvents)),
+                        ([("source", "socket_updates")], Double(a.socketUpdates)),
+                    ] : []))
         if a.socketTelemetry {
             let tcp = a.connections.reduce(0) { $0 + ($1.ipProtocol == 6 ? 1 : 0) }
-            add(MetricCatalog.socketsTracked, [([("transport", "tcp")], Double(tcp)),
-                                               ([("transport", "udp")], Double(a.connections.count - tcp))])
+            add(
+                MetricCatalog.socketsTracked,
+                [
+                    ([("transport", "tcp")], Double(tcp)),
+                    ([("transport", "udp")], Double(a.connections.count - tcp)),
+                ])
         }
         add(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
         add(MetricCatalog.seriesDropped, [([], Double(a.services?.seriesDropped ?? 0))])
         add(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])
         add(MetricCatalog.buildInfo, [([("version", version)], 1)])
         let exporters = a.exports.keys.sorted()
-        add(MetricCatalog.exportRecords, exporters.flatMap { name -> Samples in
-            let x = a.exports[name]!
-            return [("queued", x.queued), ("sent", x.sent), ("failed", x.failed), ("dropped", x.dropped)]
-                .map { ([("exporter", name), ("outcome", $0.0)], Double($0.1)) }
-        })
+        add(
+            MetricCatalog.exportRecords,
+            exporters.flatMap { name -> Samples in
+                let x = a.exports[name]!
+                return [("queued", x.queued), ("sent", x.sent), ("failed", x.failed), ("dropped", x.dropped)]
+                    .map { ([("exporter", name), ("outcome", $0.0)], Double($0.1)) }
+            })
         add(MetricCatalog.exportQueue, exporters.map { ([("exporter", $0)], Double(a.exports[$0]!.queueLength)) })
         add(MetricCatalog.exportLastSuccess, exporters.map { ([("exporter", $0)], a.exports[$0]!.lastSuccessUnixSeconds) })
         if let agg = a.services { out += services(agg) }
@@ -258,29 +289,46 @@ public enum MetricsRenderer {
         }
         let directions: [Direction] = [.transmit, .receive]
         let roles: [(String, Int)] = [("client", 0), ("server", 1)]
-        add(MetricCatalog.networkBytes, pairs.flatMap { p, s in
-            directions.map { (base(p) + [("direction", $0.label)], Double(s.bytes[Int($0.rawValue)])) }
-        })
-        add(MetricCatalog.networkPackets, pairs.flatMap { p, s in
-            directions.map { (base(p) + [("direction", $0.label)], Double(s.packets[Int($0.rawValue)])) }
-        })
-        add(MetricCatalog.tcpOpened, tcp.flatMap { p, s in
-            roles.map { (base(p) + [("role", $0.0)], Double(s.opened[$0.1])) }
-        })
-        add(MetricCatalog.tcpFailed, tcp.flatMap { p, s in
-            s.failed.sorted { $0.key < $1.key }.map { (base(p) + [("reason", $0.key)], Double($0.value)) }
-        })
-        add(MetricCatalog.tcpActive, tcp.flatMap { p, s in
-            roles.map { (base(p) + [("role", $0.0)], Double(s.active[$0.1])) }
-        })
+        add(
+            MetricCatalog.networkBytes,
+            pairs.flatMap { p, s in
+                directions.map { (base(p) + [("direction", $0.label)], Double(s.bytes[Int($0.rawValue)])) }
+            })
+        add(
+            MetricCatalog.networkPackets,
+            pairs.flatMap { p, s in
+                directions.map { (base(p) + [("direction", $0.label)], Double(s.packets[Int($0.rawValue)])) }
+            })
+        add(
+            MetricCatalog.tcpOpened,
+            tcp.flatMap { p, s in
+                roles.map { (base(p) + [("role", $0.0)], Double(s.opened[$0.1])) }
+            })
+        add(
+            MetricCatalog.tcpFailed,
+            tcp.flatMap { p, s in
+                s.failed.sorted { $0.key < $1.key }.map { (base(p) + [("reason", $0.key)], Double($0.value)) }
+            })
+        add(
+            MetricCatalog.tcpActive,
+            tcp.flatMap { p, s in
+                roles.map { (base(p) + [("role", $0.0)], Double(s.active[$0.1])) }
+            })
         add(MetricCatalog.tcpRetransmits, tcp.map { p, s in (base(p), Double(s.retransmits)) })
-        add(MetricCatalog.tcpResets, tcp.flatMap { p, s in
-            directions.map { (base(p) + [("direction", $0.label)], Double(s.resets[Int($0.rawValue)])) }
-        })
+        add(
+            MetricCatalog.tcpResets,
+            tcp.flatMap { p, s in
+                directions.map { (base(p) + [("direction", $0.label)], Double(s.resets[Int($0.rawValue)])) }
+            })
         let rtt = MetricCatalog.tcpRTT
-        out.append(MetricFamilyData(name: rtt.name, kind: rtt.kind, help: rtt.help, series: tcp.map { p, s in
-            .init(labels: base(p), value: .histogram(.init(bounds: s.rtt.bounds, counts: s.rtt.counts, sum: s.rtt.sum, count: s.rtt.count)))
-        }))
+        out.append(
+            MetricFamilyData(
+                name: rtt.name, kind: rtt.kind, help: rtt.help,
+                series: tcp.map { p, s in
+                    .init(
+                        labels: base(p),
+                        value: .histogram(.init(bounds: s.rtt.bounds, counts: s.rtt.counts, sum: s.rtt.sum, count: s.rtt.count)))
+                }))
         return out
     }
 }

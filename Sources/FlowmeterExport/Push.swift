@@ -68,7 +68,9 @@ enum HTTPPost {
         let fd = try Dial.connect(host: e.host, port: e.port, type: Int32(SOCK_STREAM.rawValue), timeoutSeconds: timeoutSeconds)
         defer { close(fd) }
         let hostHeader = e.host.contains(":") ? "[\(e.host)]:\(e.port)" : "\(e.host):\(e.port)"
-        var req = Array("POST \(e.path) HTTP/1.1\r\nHost: \(hostHeader)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\nUser-Agent: flowmeterd/\(FlowmeterVersion.current)\r\nConnection: close\r\n\r\n".utf8)
+        var req = Array(
+            "POST \(e.path) HTTP/1.1\r\nHost: \(hostHeader)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\nUser-Agent: flowmeterd/\(FlowmeterVersion.current)\r\nConnection: close\r\n\r\n"
+                .utf8)
         req += body
         var off = 0
         while off < req.count {
@@ -118,8 +120,10 @@ public final class OTLPPusher: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let onError: @Sendable (String) -> Void
 
-    public init(endpoint: HTTPEndpoint, capacity: Int = 16, minBackoffSeconds: Double = 0.5, maxBackoffSeconds: Double = 30,
-                onError: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(
+        endpoint: HTTPEndpoint, capacity: Int = 16, minBackoffSeconds: Double = 0.5, maxBackoffSeconds: Double = 30,
+        onError: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
         self.endpoint = endpoint; self.capacity = max(1, capacity)
         self.minBackoff = minBackoffSeconds; self.maxBackoff = maxBackoffSeconds; self.onError = onError
         state = Mutex(([], Counters(), true))
@@ -180,7 +184,9 @@ public final class OTLPPusher: @unchecked Sendable {
                 state.withLock { $0.counters.failed += 1 }
                 onError("\(error)")
                 if !running {
-                    state.withLock { s in s.counters.dropped += UInt64(s.queue.count); s.queue.removeAll() }
+                    state.withLock { s in
+                        s.counters.dropped += UInt64(s.queue.count); s.queue.removeAll()
+                    }
                     break
                 }
                 // Sleep, but wake early to stop.
@@ -213,7 +219,9 @@ public final class IPFIXSender: @unchecked Sendable {
         for m in messages {
             let w = m.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, m.count, Int32(MSG_NOSIGNAL)) }
             let n = Self.dataRecords(in: m)
-            if w == m.count { sent += n } else {
+            if w == m.count {
+                sent += n
+            } else {
                 failed += n
                 lastError = String(cString: strerror(errno))
             }

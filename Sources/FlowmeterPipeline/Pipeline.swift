@@ -73,9 +73,11 @@ public final class Pipeline: Sendable {
     }
     private let state = Mutex(State())
 
-    public init(flows: FlowKernel, sockets: SocketKernel?, sinks: [Sink], accounting: SharedAccounting,
-                names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
-                interval: FlowDuration, logger: Logger, clock: PipelineClock = .system) {
+    public init(
+        flows: FlowKernel, sockets: SocketKernel?, sinks: [Sink], accounting: SharedAccounting,
+        names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
+        interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
+    ) {
         self.flows = flows; self.sockets = sockets; self.sinks = sinks; self.accounting = accounting
         self.names = names; self.cgroupPath = cgroupPath; self.interval = interval; self.logger = logger
         self.clock = clock
@@ -214,8 +216,9 @@ public final class Pipeline: Sendable {
         let stalls = (flows: flows.ringStalls, events: sockets?.ringStalls ?? 0)
         // At most once an interval: under sustained overload every early pass would say it again.
         if pass != .early && (stalls.flows > st.reportedStalls.flows || stalls.events > st.reportedStalls.events) {
-            logger.warning("a ring reader reached its limit of waiting records; records past it wait in the kernel ring, and are counted lost if that fills",
-                           metadata: ["flows_ring_stalls": "\(stalls.flows)", "events_ring_stalls": "\(stalls.events)"])
+            logger.warning(
+                "a ring reader reached its limit of waiting records; records past it wait in the kernel ring, and are counted lost if that fills",
+                metadata: ["flows_ring_stalls": "\(stalls.flows)", "events_ring_stalls": "\(stalls.events)"])
             st.reportedStalls = stalls
         }
         let activeConnections = pass != .early ? Array(st.connections.active.values) : nil
@@ -245,11 +248,14 @@ public final class Pipeline: Sendable {
             if let socketCounters { a.socketEventsLost = socketCounters.eventsLost }
         }
         st.earlyFlows = earlyFlows
-        let pairs: [ServicePair?] = entryPairs.isEmpty ? Array(repeating: nil, count: batch.count)
+        let pairs: [ServicePair?] =
+            entryPairs.isEmpty
+            ? Array(repeating: nil, count: batch.count)
             : batch.indices.map { entryPairs[flowEntry($0)] }
         let shared = accounting
-        return TickOutput(pass: pass, flows: batch, flowPairs: pairs, events: events, cgroupPaths: paths,
-                          interfaceNames: names, clock: clock.mapping(), accounting: { shared.snapshot() })
+        return TickOutput(
+            pass: pass, flows: batch, flowPairs: pairs, events: events, cgroupPaths: paths,
+            interfaceNames: names, clock: clock.mapping(), accounting: { shared.snapshot() })
     }
 
     /// Closes for sockets whose close record was lost, applied to the
@@ -289,15 +295,18 @@ public struct PipelineClock: Sendable {
         self.monotonic = monotonic; self.mapping = mapping
     }
 
-    public static let system = PipelineClock(monotonic: {
-        var mono = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &mono)
-        return UInt64(mono.tv_sec) * 1_000_000_000 + UInt64(mono.tv_nsec)
-    }, mapping: {
-        var rt = timespec(), mono = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &mono)
-        clock_gettime(CLOCK_REALTIME, &rt)
-        return ClockMapping(realtimeNanos: Int64(rt.tv_sec) * 1_000_000_000 + Int64(rt.tv_nsec),
-                            monotonicNanos: Int64(mono.tv_sec) * 1_000_000_000 + Int64(mono.tv_nsec))
-    })
+    public static let system = PipelineClock(
+        monotonic: {
+            var mono = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &mono)
+            return UInt64(mono.tv_sec) * 1_000_000_000 + UInt64(mono.tv_nsec)
+        },
+        mapping: {
+            var rt = timespec(), mono = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &mono)
+            clock_gettime(CLOCK_REALTIME, &rt)
+            return ClockMapping(
+                realtimeNanos: Int64(rt.tv_sec) * 1_000_000_000 + Int64(rt.tv_nsec),
+                monotonicNanos: Int64(mono.tv_sec) * 1_000_000_000 + Int64(mono.tv_nsec))
+        })
 }

@@ -19,9 +19,11 @@ public struct TickOutput: Sendable {
     /// before the sinks ran): a copy taken only for the sinks that ask.
     public let accounting: @Sendable () -> Accounting
 
-    public init(pass: Pass, flows: [FlowRecord], flowPairs: [ServicePair?], events: [SocketEvent],
-                cgroupPaths: [UInt64: String], interfaceNames: [UInt32: String], clock: ClockMapping,
-                accounting: @escaping @Sendable () -> Accounting) {
+    public init(
+        pass: Pass, flows: [FlowRecord], flowPairs: [ServicePair?], events: [SocketEvent],
+        cgroupPaths: [UInt64: String], interfaceNames: [UInt32: String], clock: ClockMapping,
+        accounting: @escaping @Sendable () -> Accounting
+    ) {
         self.pass = pass; self.flows = flows; self.flowPairs = flowPairs; self.events = events
         self.cgroupPaths = cgroupPaths; self.interfaceNames = interfaceNames; self.clock = clock
         self.accounting = accounting

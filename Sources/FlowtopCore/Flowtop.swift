@@ -222,7 +222,8 @@ public struct UIState: Sendable, Equatable {
         case .char(let c):
             if let spec = view.columns.first(where: { $0.sortKey == c }) {
                 let current = sort(for: view)
-                sorts[view] = current.column == spec.column
+                sorts[view] =
+                    current.column == spec.column
                     ? SortOrder(column: spec.column, descending: !current.descending)
                     : SortOrder(column: spec.column, descending: spec.numeric)
             }
@@ -264,8 +265,11 @@ public struct UIState: Sendable, Equatable {
         guard view == .services else { return }
         let rows = Table.rows(view, shown(live), self)
         guard let i = selectedIndex(rows), let pair = rows[i].pair else { return }
-        drill = DrillDown(pair: pair, saved: .init(view: view, selection: i, selectedID: rows[i].id, top: top,
-                                                   filter: filter))
+        drill = DrillDown(
+            pair: pair,
+            saved: .init(
+                view: view, selection: i, selectedID: rows[i].id, top: top,
+                filter: filter))
         view = .flows
         filter = nil
         resetSelection()

@@ -89,11 +89,12 @@ public enum Sparkline {
         let tail = Array(values.suffix(width))
         let padded = [Double?](repeating: nil, count: width - tail.count) + tail
         let top = padded.compactMap { $0 }.filter { $0.isFinite }.max() ?? 0
-        return String(padded.map { v -> Character in
-            guard let v else { return " " }
-            guard top > 0, v.isFinite, v > 0 else { return levels[0] }
-            return levels[min(7, max(0, Int((v / top * 7).rounded())))]
-        })
+        return String(
+            padded.map { v -> Character in
+                guard let v else { return " " }
+                guard top > 0, v.isFinite, v > 0 else { return levels[0] }
+                return levels[min(7, max(0, Int((v / top * 7).rounded())))]
+            })
     }
 }
 
@@ -105,11 +106,12 @@ public enum Sparkline {
 enum Text {
     static func sanitize(_ s: String) -> String {
         guard s.unicodeScalars.contains(where: { isControl($0) || isZeroWidth($0) }) else { return s }
-        return String(s.map { c -> Character in
-            guard let first = c.unicodeScalars.first else { return "?" }
-            if c.unicodeScalars.contains(where: isControl) || isZeroWidth(first) { return "?" }
-            return c
-        })
+        return String(
+            s.map { c -> Character in
+                guard let first = c.unicodeScalars.first else { return "?" }
+                if c.unicodeScalars.contains(where: isControl) || isZeroWidth(first) { return "?" }
+                return c
+            })
     }
 
     static func isControl(_ u: Unicode.Scalar) -> Bool {

@@ -196,8 +196,10 @@ public struct History: Sendable, Equatable {
     }
 
     /// Increase of one of a pair's counters within the window.
-    public func serviceIncrease(_ pair: ServicePair, window seconds: Int,
-                                _ counter: (APISnapshot.Service) -> UInt64) -> UInt64 {
+    public func serviceIncrease(
+        _ pair: ServicePair, window seconds: Int,
+        _ counter: (APISnapshot.Service) -> UInt64
+    ) -> UInt64 {
         increase(seconds) { $0.service(pair).map(counter) }?.0 ?? 0
     }
 

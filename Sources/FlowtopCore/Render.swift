@@ -116,7 +116,8 @@ private func layout(_ specs: [ColumnSpec], _ rows: [Row], width: Int) -> [Placed
     var kept = specs
     func need(_ cs: [ColumnSpec]) -> Int { cs.reduce(0) { $0 + $1.minWidth } + max(0, cs.count - 1) }
     while need(kept) > width,
-          let drop = kept.filter({ $0.dropRank != nil }).min(by: { $0.dropRank! < $1.dropRank! }) {
+        let drop = kept.filter({ $0.dropRank != nil }).min(by: { $0.dropRank! < $1.dropRank! })
+    {
         kept.removeAll { $0.column == drop.column }
     }
     var cols = kept.map { PlacedColumn(spec: $0, width: $0.minWidth) }
@@ -153,7 +154,8 @@ private func rowLine(_ row: Row, _ cols: [PlacedColumn]) -> Line {
     var warnings: [(Range<Int>, Style.Kind)] = []
     for (i, c) in cols.enumerated() {
         if i > 0 { text += " "; x += 1 }
-        let cell = c.spec.column == .trend
+        let cell =
+            c.spec.column == .trend
             ? Sparkline.render(row.trend, width: c.width)
             : Text.fit(row.cells[c.spec.column] ?? "", c.width, c.spec.rightAligned ? .right : .left)
         if row.warnings.contains(c.spec.column) { warnings.append((x..<(x + c.width), .warning)) }
@@ -167,8 +169,9 @@ private func rowLine(_ row: Row, _ cols: [PlacedColumn]) -> Line {
 
 private func headerLine0(_ h: History) -> Line {
     guard let s = h.latest else { return .whole("flowtop  waiting for the first snapshot from flowmeterd", .title) }
-    return .whole(Text.sanitize("flowtop  \(s.host)  kernel \(s.kernel)  hooks: \(hookSummary(s.hooks))  up \(Format.uptime(s.uptime_seconds))"),
-                  .title)
+    return .whole(
+        Text.sanitize("flowtop  \(s.host)  kernel \(s.kernel)  hooks: \(hookSummary(s.hooks))  up \(Format.uptime(s.uptime_seconds))"),
+        .title)
 }
 
 /// "tc=tcx sock=fentry": the tc mode and the socket hooks' rung (the mode of
@@ -180,7 +183,8 @@ func hookSummary(_ hooks: [APISnapshot.Hook]) -> String {
     if sock.isEmpty {
         parts.append("sock=off")
     } else {
-        let rung = sock.first { $0.hook == "tcp_state" }
+        let rung =
+            sock.first { $0.hook == "tcp_state" }
             ?? sock.first { $0.mode != "cgroup" && $0.mode != "unsupported" } ?? sock[0]
         parts.append("sock=\(rung.mode.split(separator: " ").first.map(String.init) ?? rung.mode)")
         if sock.contains(where: { $0.hook.hasPrefix("udp") && $0.mode == "unsupported" }) {

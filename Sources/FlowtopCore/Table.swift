@@ -23,8 +23,10 @@ public struct ColumnSpec: Sendable, Equatable {
     /// Sorted largest first on its first key press (numbers); text sorts A to Z.
     public var numeric: Bool
 
-    init(_ column: Column, _ title: String, _ key: Character?, _ names: [String], right: Bool = false,
-         min: Int, max: Int? = nil, drop: Int? = nil, numeric: Bool = false) {
+    init(
+        _ column: Column, _ title: String, _ key: Character?, _ names: [String], right: Bool = false,
+        min: Int, max: Int? = nil, drop: Int? = nil, numeric: Bool = false
+    ) {
         self.column = column; self.title = title; self.sortKey = key; self.names = names; self.rightAligned = right
         self.minWidth = Swift.max(min, title.count + (key == nil ? 0 : 1)); self.maxWidth = Swift.max(self.minWidth, max ?? min)
         self.dropRank = drop; self.numeric = numeric
@@ -49,47 +51,51 @@ public enum View: Int, CaseIterable, Sendable {
     /// Columns in display order (widths and drop order: see Flowtop.swift).
     public var columns: [ColumnSpec] {
         switch self {
-        case .services: [
-            ColumnSpec(.service, "SERVICE", "s", ["service"], min: 10, max: 40),
-            ColumnSpec(.peer, "PEER", "e", ["peer"], min: 10, max: 40, drop: 9),
-            ColumnSpec(.proto, "PROTO", "o", ["proto"], min: 5, drop: 7),
-            ColumnSpec(.tx, "TX/s", "t", ["tx"], right: true, min: 10, numeric: true),
-            ColumnSpec(.rx, "RX/s", "r", ["rx"], right: true, min: 10, numeric: true),
-            ColumnSpec(.conns, "CONNS", "c", ["conns"], right: true, min: 5, drop: 8, numeric: true),
-            ColumnSpec(.failed, "FAILED", "f", ["failed"], right: true, min: 6, drop: 5, numeric: true),
-            ColumnSpec(.retrans, "RETRANS", "x", ["retrans"], right: true, min: 7, drop: 3, numeric: true),
-            ColumnSpec(.resets, "RESETS", "k", ["resets"], right: true, min: 6, drop: 2, numeric: true),
-            ColumnSpec(.rttP50, "RTT p50", "m", ["p50", "rttp50"], right: true, min: 7, drop: 1, numeric: true),
-            ColumnSpec(.rttP99, "RTT p99", "l", ["p99", "rttp99"], right: true, min: 7, drop: 6, numeric: true),
-            ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 4),
-        ]
-        case .flows: [
-            ColumnSpec(.flow, "FLOW", "f", ["flow"], min: 32, max: 100),
-            ColumnSpec(.iface, "IF", "i", ["if", "iface", "interface"], min: 4, max: 16, drop: 1),
-            ColumnSpec(.proto, "PROTO", "o", ["proto"], min: 5, drop: 4),
-            ColumnSpec(.service, "SERVICE", "s", ["service", "process"], min: 8, max: 32, drop: 6),
-            ColumnSpec(.dir, "DIR", "d", ["dir"], min: 3, drop: 3),
-            ColumnSpec(.rate, "RATE", "r", ["rate"], right: true, min: 10, numeric: true),
-            ColumnSpec(.total, "TOTAL", "a", ["total"], right: true, min: 8, drop: 5, numeric: true),
-            ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 2),
-        ]
-        case .processes: [
-            ColumnSpec(.pid, "PID", "i", ["pid"], right: true, min: 7, drop: 3, numeric: true),
-            ColumnSpec(.process, "PROCESS", "n", ["process"], min: 10, max: 32),
-            ColumnSpec(.conns, "CONNS", "c", ["conns"], right: true, min: 5, drop: 2, numeric: true),
-            ColumnSpec(.tx, "TX/s", "t", ["tx"], right: true, min: 10, numeric: true),
-            ColumnSpec(.rx, "RX/s", "r", ["rx"], right: true, min: 10, numeric: true),
-            ColumnSpec(.total, "TOTAL", "a", ["total"], right: true, min: 8, drop: 1, numeric: true),
-        ]
-        case .interfaces: [
-            ColumnSpec(.name, "NAME", "n", ["name", "if", "interface"], min: 8, max: 16),
-            ColumnSpec(.tx, "TX/s", "t", ["tx"], right: true, min: 10, numeric: true),
-            ColumnSpec(.rx, "RX/s", "r", ["rx"], right: true, min: 10, numeric: true),
-            ColumnSpec(.txPackets, "TX pkt/s", "T", ["txpkt"], right: true, min: 8, drop: 4, numeric: true),
-            ColumnSpec(.rxPackets, "RX pkt/s", "R", ["rxpkt"], right: true, min: 8, drop: 3, numeric: true),
-            ColumnSpec(.total, "TOTAL", "a", ["total"], right: true, min: 8, drop: 2, numeric: true),
-            ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 1),
-        ]
+        case .services:
+            [
+                ColumnSpec(.service, "SERVICE", "s", ["service"], min: 10, max: 40),
+                ColumnSpec(.peer, "PEER", "e", ["peer"], min: 10, max: 40, drop: 9),
+                ColumnSpec(.proto, "PROTO", "o", ["proto"], min: 5, drop: 7),
+                ColumnSpec(.tx, "TX/s", "t", ["tx"], right: true, min: 10, numeric: true),
+                ColumnSpec(.rx, "RX/s", "r", ["rx"], right: true, min: 10, numeric: true),
+                ColumnSpec(.conns, "CONNS", "c", ["conns"], right: true, min: 5, drop: 8, numeric: true),
+                ColumnSpec(.failed, "FAILED", "f", ["failed"], right: true, min: 6, drop: 5, numeric: true),
+                ColumnSpec(.retrans, "RETRANS", "x", ["retrans"], right: true, min: 7, drop: 3, numeric: true),
+                ColumnSpec(.resets, "RESETS", "k", ["resets"], right: true, min: 6, drop: 2, numeric: true),
+                ColumnSpec(.rttP50, "RTT p50", "m", ["p50", "rttp50"], right: true, min: 7, drop: 1, numeric: true),
+                ColumnSpec(.rttP99, "RTT p99", "l", ["p99", "rttp99"], right: true, min: 7, drop: 6, numeric: true),
+                ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 4),
+            ]
+        case .flows:
+            [
+                ColumnSpec(.flow, "FLOW", "f", ["flow"], min: 32, max: 100),
+                ColumnSpec(.iface, "IF", "i", ["if", "iface", "interface"], min: 4, max: 16, drop: 1),
+                ColumnSpec(.proto, "PROTO", "o", ["proto"], min: 5, drop: 4),
+                ColumnSpec(.service, "SERVICE", "s", ["service", "process"], min: 8, max: 32, drop: 6),
+                ColumnSpec(.dir, "DIR", "d", ["dir"], min: 3, drop: 3),
+                ColumnSpec(.rate, "RATE", "r", ["rate"], right: true, min: 10, numeric: true),
+                ColumnSpec(.total, "TOTAL", "a", ["total"], right: true, min: 8, drop: 5, numeric: true),
+                ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 2),
+            ]
+        case .processes:
+            [
+                ColumnSpec(.pid, "PID", "i", ["pid"], right: true, min: 7, drop: 3, numeric: true),
+                ColumnSpec(.process, "PROCESS", "n", ["process"], min: 10, max: 32),
+                ColumnSpec(.conns, "CONNS", "c", ["conns"], right: true, min: 5, drop: 2, numeric: true),
+                ColumnSpec(.tx, "TX/s", "t", ["tx"], right: true, min: 10, numeric: true),
+                ColumnSpec(.rx, "RX/s", "r", ["rx"], right: true, min: 10, numeric: true),
+                ColumnSpec(.total, "TOTAL", "a", ["total"], right: true, min: 8, drop: 1, numeric: true),
+            ]
+        case .interfaces:
+            [
+                ColumnSpec(.name, "NAME", "n", ["name", "if", "interface"], min: 8, max: 16),
+                ColumnSpec(.tx, "TX/s", "t", ["tx"], right: true, min: 10, numeric: true),
+                ColumnSpec(.rx, "RX/s", "r", ["rx"], right: true, min: 10, numeric: true),
+                ColumnSpec(.txPackets, "TX pkt/s", "T", ["txpkt"], right: true, min: 8, drop: 4, numeric: true),
+                ColumnSpec(.rxPackets, "RX pkt/s", "R", ["rxpkt"], right: true, min: 8, drop: 3, numeric: true),
+                ColumnSpec(.total, "TOTAL", "a", ["total"], right: true, min: 8, drop: 2, numeric: true),
+                ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 1),
+            ]
         }
     }
 

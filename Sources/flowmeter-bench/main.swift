@@ -15,7 +15,10 @@ func ethernet(_ type: UInt16) -> [UInt8] { [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 
 
 /// A TCP segment with `payload` bytes, timestamps option, ports as given.
 func tcp(sport: UInt16, dport: UInt16, payload: Int) -> [UInt8] {
-    var h: [UInt8] = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff), 0, 0, 0, 1, 0, 0, 0, 1, 0x80, 0x10, 0xff, 0xff, 0, 0, 0, 0]
+    var h: [UInt8] = [
+        UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff), 0, 0, 0, 1, 0, 0, 0, 1, 0x80, 0x10, 0xff, 0xff, 0,
+        0, 0, 0,
+    ]
     h += [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]
     return h + [UInt8](repeating: 0xab, count: payload)
 }
@@ -59,14 +62,15 @@ func tcCost(rounds: Int, repeatCount: Int32) throws {
         }
         newFlow.append(median(singles))
         noopSingle.append(median(noops))
-        _ = try prog.evict() // keep the table from filling up across rounds
+        _ = try prog.evict()  // keep the table from filling up across rounds
         _ = try prog.testRun(.ingress, packet: v4, ifindex: 1)
         _ = try prog.testRun(.ingress, packet: v6, ifindex: 1)
     }
     let base = median(noop), baseSingle = median(noopSingle)
     func row(_ name: String, _ xs: [Double], _ b: Double) {
-        print(name.padding(toLength: 44, withPad: " ", startingAt: 0)
-              + String(format: "%10.1f ns %8.2fx", median(xs), median(xs) / b))
+        print(
+            name.padding(toLength: 44, withPad: " ", startingAt: 0)
+                + String(format: "%10.1f ns %8.2fx", median(xs), median(xs) / b))
     }
     print("tc program per-packet cost (BPF_PROG_TEST_RUN, median of \(rounds) rounds, repeat \(repeatCount))")
     print("case".padding(toLength: 44, withPad: " ", startingAt: 0) + "    median   vs empty")
@@ -76,8 +80,9 @@ func tcCost(rounds: Int, repeatCount: Int32) throws {
     row("empty classifier, single runs", noopSingle, baseSingle)
     row("IPv4 TCP, new flow, single runs", newFlow, baseSingle)
     let ratio = median(existing4) / base
-    print(String(format: "target: an existing-flow packet <= 4x the empty classifier: %.2fx, ", ratio)
-          + (ratio <= 4 ? "met" : String(format: "not met by %.2fx", ratio - 4)))
+    print(
+        String(format: "target: an existing-flow packet <= 4x the empty classifier: %.2fx, ", ratio)
+            + (ratio <= 4 ? "met" : String(format: "not met by %.2fx", ratio - 4)))
 }
 
 // MARK: ring drain and aggregation
@@ -141,7 +146,7 @@ enum RingBench {
     /// Its program and ring, by String: that object is built by bench/build.sh
     /// and opened from a path (BPFObjectFile), so it has no generated names.
     static let producerProgram = "ring_produce", producerRing = "bench_flows"
-    static let recordBytes = (ABI.flowEventSize + 8 + 7) & ~7 // ring header + record, 8-aligned
+    static let recordBytes = (ABI.flowEventSize + 8 + 7) & ~7  // ring header + record, 8-aligned
 
     static func monotonicNanos() -> UInt64 {
         var ts = timespec()
@@ -158,7 +163,8 @@ enum RingBench {
         var set = cpu_set_t()
         withUnsafeMutableBytes(of: &set) { $0[cpu / 8] |= UInt8(1 << (cpu % 8)) }
         guard let sym = dlsym(nil, "sched_setaffinity"),
-              withUnsafeBytes(of: &set, { unsafeBitCast(sym, to: SetAffinity.self)(0, $0.count, $0.baseAddress!) }) == 0 else {
+            withUnsafeBytes(of: &set, { unsafeBitCast(sym, to: SetAffinity.self)(0, $0.count, $0.baseAddress!) }) == 0
+        else {
             FileHandle.standardError.write(Data("flowmeter-bench: could not pin to CPU \(cpu); results will be noisier\n".utf8))
             return
         }
@@ -168,7 +174,7 @@ enum RingBench {
         guard records > 0, records % flows == 0, records <= 1 << 24 else {
             throw BenchError("--records must be a multiple of \(flows), at most 16777216")
         }
-        signal(SIGPIPE, SIG_IGN) // a child that died is reported by its answer, not by killing us
+        signal(SIGPIPE, SIG_IGN)  // a child that died is reported by its answer, not by killing us
         pin(cpu: cpu)
         var ringBytes = Int(sysconf(Int32(_SC_PAGESIZE)))
         while ringBytes <= records * recordBytes { ringBytes <<= 1 }
@@ -204,7 +210,7 @@ enum RingBench {
             try fill()
             var acc = Accounting()
             acc.services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: .defaults)
-            table.removeAll() // not timed, as the C table's reset is not (take's own is then a no-op)
+            table.removeAll()  // not timed, as the C table's reset is not (take's own is then a no-op)
             let now = monotonicNanos()
             // What Collector.tick does with the ring's records, up to the flow log.
             let t0 = monotonicNanos()
@@ -214,16 +220,20 @@ enum RingBench {
             let t1 = monotonicNanos()
             let entries = table.entries
             let totals = acc.interfaces.values.flatMap(\.values)
-            let sums = (entries.reduce(0) { $0 + $1.packets }, entries.reduce(0) { $0 + $1.bytes },
-                        totals.reduce(0) { $0 + $1.packets }, totals.reduce(0) { $0 + $1.bytes },
-                        acc.services?.pairs.values.reduce(0) { $0 + $1.packets.reduce(0, +) } ?? 0)
+            let sums = (
+                entries.reduce(0) { $0 + $1.packets }, entries.reduce(0) { $0 + $1.bytes },
+                totals.reduce(0) { $0 + $1.packets }, totals.reduce(0) { $0 + $1.bytes },
+                acc.services?.pairs.values.reduce(0) { $0 + $1.packets.reduce(0, +) } ?? 0
+            )
             guard batch.count == records, rejected == 0, table.records == records, table.count == flows,
-                  table.recordsFromRing == UInt64(records),
-                  pairs.count == flows, pairs.allSatisfy({ $0 != nil }), acc.records[.flowsRing] == UInt64(records),
-                  sums == (wantPackets, wantBytes, wantPackets, wantBytes, wantPackets) else {
-                throw BenchError("c: \(batch.count) records (\(rejected) rejected), \(table.count) flows, "
-                                 + "packets/bytes in the table, interfaces, pairs: \(sums); "
-                                 + "want \(records) records, \(flows) flows, \(wantPackets) packets, \(wantBytes) bytes")
+                table.recordsFromRing == UInt64(records),
+                pairs.count == flows, pairs.allSatisfy({ $0 != nil }), acc.records[.flowsRing] == UInt64(records),
+                sums == (wantPackets, wantBytes, wantPackets, wantBytes, wantPackets)
+            else {
+                throw BenchError(
+                    "c: \(batch.count) records (\(rejected) rejected), \(table.count) flows, "
+                        + "packets/bytes in the table, interfaces, pairs: \(sums); "
+                        + "want \(records) records, \(flows) flows, \(wantPackets) packets, \(wantBytes) bytes")
             }
             return Double(t1 - t0)
         }
@@ -231,7 +241,7 @@ enum RingBench {
         let variants: [(key: String, run: () throws -> Double)] = [
             ("a", { try child.run("a") }), ("b", countOnly), ("c", aggregate), ("d", { try child.run("d") }),
         ].filter { only.contains($0.0) }
-        for v in variants { _ = try v.run() } // warm-up: caches, the readers' buffers, the child's table
+        for v in variants { _ = try v.run() }  // warm-up: caches, the readers' buffers, the child's table
         var times: [String: [Double]] = [:]
         for r in 0..<rounds {
             // Rotate the order each round, so no variant always runs first or after the same one.
@@ -243,13 +253,15 @@ enum RingBench {
 
         let n = Double(records)
         func perRecord(_ k: String) -> Double { median(times[k] ?? []) / n }
-        print("ring drain and aggregation: \(records) flows-ring records (\(flows) flows) per drain, "
-              + "median of \(rounds) interleaved rounds, pinned to CPU \(cpu)")
+        print(
+            "ring drain and aggregation: \(records) flows-ring records (\(flows) flows) per drain, "
+                + "median of \(rounds) interleaved rounds, pinned to CPU \(cpu)")
         print("variant".padding(toLength: 58, withPad: " ", startingAt: 0) + "  ns/record  Mrecords/s  ratio")
         func row(_ name: String, _ k: String, _ ref: String) {
             let ns = perRecord(k)
-            print(name.padding(toLength: 58, withPad: " ", startingAt: 0)
-                  + String(format: "%11.2f %11.1f %6.2fx", ns, 1e3 / ns, perRecord(ref) / ns) + "  vs \(ref)")
+            print(
+                name.padding(toLength: 58, withPad: " ", startingAt: 0)
+                    + String(format: "%11.2f %11.1f %6.2fx", ns, 1e3 / ns, perRecord(ref) / ns) + "  vs \(ref)")
         }
         row("(a) C, libbpf ring_buffer__consume, count", "a", "a")
         row("(b) flowmeterd RingReader, consume + take, count", "b", "a")
@@ -296,14 +308,16 @@ do {
             }
         }
         guard !bad, let producer = opts["producer"], let consumer = opts["c-consumer"],
-              Set(opts.keys).isSubset(of: ["producer", "c-consumer", "records", "rounds", "cpu", "only"]) else {
+            Set(opts.keys).isSubset(of: ["producer", "c-consumer", "records", "rounds", "cpu", "only"])
+        else {
             FileHandle.standardError.write(Data(usage.utf8)); exit(2)
         }
-        try RingBench.run(producer: producer, cConsumer: consumer,
-                          records: opts["records"].flatMap(Int.init) ?? 1 << 20,
-                          rounds: opts["rounds"].flatMap(Int.init) ?? 15,
-                          cpu: opts["cpu"].flatMap(Int.init) ?? max(0, possibleCPUs - 1),
-                          only: opts["only"] ?? "abcd")
+        try RingBench.run(
+            producer: producer, cConsumer: consumer,
+            records: opts["records"].flatMap(Int.init) ?? 1 << 20,
+            rounds: opts["rounds"].flatMap(Int.init) ?? 15,
+            cpu: opts["cpu"].flatMap(Int.init) ?? max(0, possibleCPUs - 1),
+            only: opts["only"] ?? "abcd")
     default:
         FileHandle.standardError.write(Data(usage.utf8)); exit(2)
     }

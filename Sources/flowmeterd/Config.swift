@@ -94,8 +94,9 @@ struct ConfigCheck: ParsableCommand {
             FileHandle.standardError.write(Data((problems.joined(separator: "\n") + "\n").utf8))
             throw ExitCode(1)
         }
-        print("\(file): ok (\(config.services?.count ?? 0) service rules, \(config.peers?.count ?? 0) peer rules, "
-              + "max \(config.limits.maxSeriesPerMetric) series per metric, series expire after \(config.limits.seriesExpiry))")
+        print(
+            "\(file): ok (\(config.services?.count ?? 0) service rules, \(config.peers?.count ?? 0) peer rules, "
+                + "max \(config.limits.maxSeriesPerMetric) series per metric, series expire after \(config.limits.seriesExpiry))")
     }
 }
 
@@ -119,9 +120,10 @@ enum APISocketFile {
             let bytes = Array(path.utf8.prefix(dst.count - 1))
             dst.copyBytes(from: bytes)
         }
-        let live = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        } == 0
+        let live =
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            } == 0
         if live { throw ValueError("\(path) is in use by another flowmeterd; give this one its own --api-socket (or off)") }
         unlink(path)
     }

@@ -12,7 +12,8 @@ import Synchronization
 struct Flowmeterd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "flowmeterd",
-        abstract: "eBPF network telemetry collector: per-interface and per-flow accounting in the kernel, served as Prometheus metrics and a JSON-lines flow log.",
+        abstract:
+            "eBPF network telemetry collector: per-interface and per-flow accounting in the kernel, served as Prometheus metrics and a JSON-lines flow log.",
         discussion: """
             Needs root: CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON to load and attach (CAP_SYS_ADMIN stands in for \
             CAP_BPF and CAP_PERFMON); CAP_NET_BIND_SERVICE for a metrics port below 1024, CAP_CHOWN for --api-group. \
@@ -34,7 +35,9 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
 func requireCapabilities() {
     let missing = Capabilities.missing()
     if !missing.isEmpty {
-        fail("missing capabilities: \(missing.joined(separator: ", ")) (it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON to start; run as root, or grant them)")
+        fail(
+            "missing capabilities: \(missing.joined(separator: ", ")) (it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON to start; run as root, or grant them)"
+        )
     }
 }
 
@@ -44,7 +47,11 @@ struct Run: AsyncParsableCommand {
         abstract: "Attach to the interfaces and serve metrics (the default command)."
     )
 
-    @Option(name: .long, help: ArgumentHelp("YAML configuration file (see config/flowmeter.example.yaml). Default: $FLOWMETER_CONFIG, else /etc/flowmeter/flowmeter.yaml if it exists. Precedence: flags, then FLOWMETER_* variables, then this file. SIGHUP reloads its service rules and series limits.", valueName: "path"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "YAML configuration file (see config/flowmeter.example.yaml). Default: $FLOWMETER_CONFIG, else /etc/flowmeter/flowmeter.yaml if it exists. Precedence: flags, then FLOWMETER_* variables, then this file. SIGHUP reloads its service rules and series limits.",
+            valueName: "path"))
     var config: String?
 
     // One line per setting; name, help, value name and check come from its
@@ -53,34 +60,45 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.interfaces.flag), help: Setting.interfaces.argumentHelp, transform: Setting.interfaces.flagValue)
     var interfaces: SettingValue?
 
-    @Option(name: .customLong(Setting.excludeInterfaces.flag), help: Setting.excludeInterfaces.argumentHelp, transform: Setting.excludeInterfaces.flagValue)
+    @Option(
+        name: .customLong(Setting.excludeInterfaces.flag), help: Setting.excludeInterfaces.argumentHelp,
+        transform: Setting.excludeInterfaces.flagValue)
     var excludeInterfaces: SettingValue?
 
     @Option(name: .customLong(Setting.interval.flag), help: Setting.interval.argumentHelp, transform: Setting.interval.flagValue)
     var interval: SettingValue?
 
-    @Option(name: .customLong(Setting.metricsListen.flag), help: Setting.metricsListen.argumentHelp, transform: Setting.metricsListen.flagValue)
+    @Option(
+        name: .customLong(Setting.metricsListen.flag), help: Setting.metricsListen.argumentHelp, transform: Setting.metricsListen.flagValue)
     var metricsListen: SettingValue?
 
     @Option(name: .customLong(Setting.flowLog.flag), help: Setting.flowLog.argumentHelp, transform: Setting.flowLog.flagValue)
     var flowLog: SettingValue?
 
-    @Option(name: .customLong(Setting.flowLogMaxSize.flag), help: Setting.flowLogMaxSize.argumentHelp, transform: Setting.flowLogMaxSize.flagValue)
+    @Option(
+        name: .customLong(Setting.flowLogMaxSize.flag), help: Setting.flowLogMaxSize.argumentHelp,
+        transform: Setting.flowLogMaxSize.flagValue)
     var flowLogMaxSize: SettingValue?
 
     @Option(name: .customLong(Setting.flowLogKeep.flag), help: Setting.flowLogKeep.argumentHelp, transform: Setting.flowLogKeep.flagValue)
     var flowLogKeep: SettingValue?
 
-    @Option(name: .customLong(Setting.otlpEndpoint.flag), help: Setting.otlpEndpoint.argumentHelp, transform: Setting.otlpEndpoint.flagValue)
+    @Option(
+        name: .customLong(Setting.otlpEndpoint.flag), help: Setting.otlpEndpoint.argumentHelp, transform: Setting.otlpEndpoint.flagValue)
     var otlpEndpoint: SettingValue?
 
-    @Option(name: .customLong(Setting.otlpQueueSize.flag), help: Setting.otlpQueueSize.argumentHelp, transform: Setting.otlpQueueSize.flagValue)
+    @Option(
+        name: .customLong(Setting.otlpQueueSize.flag), help: Setting.otlpQueueSize.argumentHelp, transform: Setting.otlpQueueSize.flagValue)
     var otlpQueueSize: SettingValue?
 
-    @Option(name: .customLong(Setting.ipfixCollector.flag), help: Setting.ipfixCollector.argumentHelp, transform: Setting.ipfixCollector.flagValue)
+    @Option(
+        name: .customLong(Setting.ipfixCollector.flag), help: Setting.ipfixCollector.argumentHelp,
+        transform: Setting.ipfixCollector.flagValue)
     var ipfixCollector: SettingValue?
 
-    @Option(name: .customLong(Setting.ipfixObservationDomain.flag), help: Setting.ipfixObservationDomain.argumentHelp, transform: Setting.ipfixObservationDomain.flagValue)
+    @Option(
+        name: .customLong(Setting.ipfixObservationDomain.flag), help: Setting.ipfixObservationDomain.argumentHelp,
+        transform: Setting.ipfixObservationDomain.flagValue)
     var ipfixObservationDomain: SettingValue?
 
     @Option(name: .customLong(Setting.apiSocket.flag), help: Setting.apiSocket.argumentHelp, transform: Setting.apiSocket.flagValue)
@@ -89,10 +107,12 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.apiGroup.flag), help: Setting.apiGroup.argumentHelp, transform: Setting.apiGroup.flagValue)
     var apiGroup: SettingValue?
 
-    @Option(name: .customLong(Setting.flowTableSize.flag), help: Setting.flowTableSize.argumentHelp, transform: Setting.flowTableSize.flagValue)
+    @Option(
+        name: .customLong(Setting.flowTableSize.flag), help: Setting.flowTableSize.argumentHelp, transform: Setting.flowTableSize.flagValue)
     var flowTableSize: SettingValue?
 
-    @Option(name: .customLong(Setting.flowsRingSize.flag), help: Setting.flowsRingSize.argumentHelp, transform: Setting.flowsRingSize.flagValue)
+    @Option(
+        name: .customLong(Setting.flowsRingSize.flag), help: Setting.flowsRingSize.argumentHelp, transform: Setting.flowsRingSize.flagValue)
     var flowsRingSize: SettingValue?
 
     @Option(name: .customLong(Setting.tcMode.flag), help: Setting.tcMode.argumentHelp, transform: Setting.tcMode.flagValue)
@@ -101,7 +121,8 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.hooks.flag), help: Setting.hooks.argumentHelp, transform: Setting.hooks.flagValue)
     var hooks: SettingValue?
 
-    @Option(name: .customLong(Setting.socketUpdates.flag), help: Setting.socketUpdates.argumentHelp, transform: Setting.socketUpdates.flagValue)
+    @Option(
+        name: .customLong(Setting.socketUpdates.flag), help: Setting.socketUpdates.argumentHelp, transform: Setting.socketUpdates.flagValue)
     var socketUpdates: SettingValue?
 
     @Flag(name: .customLong(Setting.followInterfaces.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.followInterfaces.flagHelp))
@@ -113,10 +134,13 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.logLevel.flag), help: Setting.logLevel.argumentHelp, transform: Setting.logLevel.flagValue)
     var logLevel: SettingValue?
 
-    @Option(name: .customLong(Setting.maxSeriesPerMetric.flag), help: Setting.maxSeriesPerMetric.argumentHelp, transform: Setting.maxSeriesPerMetric.flagValue)
+    @Option(
+        name: .customLong(Setting.maxSeriesPerMetric.flag), help: Setting.maxSeriesPerMetric.argumentHelp,
+        transform: Setting.maxSeriesPerMetric.flagValue)
     var maxSeriesPerMetric: SettingValue?
 
-    @Option(name: .customLong(Setting.seriesExpiry.flag), help: Setting.seriesExpiry.argumentHelp, transform: Setting.seriesExpiry.flagValue)
+    @Option(
+        name: .customLong(Setting.seriesExpiry.flag), help: Setting.seriesExpiry.argumentHelp, transform: Setting.seriesExpiry.flagValue)
     var seriesExpiry: SettingValue?
 
     @Flag(name: .customLong(Setting.peerAddresses.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.peerAddresses.flagHelp))
@@ -168,8 +192,9 @@ struct Run: AsyncParsableCommand {
         let flags: FileConfig
         flags = flagLayer()
         do { layers = try ConfigLayers.load(flagPath: config) } catch { fail("\(error)") }
-        let settings = Startup.Settings(layers.file.overlaid(by: layers.environment).overlaid(by: flags),
-                                        configPath: config, flags: flags)
+        let settings = Startup.Settings(
+            layers.file.overlaid(by: layers.environment).overlaid(by: flags),
+            configPath: config, flags: flags)
         requireCapabilities()
         // A forced update path the kernel refuses: say so before attaching anything.
         if settings.hooks != nil {
@@ -183,8 +208,12 @@ struct Run: AsyncParsableCommand {
         }
         let logger = Logger(label: "flowmeterd")
         if let path = layers.path {
-            logger.info("configuration read", metadata: ["file": "\(path)", "service_rules": "\(settings.file.services?.count ?? 0)",
-                                                          "peer_rules": "\(settings.file.peers?.count ?? 0)"])
+            logger.info(
+                "configuration read",
+                metadata: [
+                    "file": "\(path)", "service_rules": "\(settings.file.services?.count ?? 0)",
+                    "peer_rules": "\(settings.file.peers?.count ?? 0)",
+                ])
         }
         // 2. Build the pipeline and its servers; 3. run them. What was
         // attached on the way has one owner, which a failure unwinds.
@@ -206,21 +235,35 @@ struct Check: AsyncParsableCommand {
         discussion: "Exit status 1 when the minimum (BTF, ring buffer, tc) is missing, or when --selftest finds a fault."
     )
 
-    @Flag(name: .long, help: "Also load the programs, run crafted packets through them, attach to loopback and check that known traffic is counted exactly (briefly attaches to the loopback interface).")
+    @Flag(
+        name: .long,
+        help:
+            "Also load the programs, run crafted packets through them, attach to loopback and check that known traffic is counted exactly (briefly attaches to the loopback interface)."
+    )
     var selftest = false
 
-    @Option(name: .long, help: ArgumentHelp("Socket-hook rung for --selftest: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint (tp_btf, else classic), tracepoint-classic.", valueName: "rung"),
-            transform: { s in
-                guard let r = HookRequest(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, fentry, kprobe, tracepoint, tracepoint-classic") }
-                return r
-            })
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Socket-hook rung for --selftest: auto (fentry, else kprobe, else tracepoint), fentry, kprobe, tracepoint (tp_btf, else classic), tracepoint-classic.",
+            valueName: "rung"),
+        transform: { s in
+            guard let r = HookRequest(rawValue: s) else {
+                throw ValidationError("'\(s)' is not one of auto, fentry, kprobe, tracepoint, tracepoint-classic")
+            }
+            return r
+        })
     var hooks: HookRequest = .auto
 
-    @Option(name: .customLong("socket-updates"), help: ArgumentHelp("Update path for --selftest: auto (every path the kernel accepts is tested, the daemon's choice first), iterator, raw-tp.", valueName: "path"),
-            transform: { s in
-                guard let r = SocketUpdatesRequest(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, iterator, raw-tp") }
-                return r
-            })
+    @Option(
+        name: .customLong("socket-updates"),
+        help: ArgumentHelp(
+            "Update path for --selftest: auto (every path the kernel accepts is tested, the daemon's choice first), iterator, raw-tp.",
+            valueName: "path"),
+        transform: { s in
+            guard let r = SocketUpdatesRequest(rawValue: s) else { throw ValidationError("'\(s)' is not one of auto, iterator, raw-tp") }
+            return r
+        })
     var socketUpdates: SocketUpdatesRequest = .auto
 
     func run() async throws {
@@ -235,7 +278,9 @@ struct Check: AsyncParsableCommand {
         print("")
         print("Would use:")
         print("  " + pad("tc attach", w - 2) + f.tcMode)
-        print("  " + pad("flow eviction", w - 2) + (f.has("batch_map_ops") ? "table swap + batch lookup-and-delete" : "table swap + iterate and delete"))
+        print(
+            "  " + pad("flow eviction", w - 2)
+                + (f.has("batch_map_ops") ? "table swap + batch lookup-and-delete" : "table swap + iterate and delete"))
         print("  " + pad("socket hooks", w - 2) + f.socketRung)
         print("  " + pad("socket updates", w - 2) + f.socketUpdates)
         let missing = f.missingMinimum

@@ -21,9 +21,12 @@ final class DropAfterStart: Sendable {
         guard last else { return }
         do {
             let d = try Privileges.dropAfterAttach(keep: keep)
-            logger.info("dropped capabilities", metadata: [
-                "kept": "\(Privileges.names(d.kept).joined(separator: ","))", "threads": "\(d.threads)",
-                "bounding_set": "\(d.boundingSetDropped ? "reduced" : "unchanged (no CAP_SETPCAP)")"])
+            logger.info(
+                "dropped capabilities",
+                metadata: [
+                    "kept": "\(Privileges.names(d.kept).joined(separator: ","))", "threads": "\(d.threads)",
+                    "bounding_set": "\(d.boundingSetDropped ? "reduced" : "unchanged (no CAP_SETPCAP)")",
+                ])
         } catch {
             // Telemetry matters more than the hardening: keep running as we are.
             logger.warning("could not drop capabilities; running with them", metadata: ["error": "\(error)"])

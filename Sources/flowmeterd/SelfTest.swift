@@ -39,14 +39,15 @@ struct SelfTest {
 
     /// IPv6/TCP behind a hop-by-hop header, fd00::1:40000 -> fd00::2:443.
     static func tcp6HopByHop(payload: Int) -> [UInt8] {
-        let l4: [UInt8] = [0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]
+        let l4: [UInt8] =
+            [0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]
             + [UInt8](repeating: 0x5a, count: payload)
         let plen = 8 + l4.count
         var p = ethernet(0x86DD)
         p += [0x60, 0, 0, 0, UInt8(plen >> 8), UInt8(plen & 0xff), 0, 64]
         p += [0xfd] + [UInt8](repeating: 0, count: 14) + [1]
         p += [0xfd] + [UInt8](repeating: 0, count: 14) + [2]
-        p += [6, 0, 1, 4, 0, 0, 0, 0] // hop-by-hop: next TCP, PadN
+        p += [6, 0, 1, 4, 0, 0, 0, 0]  // hop-by-hop: next TCP, PadN
         return p + l4
     }
 
@@ -66,7 +67,8 @@ struct SelfTest {
             let flows = try prog.drainAll()
             guard flows.count == 1, let f = flows.first else { return "\(flows.count) flows, want 1" }
             guard f.key.family == .ipv4, f.key.ipProtocol == 17, f.key.sourcePort == 5000, f.key.destinationPort == 53,
-                  f.key.source == .v4(10, 0, 0, 1) else { return "wrong key \(f.key)" }
+                f.key.source == .v4(10, 0, 0, 1)
+            else { return "wrong key \(f.key)" }
             return f.stats.packets == 1 && f.stats.bytes == 128 ? nil : "\(f.stats.packets) packets / \(f.stats.bytes) bytes, want 1 / 128"
         }
         t.check("count IPv6/TCP after a hop-by-hop header, as a 3-segment GSO packet (test run)") {
@@ -74,16 +76,18 @@ struct SelfTest {
             let flows = try prog.drainAll()
             guard flows.count == 1, let f = flows.first else { return "\(flows.count) flows, want 1" }
             guard f.key.family == .ipv6, f.key.ipProtocol == 6, f.key.sourcePort == 40000, f.key.destinationPort == 443,
-                  f.key.direction == .transmit else { return "wrong key \(f.key)" }
+                f.key.direction == .transmit
+            else { return "wrong key \(f.key)" }
             let want: UInt64 = (40 + 8 + 20 + 1000) + 2 * (40 + 8 + 20)
-            return f.stats.packets == 3 && f.stats.bytes == want ? nil : "\(f.stats.packets) packets / \(f.stats.bytes) bytes, want 3 / \(want)"
+            return f.stats.packets == 3 && f.stats.bytes == want
+                ? nil : "\(f.stats.packets) packets / \(f.stats.bytes) bytes, want 3 / \(want)"
         }
         t.check("full flow table: packets travel through the flows ring") {
             let small = try FlowAccountingProgram(flowTableSize: 1)
             let ring = try FlowsRing(ringFD: small.flowsRingFD)
             for n in [1, 2, 3] {
                 var pkt = udp4(payload: 10)
-                pkt[34] = UInt8(n) // source port high byte: three different flows
+                pkt[34] = UInt8(n)  // source port high byte: three different flows
                 _ = try small.testRun(.ingress, packet: pkt, ifindex: 1)
             }
             ring.consumeNow()
@@ -119,11 +123,15 @@ struct SelfTest {
                 let sizes = [1, 100, 1000, 1400]
                 let (sport, dport) = try sendUDP(sizes: sizes)
                 let flows = try prog.evict()
-                let ours = flows.filter { $0.key.ifindex == lo.ifindex && $0.key.ipProtocol == 17
-                    && $0.key.sourcePort == sport && $0.key.destinationPort == dport }
+                let ours = flows.filter {
+                    $0.key.ifindex == lo.ifindex && $0.key.ipProtocol == 17
+                        && $0.key.sourcePort == sport && $0.key.destinationPort == dport
+                }
                 let want = sizes.reduce(0) { $0 + UInt64(28 + $1) }
                 for d in Direction.allCases {
-                    let s = ours.filter { $0.key.direction == d }.reduce(FlowStats.zero) { var a = $0; a.merge($1.stats); return a }
+                    let s = ours.filter { $0.key.direction == d }.reduce(FlowStats.zero) {
+                        var a = $0; a.merge($1.stats); return a
+                    }
                     if s.packets != UInt64(sizes.count) || s.bytes != want {
                         return "\(d.label): \(s.packets) packets / \(s.bytes) bytes, want \(sizes.count) / \(want)"
                     }
@@ -155,7 +163,9 @@ struct SelfTest {
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
             a.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            let r = withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
             guard r == 0 else { close(fd); throw ValueError("bind: \(String(cString: strerror(errno)))") }
             return fd
         }
@@ -173,7 +183,9 @@ struct SelfTest {
         for size in sizes {
             let buf = [UInt8](repeating: 0x42, count: size)
             let n = withUnsafePointer(to: &to) { p in
-                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(tx, buf, size, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(tx, buf, size, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
             guard n == size else { throw ValueError("sendto: \(String(cString: strerror(errno)))") }
         }

@@ -23,7 +23,7 @@ enum SocketSelfTest {
             return nil
         }
         guard let programs else { return }
-        _ = try? programs.drainEvents() // whatever happened on the host before now
+        _ = try? programs.drainEvents()  // whatever happened on the host before now
 
         var exchange: (client: UInt16, server: UInt16)?
         var abortive: (client: UInt16, server: UInt16)?
@@ -46,7 +46,9 @@ enum SocketSelfTest {
             print("--    socket updates: unsupported (the kernel refuses both the iterator and the raw_tp run)")
         }
         for path in programs.updatePaths {
-            t.check("long-lived TCP, updates by \(path.rawValue): one update with the bytes so far, none while idle, none when younger than the update age") {
+            t.check(
+                "long-lived TCP, updates by \(path.rawValue): one update with the bytes so far, none while idle, none when younger than the update age"
+            ) {
                 try longLivedUpdates(programs, via: path)
             }
         }
@@ -59,7 +61,7 @@ enum SocketSelfTest {
                 return nil
             }
         }
-        usleep(200_000) // the last state changes (LAST_ACK -> CLOSE) follow the final ACK
+        usleep(200_000)  // the last state changes (LAST_ACK -> CLOSE) follow the final ACK
         let events: [SocketEvent]
         do { events = try programs.drainEvents() } catch {
             t.check("read socket events") { "\(error)" }
@@ -105,7 +107,8 @@ enum SocketSelfTest {
         if let a = abortive {
             t.check("abortive close: one reset sent by the client, one received by the server") {
                 guard let c = find(.close, local: a.client, remote: a.server),
-                      let s = find(.close, local: a.server, remote: a.client) else { return "close records missing" }
+                    let s = find(.close, local: a.server, remote: a.client)
+                else { return "close records missing" }
                 guard c.resetsSent == 1, s.resetsReceived == 1 else {
                     return "client sent \(c.resetsSent), server received \(s.resetsReceived); want 1 and 1"
                 }
@@ -171,9 +174,12 @@ enum SocketSelfTest {
         let (cport, sport) = (localPort(cfd), localPort(lfd))
         try sendAll(cfd, 1000); try recvExactly(sfd, 1000)
         try sendAll(sfd, 500); try recvExactly(cfd, 500)
-        usleep(20_000) // the last ACKs
+        usleep(20_000)  // the last ACKs
         func mine(_ u: [SocketEvent]) -> [SocketEvent] {
-            u.filter { $0.ipProtocol == 6 && (($0.localPort == cport && $0.remotePort == sport) || ($0.localPort == sport && $0.remotePort == cport)) }
+            u.filter {
+                $0.ipProtocol == 6
+                    && (($0.localPort == cport && $0.remotePort == sport) || ($0.localPort == sport && $0.remotePort == cport))
+            }
         }
         try programs.setUpdateMinAge(nanoseconds: 3_600_000_000_000)
         let young = mine(try programs.collectUpdates(via: path))
@@ -181,11 +187,14 @@ enum SocketSelfTest {
         try programs.setUpdateMinAge(nanoseconds: 0)
         let first = mine(try programs.collectUpdates(via: path))
         guard first.count == 2, let c = first.first(where: { $0.localPort == cport }),
-              let s = first.first(where: { $0.localPort == sport }) else { return "\(first.count) updates, want 2 (client and server)" }
+            let s = first.first(where: { $0.localPort == sport })
+        else { return "\(first.count) updates, want 2 (client and server)" }
         guard c.kind == .update, c.bytesSent == 1000, c.bytesReceived == 500, s.bytesSent == 500, s.bytesReceived == 1000 else {
             return "client \(c.bytesSent)/\(c.bytesReceived), server \(s.bytesSent)/\(s.bytesReceived); want 1000/500 and 500/1000"
         }
-        guard c.role == .client, s.role == .server, c.owner?.tgid == UInt32(getpid()) else { return "roles \(c.role)/\(s.role), owner \(String(describing: c.owner))" }
+        guard c.role == .client, s.role == .server, c.owner?.tgid == UInt32(getpid()) else {
+            return "roles \(c.role)/\(s.role), owner \(String(describing: c.owner))"
+        }
         let idle = mine(try programs.collectUpdates(via: path))
         guard idle.isEmpty else { return "\(idle.count) updates while idle" }
         try sendAll(cfd, 10); try recvExactly(sfd, 10)
@@ -227,7 +236,9 @@ enum SocketSelfTest {
         }
         var back = loopback(port: localPort(client))
         for n in udpDown {
-            guard withAddr(&back, { sendto(server, buf, n, 0, $0, $1) }) == n else { throw ValueError("sendto: \(String(cString: strerror(errno)))") }
+            guard withAddr(&back, { sendto(server, buf, n, 0, $0, $1) }) == n else {
+                throw ValueError("sendto: \(String(cString: strerror(errno)))")
+            }
             try receive(client, n)
         }
         var v6 = sockaddr_in6()
@@ -236,7 +247,9 @@ enum SocketSelfTest {
         guard inet_pton(AF_INET6, "::ffff:127.0.0.1", &v6.sin6_addr) == 1 else { throw ValueError("inet_pton") }
         for n in udpMapped {
             let w = withUnsafePointer(to: &v6) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(mapped, buf, n, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(mapped, buf, n, 0, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
             }
             guard w == n else { throw ValueError("sendto v4-mapped: \(String(cString: strerror(errno)))") }
             try receive(server, n)
@@ -263,7 +276,9 @@ enum SocketSelfTest {
     }
 
     static func withAddr<R>(_ a: inout sockaddr_in, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
-        withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
     }
 
     static func localPort(_ fd: Int32) -> UInt16 {
@@ -338,7 +353,7 @@ enum SocketSelfTest {
             if reply > 0 { try recvExactly(cfd, reply) }
         } catch { close(cfd); done.wait(); throw error }
         if abortive {
-            usleep(50_000) // let the server read everything first
+            usleep(50_000)  // let the server read everything first
             var l = linger(l_onoff: 1, l_linger: 0)
             setsockopt(cfd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
         }
@@ -354,7 +369,7 @@ enum SocketSelfTest {
         var any = loopback(port: 0)
         _ = withAddr(&any, { bind(probe, $0, $1) })
         let port = localPort(probe)
-        close(probe) // bound, never listened: the port is closed
+        close(probe)  // bound, never listened: the port is closed
         let fd = try tcpSocket()
         defer { close(fd) }
         var to = loopback(port: port)

@@ -109,10 +109,13 @@ struct Startup {
         }
         let mode = try attacher.attach(chosen, mode: s.tcMode)
         if chosen.isEmpty { logger.notice("no matching interface yet; waiting for one to appear") }
-        logger.info("attached", metadata: [
-            "interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)",
-            "flow_table_size": "\(s.flowTableSize)",
-            "flow_table_kernel_bytes": "\(FlowAccountingProgram.tableMemoryBytes(size: s.flowTableSize))"])
+        logger.info(
+            "attached",
+            metadata: [
+                "interfaces": "\(chosen.map(\.name).joined(separator: ","))", "mode": "\(mode.rawValue)",
+                "flow_table_size": "\(s.flowTableSize)",
+                "flow_table_kernel_bytes": "\(FlowAccountingProgram.tableMemoryBytes(size: s.flowTableSize))",
+            ])
 
         var writer: FlowLogWriter?
         if let path = file.flowLog {
@@ -129,8 +132,9 @@ struct Startup {
             $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
             $0.socketTelemetry = sockets != nil
             if sockets != nil {
-                $0.services = ServiceAggregator(resolver: ServiceResolver(rules: file.services ?? [], peers: file.peers ?? []),
-                                                limits: file.limits)
+                $0.services = ServiceAggregator(
+                    resolver: ServiceResolver(rules: file.services ?? [], peers: file.peers ?? []),
+                    limits: file.limits)
             }
         }
         let reloader = signalReloader(writer: writer, shared: shared)
@@ -146,9 +150,10 @@ struct Startup {
 
         // The metrics port is bound (CAP_NET_BIND_SERVICE below 1024) and the
         // API socket chowned (CAP_CHOWN) only once the group runs the servers.
-        let dropper = DropAfterStart(waitingFor: s.apiSocket != "off" ? ["metrics", "api"] : ["metrics"],
-                                     keep: Privileges.neededAfterAttach(followsInterfaces: links != nil, clsact: mode == .clsact),
-                                     logger: logger)
+        let dropper = DropAfterStart(
+            waitingFor: s.apiSocket != "off" ? ["metrics", "api"] : ["metrics"],
+            keep: Privileges.neededAfterAttach(followsInterfaces: links != nil, clsact: mode == .clsact),
+            logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: PipelineService(pipeline: pipeline)),
             .init(service: metricsServer(shared: shared, dropper: dropper)),
@@ -156,8 +161,10 @@ struct Startup {
         if s.apiSocket != "off" {
             services.append(.init(service: try apiServer(shared: shared, names: names, dropper: dropper)))
         }
-        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
-                                                      logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
         return Node(group: group, listen: s.metricsListen, reloader: reloader)
     }
 
@@ -171,9 +178,12 @@ struct Startup {
             // Each program left out, once, as one line: program, section,
             // errno, and what it costs; a warning only where something is lost.
             for r in s.refusals { logger.log(level: r.loses ? .warning : .notice, "\(r)") }
-            logger.info("socket hooks attached", metadata: [
-                "rung": "\(s.rung.rawValue)",
-                "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))"])
+            logger.info(
+                "socket hooks attached",
+                metadata: [
+                    "rung": "\(s.rung.rawValue)",
+                    "hooks": "\(s.modes.map { "\($0.hook)=\($0.mode)" }.joined(separator: ","))",
+                ])
             if let why = s.udpUnsupported {
                 logger.warning("UDP sockets are not seen on this rung", metadata: ["reason": "\(why)"])
             }
@@ -204,7 +214,8 @@ struct Startup {
             shared.update {
                 $0.services?.reconfigure(resolver: ServiceResolver(rules: s.services ?? [], peers: s.peers ?? []), limits: s.limits)
             }
-            return "service_rules=\(s.services?.count ?? 0) peer_rules=\(s.peers?.count ?? 0) max_series_per_metric=\(s.limits.maxSeriesPerMetric)"
+            return
+                "service_rules=\(s.services?.count ?? 0) peer_rules=\(s.peers?.count ?? 0) max_series_per_metric=\(s.limits.maxSeriesPerMetric)"
         }
     }
 
@@ -250,27 +261,40 @@ struct Startup {
             let sender: IPFIXSender
             do { sender = try IPFIXSender(collector: target) } catch { throw StartupError("--ipfix-collector \(target): \(error)") }
             let domain = UInt32(file.ipfixObservationDomain!)
-            sinks.append(IPFIXSink(sender: sender, encoder: IPFIXEncoder(observationDomain: domain), onError: { e in
-                logger.warning("IPFIX export failed", metadata: ["collector": "\(target)", "error": "\(e)"])
-            }))
+            sinks.append(
+                IPFIXSink(
+                    sender: sender, encoder: IPFIXEncoder(observationDomain: domain),
+                    onError: { e in
+                        logger.warning("IPFIX export failed", metadata: ["collector": "\(target)", "error": "\(e)"])
+                    }))
             logger.info("exporting IPFIX", metadata: ["collector": "\(target)", "observation_domain": "\(domain)"])
         }
         if let url = file.otlpEndpoint {
             let endpoint: HTTPEndpoint
             do { endpoint = try HTTPEndpoint(parsing: url) } catch { throw StartupError("--otlp-endpoint: \(error)") }
             let errors = Mutex<String?>(nil)
-            let pusher = OTLPPusher(endpoint: endpoint, capacity: settings.otlpQueueSize, onError: { e in
-                // One line per kind of failure, not one per retry.
-                let new = errors.withLock { last in defer { last = e }; return last != e }
-                if new { logger.warning("OTLP push failed; retrying with backoff", metadata: ["endpoint": "\(endpoint)", "error": "\(e)"]) }
-            })
+            let pusher = OTLPPusher(
+                endpoint: endpoint, capacity: settings.otlpQueueSize,
+                onError: { e in
+                    // One line per kind of failure, not one per retry.
+                    let new = errors.withLock { last in
+                        defer { last = e }; return last != e
+                    }
+                    if new {
+                        logger.warning("OTLP push failed; retrying with backoff", metadata: ["endpoint": "\(endpoint)", "error": "\(e)"])
+                    }
+                })
             var host = [CChar](repeating: 0, count: 256)
             gethostname(&host, host.count)
-            sinks.append(OTLPSink(pusher: pusher,
-                                  resource: [("service.name", "flowmeterd"), ("service.version", FlowmeterVersion.current),
-                                             ("host.name", String(cString: host))],
-                                  version: FlowmeterVersion.current,
-                                  startUnixNanos: UInt64(Date().timeIntervalSince1970 * 1e9)))
+            sinks.append(
+                OTLPSink(
+                    pusher: pusher,
+                    resource: [
+                        ("service.name", "flowmeterd"), ("service.version", FlowmeterVersion.current),
+                        ("host.name", String(cString: host)),
+                    ],
+                    version: FlowmeterVersion.current,
+                    startUnixNanos: UInt64(Date().timeIntervalSince1970 * 1e9)))
             logger.info("pushing OTLP metrics", metadata: ["endpoint": "\(endpoint)", "queue": "\(settings.otlpQueueSize)"])
         }
         return sinks
@@ -278,18 +302,21 @@ struct Startup {
 
     func metricsServer(shared: SharedAccounting, dropper: DropAfterStart) -> some Service {
         let listen = settings.metricsListen, logger = self.logger
-        return MetricsServer.make(listen: listen, logger: logger, onRunning: { port in
-            logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
-            dropper.done("metrics")
-        }, render: { om in
-            let snapshot = shared.snapshot()
-            let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)
-            // New pairs were shown at zero; the next scrape shows their counts.
-            if let seen = snapshot.services?.unexposed, !seen.isEmpty {
-                shared.update { $0.services?.markExposed(seen) }
-            }
-            return text
-        })
+        return MetricsServer.make(
+            listen: listen, logger: logger,
+            onRunning: { port in
+                logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
+                dropper.done("metrics")
+            },
+            render: { om in
+                let snapshot = shared.snapshot()
+                let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)
+                // New pairs were shown at zero; the next scrape shows their counts.
+                if let seen = snapshot.services?.unexposed, !seen.isEmpty {
+                    shared.update { $0.services?.markExposed(seen) }
+                }
+                return text
+            })
     }
 
     func apiServer(shared: SharedAccounting, names: InterfaceNames, dropper: DropAfterStart) throws -> some Service {
@@ -307,18 +334,23 @@ struct Startup {
         let startMs = Int64(Date().timeIntervalSince1970 * 1000)
         let intervalSeconds = Double(settings.interval.nanoseconds) / 1e9
         let owner = gid
-        return APIServer.make(socketPath: path, logger: logger, onRunning: {
-            chmod(path, 0o660)
-            chown(path, 0, owner)
-            logger.info("serving the API", metadata: ["socket": "\(path)"])
-            dropper.done("api")
-        }, snapshot: {
-            APISnapshot.make(shared.snapshot(),
-                             context: .init(host: host, kernel: kernel, version: FlowmeterVersion.current,
-                                            startUnixMs: startMs, intervalSeconds: intervalSeconds,
-                                            interfaceNames: names.snapshot()),
-                             nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
-        })
+        return APIServer.make(
+            socketPath: path, logger: logger,
+            onRunning: {
+                chmod(path, 0o660)
+                chown(path, 0, owner)
+                logger.info("serving the API", metadata: ["socket": "\(path)"])
+                dropper.done("api")
+            },
+            snapshot: {
+                APISnapshot.make(
+                    shared.snapshot(),
+                    context: .init(
+                        host: host, kernel: kernel, version: FlowmeterVersion.current,
+                        startUnixMs: startMs, intervalSeconds: intervalSeconds,
+                        interfaceNames: names.snapshot()),
+                    nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
+            })
     }
 }
 

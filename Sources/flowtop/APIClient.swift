@@ -86,7 +86,7 @@ struct APIClient {
     func stream(onSnapshot: (APISnapshot) -> Bool) throws {
         let fd = try connect()
         defer { close(fd) }
-        var tv = timeval(tv_sec: 0, tv_usec: 0)   // the stream may idle; no timeout
+        var tv = timeval(tv_sec: 0, tv_usec: 0)  // the stream may idle; no timeout
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         try Self.send(fd, "GET /v1/stream HTTP/1.1\r\nHost: flowmeter\r\n\r\n")
         var raw: [UInt8] = []
@@ -142,7 +142,8 @@ struct ChunkedDecoder {
                 continue
             }
             guard let nl = pending.firstIndex(of: 10) else { return out }
-            let sizeLine = String(decoding: pending[..<nl], as: UTF8.self)
+            let sizeLine =
+                String(decoding: pending[..<nl], as: UTF8.self)
                 .trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ";").first.map(String.init) ?? ""
             pending.removeSubrange(...nl)
             guard let size = Int(sizeLine, radix: 16) else { continue }

@@ -11,10 +11,10 @@ struct Flowtop: ParsableCommand {
         commandName: "flowtop",
         abstract: "Live view of who talks to whom on this node, from flowmeterd's local API.",
         discussion: """
-        Keys: Tab or 1-4 switch view (services, flows, processes, interfaces); w cycles the rate window \
-        (2 s, 10 s, 40 s); b toggles bytes/bits; a column's letter sorts by it (again: reverse); / filters \
-        (text, or column=value); Enter drills from a service into its flows (Esc: back); p pauses; ? help; q quits.
-        """,
+            Keys: Tab or 1-4 switch view (services, flows, processes, interfaces); w cycles the rate window \
+            (2 s, 10 s, 40 s); b toggles bytes/bits; a column's letter sorts by it (again: reverse); / filters \
+            (text, or column=value); Enter drills from a service into its flows (Esc: back); p pauses; ? help; q quits.
+            """,
         version: FlowmeterVersion.current
     )
 
@@ -27,13 +27,14 @@ struct Flowtop: ParsableCommand {
     @Flag(name: .long, help: "With --once: print the daemon's snapshot as JSON.")
     var json = false
 
-    @Option(name: .long, help: ArgumentHelp("With --once: the view to print: services, flows, processes, interfaces.", valueName: "view"),
-            transform: { s in
-                guard let v = View.allCases.first(where: { "\($0)" == s }) else {
-                    throw ValidationError("'\(s)' is not one of services, flows, processes, interfaces")
-                }
-                return v
-            })
+    @Option(
+        name: .long, help: ArgumentHelp("With --once: the view to print: services, flows, processes, interfaces.", valueName: "view"),
+        transform: { s in
+            guard let v = View.allCases.first(where: { "\($0)" == s }) else {
+                throw ValidationError("'\(s)' is not one of services, flows, processes, interfaces")
+            }
+            return v
+        })
     var view: View = .services
 
     @Option(name: .long, help: ArgumentHelp("With --once: seconds between the two snapshots the rates come from.", valueName: "seconds"))
@@ -62,7 +63,7 @@ struct Flowtop: ParsableCommand {
                 guard isatty(STDOUT_FILENO) == 1, isatty(STDIN_FILENO) == 1 else {
                     throw ValidationError("flowtop needs a terminal; use --once (and --json) for scripts")
                 }
-                _ = try client.snapshot() // fail early, before the screen is taken
+                _ = try client.snapshot()  // fail early, before the screen is taken
                 try Interactive(client: client).run()
             }
         } catch let e as APIClient.Unreachable {
@@ -101,8 +102,10 @@ enum Standalone {
         let sock = dir.appendingPathComponent("api.sock").path
         let p = Process()
         p.executableURL = daemon
-        p.arguments = ["--api-socket", sock, "--metrics-listen", "127.0.0.1:0", "--interval", "1s",
-                       "--state-dir", dir.appendingPathComponent("state").path, "--log-level", "warning"]
+        p.arguments = [
+            "--api-socket", sock, "--metrics-listen", "127.0.0.1:0", "--interval", "1s",
+            "--state-dir", dir.appendingPathComponent("state").path, "--log-level", "warning",
+        ]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try p.run()
@@ -128,7 +131,9 @@ final class Interactive: @unchecked Sendable {
             while !stop.load(ordering: .acquiring) {
                 do {
                     try client.stream { s in
-                        inbox.withLock { $0.snapshots.append(s); $0.status = nil }
+                        inbox.withLock {
+                            $0.snapshots.append(s); $0.status = nil
+                        }
                         return !stop.load(ordering: .acquiring)
                     }
                     inbox.withLock { $0.status = "stream ended; reconnecting" }

@@ -39,18 +39,18 @@ import Testing
     /// little-endian): TCP 10.0.0.1:443 -> 10.0.0.2:51000 on ifindex 7,
     /// transmit, 3 packets, 4500 bytes, SYN|ACK.
     static let goldenEvent: [UInt8] = [
-        0x01, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00,                         // version 1, kind 1, cpu 2
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1,                  // saddr ::ffff:10.0.0.1
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2,                  // daddr ::ffff:10.0.0.2
-        0x07, 0x00, 0x00, 0x00,                                                 // ifindex 7
-        0xbb, 0x01, 0x38, 0xc7,                                                 // sport 443, dport 51000
-        0x01, 0x04, 0x06, 0x00,                                                 // transmit, ipv4, tcp, flags 0
-        0x00, 0x00, 0x00, 0x00,                                                 // pad
-        0x03, 0, 0, 0, 0, 0, 0, 0,                                              // packets 3
-        0x94, 0x11, 0, 0, 0, 0, 0, 0,                                           // bytes 4500
-        0x00, 0xe4, 0x0b, 0x54, 0x02, 0, 0, 0,                                  // first 10_000_000_000 ns
-        0x00, 0xf2, 0x05, 0x2a, 0x01, 0, 0, 0,                                  // last ... see below
-        0x12, 0, 0, 0, 0, 0, 0, 0,                                              // SYN|ACK, pad
+        0x01, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00,  // version 1, kind 1, cpu 2
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1,  // saddr ::ffff:10.0.0.1
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2,  // daddr ::ffff:10.0.0.2
+        0x07, 0x00, 0x00, 0x00,  // ifindex 7
+        0xbb, 0x01, 0x38, 0xc7,  // sport 443, dport 51000
+        0x01, 0x04, 0x06, 0x00,  // transmit, ipv4, tcp, flags 0
+        0x00, 0x00, 0x00, 0x00,  // pad
+        0x03, 0, 0, 0, 0, 0, 0, 0,  // packets 3
+        0x94, 0x11, 0, 0, 0, 0, 0, 0,  // bytes 4500
+        0x00, 0xe4, 0x0b, 0x54, 0x02, 0, 0, 0,  // first 10_000_000_000 ns
+        0x00, 0xf2, 0x05, 0x2a, 0x01, 0, 0, 0,  // last ... see below
+        0x12, 0, 0, 0, 0, 0, 0, 0,  // SYN|ACK, pad
     ]
 
     @Test func goldenBytesDecode() throws {
@@ -81,8 +81,12 @@ import Testing
     @Test func keyEncodesToGoldenBytes() {
         var k = fm_flow_key()
         k.ifindex = 7; k.sport = 443; k.dport = 51000; k.direction = 1; k.family = 4; k.protocol = 6
-        withUnsafeMutableBytes(of: &k.saddr) { $0[10] = 0xff; $0[11] = 0xff; $0[12] = 10; $0[15] = 1 }
-        withUnsafeMutableBytes(of: &k.daddr) { $0[10] = 0xff; $0[11] = 0xff; $0[12] = 10; $0[15] = 2 }
+        withUnsafeMutableBytes(of: &k.saddr) {
+            $0[10] = 0xff; $0[11] = 0xff; $0[12] = 10; $0[15] = 1
+        }
+        withUnsafeMutableBytes(of: &k.daddr) {
+            $0[10] = 0xff; $0[11] = 0xff; $0[12] = 10; $0[15] = 2
+        }
         let bytes = withUnsafeBytes(of: k) { Array($0) }
         #expect(bytes == Array(Self.goldenEvent[8..<52]))
     }
@@ -128,16 +132,16 @@ import Testing
     static func goldenClose() -> [UInt8] {
         func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
         var b: [UInt8] = []
-        b += le(1, 2) + le(2, 2) + [1, 4, 6, 0]                      // version, kind close, client, ipv4, tcp, reason
-        b += le(0xffff_8880_1234_5678, 8)                          // sock_id
-        b += le(5_000_000_000, 8) + le(4_000_000_000, 8)           // ts, start
-        b += le(77, 8) + le(4242, 4) + le(4243, 4)                 // owner: cgroup, tgid, pid
-        b += Array("curl".utf8) + [UInt8](repeating: 0, count: 12) // comm
+        b += le(1, 2) + le(2, 2) + [1, 4, 6, 0]  // version, kind close, client, ipv4, tcp, reason
+        b += le(0xffff_8880_1234_5678, 8)  // sock_id
+        b += le(5_000_000_000, 8) + le(4_000_000_000, 8)  // ts, start
+        b += le(77, 8) + le(4242, 4) + le(4243, 4)  // owner: cgroup, tgid, pid
+        b += Array("curl".utf8) + [UInt8](repeating: 0, count: 12)  // comm
         b += [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1]
         b += [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2]
-        b += le(40000, 2) + le(443, 2) + le(250, 4)                // ports, srtt
-        b += le(1500, 8) + le(9000, 8)                             // bytes
-        b += le(2, 4) + le(0, 4) + le(1, 4) + le(104, 4)           // retrans, resets sent/received, err
+        b += le(40000, 2) + le(443, 2) + le(250, 4)  // ports, srtt
+        b += le(1500, 8) + le(9000, 8)  // bytes
+        b += le(2, 4) + le(0, 4) + le(1, 4) + le(104, 4)  // retrans, resets sent/received, err
         return b
     }
 
@@ -157,7 +161,7 @@ import Testing
 
     @Test func unknownOwnerAndBadRecords() {
         var b = Self.goldenClose()
-        for i in 32..<64 { b[i] = 0 } // an all-zero owner: the socket predates flowmeterd
+        for i in 32..<64 { b[i] = 0 }  // an all-zero owner: the socket predates flowmeterd
         #expect(b.withUnsafeBytes { ABI.decodeSocketEvent($0) }?.owner == nil)
         var v = Self.goldenClose(); v[0] = 9
         #expect(v.withUnsafeBytes { ABI.decodeSocketEvent($0) } == nil)
@@ -170,10 +174,10 @@ import Testing
 @Suite struct CgroupPathTests {
     @Test func findsTheCgroup2Mount() {
         let mounts = """
-        proc /proc proc rw 0 0
-        cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0
-        cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0
-        """
+            proc /proc proc rw 0 0
+            cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0
+            cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0
+            """
         #expect(CgroupPaths.cgroup2Mount(in: mounts) == "/sys/fs/cgroup/unified")
         #expect(CgroupPaths.cgroup2Mount(in: "cgroup2 /sys/fs/my\\040cg cgroup2 rw 0 0") == "/sys/fs/my cg")
         #expect(CgroupPaths.cgroup2Mount(in: "proc /proc proc rw 0 0") == nil)

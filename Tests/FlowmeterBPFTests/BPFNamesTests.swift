@@ -1,7 +1,8 @@
 import CLibbpf
-@testable import FlowmeterBPF
 import Foundation
 import Testing
+
+@testable import FlowmeterBPF
 
 /// The names BPFEmbed generated are the embedded objects' own: libbpf, opening
 /// each object as the loader does (no privilege needed), finds every generated

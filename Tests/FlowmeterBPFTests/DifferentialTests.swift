@@ -19,21 +19,24 @@ import Testing
         }
         let sport = [UInt16(80), 443, 53, 40000, 51000][Int.random(in: 0..<5, using: &g)]
         let dport = [UInt16(80), 443, 53, 8080][Int.random(in: 0..<4, using: &g)]
-        let l4: L4 = switch Int.random(in: 0..<6, using: &g) {
-        case 0, 1: .tcp(sport: sport, dport: dport, flags: UInt8.random(in: 0...255, using: &g), optionWords: Int.random(in: 0...3, using: &g))
-        case 2, 3: .udp(sport: sport, dport: dport)
-        case 4: .icmp(type: [0, 3, 8, 11, 128, 129][Int.random(in: 0..<6, using: &g)], code: UInt8.random(in: 0...3, using: &g))
-        default: .raw(proto: [0, 47, 50, 132, 253][Int.random(in: 0..<5, using: &g)])
-        }
+        let l4: L4 =
+            switch Int.random(in: 0..<6, using: &g) {
+            case 0, 1:
+                .tcp(sport: sport, dport: dport, flags: UInt8.random(in: 0...255, using: &g), optionWords: Int.random(in: 0...3, using: &g))
+            case 2, 3: .udp(sport: sport, dport: dport)
+            case 4: .icmp(type: [0, 3, 8, 11, 128, 129][Int.random(in: 0..<6, using: &g)], code: UInt8.random(in: 0...3, using: &g))
+            default: .raw(proto: [0, 47, 50, 132, 253][Int.random(in: 0..<5, using: &g)])
+            }
         let payload = Int.random(in: 0...300, using: &g)
         var bytes: [UInt8]
         switch Int.random(in: 0..<10, using: &g) {
         case 0..<5:
             let opts = Bool.random(using: &g) ? [] : [UInt8](repeating: 1, count: 4 * Int.random(in: 1...10, using: &g))
             let frag = Int.random(in: 0..<8, using: &g)
-            bytes = b.ipv4(src: [v4a, v4b][Int.random(in: 0..<2, using: &g)], dst: v4b, l4: l4, payload: payload, options: opts,
-                           fragOffset: frag == 0 ? UInt16.random(in: 1...200, using: &g) : 0, moreFragments: frag == 1,
-                           l4HeaderPresent: frag != 0)
+            bytes = b.ipv4(
+                src: [v4a, v4b][Int.random(in: 0..<2, using: &g)], dst: v4b, l4: l4, payload: payload, options: opts,
+                fragOffset: frag == 0 ? UInt16.random(in: 1...200, using: &g) : 0, moreFragments: frag == 1,
+                l4HeaderPresent: frag != 0)
         case 5..<9:
             var ext: [PacketBuilder.Ext] = []
             for _ in 0..<Int.random(in: 0...3, using: &g) {
@@ -41,7 +44,9 @@ import Testing
                 case 0: ext.append(.hopByHop(words: Int.random(in: 0...2, using: &g)))
                 case 1: ext.append(.routing(words: Int.random(in: 0...2, using: &g)))
                 case 2: ext.append(.destOpts(words: Int.random(in: 0...2, using: &g)))
-                default: ext.append(.fragment(offset: Bool.random(using: &g) ? 0 : UInt16.random(in: 1...100, using: &g), more: Bool.random(using: &g)))
+                default:
+                    ext.append(
+                        .fragment(offset: Bool.random(using: &g) ? 0 : UInt16.random(in: 1...100, using: &g), more: Bool.random(using: &g)))
                 }
             }
             bytes = b.ipv6(src: [v6a, v6b][Int.random(in: 0..<2, using: &g)], dst: v6a, l4: l4, payload: payload, ext: ext)

@@ -46,7 +46,7 @@ enum L4 {
 }
 
 struct PacketBuilder {
-    var vlanTags: [UInt16] = [] // TPIDs: 0x8100 or 0x88a8
+    var vlanTags: [UInt16] = []  // TPIDs: 0x8100 or 0x88a8
     var srcMAC: [UInt8] = [2, 0, 0, 0, 0, 1]
     var dstMAC: [UInt8] = [2, 0, 0, 0, 0, 2]
 
@@ -55,13 +55,15 @@ struct PacketBuilder {
         p.raw(dstMAC); p.raw(srcMAC)
         var types = vlanTags + [ethertype]
         p.u16(types.removeFirst())
-        for (i, t) in types.enumerated() { p.u16(UInt16(100 + i)); p.u16(t) } // TCI, next type
+        for (i, t) in types.enumerated() { p.u16(UInt16(100 + i)); p.u16(t) }  // TCI, next type
         return p
     }
 
     /// IPv4 packet; `options` bytes (multiple of 4) make ihl > 5.
-    func ipv4(src: [UInt8], dst: [UInt8], l4: L4, payload: Int, options: [UInt8] = [],
-              fragOffset: UInt16 = 0, moreFragments: Bool = false, l4HeaderPresent: Bool = true) -> [UInt8] {
+    func ipv4(
+        src: [UInt8], dst: [UInt8], l4: L4, payload: Int, options: [UInt8] = [],
+        fragOffset: UInt16 = 0, moreFragments: Bool = false, l4HeaderPresent: Bool = true
+    ) -> [UInt8] {
         var p = ethernet(0x0800)
         let hdr = l4HeaderPresent ? l4.header(payload: payload) : []
         let ihl = 5 + options.count / 4
@@ -85,7 +87,12 @@ struct PacketBuilder {
         let hdr = l4HeaderPresent ? l4.header(payload: payload) : []
         var extBytes: [UInt8] = []
         let codes: [UInt8] = ext.map {
-            switch $0 { case .hopByHop: 0; case .routing: 43; case .destOpts: 60; case .fragment: 44 }
+            switch $0 {
+            case .hopByHop: 0;
+            case .routing: 43;
+            case .destOpts: 60;
+            case .fragment: 44
+            }
         }
         for (i, e) in ext.enumerated() {
             let next = i + 1 < codes.count ? codes[i + 1] : l4proto
@@ -109,4 +116,3 @@ struct PacketBuilder {
 let v4a: [UInt8] = [10, 0, 0, 1], v4b: [UInt8] = [10, 0, 0, 2]
 let v6a: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
 let v6b: [UInt8] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]
-

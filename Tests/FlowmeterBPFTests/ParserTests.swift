@@ -1,6 +1,6 @@
 import FlowmeterBPF
-import Foundation
 import FlowmeterCore
+import Foundation
 import Testing
 
 /// Crafted packets through the real tc program (BPF_PROG_TEST_RUN), each
@@ -30,13 +30,17 @@ import Testing
         return try #require(flows.first)
     }
 
-    func check(_ name: String, _ packet: [UInt8], gso: UInt32 = 0, _ e: Expect,
-               sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func check(
+        _ name: String, _ packet: [UInt8], gso: UInt32 = 0, _ e: Expect,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let r = try runOne(packet, gso: gso)
         let k = r.key
         #expect(k.family == e.family, "\(name): family", sourceLocation: sourceLocation)
         #expect(k.ipProtocol == e.proto, "\(name): protocol", sourceLocation: sourceLocation)
-        #expect(k.sourcePort == e.sport && k.destinationPort == e.dport, "\(name): ports \(k.sourcePort) \(k.destinationPort)", sourceLocation: sourceLocation)
+        #expect(
+            k.sourcePort == e.sport && k.destinationPort == e.dport, "\(name): ports \(k.sourcePort) \(k.destinationPort)",
+            sourceLocation: sourceLocation)
         #expect(k.flags == e.flags, "\(name): flags \(k.flags.rawValue)", sourceLocation: sourceLocation)
         #expect(r.stats.packets == e.packets, "\(name): packets", sourceLocation: sourceLocation)
         #expect(r.stats.bytes == e.bytes, "\(name): bytes \(r.stats.bytes)", sourceLocation: sourceLocation)
@@ -46,14 +50,18 @@ import Testing
         if k.family == .other { #expect(k.source == .zero && k.destination == .zero, sourceLocation: sourceLocation) }
         // The reference parser must agree with the kernel on every crafted packet too.
         let ref = ReferenceParser.parse(packet, direction: .receive, ifindex: Self.lo, gsoSegs: gso)
-        #expect(ref.key == k && ref.bytes == r.stats.bytes && ref.packets == r.stats.packets && ref.tcpFlags == r.stats.tcpFlags,
-                "\(name): reference parser disagrees: \(ref)", sourceLocation: sourceLocation)
+        #expect(
+            ref.key == k && ref.bytes == r.stats.bytes && ref.packets == r.stats.packets && ref.tcpFlags == r.stats.tcpFlags,
+            "\(name): reference parser disagrees: \(ref)", sourceLocation: sourceLocation)
     }
 
     @Test func ipv4TCP() throws {
         let p = PacketBuilder().ipv4(src: v4a, dst: v4b, l4: .tcp(sport: 40000, dport: 443, flags: 0x18), payload: 100)
-        try check("ipv4 tcp", p, Expect(family: .ipv4, proto: 6, sport: 40000, dport: 443, bytes: 140, tcpFlags: 0x18,
-                                        src: .v4(10, 0, 0, 1)))
+        try check(
+            "ipv4 tcp", p,
+            Expect(
+                family: .ipv4, proto: 6, sport: 40000, dport: 443, bytes: 140, tcpFlags: 0x18,
+                src: .v4(10, 0, 0, 1)))
     }
 
     @Test func vlanAndDoubleVlan() throws {
@@ -67,16 +75,21 @@ import Testing
     }
 
     @Test func ipv4WithOptions() throws {
-        let p = PacketBuilder().ipv4(src: v4a, dst: v4b, l4: .tcp(sport: 1234, dport: 80, flags: 0x02), payload: 0,
-                                     options: [UInt8](repeating: 1, count: 12))
+        let p = PacketBuilder().ipv4(
+            src: v4a, dst: v4b, l4: .tcp(sport: 1234, dport: 80, flags: 0x02), payload: 0,
+            options: [UInt8](repeating: 1, count: 12))
         try check("ipv4 ihl=8", p, Expect(family: .ipv4, proto: 6, sport: 1234, dport: 80, bytes: 32 + 20, tcpFlags: 0x02))
     }
 
     @Test func ipv6ExtensionHeaders() throws {
-        let p = PacketBuilder().ipv6(src: v6a, dst: v6b, l4: .tcp(sport: 5, dport: 6, flags: 0x10, optionWords: 3),
-                                     payload: 10, ext: [.hopByHop(words: 0), .routing(words: 2), .destOpts(words: 1)])
-        try check("ipv6 hbh+rt+dst", p, Expect(family: .ipv6, proto: 6, sport: 5, dport: 6,
-                                               bytes: 40 + 8 + 24 + 16 + 32 + 10, tcpFlags: 0x10))
+        let p = PacketBuilder().ipv6(
+            src: v6a, dst: v6b, l4: .tcp(sport: 5, dport: 6, flags: 0x10, optionWords: 3),
+            payload: 10, ext: [.hopByHop(words: 0), .routing(words: 2), .destOpts(words: 1)])
+        try check(
+            "ipv6 hbh+rt+dst", p,
+            Expect(
+                family: .ipv6, proto: 6, sport: 5, dport: 6,
+                bytes: 40 + 8 + 24 + 16 + 32 + 10, tcpFlags: 0x10))
     }
 
     @Test func fragments() throws {
@@ -87,20 +100,24 @@ import Testing
         try check("ipv4 later fragment", later4, Expect(family: .ipv4, proto: 17, flags: .fragment, bytes: 20 + 64))
         let first6 = b.ipv6(src: v6a, dst: v6b, l4: .udp(sport: 7, dport: 8), payload: 16, ext: [.fragment(offset: 0, more: true)])
         try check("ipv6 first fragment", first6, Expect(family: .ipv6, proto: 17, sport: 7, dport: 8, bytes: 40 + 8 + 8 + 16))
-        let later6 = b.ipv6(src: v6a, dst: v6b, l4: .udp(sport: 7, dport: 8), payload: 16,
-                            ext: [.hopByHop(words: 0), .fragment(offset: 100, more: false)], l4HeaderPresent: false)
+        let later6 = b.ipv6(
+            src: v6a, dst: v6b, l4: .udp(sport: 7, dport: 8), payload: 16,
+            ext: [.hopByHop(words: 0), .fragment(offset: 100, more: false)], l4HeaderPresent: false)
         try check("ipv6 later fragment", later6, Expect(family: .ipv6, proto: 17, flags: .fragment, bytes: 40 + 8 + 8 + 16))
     }
 
     @Test func icmpAndICMPv6() throws {
         let b = PacketBuilder()
-        try check("icmp echo", b.ipv4(src: v4a, dst: v4b, l4: .icmp(type: 8, code: 0), payload: 56),
-                  Expect(family: .ipv4, proto: 1, dport: 0x0800, bytes: 84))
-        try check("icmpv6 echo", b.ipv6(src: v6a, dst: v6b, l4: .icmp(type: 128, code: 0), payload: 56),
-                  Expect(family: .ipv6, proto: 58, dport: 0x8000, bytes: 104))
+        try check(
+            "icmp echo", b.ipv4(src: v4a, dst: v4b, l4: .icmp(type: 8, code: 0), payload: 56),
+            Expect(family: .ipv4, proto: 1, dport: 0x0800, bytes: 84))
+        try check(
+            "icmpv6 echo", b.ipv6(src: v6a, dst: v6b, l4: .icmp(type: 128, code: 0), payload: 56),
+            Expect(family: .ipv6, proto: 58, dport: 0x8000, bytes: 104))
         // ICMP's protocol number inside IPv6 is not ICMPv6: no type/code.
-        try check("proto 1 in ipv6", b.ipv6(src: v6a, dst: v6b, l4: .raw(proto: 1), payload: 8),
-                  Expect(family: .ipv6, proto: 1, bytes: 48))
+        try check(
+            "proto 1 in ipv6", b.ipv6(src: v6a, dst: v6b, l4: .raw(proto: 1), payload: 8),
+            Expect(family: .ipv6, proto: 1, bytes: 48))
     }
 
     @Test func truncatedAndMalformed() throws {
@@ -134,8 +151,10 @@ import Testing
         // IPv6 payload length beyond the packet; extension header cut short.
         var v6 = Packet(bytes: b.ipv6(src: v6a, dst: v6b, l4: .udp(sport: 1, dport: 2), payload: 10)); v6.setU16(at: 18, 999)
         try check("ipv6 payload too big", v6.bytes, Expect(family: .other, dport: 0x86DD, flags: .malformed, bytes: 58))
-        var ext = Packet(bytes: b.ipv6(src: v6a, dst: v6b, l4: .udp(sport: 1, dport: 2), payload: 0, ext: [.routing(words: 0)],
-                                       l4HeaderPresent: false))
+        var ext = Packet(
+            bytes: b.ipv6(
+                src: v6a, dst: v6b, l4: .udp(sport: 1, dport: 2), payload: 0, ext: [.routing(words: 0)],
+                l4HeaderPresent: false))
         ext.bytes.removeLast(4); ext.setU16(at: 18, 4)
         try check("ipv6 ext cut", ext.bytes, Expect(family: .ipv6, proto: 43, flags: .l4Truncated, bytes: 44))
         // A VLAN tag that is cut off.
@@ -153,11 +172,17 @@ import Testing
         // A TSO super-packet of 10 segments, 14480 payload bytes, TCP timestamps (12 option bytes):
         // each wire packet repeats the 20 + 32 header bytes.
         let tso = PacketBuilder().ipv4(src: v4a, dst: v4b, l4: .tcp(sport: 1, dport: 2, flags: 0x10, optionWords: 3), payload: 1448)
-        try check("tso ipv4", tso, gso: 10, Expect(family: .ipv4, proto: 6, sport: 1, dport: 2, packets: 10,
-                                                   bytes: UInt64(20 + 32 + 1448) + 9 * 52, tcpFlags: 0x10))
+        try check(
+            "tso ipv4", tso, gso: 10,
+            Expect(
+                family: .ipv4, proto: 6, sport: 1, dport: 2, packets: 10,
+                bytes: UInt64(20 + 32 + 1448) + 9 * 52, tcpFlags: 0x10))
         let usoV6 = PacketBuilder().ipv6(src: v6a, dst: v6b, l4: .udp(sport: 3, dport: 4), payload: 1200)
-        try check("uso ipv6", usoV6, gso: 4, Expect(family: .ipv6, proto: 17, sport: 3, dport: 4, packets: 4,
-                                                     bytes: UInt64(40 + 8 + 1200) + 3 * 48))
+        try check(
+            "uso ipv6", usoV6, gso: 4,
+            Expect(
+                family: .ipv6, proto: 17, sport: 3, dport: 4, packets: 4,
+                bytes: UInt64(40 + 8 + 1200) + 3 * 48))
     }
 
     @Test func egressCountsAsTransmit() throws {
@@ -208,8 +233,9 @@ import Testing
     /// limit's worth in (RingLimits; docs/reliability.md, "Memory").
     @Test func aReaderAtItsLimitLeavesRecordsInTheKernelRing() throws {
         let prog = try FlowAccountingProgram(flowTableSize: 1)
-        let reader = try RingReader<FlowRecord>(ringFD: prog.flowsRingFD, name: "limit-test", softLimit: 4, hardLimit: 10,
-                                                decode: ABI.decodeFlowEvent)
+        let reader = try RingReader<FlowRecord>(
+            ringFD: prog.flowsRingFD, name: "limit-test", softLimit: 4, hardLimit: 10,
+            decode: ABI.decodeFlowEvent)
         reader.start()
         defer { reader.stop() }
         var sentBytes: UInt64 = 0

@@ -1,8 +1,9 @@
 import CLibbpf
-@testable import FlowmeterBPF
 import FlowmeterCore
 import Foundation
 import Testing
+
+@testable import FlowmeterBPF
 
 /// Program types, refusals and the messages around them.
 @Suite struct ProgramTypeTests {
@@ -56,10 +57,14 @@ import Testing
 
     @Test func refusalsSayProgramSectionErrnoAndCost() {
         let it = SocketPrograms.updatesIterator
-        let r = ProgramRefusal(program: it.name, section: it.section, errno: EPERM,
-                               detail: "load: \(Errno.describe(EPERM))", consequence: "socket updates use the raw_tp run instead",
-                               loses: false)
-        #expect(r.description == "program \(it.name) (iter/bpf_map_elem) refused by the kernel at load: Operation not permitted (EPERM); socket updates use the raw_tp run instead")
+        let r = ProgramRefusal(
+            program: it.name, section: it.section, errno: EPERM,
+            detail: "load: \(Errno.describe(EPERM))", consequence: "socket updates use the raw_tp run instead",
+            loses: false)
+        #expect(
+            r.description
+                == "program \(it.name) (iter/bpf_map_elem) refused by the kernel at load: Operation not permitted (EPERM); socket updates use the raw_tp run instead"
+        )
         #expect(Errno.describe(ENOENT) == "No such file or directory (ENOENT)")
         #expect(Errno.describe(524) == "Operation not supported by this kernel (ENOTSUPP)")
         #expect(Errno.name(4242) == "errno 4242")

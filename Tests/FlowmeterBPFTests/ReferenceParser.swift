@@ -16,8 +16,9 @@ enum ReferenceParser {
         let segs = UInt64(gsoSegs > 1 ? gsoSegs : 1)
         let len = b.count
         func be16(_ i: Int) -> Int { Int(b[i]) << 8 | Int(b[i + 1]) }
-        var key = FlowKey(source: .zero, destination: .zero, ifindex: ifindex, sourcePort: 0, destinationPort: 0,
-                          direction: direction, family: .other, ipProtocol: 0, flags: [])
+        var key = FlowKey(
+            source: .zero, destination: .zero, ifindex: ifindex, sourcePort: 0, destinationPort: 0,
+            direction: direction, family: .other, ipProtocol: 0, flags: [])
         var tcpFlags: UInt8 = 0
         func malformed(_ ethertype: Int, bytes: Int) -> Result {
             key.source = .zero; key.destination = .zero; key.family = .other; key.ipProtocol = 0
@@ -63,7 +64,9 @@ enum ReferenceParser {
             guard off + 20 <= len else { return malformed(proto, bytes: l3avail) }
             let ihl = Int(b[off] & 0x0f) * 4, tot = be16(off + 2)
             guard b[off] >> 4 == 4, ihl >= 20, ihl <= l3avail else { return malformed(proto, bytes: l3avail) }
-            if segs > 1 { l3len = l3avail } else {
+            if segs > 1 {
+                l3len = l3avail
+            } else {
                 guard tot >= ihl, tot <= l3avail else { return malformed(proto, bytes: l3avail) }
                 l3len = tot
             }
@@ -80,7 +83,9 @@ enum ReferenceParser {
         } else if proto == 0x86DD {
             guard off + 40 <= len, b[off] >> 4 == 6 else { return malformed(proto, bytes: l3avail) }
             let plen = be16(off + 4)
-            if segs > 1 || plen == 0 { l3len = l3avail } else {
+            if segs > 1 || plen == 0 {
+                l3len = l3avail
+            } else {
                 guard 40 + plen <= l3avail else { return malformed(proto, bytes: l3avail) }
                 l3len = 40 + plen
             }

@@ -1,8 +1,9 @@
-@testable import FlowmeterConfig
 import FlowmeterCore
 import FlowmeterTestSupport
 import Foundation
 import Testing
+
+@testable import FlowmeterConfig
 
 /// Property tests of the config layers with seeded random input: mutations
 /// of the shipped example, random documents built from the schema, random
@@ -64,8 +65,9 @@ import Testing
                         run.fail(i, "problem does not name its variable: \(p)", input: input)
                     }
                     if !FileConfig.environmentVariables.contains(p.path),
-                       FileConfig.environmentVariables.contains(where: { Gen.oneEditApart($0, p.path) }),
-                       !p.message.contains("did you mean") {
+                        FileConfig.environmentVariables.contains(where: { Gen.oneEditApart($0, p.path) }),
+                        !p.message.contains("did you mean")
+                    {
                         run.fail(i, "no \"did you mean\" for \(p.path)", input: input)
                     }
                 }
@@ -77,16 +79,16 @@ import Testing
 
     /// Inputs the random runs found or that are easy to miss, kept as fixed cases.
     @Test(arguments: [
-        "flow_table_size: 1:0:0:0:0:0:0:0:0:0:0:0\n",        // Yams' base-60 reading overflowed and trapped
+        "flow_table_size: 1:0:0:0:0:0:0:0:0:0:0:0\n",  // Yams' base-60 reading overflowed and trapped
         "flow_log_keep: 99999999999:59:59:59:59:59\n",
         "series: {max_per_metric: 1:0:0:0:0:0:0:0:0:0:0}\n",
         "ipfix_observation_domain: -0x8000000000000000\n",
         "flow_table_size: 0x-10\n",
-        "services: [{name: a, cidr: \"10.0.0.1\\0/8\"}]\n",     // C would have read 10.0.0.1
+        "services: [{name: a, cidr: \"10.0.0.1\\0/8\"}]\n",  // C would have read 10.0.0.1
         "flow_log: \"/tmp/a\\0b\"\n",
         "interfaces: [\"eth0\\0\"]\n",
         "interfaces: " + String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000) + "\n",
-        "a: &a [*a]\n",                                        // an alias inside its own anchor
+        "a: &a [*a]\n",  // an alias inside its own anchor
         "x: &x {a: *x}\n",
     ])
     func fixedCases(yaml: String) {
@@ -130,10 +132,12 @@ import Testing
         #expect(problems("expiry: 5m\n").first?.contains("(expiry belongs under series:)") == true)
         #expect(problems("series:\n  interval: 5s\n").first?.contains("(interval is a top-level key)") == true)
         #expect(problems("cidr: 10.0.0.0/8\n").first?.contains("belongs in a rule under services: or peers:") == true)
-        #expect(problems("services:\n  - name: a\n    ports: 80\n    log_level: info\n")
-            .first?.contains("(log_level is a top-level key)") == true)
-        #expect(problems("peers:\n  - name: a\n    ports: 80\n    process: x\n")
-            .first?.contains("(process is a condition of services rules; peers are named by cidr and ports)") == true)
+        #expect(
+            problems("services:\n  - name: a\n    ports: 80\n    log_level: info\n")
+                .first?.contains("(log_level is a top-level key)") == true)
+        #expect(
+            problems("peers:\n  - name: a\n    ports: 80\n    process: x\n")
+                .first?.contains("(process is a condition of services rules; peers are named by cidr and ports)") == true)
     }
 }
 
@@ -214,11 +218,17 @@ enum ConfigProperty {
         if let l = c.logLevel, !FileConfig.logLevels.contains(l) { v.append("log_level \(l)") }
         if let u = c.otlpEndpoint, !u.hasPrefix("http://") { v.append("otlp_endpoint \(u)") }
         if let d = c.ipfixCollector {
-            if let a = try? ListenAddress(parsing: d) { if a.port == 0 { v.append("ipfix_collector port 0") } } else { v.append("ipfix_collector \(d)") }
+            if let a = try? ListenAddress(parsing: d) {
+                if a.port == 0 { v.append("ipfix_collector port 0") }
+            } else {
+                v.append("ipfix_collector \(d)")
+            }
         }
-        for (name, s) in [("metrics_listen", c.metricsListen), ("flow_log", c.flowLog), ("api_socket", c.apiSocket),
-                          ("api_group", c.apiGroup), ("state_dir", c.stateDir), ("otlp_endpoint", c.otlpEndpoint),
-                          ("ipfix_collector", c.ipfixCollector)] {
+        for (name, s) in [
+            ("metrics_listen", c.metricsListen), ("flow_log", c.flowLog), ("api_socket", c.apiSocket),
+            ("api_group", c.apiGroup), ("state_dir", c.stateDir), ("otlp_endpoint", c.otlpEndpoint),
+            ("ipfix_collector", c.ipfixCollector),
+        ] {
             text(name, s)
         }
         for (name, list) in [("interfaces", c.interfaces), ("exclude_interfaces", c.excludeInterfaces)] {
@@ -325,7 +335,11 @@ enum Gen {
     static func randomText(_ r: inout SeededRandom) -> String {
         let pools: [[UnicodeScalar]] = [
             Array("abcxyz019 _-:/.*?[]{},#&*!|>'\"%@`".unicodeScalars),
-            [UnicodeScalar(0x0)!, UnicodeScalar(0x7)!, UnicodeScalar(0x9)!, UnicodeScalar(0xa)!, UnicodeScalar(0xd)!, UnicodeScalar(0x85)!, UnicodeScalar(0xa0)!, UnicodeScalar(0x2028)!, UnicodeScalar(0x202e)!, UnicodeScalar(0xfeff)!, UnicodeScalar(0xfffd)!, UnicodeScalar(0x1f642)!, UnicodeScalar(0x65e5)!, UnicodeScalar(0x301)!],
+            [
+                UnicodeScalar(0x0)!, UnicodeScalar(0x7)!, UnicodeScalar(0x9)!, UnicodeScalar(0xa)!, UnicodeScalar(0xd)!,
+                UnicodeScalar(0x85)!, UnicodeScalar(0xa0)!, UnicodeScalar(0x2028)!, UnicodeScalar(0x202e)!, UnicodeScalar(0xfeff)!,
+                UnicodeScalar(0xfffd)!, UnicodeScalar(0x1f642)!, UnicodeScalar(0x65e5)!, UnicodeScalar(0x301)!,
+            ],
         ]
         var s = String.UnicodeScalarView()
         for _ in 0..<r.int(0...24) { s.append(r.pick(r.pick(pools))) }
@@ -366,44 +380,44 @@ enum Gen {
         for _ in 0..<r.int(1...4) {
             var lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
             switch r.int(0...10) {
-            case 0: // byte flips
+            case 0:  // byte flips
                 for _ in 0..<r.int(1...8) where !bytes.isEmpty {
                     let at = r.int(0...(bytes.count - 1))
                     bytes[at] = r.chance(0.5) ? bytes[at] ^ (1 << UInt8(r.int(0...7))) : UInt8(r.int(0...255))
                 }
                 continue
-            case 1: // truncation
+            case 1:  // truncation
                 bytes = Array(bytes.prefix(r.int(0...bytes.count)))
                 continue
-            case 2: // a key inserted: known, misspelt or made up, at some indentation
+            case 2:  // a key inserted: known, misspelt or made up, at some indentation
                 let key = r.chance(0.4) ? r.pick(allKeys) : r.chance(0.6) ? nearMiss(r.pick(allKeys), &r) : randomText(&r)
                 let indent = String(repeating: " ", count: r.pick([0, 0, 0, 2, 4, 1, 3]))
                 lines.insert("\(indent)\(r.chance(0.2) ? "- " : "")\(key): \(value(key, &r))", at: r.int(0...lines.count))
-            case 3: // a line duplicated elsewhere: duplicate keys, stray list items
+            case 3:  // a line duplicated elsewhere: duplicate keys, stray list items
                 let l = r.pick(lines)
                 lines.insert(l, at: r.int(0...lines.count))
-            case 4, 5: // a value replaced by one of another type or out of range
+            case 4, 5:  // a value replaced by one of another type or out of range
                 let candidates = lines.indices.filter { lines[$0].contains(": ") && !lines[$0].hasPrefix("#") }
                 guard let at = candidates.randomElement(using: &r) else { break }
                 let l = lines[at]
                 let key = l[..<l.range(of: ": ")!.lowerBound].trimmingCharacters(in: .whitespaces)
                     .replacingOccurrences(of: "- ", with: "")
                 lines[at] = String(l[..<l.range(of: ": ")!.upperBound]) + value(key, &r)
-            case 6: // a line removed
+            case 6:  // a line removed
                 if !lines.isEmpty { lines.remove(at: r.int(0...(lines.count - 1))) }
-            case 7: // unicode somewhere
+            case 7:  // unicode somewhere
                 let at = r.int(0...lines.count - 1)
                 var l = Array(lines[at])
                 l.insert(contentsOf: Array(randomText(&r)), at: r.int(0...l.count))
                 lines[at] = String(l)
-            case 8: // indentation changed
+            case 8:  // indentation changed
                 let at = r.int(0...lines.count - 1)
                 lines[at] = String(repeating: r.pick([" ", "\t"]), count: r.int(0...6)) + lines[at].drop(while: { $0 == " " })
-            case 9: // a block repeated: a longer document, more duplicates
+            case 9:  // a block repeated: a longer document, more duplicates
                 let from = r.int(0...lines.count - 1), to = min(lines.count, from + r.int(1...20))
                 let block = Array(lines[from..<to])
                 for _ in 0..<r.int(1...50) { lines.insert(contentsOf: block, at: to) }
-            default: // a line's text reversed: keys and values garbled
+            default:  // a line's text reversed: keys and values garbled
                 let at = r.int(0...lines.count - 1)
                 lines[at] = String(lines[at].reversed())
             }
@@ -469,7 +483,9 @@ enum Gen {
                     out.append("\(k): \(value(k, &r, plain: plain))")
                 } else {
                     out.append("\(k):")
-                    for _ in 0..<r.int(0...4) { out.append("  - \(r.chance(0.5) ? r.pick(["eth0", "\"veth*\"", "lo"]) : value("", &r, plain: plain))") }
+                    for _ in 0..<r.int(0...4) {
+                        out.append("  - \(r.chance(0.5) ? r.pick(["eth0", "\"veth*\"", "lo"]) : value("", &r, plain: plain))")
+                    }
                 }
             default:
                 out.append("\(k): \(value(k, &r, plain: plain))")
@@ -490,7 +506,8 @@ enum Gen {
             "FLOWMETER_OTLP_ENDPOINT": "otlp_endpoint", "FLOWMETER_IPFIX_COLLECTOR": "ipfix_collector",
             "FLOWMETER_IPFIX_OBSERVATION_DOMAIN": "ipfix_observation_domain", "FLOWMETER_API_SOCKET": "api_socket",
             "FLOWMETER_API_GROUP": "api_group", "FLOWMETER_FLOW_TABLE_SIZE": "flow_table_size", "FLOWMETER_TC_MODE": "tc_mode",
-            "FLOWMETER_HOOKS": "hooks", "FLOWMETER_SOCKET_UPDATES": "socket_updates", "FLOWMETER_FOLLOW_INTERFACES": "follow_interfaces", "FLOWMETER_STATE_DIR": "state_dir",
+            "FLOWMETER_HOOKS": "hooks", "FLOWMETER_SOCKET_UPDATES": "socket_updates", "FLOWMETER_FOLLOW_INTERFACES": "follow_interfaces",
+            "FLOWMETER_STATE_DIR": "state_dir",
             "FLOWMETER_LOG_LEVEL": "log_level", "FLOWMETER_MAX_SERIES_PER_METRIC": "max_per_metric",
             "FLOWMETER_SERIES_EXPIRY": "expiry", "FLOWMETER_PEER_ADDRESSES": "peer_addresses",
         ]

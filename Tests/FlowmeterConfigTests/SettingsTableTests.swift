@@ -1,7 +1,8 @@
-@testable import FlowmeterConfig
 import FlowmeterCore
 import Foundation
 import Testing
+
+@testable import FlowmeterConfig
 
 /// Every setting is declared once (Setting.all); these hold each source to it.
 @Suite struct SettingsTableTests {
@@ -71,9 +72,11 @@ import Testing
 
     /// Bounds are checked the same from every source: one check per setting.
     @Test func boundsAreTheSameEverywhere() {
-        let cases: [(Setting, String)] = [(.flowTableSize, "0"), (.flowTableSize, "16777217"), (.flowsRingSize, "5000"),
-                                          (.otlpQueueSize, "0"), (.otlpQueueSize, "10001"), (.flowLogKeep, "101"),
-                                          (.maxSeriesPerMetric, "9"), (.tcMode, "bogus"), (.interval, "0s")]
+        let cases: [(Setting, String)] = [
+            (.flowTableSize, "0"), (.flowTableSize, "16777217"), (.flowsRingSize, "5000"),
+            (.otlpQueueSize, "0"), (.otlpQueueSize, "10001"), (.flowLogKeep, "101"),
+            (.maxSeriesPerMetric, "9"), (.tcMode, "bogus"), (.interval, "0s"),
+        ]
         for (s, bad) in cases {
             #expect(throws: (any Error).self, "\(s.key) \(bad)") { try s.parse(bad) }
             #expect(throws: ConfigError.self, "\(s.variable) \(bad)") { try FileConfig.environment([s.variable: bad]) }
@@ -87,7 +90,8 @@ import Testing
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let docs = try String(contentsOf: repo.appendingPathComponent("docs/flowmeterd.md"), encoding: .utf8)
         let table = Setting.markdownTable()
-        #expect(docs.contains("-->\n" + table + "<!-- end of settings table -->"),
-                "docs/flowmeterd.md's settings table is stale: replace it with the output of `flowmeterd config settings`:\n\(table)")
+        #expect(
+            docs.contains("-->\n" + table + "<!-- end of settings table -->"),
+            "docs/flowmeterd.md's settings table is stale: replace it with the output of `flowmeterd config settings`:\n\(table)")
     }
 }

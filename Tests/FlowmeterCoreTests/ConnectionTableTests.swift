@@ -2,14 +2,17 @@ import FlowmeterCore
 import Testing
 
 @Suite struct ConnectionTableTests {
-    static func event(_ kind: SocketEvent.Kind, id: UInt64, ts: UInt64, proto: UInt8 = 6, family: Family = .ipv4,
-                      sent: UInt64 = 0) -> SocketEvent {
-        SocketEvent(kind: kind, role: .client, family: family, ipProtocol: proto, reason: .none, socketID: id,
-                    timestampNanos: ts, startNanos: 1, owner: nil,
-                    localAddress: family == .other ? .v4(0, 0, 0, 0) : .v4(10, 0, 0, 1),
-                    remoteAddress: family == .other ? .v4(0, 0, 0, 0) : .v4(10, 0, 0, 2),
-                    localPort: family == .other ? 0 : 4000, remotePort: family == .other ? 0 : 53, srttMicros: 0,
-                    bytesSent: sent, bytesReceived: 0, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)
+    static func event(
+        _ kind: SocketEvent.Kind, id: UInt64, ts: UInt64, proto: UInt8 = 6, family: Family = .ipv4,
+        sent: UInt64 = 0
+    ) -> SocketEvent {
+        SocketEvent(
+            kind: kind, role: .client, family: family, ipProtocol: proto, reason: .none, socketID: id,
+            timestampNanos: ts, startNanos: 1, owner: nil,
+            localAddress: family == .other ? .v4(0, 0, 0, 0) : .v4(10, 0, 0, 1),
+            remoteAddress: family == .other ? .v4(0, 0, 0, 0) : .v4(10, 0, 0, 2),
+            localPort: family == .other ? 0 : 4000, remotePort: family == .other ? 0 : 53, srttMicros: 0,
+            bytesSent: sent, bytesReceived: 0, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)
     }
 
     @Test func openUpdateCloseTracksLiveSockets() {
@@ -60,7 +63,7 @@ import Testing
         #expect(read2)
         sweep.record(kernelIDs: [3, 4], table: t, at: 100)
         let read3 = sweep.shouldRead(lost: 7)
-        #expect(!read3) // nothing more lost: no new read
+        #expect(!read3)  // nothing more lost: no new read
         // Before the next tick: 2's close was only late (in the ring at the read), and 1 got a new record since (an id reused).
         _ = t.apply([Self.event(.close, id: 2, ts: 90, sent: 4), Self.event(.open, id: 1, ts: 120)])
         none = sweep.staleCloses(table: t, now: 200)
@@ -73,7 +76,7 @@ import Testing
         sweep.record(kernelIDs: [3], table: t, at: 300)
         let closes = sweep.staleCloses(table: t, now: 400)
         #expect(closes.map(\.socketID) == [1] && closes[0].kind == .close && closes[0].timestampNanos == 400)
-        #expect(closes[0].bytesSent == t.active[1]?.bytesSent) // the last counters: the close adds no bytes
+        #expect(closes[0].bytesSent == t.active[1]?.bytesSent)  // the last counters: the close adds no bytes
         _ = t.apply(closes[0])
         #expect(t.active.keys.sorted() == [3])
         // The candidates were used once.
@@ -101,7 +104,7 @@ import Testing
         _ = t.apply((1...20_000).map { Self.event(.open, id: UInt64($0), ts: UInt64($0)) })
         let burst = t.active.capacity
         _ = t.apply((11...20_000).map { Self.event(.close, id: UInt64($0), ts: 30_000 + UInt64($0)) })
-        #expect(t.active.capacity == burst) // a dictionary keeps it
+        #expect(t.active.capacity == burst)  // a dictionary keeps it
         t.compact()
         #expect(t.active.capacity < burst / 100 && t.active.keys.sorted() == Array(1...10).map(UInt64.init))
         let small = t.active.capacity

@@ -6,16 +6,20 @@ import Testing
 /// Dictionary arithmetic, and the accounting built on it against the
 /// record-by-record accounting it replaced.
 @Suite struct FlowTableSumTests {
-    static func key(_ n: Int, proto: UInt8 = 6, ifindex: UInt32 = 2, direction: Direction = .transmit,
-                    family: Family = .ipv4) -> FlowKey {
-        FlowKey(source: .v4(10, 0, UInt8(n >> 8 & 0xff), UInt8(n & 0xff)), destination: .v4(10, 9, 0, UInt8(n % 7)),
-                ifindex: ifindex, sourcePort: UInt16(30000 + n % 5000), destinationPort: proto == 17 ? 53 : 443,
-                direction: direction, family: family, ipProtocol: family == .other ? 0 : proto, flags: [])
+    static func key(
+        _ n: Int, proto: UInt8 = 6, ifindex: UInt32 = 2, direction: Direction = .transmit,
+        family: Family = .ipv4
+    ) -> FlowKey {
+        FlowKey(
+            source: .v4(10, 0, UInt8(n >> 8 & 0xff), UInt8(n & 0xff)), destination: .v4(10, 9, 0, UInt8(n % 7)),
+            ifindex: ifindex, sourcePort: UInt16(30000 + n % 5000), destinationPort: proto == 17 ? 53 : 443,
+            direction: direction, family: family, ipProtocol: family == .other ? 0 : proto, flags: [])
     }
 
     static func record(_ k: FlowKey, packets: UInt64, bytes: UInt64, source: FlowSource = .flowsRing) -> FlowRecord {
-        FlowRecord(key: k, stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
-                   source: source)
+        FlowRecord(
+            key: k, stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
+            source: source)
     }
 
     @Test func sumsPerKeyInFirstSeenOrder() {
@@ -25,8 +29,11 @@ import Testing
         #expect(t.add(b, packets: 2, bytes: 50, source: .flowsRing) == 1)
         #expect(t.add(a, packets: 3, bytes: 10, source: .flowsRing) == 0)
         #expect(t.count == 2 && t.records == 3)
-        #expect(t.entries == [FlowTable.Entry(key: a, packets: 4, bytes: 110, records: 2),
-                              FlowTable.Entry(key: b, packets: 2, bytes: 50, records: 1)])
+        #expect(
+            t.entries == [
+                FlowTable.Entry(key: a, packets: 4, bytes: 110, records: 2),
+                FlowTable.Entry(key: b, packets: 2, bytes: 50, records: 1),
+            ])
         #expect((0..<3).map(t.entry(ofRecord:)) == [0, 1, 0])
         #expect(t.recordsFromMap == 1 && t.recordsFromRing == 2)
         #expect(t.index(of: b) == 1 && t.index(of: Self.key(3)) == nil)
@@ -60,8 +67,9 @@ import Testing
         var rng = SeededRandom(seed: seed)
         let keys = (0..<700).map { Self.key($0, proto: $0 % 3 == 0 ? 17 : 6, ifindex: UInt32(1 + $0 % 3)) }
         let records = (0..<20_000).map { _ in
-            Self.record(keys[Int(rng.next() % 700)], packets: rng.next() % 4 + 1, bytes: rng.next() % 1500,
-                        source: rng.next() % 5 == 0 ? .flowMap : .flowsRing)
+            Self.record(
+                keys[Int(rng.next() % 700)], packets: rng.next() % 4 + 1, bytes: rng.next() % 1500,
+                source: rng.next() % 5 == 0 ? .flowMap : .flowsRing)
         }
         var t = FlowTable(minimumCapacity: 8, seed: seed)
         // In slices, as the ring reader hands them over, and one by one.
@@ -91,7 +99,7 @@ import Testing
         #expect(t.count == 10_000 && t.capacity >= 10_000)
         t.removeAll()
         #expect(t.isEmpty && t.records == 0 && t.recordsFromMap == 0 && t.index(of: Self.key(5)) == nil)
-        #expect(t.capacity >= 10_000) // kept for the next tick like this one
+        #expect(t.capacity >= 10_000)  // kept for the next tick like this one
         t.add(Self.key(5), packets: 2, bytes: 3)
         t.add(Self.key(5), packets: 2, bytes: 3)
         #expect(t.entries == [FlowTable.Entry(key: Self.key(5), packets: 4, bytes: 6, records: 2)])
@@ -121,27 +129,34 @@ import Testing
     @Test(arguments: [false, true])
     func accountingPerFlowEqualsPerRecord(peerAddresses: Bool) {
         var rng = SeededRandom(seed: peerAddresses ? 5 : 6)
-        let limits = AggregationLimits(maxSeriesPerMetric: 6, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000),
-                                       peerAddresses: peerAddresses)
-        var services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: [PeerRule(service: "dns", ports: try! PortRange(parsing: "53"))]),
-                                         limits: limits)
+        let limits = AggregationLimits(
+            maxSeriesPerMetric: 6, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000),
+            peerAddresses: peerAddresses)
+        var services = ServiceAggregator(
+            resolver: ServiceResolver(rules: [], peers: [PeerRule(service: "dns", ports: try! PortRange(parsing: "53"))]),
+            limits: limits)
         // Sockets for some of the flows, so those join by 5-tuple.
         let opens = (0..<12).map { n -> SocketEvent in
             let k = Self.key(n)
-            return SocketEvent(kind: .open, role: .client, family: .ipv4, ipProtocol: 6, reason: .none, socketID: UInt64(n + 1),
-                               timestampNanos: 10, startNanos: 1, owner: SocketOwner(tgid: 1, pid: 1, name: "app\(n % 4)", cgroupID: 0),
-                               localAddress: k.source, remoteAddress: k.destination, localPort: k.sourcePort,
-                               remotePort: k.destinationPort, srttMicros: 0, bytesSent: 0, bytesReceived: 0, retransmits: 0,
-                               resetsSent: 0, resetsReceived: 0, error: 0)
+            return SocketEvent(
+                kind: .open, role: .client, family: .ipv4, ipProtocol: 6, reason: .none, socketID: UInt64(n + 1),
+                timestampNanos: 10, startNanos: 1, owner: SocketOwner(tgid: 1, pid: 1, name: "app\(n % 4)", cgroupID: 0),
+                localAddress: k.source, remoteAddress: k.destination, localPort: k.sourcePort,
+                remotePort: k.destinationPort, srttMicros: 0, bytesSent: 0, bytesReceived: 0, retransmits: 0,
+                resetsSent: 0, resetsReceived: 0, error: 0)
         }
         services.apply(opens, cgroupPath: { _ in nil })
-        var keys = (0..<40).map { Self.key($0, proto: $0 % 4 == 0 ? 17 : 6, ifindex: UInt32(1 + $0 % 3),
-                                          direction: $0 % 5 == 0 ? .receive : .transmit) }
-        keys.append(Self.key(90, proto: 1))                  // ICMP: no pair
-        keys.append(Self.key(91, family: .other))           // not IP: interface totals only
+        var keys = (0..<40).map {
+            Self.key(
+                $0, proto: $0 % 4 == 0 ? 17 : 6, ifindex: UInt32(1 + $0 % 3),
+                direction: $0 % 5 == 0 ? .receive : .transmit)
+        }
+        keys.append(Self.key(90, proto: 1))  // ICMP: no pair
+        keys.append(Self.key(91, family: .other))  // not IP: interface totals only
         let records = (0..<3000).map { _ in
-            Self.record(keys[Int(rng.next() % UInt64(keys.count))], packets: rng.next() % 3 + 1, bytes: rng.next() % 1000,
-                        source: rng.next() % 3 == 0 ? .flowMap : .flowsRing)
+            Self.record(
+                keys[Int(rng.next() % UInt64(keys.count))], packets: rng.next() % 3 + 1, bytes: rng.next() % 1000,
+                source: rng.next() % 3 == 0 ? .flowMap : .flowsRing)
         }
         let names: [UInt32: String] = [1: "eth0", 2: "eth1"]
 
@@ -165,4 +180,3 @@ import Testing
         #expect(records.indices.allSatisfy { entryPairs[t.entry(ofRecord: $0)] == recordPairs[$0] })
     }
 }
-

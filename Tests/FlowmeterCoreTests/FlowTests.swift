@@ -19,7 +19,7 @@ import Testing
     @Test func statsMergeKeepsEarliestAndLatest() {
         var s = FlowStats.zero
         s.merge(FlowStats(packets: 2, bytes: 100, firstSeenNanos: 50, lastSeenNanos: 60, tcpFlags: 0x02))
-        s.merge(FlowStats(packets: 0, bytes: 0, firstSeenNanos: 0, lastSeenNanos: 0, tcpFlags: 0)) // an idle CPU slot
+        s.merge(FlowStats(packets: 0, bytes: 0, firstSeenNanos: 0, lastSeenNanos: 0, tcpFlags: 0))  // an idle CPU slot
         s.merge(FlowStats(packets: 1, bytes: 40, firstSeenNanos: 40, lastSeenNanos: 45, tcpFlags: 0x10))
         #expect(s == FlowStats(packets: 3, bytes: 140, firstSeenNanos: 40, lastSeenNanos: 60, tcpFlags: 0x12))
     }
@@ -32,17 +32,21 @@ import Testing
     }
 
     static func record(_ ifindex: UInt32, _ dir: Direction, packets: UInt64, bytes: UInt64, source: FlowSource = .flowMap) -> FlowRecord {
-        FlowRecord(key: FlowKey(source: .zero, destination: .zero, ifindex: ifindex, sourcePort: 0, destinationPort: 0,
-                                direction: dir, family: .ipv4, ipProtocol: 17, flags: []),
-                   stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
-                   source: source)
+        FlowRecord(
+            key: FlowKey(
+                source: .zero, destination: .zero, ifindex: ifindex, sourcePort: 0, destinationPort: 0,
+                direction: dir, family: .ipv4, ipProtocol: 17, flags: []),
+            stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
+            source: source)
     }
 
     @Test func accountingSumsPerInterfaceAndDirection() {
         var a = Accounting()
         let names: [UInt32: String] = [2: "eth0"]
         a.add([Self.record(2, .receive, packets: 3, bytes: 300), Self.record(2, .transmit, packets: 1, bytes: 60)], names: names)
-        a.add([Self.record(2, .receive, packets: 2, bytes: 100, source: .flowsRing), Self.record(9, .receive, packets: 1, bytes: 1)], names: names)
+        a.add(
+            [Self.record(2, .receive, packets: 2, bytes: 100, source: .flowsRing), Self.record(9, .receive, packets: 1, bytes: 1)],
+            names: names)
         #expect(a.interfaces["eth0"]?[.receive] == InterfaceTotals(packets: 5, bytes: 400))
         #expect(a.interfaces["eth0"]?[.transmit] == InterfaceTotals(packets: 1, bytes: 60))
         #expect(a.interfaces["if9"]?[.receive] == InterfaceTotals(packets: 1, bytes: 1))
@@ -64,8 +68,9 @@ import Testing
     @Test func theAPIListsTheLargestFlowsPastItsCap() {
         let n = Accounting.maxListedFlows
         let few = (0..<3).map { (record: Self.record(UInt32($0), .receive, packets: 1, bytes: UInt64($0)), pair: ServicePair?.none) }
-        #expect(Accounting.largestFlows(few, [Self.record(7, .transmit, packets: 1, bytes: 1)], pair: { _ in nil })
-            .map(\.record.key.ifindex) == [0, 1, 2, 7])
+        #expect(
+            Accounting.largestFlows(few, [Self.record(7, .transmit, packets: 1, bytes: 1)], pair: { _ in nil })
+                .map(\.record.key.ifindex) == [0, 1, 2, 7])
         // n + 500 flows with bytes in a scrambled order: the n largest stay, in their order.
         let many = (0..<(n + 500)).map { i in Self.record(UInt32(i), .receive, packets: 1, bytes: UInt64((i * 7_919) % (n + 500))) }
         let pair = ServicePair(service: "s", peer: "p", transport: "udp")

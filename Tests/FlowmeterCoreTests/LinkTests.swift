@@ -7,7 +7,7 @@ import Testing
         func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8)] }
         func le32(_ v: UInt32) -> [UInt8] { le16(UInt16(v & 0xffff)) + le16(UInt16(v >> 16)) }
         var attrs: [UInt8] = []
-        if extraAttr { attrs += le16(8) + le16(4) + le32(1500) } // IFLA_MTU
+        if extraAttr { attrs += le16(8) + le16(4) + le32(1500) }  // IFLA_MTU
         if let name {
             let data = Array(name.utf8) + [0]
             attrs += le16(UInt16(4 + data.count)) + le16(3) + data
@@ -18,14 +18,16 @@ import Testing
     }
 
     @Test func parsesNewAndDeletedLinks() {
-        let bytes = Self.message(type: 16, ifindex: 7, flags: 0x1043, name: "veth9", extraAttr: true)
+        let bytes =
+            Self.message(type: 16, ifindex: 7, flags: 0x1043, name: "veth9", extraAttr: true)
             + Self.message(type: 17, ifindex: 8, flags: 0, name: "cali-x")
-            + Self.message(type: 20, ifindex: 9, flags: 0, name: "addr") // RTM_NEWADDR: ignored
+            + Self.message(type: 20, ifindex: 9, flags: 0, name: "addr")  // RTM_NEWADDR: ignored
         let events = RTNetlink.parse(bytes)
-        #expect(events == [
-            LinkEvent(kind: .new, ifindex: 7, name: "veth9", flags: 0x1043),
-            LinkEvent(kind: .deleted, ifindex: 8, name: "cali-x", flags: 0),
-        ])
+        #expect(
+            events == [
+                LinkEvent(kind: .new, ifindex: 7, name: "veth9", flags: 0x1043),
+                LinkEvent(kind: .deleted, ifindex: 8, name: "cali-x", flags: 0),
+            ])
     }
 
     @Test func truncatedMessagesEndTheParse() {

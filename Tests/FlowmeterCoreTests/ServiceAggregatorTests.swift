@@ -3,9 +3,12 @@ import Testing
 
 @Suite struct ServiceAggregatorTests {
     static let client = IPAddress16.v4(10, 0, 0, 1), server = IPAddress16.v4(10, 0, 0, 2)
-    static let resolver = ServiceResolver(rules: [ServiceRule(service: "postgres", ports: try! PortRange(parsing: "5432"))],
-                                          peers: [PeerRule(service: "dns", cidr: try! CIDR(parsing: "10.96.0.10/32")),
-                                                  PeerRule(service: "postgres", ports: try! PortRange(parsing: "5432"))])
+    static let resolver = ServiceResolver(
+        rules: [ServiceRule(service: "postgres", ports: try! PortRange(parsing: "5432"))],
+        peers: [
+            PeerRule(service: "dns", cidr: try! CIDR(parsing: "10.96.0.10/32")),
+            PeerRule(service: "postgres", ports: try! PortRange(parsing: "5432")),
+        ])
 
     static func limits(cap: Int = 100, expiry: UInt64 = 60_000_000_000, peerAddresses: Bool = false) -> AggregationLimits {
         AggregationLimits(maxSeriesPerMetric: cap, seriesExpiry: FlowDuration(nanoseconds: expiry), peerAddresses: peerAddresses)
@@ -13,16 +16,19 @@ import Testing
 
     /// A record of the client (10.0.0.1:40000, process "checkout") or the
     /// server (10.0.0.2:5432, process "postgres") end of one connection.
-    static func ev(_ kind: SocketEvent.Kind, id: UInt64, ts: UInt64, serverEnd: Bool = false, sent: UInt64 = 0, received: UInt64 = 0,
-                   proto: UInt8 = 6, name: String? = nil, remote: IPAddress16? = nil, remotePort: UInt16? = nil,
-                   start: UInt64 = 1, srtt: UInt32 = 0, retrans: UInt32 = 0, reason: SocketEvent.FailReason = .none) -> SocketEvent {
+    static func ev(
+        _ kind: SocketEvent.Kind, id: UInt64, ts: UInt64, serverEnd: Bool = false, sent: UInt64 = 0, received: UInt64 = 0,
+        proto: UInt8 = 6, name: String? = nil, remote: IPAddress16? = nil, remotePort: UInt16? = nil,
+        start: UInt64 = 1, srtt: UInt32 = 0, retrans: UInt32 = 0, reason: SocketEvent.FailReason = .none
+    ) -> SocketEvent {
         let owner = SocketOwner(tgid: 1, pid: 1, name: name ?? (serverEnd ? "postgres" : "checkout"), cgroupID: 0)
-        return SocketEvent(kind: kind, role: serverEnd ? .server : .client, family: .ipv4, ipProtocol: proto, reason: reason,
-                           socketID: id, timestampNanos: ts, startNanos: start, owner: owner,
-                           localAddress: serverEnd ? server : client, remoteAddress: remote ?? (serverEnd ? client : server),
-                           localPort: serverEnd ? 5432 : 40000, remotePort: remotePort ?? (serverEnd ? 40000 : 5432),
-                           srttMicros: srtt, bytesSent: sent, bytesReceived: received, retransmits: retrans,
-                           resetsSent: 0, resetsReceived: 0, error: 0)
+        return SocketEvent(
+            kind: kind, role: serverEnd ? .server : .client, family: .ipv4, ipProtocol: proto, reason: reason,
+            socketID: id, timestampNanos: ts, startNanos: start, owner: owner,
+            localAddress: serverEnd ? server : client, remoteAddress: remote ?? (serverEnd ? client : server),
+            localPort: serverEnd ? 5432 : 40000, remotePort: remotePort ?? (serverEnd ? 40000 : 5432),
+            srttMicros: srtt, bytesSent: sent, bytesReceived: received, retransmits: retrans,
+            resetsSent: 0, resetsReceived: 0, error: 0)
     }
 
     static let cs = ServicePair(service: "checkout", peer: "postgres", transport: "tcp")
@@ -61,14 +67,18 @@ import Testing
 
     @Test func failuresCountByReasonOnTheClientPair() {
         var a = ServiceAggregator(resolver: Self.resolver, limits: Self.limits())
-        a.apply([Self.ev(.failed, id: 3, ts: 5, reason: .refused), Self.ev(.failed, id: 4, ts: 6, reason: .refused)], cgroupPath: { _ in nil })
+        a.apply(
+            [Self.ev(.failed, id: 3, ts: 5, reason: .refused), Self.ev(.failed, id: 4, ts: 6, reason: .refused)], cgroupPath: { _ in nil })
         #expect(a.pairs[Self.cs]?.failed == ["refused": 2] && a.pairs[Self.cs]?.opened == [0, 0])
     }
 
     @Test func peersByRuleByAddressOrUnknown() {
         var a = ServiceAggregator(resolver: Self.resolver, limits: Self.limits())
-        a.apply([Self.ev(.open, id: 1, ts: 1, proto: 17, remote: .v4(10, 96, 0, 10), remotePort: 53),
-                 Self.ev(.open, id: 2, ts: 2, proto: 17, remote: .v4(192, 0, 2, 1), remotePort: 53)], cgroupPath: { _ in nil })
+        a.apply(
+            [
+                Self.ev(.open, id: 1, ts: 1, proto: 17, remote: .v4(10, 96, 0, 10), remotePort: 53),
+                Self.ev(.open, id: 2, ts: 2, proto: 17, remote: .v4(192, 0, 2, 1), remotePort: 53),
+            ], cgroupPath: { _ in nil })
         #expect(a.pairs[ServicePair(service: "checkout", peer: "dns", transport: "udp")] != nil)
         #expect(a.pairs[ServicePair(service: "checkout", peer: "unknown", transport: "udp")] != nil)
         var b = ServiceAggregator(resolver: Self.resolver, limits: Self.limits(peerAddresses: true))
@@ -79,7 +89,8 @@ import Testing
     @Test func pairsPastTheCapFoldIntoOther() {
         var a = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(cap: 2, peerAddresses: true))
         for i in 0..<5 {
-            a.apply([Self.ev(.open, id: UInt64(i), ts: UInt64(i), name: "p\(i)", remote: .v4(192, 0, 2, UInt8(i)))], cgroupPath: { _ in nil })
+            a.apply(
+                [Self.ev(.open, id: UInt64(i), ts: UInt64(i), name: "p\(i)", remote: .v4(192, 0, 2, UInt8(i)))], cgroupPath: { _ in nil })
         }
         // Two real pairs, then p2..p4 are new services too: all fold into (other, other).
         #expect(a.pairs.count == 3 && a.seriesDropped == 3)
@@ -95,7 +106,7 @@ import Testing
         var a = ServiceAggregator(resolver: Self.resolver, limits: Self.limits(expiry: 100))
         a.apply([Self.ev(.open, id: 1, ts: 10), Self.ev(.failed, id: 2, ts: 10, remotePort: 9)], cgroupPath: { _ in nil })
         a.expire(now: 500)
-        #expect(a.pairs[Self.cs] != nil) // a live connection keeps it
+        #expect(a.pairs[Self.cs] != nil)  // a live connection keeps it
         #expect(a.pairs[ServicePair(service: "checkout", peer: "unknown", transport: "tcp")] == nil)
         a.apply([Self.ev(.close, id: 1, ts: 600, sent: 5)], cgroupPath: { _ in nil })
         a.expire(now: 650)
@@ -109,17 +120,19 @@ import Testing
         a.apply([Self.ev(.open, id: 1, ts: 10)], cgroupPath: { _ in nil })
         func flow(_ d: Direction, packets: UInt64, icmp: Bool = false) -> FlowRecord {
             let out = d == .transmit
-            return FlowRecord(key: FlowKey(source: out ? Self.client : Self.server, destination: out ? Self.server : Self.client,
-                                           ifindex: 2, sourcePort: out ? 40000 : 5432, destinationPort: out ? 5432 : 40000,
-                                           direction: d, family: .ipv4, ipProtocol: icmp ? 1 : 6, flags: []),
-                              stats: FlowStats(packets: packets, bytes: packets * 100, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
-                              source: .flowMap)
+            return FlowRecord(
+                key: FlowKey(
+                    source: out ? Self.client : Self.server, destination: out ? Self.server : Self.client,
+                    ifindex: 2, sourcePort: out ? 40000 : 5432, destinationPort: out ? 5432 : 40000,
+                    direction: d, family: .ipv4, ipProtocol: icmp ? 1 : 6, flags: []),
+                stats: FlowStats(packets: packets, bytes: packets * 100, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
+                source: .flowMap)
         }
         a.apply(flows: [flow(.transmit, packets: 3), flow(.receive, packets: 2), flow(.receive, packets: 9, icmp: true)], now: 20)
         #expect(a.pairs[Self.cs]?.packets == [2, 3])
         a.apply([Self.ev(.close, id: 1, ts: 30)], cgroupPath: { _ in nil })
         a.expire(now: 500)
-        a.apply(flows: [flow(.transmit, packets: 1)], now: 500) // within the grace after close
+        a.apply(flows: [flow(.transmit, packets: 1)], now: 500)  // within the grace after close
         #expect(a.pairs[Self.cs]?.packets == [2, 4])
         a.expire(now: 2000)
         a.apply(flows: [flow(.transmit, packets: 1)], now: 2000)
@@ -142,8 +155,9 @@ import Testing
     /// server's endpoint, which names the peer of the next client, stays.
     @Test func closedClientEndpointsGoAfterTheGraceServersStay() {
         let grace: UInt64 = 1_000
-        var a = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(expiry: 1_000_000),
-                                  joinGrace: grace)
+        var a = ServiceAggregator(
+            resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(expiry: 1_000_000),
+            joinGrace: grace)
         var ts: UInt64 = 10, id: UInt64 = 0
         var most = (endpoints: 0, tuples: 0)
         for round in 0..<50 {
@@ -179,8 +193,9 @@ import Testing
     }
     /// Faster churn than the grace allows for: the caps hold, the newest stay.
     @Test func closedTuplesAndIdleEndpointsAreCapped() {
-        var a = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(expiry: 1_000_000_000),
-                                  joinGrace: 1_000_000_000)
+        var a = ServiceAggregator(
+            resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(expiry: 1_000_000_000),
+            joinGrace: 1_000_000_000)
         let cap = ServiceAggregator.maxClosedTuples
         var id: UInt64 = 0, most = (endpoints: 0, tuples: 0)
         let rounds = 3 * cap / 1000

@@ -16,20 +16,21 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
 @Suite struct ServiceIdentityTests {
     // MARK: systemd units
 
-    @Test(arguments: [
-        ("/system.slice/nginx.service", "nginx"),
-        ("/system.slice/getty@tty1.service", "getty@tty1"),
-        ("/system.slice/system-getty.slice/getty@tty1.service", "getty@tty1"),
-        ("/system.slice/nginx.service/worker", "nginx"),
-        ("/system.slice/nginx.service/a/b", "nginx"),
-        ("/system.slice/containerd.service", "containerd"),
-        ("/system.slice/docker.service", "docker"),
-        ("/system.slice/crio.service", "crio"),
-        ("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service", "foo"),
-        ("/user.slice/user-1000.slice/user@1000.service", "user@1000"),
-        ("/user.slice/user-1000.slice/user@1000.service/init.scope", "user@1000"),
-        ("system.slice//nginx.service/", "nginx"),
-    ] as [(String, String)])
+    @Test(
+        arguments: [
+            ("/system.slice/nginx.service", "nginx"),
+            ("/system.slice/getty@tty1.service", "getty@tty1"),
+            ("/system.slice/system-getty.slice/getty@tty1.service", "getty@tty1"),
+            ("/system.slice/nginx.service/worker", "nginx"),
+            ("/system.slice/nginx.service/a/b", "nginx"),
+            ("/system.slice/containerd.service", "containerd"),
+            ("/system.slice/docker.service", "docker"),
+            ("/system.slice/crio.service", "crio"),
+            ("/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service", "foo"),
+            ("/user.slice/user-1000.slice/user@1000.service", "user@1000"),
+            ("/user.slice/user-1000.slice/user@1000.service/init.scope", "user@1000"),
+            ("system.slice//nginx.service/", "nginx"),
+        ] as [(String, String)])
     func systemdUnits(path: String, name: String) {
         #expect(CgroupWorkload.parse(path) == CgroupWorkload(kind: .systemd, service: name))
     }
@@ -38,8 +39,8 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
 
     @Test func docker() {
         let want = CgroupWorkload(kind: .docker, service: "docker:0123456789ab", containerID: idA)
-        #expect(CgroupWorkload.parse("/system.slice/docker-\(idA).scope") == want)   // systemd driver, v2 and v1
-        #expect(CgroupWorkload.parse("/docker/\(idA)") == want)                       // cgroupfs driver, v1 and v2
+        #expect(CgroupWorkload.parse("/system.slice/docker-\(idA).scope") == want)  // systemd driver, v2 and v1
+        #expect(CgroupWorkload.parse("/docker/\(idA)") == want)  // cgroupfs driver, v1 and v2
         #expect(CgroupWorkload.parse("/docker/\(idA)/sub") == want)
         // rootless docker under the user manager
         #expect(CgroupWorkload.parse("/user.slice/user-1000.slice/user@1000.service/user.slice/docker-\(idA).scope") == want)
@@ -55,9 +56,11 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
     }
 
     @Test func crio() {
-        #expect(CgroupWorkload.parse("/machine.slice/crio-\(idA).scope")
+        #expect(
+            CgroupWorkload.parse("/machine.slice/crio-\(idA).scope")
                 == CgroupWorkload(kind: .crio, service: "crio:0123456789ab", containerID: idA))
-        #expect(CgroupWorkload.parse("/machine.slice/crio-conmon-\(idB).scope")
+        #expect(
+            CgroupWorkload.parse("/machine.slice/crio-conmon-\(idB).scope")
                 == CgroupWorkload(kind: .crio, service: "crio-conmon:fedcba987654", containerID: idB))
         #expect(CgroupWorkload.parse("/machine.slice/crio-\(idA).scope/container")?.service == "crio:0123456789ab")
     }
@@ -87,13 +90,16 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
 
     @Test func kubepodsNestedInContainer() {
         // kind-style node: kubelet running inside a docker container
-        let path = "/system.slice/docker-\(idB).scope/kubelet.slice/kubelet-kubepods.slice/"
+        let path =
+            "/system.slice/docker-\(idB).scope/kubelet.slice/kubelet-kubepods.slice/"
             + "kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod\(uidU).slice/cri-containerd-\(idA).scope"
         #expect(CgroupWorkload.parse(path) == pod(idA))
     }
 
     @Test func staticPodUID() {
-        #expect(CgroupWorkload.parse("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod\(staticUID).slice/cri-containerd-\(idA).scope")
+        #expect(
+            CgroupWorkload.parse(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod\(staticUID).slice/cri-containerd-\(idA).scope")
                 == pod(idA, uid: staticUID))
         #expect(CgroupWorkload.parse("/kubepods/burstable/pod\(staticUID)/\(idA)") == pod(idA, uid: staticUID))
     }
@@ -147,9 +153,11 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
     }
 
     @Test func badIdFallsBackToSystemdUnit() {
-        #expect(CgroupWorkload.parse("/system.slice/containerd.service/cri-containerd-abc.scope")
+        #expect(
+            CgroupWorkload.parse("/system.slice/containerd.service/cri-containerd-abc.scope")
                 == CgroupWorkload(kind: .systemd, service: "containerd"))
-        #expect(CgroupWorkload.parse("/system.slice/containerd.service/\(idA)")
+        #expect(
+            CgroupWorkload.parse("/system.slice/containerd.service/\(idA)")
                 == CgroupWorkload(kind: .systemd, service: "containerd"))
     }
 
@@ -173,10 +181,11 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
     }
 
     @Test func ruleBeatsCgroupAndFirstMatchWins() {
-        let r = ServiceResolver(rules: [
-            ServiceRule(service: "web", process: "nginx*"),
-            ServiceRule(service: "second", process: "nginx"),
-        ], peers: [])
+        let r = ServiceResolver(
+            rules: [
+                ServiceRule(service: "web", process: "nginx*"),
+                ServiceRule(service: "second", process: "nginx"),
+            ], peers: [])
         let a = ip("10.0.0.1")
         #expect(r.localService(cgroupPath: "/system.slice/frontend.service", process: "nginx", address: a, port: 80) == "web")
         #expect(r.localService(cgroupPath: "/system.slice/frontend.service", process: "apache", address: a, port: 80) == "frontend")
@@ -222,10 +231,11 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
     }
 
     @Test func cidrCondition() throws {
-        let r = ServiceResolver(rules: [
-            ServiceRule(service: "v4", cidr: try CIDR(parsing: "10.1.0.0/16")),
-            ServiceRule(service: "v6", cidr: try CIDR(parsing: "fd00::/8")),
-        ], peers: [])
+        let r = ServiceResolver(
+            rules: [
+                ServiceRule(service: "v4", cidr: try CIDR(parsing: "10.1.0.0/16")),
+                ServiceRule(service: "v6", cidr: try CIDR(parsing: "fd00::/8")),
+            ], peers: [])
         #expect(r.localService(cgroupPath: nil, process: "x", address: ip("10.1.255.3"), port: 1) == "v4")
         #expect(r.localService(cgroupPath: nil, process: "x", address: ip("10.2.0.1"), port: 1) == "x")
         #expect(r.localService(cgroupPath: nil, process: "x", address: ip("fd12::1"), port: 1) == "v6")
@@ -233,10 +243,12 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
     }
 
     @Test func conditionsAreAnded() throws {
-        let r = ServiceResolver(rules: [
-            ServiceRule(service: "api", cgroup: "/system.slice/*", process: "java",
-                        ports: try PortRange(parsing: "8080"), cidr: try CIDR(parsing: "10.0.0.0/8")),
-        ], peers: [])
+        let r = ServiceResolver(
+            rules: [
+                ServiceRule(
+                    service: "api", cgroup: "/system.slice/*", process: "java",
+                    ports: try PortRange(parsing: "8080"), cidr: try CIDR(parsing: "10.0.0.0/8"))
+            ], peers: [])
         let path = "/system.slice/shop.service"
         #expect(r.localService(cgroupPath: path, process: "java", address: ip("10.9.9.9"), port: 8080) == "api")
         #expect(r.localService(cgroupPath: "/user.slice/x.service", process: "java", address: ip("10.9.9.9"), port: 8080) == "x")
@@ -297,13 +309,15 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
     // MARK: peers
 
     @Test func peerRules() throws {
-        let r = ServiceResolver(rules: [], peers: [
-            PeerRule(service: "postgres", cidr: try CIDR(parsing: "10.0.5.0/24"), ports: try PortRange(parsing: "5432")),
-            PeerRule(service: "internal", cidr: try CIDR(parsing: "10.0.0.0/8")),
-            PeerRule(service: "dns", ports: try PortRange(parsing: "53")),
-            PeerRule(service: "v6net", cidr: try CIDR(parsing: "2001:db8::/32")),
-            PeerRule(service: "never"),
-        ])
+        let r = ServiceResolver(
+            rules: [],
+            peers: [
+                PeerRule(service: "postgres", cidr: try CIDR(parsing: "10.0.5.0/24"), ports: try PortRange(parsing: "5432")),
+                PeerRule(service: "internal", cidr: try CIDR(parsing: "10.0.0.0/8")),
+                PeerRule(service: "dns", ports: try PortRange(parsing: "53")),
+                PeerRule(service: "v6net", cidr: try CIDR(parsing: "2001:db8::/32")),
+                PeerRule(service: "never"),
+            ])
         #expect(r.peerService(address: ip("10.0.5.9"), port: 5432) == "postgres")
         #expect(r.peerService(address: ip("10.0.5.9"), port: 5433) == "internal")
         #expect(r.peerService(address: ip("10.200.0.1"), port: 53) == "internal")

@@ -2,8 +2,11 @@ import FlowmeterCore
 import Testing
 
 @Suite struct SettingsTests {
-    @Test(arguments: [("5s", 5_000_000_000), ("500ms", 500_000_000), ("2m", 120_000_000_000), ("1.5s", 1_500_000_000),
-                      ("3", 3_000_000_000), ("250us", 250_000), ("1h", 3_600_000_000_000)] as [(String, UInt64)])
+    @Test(
+        arguments: [
+            ("5s", 5_000_000_000), ("500ms", 500_000_000), ("2m", 120_000_000_000), ("1.5s", 1_500_000_000),
+            ("3", 3_000_000_000), ("250us", 250_000), ("1h", 3_600_000_000_000),
+        ] as [(String, UInt64)])
     func durations(text: String, ns: UInt64) throws {
         #expect(try FlowDuration(parsing: text).nanoseconds == ns)
     }

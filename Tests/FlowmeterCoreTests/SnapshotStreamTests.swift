@@ -1,15 +1,18 @@
 import Foundation
-@testable import FlowmeterCore
 import Testing
+
+@testable import FlowmeterCore
 
 @Suite struct SnapshotStreamTests {
     static func snap(ms: Int64, txBytes: UInt64) -> APISnapshot {
-        APISnapshot(version: 1, time_unix_ms: ms, host: "h", kernel: "k", flowmeter_version: "v", uptime_seconds: Double(ms) / 1000,
-                    interval_seconds: 1, hooks: [.init(hook: "tc", mode: "tcx")],
-                    interfaces: [.init(name: "eth0", tx_bytes: txBytes, rx_bytes: 5, tx_packets: 1, rx_packets: 1)],
-                    services: [], connections: [], flows: [],
-                    self_metrics: .init(flows_ring_lost: 0, events_ring_lost: 0, flow_table_entries: 0,
-                                        flow_table_insert_failures: 0, series_dropped: 0, sockets_tracked: 0))
+        APISnapshot(
+            version: 1, time_unix_ms: ms, host: "h", kernel: "k", flowmeter_version: "v", uptime_seconds: Double(ms) / 1000,
+            interval_seconds: 1, hooks: [.init(hook: "tc", mode: "tcx")],
+            interfaces: [.init(name: "eth0", tx_bytes: txBytes, rx_bytes: 5, tx_packets: 1, rx_packets: 1)],
+            services: [], connections: [], flows: [],
+            self_metrics: .init(
+                flows_ring_lost: 0, events_ring_lost: 0, flow_table_entries: 0,
+                flow_table_insert_failures: 0, series_dropped: 0, sockets_tracked: 0))
     }
 
     @Test func fullThenOnlyWhatChanged() throws {

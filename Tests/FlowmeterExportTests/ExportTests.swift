@@ -6,17 +6,23 @@ import Testing
 @Suite struct ExpositionTests {
     @Test func familiesHaveHelpTypeAndEscapedLabels() {
         var e = Exposition()
-        e.family(.init(name: "x_total", kind: .counter, help: "a \\ b\nc"),
-                 [([("a", "q\"u\\o\nte")], 3), ([], 1.5)])
+        e.family(
+            .init(name: "x_total", kind: .counter, help: "a \\ b\nc"),
+            [([("a", "q\"u\\o\nte")], 3), ([], 1.5)])
         #expect(e.text == "# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\nx_total{a=\"q\\\"u\\\\o\\nte\"} 3\nx_total 1.5\n")
     }
 
     @Test func renderedMetricsCoverTheCatalog() {
         var a = Accounting()
-        a.add([FlowRecord(key: FlowKey(source: .zero, destination: .zero, ifindex: 2, sourcePort: 0, destinationPort: 0,
-                                       direction: .transmit, family: .ipv4, ipProtocol: 6, flags: []),
-                          stats: FlowStats(packets: 4, bytes: 4000, firstSeenNanos: 0, lastSeenNanos: 0, tcpFlags: 0), source: .flowMap)],
-              names: [2: "eth0"])
+        a.add(
+            [
+                FlowRecord(
+                    key: FlowKey(
+                        source: .zero, destination: .zero, ifindex: 2, sourcePort: 0, destinationPort: 0,
+                        direction: .transmit, family: .ipv4, ipProtocol: 6, flags: []),
+                    stats: FlowStats(packets: 4, bytes: 4000, firstSeenNanos: 0, lastSeenNanos: 0, tcpFlags: 0), source: .flowMap)
+            ],
+            names: [2: "eth0"])
         a.hooks = [HookMode(hook: "tc", mode: "tcx")]
         a.kernel.flowsRingLost = 7
         a.socketTelemetry = true
@@ -44,10 +50,12 @@ import Testing
     }
 
     @Test func tcpFlowObject() throws {
-        let r = FlowRecord(key: FlowKey(source: .v4(10, 0, 0, 1), destination: .v4(10, 0, 0, 2), ifindex: 3, sourcePort: 443,
-                                        destinationPort: 51000, direction: .transmit, family: .ipv4, ipProtocol: 6, flags: []),
-                           stats: FlowStats(packets: 3, bytes: 4500, firstSeenNanos: 1_000, lastSeenNanos: 2_000_001_000, tcpFlags: 0x12),
-                           source: .flowMap)
+        let r = FlowRecord(
+            key: FlowKey(
+                source: .v4(10, 0, 0, 1), destination: .v4(10, 0, 0, 2), ifindex: 3, sourcePort: 443,
+                destinationPort: 51000, direction: .transmit, family: .ipv4, ipProtocol: 6, flags: []),
+            stats: FlowStats(packets: 3, bytes: 4500, firstSeenNanos: 1_000, lastSeenNanos: 2_000_001_000, tcpFlags: 0x12),
+            source: .flowMap)
         let line = FlowLogEncoder.encode(r, interface: "eth\"0", clock: Self.clock)
         #expect(!line.contains("\n"))
         let o = try decode(line)
@@ -66,16 +74,20 @@ import Testing
         #expect(o["last_seen"] as? String == "2026-11-30T00:53:22.000000000Z")
         #expect(o["source"] as? String == "flow_map")
         #expect(o["flags"] == nil && o["service"] == nil)
-        let joined = try decode(FlowLogEncoder.encode(r, interface: "eth0", clock: Self.clock,
-                                                      pair: ServicePair(service: "web", peer: "unknown", transport: "tcp")))
+        let joined = try decode(
+            FlowLogEncoder.encode(
+                r, interface: "eth0", clock: Self.clock,
+                pair: ServicePair(service: "web", peer: "unknown", transport: "tcp")))
         #expect(joined["service"] as? String == "web" && joined["peer_service"] as? String == "unknown")
     }
 
     @Test func otherFamilyCarriesEthertypeNotAddresses() throws {
-        let r = FlowRecord(key: FlowKey(source: .zero, destination: .zero, ifindex: 3, sourcePort: 0, destinationPort: 0x0806,
-                                        direction: .receive, family: .other, ipProtocol: 0, flags: [.malformed]),
-                           stats: FlowStats(packets: 1, bytes: 28, firstSeenNanos: 1_000, lastSeenNanos: 1_000, tcpFlags: 0),
-                           source: .flowsRing)
+        let r = FlowRecord(
+            key: FlowKey(
+                source: .zero, destination: .zero, ifindex: 3, sourcePort: 0, destinationPort: 0x0806,
+                direction: .receive, family: .other, ipProtocol: 0, flags: [.malformed]),
+            stats: FlowStats(packets: 1, bytes: 28, firstSeenNanos: 1_000, lastSeenNanos: 1_000, tcpFlags: 0),
+            source: .flowsRing)
         let o = try decode(FlowLogEncoder.encode(r, interface: "eth0", clock: Self.clock))
         #expect(o["ethertype"] as? Int == 0x0806)
         #expect(o["src_addr"] == nil && o["protocol"] == nil && o["tcp_flags"] == nil)
@@ -99,12 +111,15 @@ import Testing
 @Suite struct ConnectionLogTests {
     static let clock = ClockMapping(realtimeNanos: 1_796_000_000_000_000_000, monotonicNanos: 0)
 
-    static func event(_ kind: SocketEvent.Kind, owner: SocketOwner? = SocketOwner(tgid: 7, pid: 8, name: "nginx", cgroupID: 99)) -> SocketEvent {
-        SocketEvent(kind: kind, role: .server, family: .ipv6, ipProtocol: 6, reason: kind == .failed ? .timeout : .none,
-                    socketID: 1, timestampNanos: 3_000_000, startNanos: 1_000_000, owner: owner,
-                    localAddress: IPAddress16(bytes: [0xfd] + [UInt8](repeating: 0, count: 14) + [1]),
-                    remoteAddress: .v4(10, 0, 0, 9), localPort: 443, remotePort: 50000, srttMicros: 120,
-                    bytesSent: 10, bytesReceived: 20, retransmits: 1, resetsSent: 2, resetsReceived: 3, error: 110)
+    static func event(_ kind: SocketEvent.Kind, owner: SocketOwner? = SocketOwner(tgid: 7, pid: 8, name: "nginx", cgroupID: 99))
+        -> SocketEvent
+    {
+        SocketEvent(
+            kind: kind, role: .server, family: .ipv6, ipProtocol: 6, reason: kind == .failed ? .timeout : .none,
+            socketID: 1, timestampNanos: 3_000_000, startNanos: 1_000_000, owner: owner,
+            localAddress: IPAddress16(bytes: [0xfd] + [UInt8](repeating: 0, count: 14) + [1]),
+            remoteAddress: .v4(10, 0, 0, 9), localPort: 443, remotePort: 50000, srttMicros: 120,
+            bytesSent: 10, bytesReceived: 20, retransmits: 1, resetsSent: 2, resetsReceived: 3, error: 110)
     }
 
     func decode(_ s: String) throws -> [String: Any] {
@@ -112,7 +127,8 @@ import Testing
     }
 
     @Test func closeRecord() throws {
-        let o = try decode(FlowLogEncoder.encodeConnection(Self.event(.close), cgroupPath: "/system.slice/nginx.service", clock: Self.clock))
+        let o = try decode(
+            FlowLogEncoder.encodeConnection(Self.event(.close), cgroupPath: "/system.slice/nginx.service", clock: Self.clock))
         #expect(o["type"] as? String == "connection" && o["event"] as? String == "close" && o["version"] as? Int == 1)
         #expect(o["role"] as? String == "server" && o["family"] as? String == "ipv6" && o["protocol"] as? String == "tcp")
         #expect(o["local_addr"] as? String == "fd00::1" && o["local_port"] as? Int == 443)
@@ -149,12 +165,13 @@ import Testing
 
 @Suite struct ExportPlumbingTests {
     @Test func flowLogRotatesBySizeAndKeepsN() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fm-rot-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fm-rot-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            .path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let path = dir + "/f.jsonl"
         let w = try FlowLogWriter(path: path, maxBytes: 100, keep: 2)
-        let line = String(repeating: "x", count: 39) // + a digit + the newline: 41 bytes
+        let line = String(repeating: "x", count: 39)  // + a digit + the newline: 41 bytes
         for i in 0..<7 { #expect(w.write(lines: [line + "\(i)"])) }
         w.close()
         // 7 batches of 41 bytes, at most 2 per 100-byte file: f (1), f.1 (2), f.2 (2); the oldest 2 are gone.
@@ -185,8 +202,9 @@ import Testing
 
     @Test func otlpQueueDropsTheOldestAndCountsIt() throws {
         // Port 1 on loopback: connection refused at once, so every send fails.
-        let p = OTLPPusher(endpoint: try HTTPEndpoint(parsing: "http://127.0.0.1:1/v1/metrics"), capacity: 2,
-                           minBackoffSeconds: 5, maxBackoffSeconds: 5)
+        let p = OTLPPusher(
+            endpoint: try HTTPEndpoint(parsing: "http://127.0.0.1:1/v1/metrics"), capacity: 2,
+            minBackoffSeconds: 5, maxBackoffSeconds: 5)
         for i in 0..<5 { p.enqueue([UInt8(i)]) }
         let c = p.counters
         #expect(c.queued == 5 && c.dropped == 3 && c.queueLength == 2 && c.sent == 0)

@@ -1,4 +1,5 @@
 import FlowmeterCore
+
 @testable import FlowmeterExport
 
 // A reader of the Prometheus text format, for the tests only: it checks that
@@ -152,7 +153,9 @@ public enum ExpositionParser {
             }
             let key = labels.flatMap { [$0.0, $0.1] }
             let i: Int
-            if let known = histogramIndex[key] { i = known } else {
+            if let known = histogramIndex[key] {
+                i = known
+            } else {
                 histograms.append(HistogramSeries(labels: labels))
                 i = histograms.count - 1
                 histogramIndex[key] = i
@@ -259,4 +262,3 @@ public enum ExpositionParser {
 }
 
 // MARK: OTLP encoding
-

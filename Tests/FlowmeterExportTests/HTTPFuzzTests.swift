@@ -1,9 +1,10 @@
-@testable import FlowmeterCore
-@testable import FlowmeterExport
 import FlowmeterTestSupport
 import Foundation
 import Logging
 import Testing
+
+@testable import FlowmeterCore
+@testable import FlowmeterExport
 
 /// Property tests of the two HTTP endpoints with seeded random requests over
 /// real sockets: the local API on a unix socket and the metrics endpoint on
@@ -18,8 +19,9 @@ import Testing
         interval_seconds: 1, hooks: [.init(hook: "tc", mode: "tcx")],
         interfaces: [.init(name: "eth0", tx_bytes: 1, rx_bytes: 2, tx_packets: 1, rx_packets: 1)],
         services: [], connections: [], flows: [],
-        self_metrics: .init(flows_ring_lost: 0, events_ring_lost: 0, flow_table_entries: 0,
-                            flow_table_insert_failures: 0, series_dropped: 0, sockets_tracked: 0))
+        self_metrics: .init(
+            flows_ring_lost: 0, events_ring_lost: 0, flow_table_entries: 0,
+            flow_table_insert_failures: 0, series_dropped: 0, sockets_tracked: 0))
 
     static var quiet: Logger {
         var l = Logger(label: "fuzz")
@@ -33,8 +35,9 @@ import Testing
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("api.sock").path
         let (ready, readyGo) = AsyncStream<Void>.makeStream()
-        let app = APIServer.make(socketPath: path, logger: Self.quiet, onRunning: { readyGo.yield() },
-                                 snapshot: { Self.snapshot })
+        let app = APIServer.make(
+            socketPath: path, logger: Self.quiet, onRunning: { readyGo.yield() },
+            snapshot: { Self.snapshot })
         let server = Task { try await app.runService(gracefulShutdownSignals: []) }
         defer { server.cancel() }
         for await _ in ready { break }
@@ -61,9 +64,10 @@ import Testing
 
     @Test func metricsRequests() async throws {
         let (ready, readyGo) = AsyncStream<Int>.makeStream()
-        let app = MetricsServer.make(listen: ListenAddress(host: "127.0.0.1", port: 0), logger: Self.quiet,
-                                     onRunning: { port in readyGo.yield(port) },
-                                     render: { om in om ? "# EOF\n" : "flowmeter_build_info{version=\"v\"} 1\n" })
+        let app = MetricsServer.make(
+            listen: ListenAddress(host: "127.0.0.1", port: 0), logger: Self.quiet,
+            onRunning: { port in readyGo.yield(port) },
+            render: { om in om ? "# EOF\n" : "flowmeter_build_info{version=\"v\"} 1\n" })
         let server = Task { try await app.runService(gracefulShutdownSignals: []) }
         defer { server.cancel() }
         var port = 0
@@ -93,10 +97,11 @@ import Testing
         run.report()
     }
 
-    @Test(arguments: [
-        ("GET", nil, nil, nil), ("HEAD", nil, nil, 405), ("POST", "0", nil, 405), ("PUT", nil, "chunked", 405),
-        ("GET", "0", nil, nil), ("GET", " 0 ", nil, nil), ("GET", "5", nil, 413), ("GET", nil, "chunked", 413),
-    ] as [(String, String?, String?, Int?)])
+    @Test(
+        arguments: [
+            ("GET", nil, nil, nil), ("HEAD", nil, nil, 405), ("POST", "0", nil, 405), ("PUT", nil, "chunked", 405),
+            ("GET", "0", nil, nil), ("GET", " 0 ", nil, nil), ("GET", "5", nil, 413), ("GET", nil, "chunked", 413),
+        ] as [(String, String?, String?, Int?)])
     func refusals(method: String, contentLength: String?, transferEncoding: String?, status: Int?) {
         #expect(HTTPGuard.refusal(method: method, contentLength: contentLength, transferEncoding: transferEncoding)?.status == status)
     }
@@ -120,7 +125,7 @@ enum Endpoint: Sendable {
 }
 
 struct Answer {
-    var status: Int?          // nil: closed without an answer
+    var status: Int?  // nil: closed without an answer
     var headers: [String: String] = [:]
     var body: [UInt8] = []
     var timedOut = false
@@ -264,7 +269,7 @@ enum Property {
             let len = answer.headers["content-length"].flatMap { Int($0) } ?? 0
             answer.body = Array(data[min(s, data.count)..<min(s + len, data.count)])
         } else if !data.isEmpty {
-            answer.status = -1   // bytes that are no HTTP answer
+            answer.status = -1  // bytes that are no HTTP answer
         }
         return answer
     }
@@ -300,13 +305,19 @@ enum RequestGen {
     static let oddMethods = ["get", "BREW", "G ET", "", "CONNECT", "PRI", "GET\u{0}", "ÄÖÜ", String(repeating: "G", count: 300)]
 
     static func request(_ r: inout SeededRandom, api: Bool) -> GeneratedRequest {
-        let served = api ? ["/v1/snapshot", "/v1/snapshot", "/v1/snapshot?x=1", "/v1/snapshot?view=flows&filter=a%20b"]
-                         : ["/metrics", "/metrics", "/healthz", "/metrics?x=1"]
-        let unserved = ["/v1/", "/v1", "/", "/v2/snapshot", "/v1/nothing", "/metrics", "//v1/snapshot", "/v1/%73napshot",
-                        "/v1/snapshotx", "/V1/SNAPSHOT", "/v1/snapshot/extra", "/v1/snapshot/", "/v1//snapshot",
-                        "/metric", "/metricsx", "/v1/snapshot", "/METRICS", "/healthz/x", "//metrics", "/%6detrics", "/metrics/"]
-        let odd = ["*", "http://flowmeter/v1/snapshot", "http://x/metrics", "/v1/snap\u{e9}", "/\u{1}", "", "v1/snapshot",
-                   "/" + String(repeating: "a", count: r.pick([100, 9000, 20000])), "/v1/snapshot#frag"]
+        let served =
+            api
+            ? ["/v1/snapshot", "/v1/snapshot", "/v1/snapshot?x=1", "/v1/snapshot?view=flows&filter=a%20b"]
+            : ["/metrics", "/metrics", "/healthz", "/metrics?x=1"]
+        let unserved = [
+            "/v1/", "/v1", "/", "/v2/snapshot", "/v1/nothing", "/metrics", "//v1/snapshot", "/v1/%73napshot",
+            "/v1/snapshotx", "/V1/SNAPSHOT", "/v1/snapshot/extra", "/v1/snapshot/", "/v1//snapshot",
+            "/metric", "/metricsx", "/v1/snapshot", "/METRICS", "/healthz/x", "//metrics", "/%6detrics", "/metrics/",
+        ]
+        let odd = [
+            "*", "http://flowmeter/v1/snapshot", "http://x/metrics", "/v1/snap\u{e9}", "/\u{1}", "", "v1/snapshot",
+            "/" + String(repeating: "a", count: r.pick([100, 9000, 20000])), "/v1/snapshot#frag",
+        ]
         var wellFormed = true
         let method: String
         if r.chance(0.9) { method = r.pick(wellFormedMethods) } else { method = r.pick(oddMethods); wellFormed = false }
@@ -316,7 +327,10 @@ enum RequestGen {
         case 5...7: path = r.pick(unserved)
         default: path = r.pick(odd); wellFormed = false
         }
-        let version = r.chance(0.9) ? r.pick(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"]) : r.pick(["HTTP/2.0", "HTTP/1.2", "HTTP/0.9", "http/1.1", "HTTP/1.1 ", "HTTP/11", ""])
+        let version =
+            r.chance(0.9)
+            ? r.pick(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"])
+            : r.pick(["HTTP/2.0", "HTTP/1.2", "HTTP/0.9", "http/1.1", "HTTP/1.1 ", "HTTP/11", ""])
         if !version.hasPrefix("HTTP/1.") || version.count != 8 || version == "HTTP/1.2" { wellFormed = false }
 
         var headers: [(String, String)] = []
@@ -341,12 +355,17 @@ enum RequestGen {
         if let te = transferEncoding { headers.append(("Transfer-Encoding", te)) }
         if !api && r.chance(0.3) { headers.append(("Accept", acceptHeader(&r))) }
         for _ in 0..<r.pick([0, 0, 1, 3, 150]) {
-            let name = r.chance(0.9) ? r.pick(["X-A", "User-Agent", "Accept-Encoding", "X-Forwarded-For"]) : randomText(&r, count: r.int(0...12))
+            let name =
+                r.chance(0.9) ? r.pick(["X-A", "User-Agent", "Accept-Encoding", "X-Forwarded-For"]) : randomText(&r, count: r.int(0...12))
             let value = r.chance(0.9) ? r.pick(["1", "curl/8", "gzip", ""]) : randomText(&r, count: r.pick([3, 20, 9000]))
             headers.append((name, value))
         }
         for (n, v) in headers {
-            let okName = !n.isEmpty && n.unicodeScalars.allSatisfy { $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_".unicodeScalars.contains($0)) }
+            let okName =
+                !n.isEmpty
+                && n.unicodeScalars.allSatisfy {
+                    $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_".unicodeScalars.contains($0))
+                }
             let okValue = v.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value < 0x7f }
             if !okName || !okValue { wellFormed = false }
         }
@@ -355,9 +374,11 @@ enum RequestGen {
         // Past the bounds (HTTPGuard) the parser refuses with 400; near them
         // the exact accounting (names, values, the target) decides, so no
         // status is promised there.
-        let overBounds = headBytes.count > HTTPGuard.maxHeaderBytes + 1000 || headers.count > HTTPGuard.maxHeaderFields + 5
+        let overBounds =
+            headBytes.count > HTTPGuard.maxHeaderBytes + 1000 || headers.count > HTTPGuard.maxHeaderFields + 5
             || headers.contains(where: { $0.1.utf8.count > HTTPGuard.maxHeaderFieldBytes + 100 }) || path.utf8.count > 17000
-        let nearBounds = headBytes.count > HTTPGuard.maxHeaderBytes - 1000 || headers.count > HTTPGuard.maxHeaderFields - 5
+        let nearBounds =
+            headBytes.count > HTTPGuard.maxHeaderBytes - 1000 || headers.count > HTTPGuard.maxHeaderFields - 5
             || headers.contains(where: { $0.1.utf8.count > HTTPGuard.maxHeaderFieldBytes - 100 }) || path.utf8.count > 7000
         var bytes = headBytes + body
         var expected: Int?
@@ -365,7 +386,8 @@ enum RequestGen {
             expected = 400
         } else if wellFormed && !nearBounds {
             let p = String(path.prefix { $0 != "?" })
-            expected = HTTPGuard.refusal(method: method, contentLength: contentLength, transferEncoding: transferEncoding)?.status
+            expected =
+                HTTPGuard.refusal(method: method, contentLength: contentLength, transferEncoding: transferEncoding)?.status
                 ?? (Property.served(p, api: api) ? 200 : 404)
         }
         if r.chance(0.3) {
@@ -383,9 +405,9 @@ enum RequestGen {
             case 1: if !b.isEmpty { b[r.int(0...(b.count - 1))] = UInt8(r.int(0...255)) }
             case 2: b = Array(b.prefix(r.int(0...b.count)))
             case 3: b.insert(contentsOf: Array(randomText(&r, count: r.int(1...8)).utf8), at: r.int(0...b.count))
-            case 4: // CRLF made LF, or a stray CRLF
+            case 4:  // CRLF made LF, or a stray CRLF
                 if let i = b.firstIndex(of: 13) { b.remove(at: i) } else { b.insert(contentsOf: [13, 10], at: r.int(0...b.count)) }
-            case 5: b += b   // pipelined: the same request twice
+            case 5: b += b  // pipelined: the same request twice
             default:
                 if b.count > 2 {
                     let from = r.int(0...(b.count - 2)), to = min(b.count, from + r.int(1...40))
@@ -397,16 +419,21 @@ enum RequestGen {
     }
 
     static func acceptHeader(_ r: inout SeededRandom) -> String {
-        let types = ["application/openmetrics-text", "text/plain", "*/*", "application/json", "APPLICATION/OPENMETRICS-TEXT",
-                     "application/openmetrics-text;version=1.0.0", randomText(&r, count: 6)]
+        let types = [
+            "application/openmetrics-text", "text/plain", "*/*", "application/json", "APPLICATION/OPENMETRICS-TEXT",
+            "application/openmetrics-text;version=1.0.0", randomText(&r, count: 6),
+        ]
         let params = ["", ";q=0.5", ";q=0", ";q=1", ";q=nan", ";q=-1", ";q=inf", ";q=", ";escaping=allow-utf-8", ";q=0.9;version=0.0.4"]
         return (0..<r.int(0...5)).map { _ in r.pick(types) + r.pick(params) }.joined(separator: r.pick([",", ", ", ",,", " , "]))
     }
 
     static func randomText(_ r: inout SeededRandom, count: Int) -> String {
-        let pool: [UnicodeScalar] = Array("aZ09 -_:/?#%&=.,;\"\\{}[]\t".unicodeScalars)
-            + [UnicodeScalar(0x0)!, UnicodeScalar(0x1)!, UnicodeScalar(0xa)!, UnicodeScalar(0xd)!, UnicodeScalar(0x7f)!,
-               UnicodeScalar(0xe9)!, UnicodeScalar(0x2028)!, UnicodeScalar(0x202e)!, UnicodeScalar(0xfeff)!, UnicodeScalar(0x1f642)!]
+        let pool: [UnicodeScalar] =
+            Array("aZ09 -_:/?#%&=.,;\"\\{}[]\t".unicodeScalars)
+            + [
+                UnicodeScalar(0x0)!, UnicodeScalar(0x1)!, UnicodeScalar(0xa)!, UnicodeScalar(0xd)!, UnicodeScalar(0x7f)!,
+                UnicodeScalar(0xe9)!, UnicodeScalar(0x2028)!, UnicodeScalar(0x202e)!, UnicodeScalar(0xfeff)!, UnicodeScalar(0x1f642)!,
+            ]
         var s = String.UnicodeScalarView()
         for _ in 0..<count { s.append(r.pick(pool)) }
         return String(s)

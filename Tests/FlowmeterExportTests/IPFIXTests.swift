@@ -87,33 +87,44 @@ private enum E {
     static let direction: UInt16 = 61, start: UInt16 = 152, end: UInt16 = 153
 }
 
-private let expectedV4Template: [[UInt16]] = [[8, 4], [12, 4], [7, 2], [11, 2], [4, 1], [6, 2], [1, 8], [2, 8],
-                                              [152, 8], [153, 8], [10, 4], [14, 4], [61, 1]]
-private let expectedV6Template: [[UInt16]] = [[27, 16], [28, 16], [7, 2], [11, 2], [4, 1], [6, 2], [1, 8], [2, 8],
-                                              [152, 8], [153, 8], [10, 4], [14, 4], [61, 1]]
+private let expectedV4Template: [[UInt16]] = [
+    [8, 4], [12, 4], [7, 2], [11, 2], [4, 1], [6, 2], [1, 8], [2, 8],
+    [152, 8], [153, 8], [10, 4], [14, 4], [61, 1],
+]
+private let expectedV6Template: [[UInt16]] = [
+    [27, 16], [28, 16], [7, 2], [11, 2], [4, 1], [6, 2], [1, 8], [2, 8],
+    [152, 8], [153, 8], [10, 4], [14, 4], [61, 1],
+]
 
 // Wall = 1_700_000_000.123456789 s when monotonic = 5 s.
 private let clock = ClockMapping(realtimeNanos: 1_700_000_000_123_456_789, monotonicNanos: 5_000_000_000)
 
-private func flow(_ family: Family, src: IPAddress16, dst: IPAddress16, sport: UInt16 = 0, dport: UInt16 = 0,
-                  proto: UInt8 = 6, ifindex: UInt32 = 2, dir: Direction = .receive, packets: UInt64 = 1,
-                  bytes: UInt64 = 60, first: UInt64 = 5_000_000_000, last: UInt64 = 5_000_000_000,
-                  tcp: UInt8 = 0) -> FlowRecord {
-    FlowRecord(key: FlowKey(source: src, destination: dst, ifindex: ifindex, sourcePort: sport,
-                            destinationPort: dport, direction: dir, family: family, ipProtocol: proto, flags: []),
-               stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: first, lastSeenNanos: last,
-                                tcpFlags: tcp),
-               source: .flowMap)
+private func flow(
+    _ family: Family, src: IPAddress16, dst: IPAddress16, sport: UInt16 = 0, dport: UInt16 = 0,
+    proto: UInt8 = 6, ifindex: UInt32 = 2, dir: Direction = .receive, packets: UInt64 = 1,
+    bytes: UInt64 = 60, first: UInt64 = 5_000_000_000, last: UInt64 = 5_000_000_000,
+    tcp: UInt8 = 0
+) -> FlowRecord {
+    FlowRecord(
+        key: FlowKey(
+            source: src, destination: dst, ifindex: ifindex, sourcePort: sport,
+            destinationPort: dport, direction: dir, family: family, ipProtocol: proto, flags: []),
+        stats: FlowStats(
+            packets: packets, bytes: bytes, firstSeenNanos: first, lastSeenNanos: last,
+            tcpFlags: tcp),
+        source: .flowMap)
 }
 
 private func v4Flow(_ n: Int) -> FlowRecord {
-    flow(.ipv4, src: .v4(10, 0, UInt8(n >> 8), UInt8(n & 0xFF)), dst: .v4(192, 168, 1, 1),
-         sport: UInt16(1000 + n), dport: 443, packets: UInt64(n + 1), bytes: UInt64(100 * (n + 1)))
+    flow(
+        .ipv4, src: .v4(10, 0, UInt8(n >> 8), UInt8(n & 0xFF)), dst: .v4(192, 168, 1, 1),
+        sport: UInt16(1000 + n), dport: 443, packets: UInt64(n + 1), bytes: UInt64(100 * (n + 1)))
 }
 
 private func v6Flow(_ n: Int) -> FlowRecord {
-    flow(.ipv6, src: IPAddress16(hi: 0x2001_0db8_0000_0000, lo: UInt64(n)), dst: IPAddress16(hi: 0x2001_0db8_0000_0001, lo: 1),
-         sport: 53, dport: UInt16(2000 + n), proto: 17, dir: .transmit, packets: UInt64(n + 7), bytes: UInt64(n * 3))
+    flow(
+        .ipv6, src: IPAddress16(hi: 0x2001_0db8_0000_0000, lo: UInt64(n)), dst: IPAddress16(hi: 0x2001_0db8_0000_0001, lo: 1),
+        sport: 53, dport: UInt16(2000 + n), proto: 17, dir: .transmit, packets: UInt64(n + 7), bytes: UInt64(n * 3))
 }
 
 private let nonIP = flow(.other, src: .zero, dst: .zero, dport: 0x0806, proto: 0)
@@ -133,8 +144,11 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
         #expect(d.exportTime == 1_700_000_042)
         #expect(d.sequence == 0)
         #expect(d.domain == 0xDEAD_BEEF)
-        #expect(Array(msgs[0][0..<16]) == [0x00, 0x0A, 0x00, 0xC0, 0x65, 0x53, 0xF1, 0x2A,
-                                             0, 0, 0, 0, 0xDE, 0xAD, 0xBE, 0xEF])
+        #expect(
+            Array(msgs[0][0..<16]) == [
+                0x00, 0x0A, 0x00, 0xC0, 0x65, 0x53, 0xF1, 0x2A,
+                0, 0, 0, 0, 0xDE, 0xAD, 0xBE, 0xEF,
+            ])
         // Template set first, then one data set; lengths add up, all aligned.
         #expect(d.sets.map(\.id) == [2, 256])
         #expect(d.sets.map(\.length) == [116, 60])
@@ -184,8 +198,9 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
     @Test func templatesOnlyInFirstMessageOfACall() throws {
         var enc = IPFIXEncoder(observationDomain: 1)
         var t: [UInt16: [[UInt16]]] = [:]
-        let ds = try decodeAll(enc.messages(for: (0..<100).map(v4Flow), exportTimeSeconds: 10, clock: clock),
-                               templates: &t)
+        let ds = try decodeAll(
+            enc.messages(for: (0..<100).map(v4Flow), exportTimeSeconds: 10, clock: clock),
+            templates: &t)
         #expect(ds.count > 1)
         #expect(ds.map(hasTemplates) == [true] + Array(repeating: false, count: ds.count - 1))
     }
@@ -201,9 +216,10 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
 
     @Test func ipv4RecordRoundTrip() throws {
         // TCP, received on ifindex 7; first seen 1.5 s and last seen 3.25 s after the mapping point.
-        let f = flow(.ipv4, src: .v4(10, 1, 2, 3), dst: .v4(203, 0, 113, 250), sport: 51234, dport: 443, proto: 6,
-                     ifindex: 7, dir: .receive, packets: 0x1_0000_0001, bytes: 0x0123_4567_89AB_CDEF,
-                     first: 6_500_000_000, last: 8_250_999_999, tcp: 0x1B)
+        let f = flow(
+            .ipv4, src: .v4(10, 1, 2, 3), dst: .v4(203, 0, 113, 250), sport: 51234, dport: 443, proto: 6,
+            ifindex: 7, dir: .receive, packets: 0x1_0000_0001, bytes: 0x0123_4567_89AB_CDEF,
+            first: 6_500_000_000, last: 8_250_999_999, tcp: 0x1B)
         var enc = IPFIXEncoder(observationDomain: 9)
         var t: [UInt16: [[UInt16]]] = [:]
         let d = try decode(enc.messages(for: [f], exportTimeSeconds: 1, clock: clock)[0], templates: &t)
@@ -232,8 +248,9 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
         let src = IPAddress16(bytes: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef])
         let dst = IPAddress16(bytes: [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x02, 0x11, 0x22, 0xff, 0xfe, 0x33, 0x44, 0x55])
         // UDP with stray flag bits in the stats: tcpControlBits must still be 0.
-        let f = flow(.ipv6, src: src, dst: dst, sport: 5353, dport: 53, proto: 17, ifindex: 0x0102_0304,
-                     dir: .transmit, packets: 12, bytes: 3456, first: 5_000_000_000, last: 65_000_000_000, tcp: 0x12)
+        let f = flow(
+            .ipv6, src: src, dst: dst, sport: 5353, dport: 53, proto: 17, ifindex: 0x0102_0304,
+            dir: .transmit, packets: 12, bytes: 3456, first: 5_000_000_000, last: 65_000_000_000, tcp: 0x12)
         var enc = IPFIXEncoder(observationDomain: 9)
         var t: [UInt16: [[UInt16]]] = [:]
         let d = try decode(enc.messages(for: [f], exportTimeSeconds: 1, clock: clock)[0], templates: &t)
@@ -262,8 +279,9 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
     @Test func icmpTypeCodeInDestinationPort() throws {
         // Echo request (type 8, code 0) and port unreachable (3, 3), as the key stores them.
         let echo = flow(.ipv4, src: .v4(10, 0, 0, 1), dst: .v4(10, 0, 0, 2), sport: 0, dport: 8 << 8, proto: 1)
-        let unreach = flow(.ipv6, src: IPAddress16(hi: 1, lo: 2), dst: IPAddress16(hi: 3, lo: 4), sport: 0,
-                           dport: 3 << 8 | 3, proto: 58, tcp: 0x02)
+        let unreach = flow(
+            .ipv6, src: IPAddress16(hi: 1, lo: 2), dst: IPAddress16(hi: 3, lo: 4), sport: 0,
+            dport: 3 << 8 | 3, proto: 58, tcp: 0x02)
         var enc = IPFIXEncoder(observationDomain: 9)
         var t: [UInt16: [[UInt16]]] = [:]
         let d = try decode(enc.messages(for: [echo, unreach], exportTimeSeconds: 1, clock: clock)[0], templates: &t)
@@ -294,7 +312,8 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
         let ds = try decodeAll(msgs, templates: &t)
         // First message: (1400 - 16 - 116 - 4) / 56 = 22 records; then (1400 - 16 - 4) / 56 = 24.
         #expect(ds.map(\.records.count) == [22] + Array(repeating: 24, count: 19) + [22])
-        #expect(msgs.map(\.count) == [16 + 116 + 4 + 22 * 56] + Array(repeating: 16 + 4 + 24 * 56, count: 19)
+        #expect(
+            msgs.map(\.count) == [16 + 116 + 4 + 22 * 56] + Array(repeating: 16 + 4 + 24 * 56, count: 19)
                 + [16 + 4 + 22 * 56])
         #expect(msgs.allSatisfy { $0.count <= 1400 })
         var expectedSeq: UInt32 = 0
@@ -380,8 +399,10 @@ private func hasTemplates(_ d: Decoded) -> Bool { d.sets.first?.id == 2 }
         #expect(enc.skippedNonIP == 2)
         #expect(enc.recordsEncoded == 0)
         #expect(enc.templatesSentAt == nil)
-        let ds = try decodeAll(enc.messages(for: [nonIP, v4Flow(1), nonIP, v6Flow(2), nonIP],
-                                            exportTimeSeconds: 11, clock: clock), templates: &t)
+        let ds = try decodeAll(
+            enc.messages(
+                for: [nonIP, v4Flow(1), nonIP, v6Flow(2), nonIP],
+                exportTimeSeconds: 11, clock: clock), templates: &t)
         #expect(ds.count == 1)
         #expect(hasTemplates(ds[0]))
         #expect(ds[0].records.map(\.template) == [256, 257])

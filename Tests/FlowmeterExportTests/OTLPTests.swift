@@ -188,8 +188,9 @@ struct DecodedRequest {
             let data = [5, 7, 9].filter { m.numbers.contains($0) }
             guard data.count == 1 else { throw PBMessage.DecodeError("metric with data fields \(data)") }
             let body = try m.message(data[0])
-            var out = Metric(name: try m.string(1) ?? "", description: try m.string(2), unit: try m.string(3),
-                             kind: [5: "gauge", 7: "sum", 9: "histogram"][data[0]]!, points: [])
+            var out = Metric(
+                name: try m.string(1) ?? "", description: try m.string(2), unit: try m.string(3),
+                kind: [5: "gauge", 7: "sum", 9: "histogram"][data[0]]!, points: [])
             switch data[0] {
             case 5:
                 try body.only([1], "Gauge")
@@ -204,13 +205,15 @@ struct DecodedRequest {
             out.points = try body.messages(1).map { p in
                 if data[0] == 9 {
                     try p.only([2, 3, 4, 5, 6, 7, 9], "HistogramDataPoint")
-                    return Point(attributes: try Self.attributes(p, 9), start: try p.fixed64(2), time: try p.fixed64(3),
-                                 count: try p.fixed64(4), sum: try p.double(5),
-                                 bucketCounts: try p.repeatedFixed64(6), bounds: try p.repeatedDouble(7))
+                    return Point(
+                        attributes: try Self.attributes(p, 9), start: try p.fixed64(2), time: try p.fixed64(3),
+                        count: try p.fixed64(4), sum: try p.double(5),
+                        bucketCounts: try p.repeatedFixed64(6), bounds: try p.repeatedDouble(7))
                 }
                 try p.only([2, 3, 4, 7], "NumberDataPoint")
-                return Point(attributes: try Self.attributes(p, 7), start: try p.fixed64(2), time: try p.fixed64(3),
-                             value: try p.double(4))
+                return Point(
+                    attributes: try Self.attributes(p, 7), start: try p.fixed64(2), time: try p.fixed64(3),
+                    value: try p.double(4))
             }
             return out
         }
@@ -228,20 +231,25 @@ struct DecodedRequest {
 
     /// A record of the client end (10.0.0.1:40000, process "checkout") of a
     /// connection to postgres (10.0.0.2:5432).
-    static func ev(_ kind: SocketEvent.Kind, id: UInt64, ts: UInt64, sent: UInt64 = 0, received: UInt64 = 0,
-                   srtt: UInt32 = 0, retrans: UInt32 = 0, reason: SocketEvent.FailReason = .none) -> SocketEvent {
-        SocketEvent(kind: kind, role: .client, family: .ipv4, ipProtocol: 6, reason: reason, socketID: id,
-                    timestampNanos: ts, startNanos: 1, owner: SocketOwner(tgid: 1, pid: 1, name: "checkout", cgroupID: 0),
-                    localAddress: client, remoteAddress: server, localPort: 40000, remotePort: 5432,
-                    srttMicros: srtt, bytesSent: sent, bytesReceived: received, retransmits: retrans,
-                    resetsSent: 0, resetsReceived: 0, error: 0)
+    static func ev(
+        _ kind: SocketEvent.Kind, id: UInt64, ts: UInt64, sent: UInt64 = 0, received: UInt64 = 0,
+        srtt: UInt32 = 0, retrans: UInt32 = 0, reason: SocketEvent.FailReason = .none
+    ) -> SocketEvent {
+        SocketEvent(
+            kind: kind, role: .client, family: .ipv4, ipProtocol: 6, reason: reason, socketID: id,
+            timestampNanos: ts, startNanos: 1, owner: SocketOwner(tgid: 1, pid: 1, name: "checkout", cgroupID: 0),
+            localAddress: client, remoteAddress: server, localPort: 40000, remotePort: 5432,
+            srttMicros: srtt, bytesSent: sent, bytesReceived: received, retransmits: retrans,
+            resetsSent: 0, resetsReceived: 0, error: 0)
     }
 
     static func flow(_ d: Direction, packets: UInt64, bytes: UInt64) -> FlowRecord {
-        FlowRecord(key: FlowKey(source: .zero, destination: .zero, ifindex: 2, sourcePort: 0, destinationPort: 0,
-                                direction: d, family: .ipv4, ipProtocol: 1, flags: []),
-                   stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 0, lastSeenNanos: 0, tcpFlags: 0),
-                   source: .flowMap)
+        FlowRecord(
+            key: FlowKey(
+                source: .zero, destination: .zero, ifindex: 2, sourcePort: 0, destinationPort: 0,
+                direction: d, family: .ipv4, ipProtocol: 1, flags: []),
+            stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 0, lastSeenNanos: 0, tcpFlags: 0),
+            source: .flowMap)
     }
 
     /// Interface totals, hooks, and one TCP pair checkout -> postgres with
@@ -257,21 +265,27 @@ struct DecodedRequest {
         var udp = ev(.open, id: 13, ts: 1)
         udp.ipProtocol = 17
         a.connections = [ev(.open, id: 11, ts: 1), ev(.open, id: 12, ts: 1), udp]
-        let resolver = ServiceResolver(rules: [ServiceRule(service: "postgres", ports: try! PortRange(parsing: "5432"))],
-                                       peers: [PeerRule(service: "postgres", ports: try! PortRange(parsing: "5432"))])
+        let resolver = ServiceResolver(
+            rules: [ServiceRule(service: "postgres", ports: try! PortRange(parsing: "5432"))],
+            peers: [PeerRule(service: "postgres", ports: try! PortRange(parsing: "5432"))])
         var agg = ServiceAggregator(resolver: resolver, limits: .defaults)
-        agg.apply([ev(.failed, id: 3, ts: 5, reason: .refused),
-                   ev(.open, id: 1, ts: 10),
-                   ev(.update, id: 1, ts: 20, sent: 100, received: 7, srtt: 250),
-                   ev(.close, id: 1, ts: 40, sent: 400, received: 9, srtt: 3000, retrans: 2)], cgroupPath: { _ in nil })
+        agg.apply(
+            [
+                ev(.failed, id: 3, ts: 5, reason: .refused),
+                ev(.open, id: 1, ts: 10),
+                ev(.update, id: 1, ts: 20, sent: 100, received: 7, srtt: 250),
+                ev(.close, id: 1, ts: 40, sent: 400, received: 9, srtt: 3000, retrans: 2),
+            ], cgroupPath: { _ in nil })
         agg.markExposed(Set(agg.pairs.keys))
         a.services = agg
         return a
     }
 
     static func decoded(_ a: Accounting = snapshot()) throws -> DecodedRequest {
-        try DecodedRequest(OTLPEncoder.request(a, resource: resource, scopeVersion: version,
-                                               startUnixNanos: start, nowUnixNanos: now))
+        try DecodedRequest(
+            OTLPEncoder.request(
+                a, resource: resource, scopeVersion: version,
+                startUnixNanos: start, nowUnixNanos: now))
     }
 
     static let pairLabels = [["service", "checkout"], ["peer_service", "postgres"], ["transport", "tcp"]]
@@ -282,8 +296,11 @@ struct DecodedRequest {
         return lines.compactMap { l -> String? in
             guard l.hasPrefix("# TYPE ") else { return nil }
             let name = String(l.split(separator: " ")[2])
-            return lines.contains { !$0.hasPrefix("#") && ($0.hasPrefix(name + "{") || $0.hasPrefix(name + " ")
-                                                           || $0.hasPrefix(name + "_bucket{")) } ? name : nil
+            return lines.contains {
+                !$0.hasPrefix("#")
+                    && ($0.hasPrefix(name + "{") || $0.hasPrefix(name + " ")
+                        || $0.hasPrefix(name + "_bucket{"))
+            } ? name : nil
         }
     }
 
@@ -299,9 +316,11 @@ struct DecodedRequest {
         let present = Self.familiesWithSamples(text)
         // The fixture fills every family of these.
         typealias C = MetricCatalog
-        let filled = [C.interfaceBytes, C.interfacePackets, C.ringLost, C.flowTableEntries, C.insertFailures,
-                      C.records, C.socketsTracked, C.hookInfo, C.seriesDropped, C.buildInfo, C.malformed, C.networkBytes,
-                      C.networkPackets, C.tcpOpened, C.tcpFailed, C.tcpActive, C.tcpRetransmits, C.tcpResets, C.tcpRTT].map(\.name)
+        let filled = [
+            C.interfaceBytes, C.interfacePackets, C.ringLost, C.flowTableEntries, C.insertFailures,
+            C.records, C.socketsTracked, C.hookInfo, C.seriesDropped, C.buildInfo, C.malformed, C.networkBytes,
+            C.networkPackets, C.tcpOpened, C.tcpFailed, C.tcpActive, C.tcpRetransmits, C.tcpResets, C.tcpRTT,
+        ].map(\.name)
         #expect(Set(filled).isSubset(of: present))
         #expect(Set(present).isSubset(of: MetricCatalog.all.map(\.name)))
         let r = try Self.decoded()
@@ -329,12 +348,16 @@ struct DecodedRequest {
         #expect(text.contains("# TYPE flowmeter_hook_info gauge\n"))
         let r = try Self.decoded(Accounting())
         let names = r.metrics.map(\.name)
-        for absent in ["flowmeter.interface.io.bytes", "flowmeter.interface.packets", "flowmeter.hook.info",
-                       "flowmeter.sockets.tracked", "flowmeter.network.io.bytes", "flowmeter.tcp.rtt.seconds"] {
+        for absent in [
+            "flowmeter.interface.io.bytes", "flowmeter.interface.packets", "flowmeter.hook.info",
+            "flowmeter.sockets.tracked", "flowmeter.network.io.bytes", "flowmeter.tcp.rtt.seconds",
+        ] {
             #expect(!names.contains(absent), "\(absent)")
         }
-        for present in ["flowmeter.ringbuf.lost.records", "flowmeter.flow.table.entries", "flowmeter.records",
-                        "flowmeter.series.dropped", "flowmeter.build.info"] {
+        for present in [
+            "flowmeter.ringbuf.lost.records", "flowmeter.flow.table.entries", "flowmeter.records",
+            "flowmeter.series.dropped", "flowmeter.build.info",
+        ] {
             #expect(names.contains(present), "\(present)")
         }
         #expect(r.metrics.map(\.name) == Self.familiesWithSamples(text).map(OTLPEncoder.otlpName))
@@ -342,15 +365,24 @@ struct DecodedRequest {
 
     @Test func counterIsACumulativeMonotonicSum() throws {
         let text = MetricsRenderer.render(Self.snapshot(), version: Self.version)
-        #expect(text.contains("flowmeter_network_io_bytes_total{service=\"checkout\",peer_service=\"postgres\",transport=\"tcp\",direction=\"transmit\"} 400\n"))
-        #expect(text.contains("flowmeter_network_io_bytes_total{service=\"checkout\",peer_service=\"postgres\",transport=\"tcp\",direction=\"receive\"} 9\n"))
+        #expect(
+            text.contains(
+                "flowmeter_network_io_bytes_total{service=\"checkout\",peer_service=\"postgres\",transport=\"tcp\",direction=\"transmit\"} 400\n"
+            ))
+        #expect(
+            text.contains(
+                "flowmeter_network_io_bytes_total{service=\"checkout\",peer_service=\"postgres\",transport=\"tcp\",direction=\"receive\"} 9\n"
+            ))
         let m = try Self.decoded().metric("flowmeter.network.io.bytes")
         #expect(m.kind == "sum" && m.temporality == 2 && m.monotonic == 1)
         #expect(m.unit == "By")
         #expect(m.description == MetricCatalog.networkBytes.help)
         #expect(m.points.count == 2)
-        #expect(m.points.map(\.attributes) == [Self.pairLabels + [["direction", "transmit"]],
-                                               Self.pairLabels + [["direction", "receive"]]])
+        #expect(
+            m.points.map(\.attributes) == [
+                Self.pairLabels + [["direction", "transmit"]],
+                Self.pairLabels + [["direction", "receive"]],
+            ])
         #expect(m.points.map(\.value) == [400, 9])
         #expect(m.points.allSatisfy { $0.start == Self.start && $0.time == Self.now && $0.count == nil })
 
@@ -361,8 +393,11 @@ struct DecodedRequest {
 
         let iface = try Self.decoded().metric("flowmeter.interface.io.bytes")
         #expect(text.contains("flowmeter_interface_io_bytes_total{interface=\"eth0\",direction=\"receive\"} 1234567\n"))
-        #expect(iface.points.map(\.attributes) == [[["interface", "eth0"], ["direction", "receive"]],
-                                                   [["interface", "eth0"], ["direction", "transmit"]]])
+        #expect(
+            iface.points.map(\.attributes) == [
+                [["interface", "eth0"], ["direction", "receive"]],
+                [["interface", "eth0"], ["direction", "transmit"]],
+            ])
         #expect(iface.points.map(\.value) == [1_234_567, 4000])
     }
 
@@ -439,8 +474,9 @@ struct DecodedRequest {
     }
 
     @Test func exactBytesOfASmallRequest() {
-        let bytes = OTLPEncoder.request(families: [], resource: [("a", "b")], scopeVersion: "v",
-                                        startUnixNanos: 1, nowUnixNanos: 2)
+        let bytes = OTLPEncoder.request(
+            families: [], resource: [("a", "b")], scopeVersion: "v",
+            startUnixNanos: 1, nowUnixNanos: 2)
         let kv: [UInt8] = [0x0A, 0x01, 0x61, 0x12, 0x03, 0x0A, 0x01, 0x62]
         let resource: [UInt8] = [0x0A, 0x08] + kv
         let scope: [UInt8] = [0x0A, 0x0A] + Array("flowmeterd".utf8) + [0x12, 0x01, 0x76]
@@ -451,9 +487,13 @@ struct DecodedRequest {
 
     @Test func exactBytesOfAGaugeAndAHistogram() throws {
         let g = MetricFamilyData(name: "g", kind: .gauge, help: "", series: [.init(labels: [], value: .number(0.5))])
-        let h = MetricFamilyData(name: "h_seconds", kind: .histogram, help: "",
-                                 series: [.init(labels: [("k", "v")],
-                                                value: .histogram(.init(bounds: [1], counts: [300, 2], sum: 2, count: 302)))])
+        let h = MetricFamilyData(
+            name: "h_seconds", kind: .histogram, help: "",
+            series: [
+                .init(
+                    labels: [("k", "v")],
+                    value: .histogram(.init(bounds: [1], counts: [300, 2], sum: 2, count: 302)))
+            ])
         let bytes = OTLPEncoder.request(families: [g, h], resource: [], scopeVersion: "", startUnixNanos: 0x0102, nowUnixNanos: 0x0304)
         func le(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> UInt64(8 * $0)) } }
         /// A length up to 16383 as a varint.
@@ -465,12 +505,14 @@ struct DecodedRequest {
         hp += [0x32, 16] + le(300) + le(2) + [0x3A, 8] + le(1.0.bitPattern)
         hp += [0x4A, UInt8(kv.count)] + kv
         let histogram: [UInt8] = [0x0A, UInt8(hp.count)] + hp + [0x10, 0x02]
-        let histogramMetric: [UInt8] = [0x0A, 0x09] + Array("h.seconds".utf8) + [0x1A, 0x01, 0x73, 0x4A, UInt8(histogram.count)] + histogram
+        let histogramMetric: [UInt8] =
+            [0x0A, 0x09] + Array("h.seconds".utf8) + [0x1A, 0x01, 0x73, 0x4A, UInt8(histogram.count)] + histogram
         let scope: [UInt8] = [0x0A, 0x0A] + Array("flowmeterd".utf8)
-        let sm: [UInt8] = [0x0A] + len(scope) + scope + [0x12] + len(gaugeMetric) + gaugeMetric
+        let sm: [UInt8] =
+            [0x0A] + len(scope) + scope + [0x12] + len(gaugeMetric) + gaugeMetric
             + [0x12] + len(histogramMetric) + histogramMetric
         let rm: [UInt8] = [0x0A, 0x00, 0x12] + len(sm) + sm
-        #expect(sm.count > 127 && rm.count > 127) // two-byte lengths
+        #expect(sm.count > 127 && rm.count > 127)  // two-byte lengths
         #expect(bytes == [0x0A] + len(rm) + rm)
         // Lengths past 127 take a two-byte varint.
         let long = String(repeating: "x", count: 300)
@@ -484,30 +526,38 @@ struct DecodedRequest {
 
     @Test func parserReadsBackWhatExpositionWrites() {
         var e = Exposition()
-        e.family(.init(name: "c_total", kind: .counter, help: "a \\ b\nc"),
-                 [([("a", "q\"u\\o\nte"), ("b", "")], 3), ([], 1.5), ([("x", "y")], .infinity), ([("x", "z")], 1e20)])
+        e.family(
+            .init(name: "c_total", kind: .counter, help: "a \\ b\nc"),
+            [([("a", "q\"u\\o\nte"), ("b", "")], 3), ([], 1.5), ([("x", "y")], .infinity), ([("x", "z")], 1e20)])
         e.family(.init(name: "empty", kind: .gauge, help: "none"), [])
         e.family(.init(name: "n", kind: .gauge, help: "nan"), [([], .nan), ([("s", "-")], -.infinity)])
         var h = Histogram(bounds: [0.5, 1])
         h.observe(0.25); h.observe(0.75); h.observe(0.75); h.observe(7)
-        e.histogram(.init(name: "h_seconds", kind: .histogram, help: "hist"),
-                     [([("p", "1")], h), ([("p", "2")], Histogram(bounds: [0.5, 1]))])
+        e.histogram(
+            .init(name: "h_seconds", kind: .histogram, help: "hist"),
+            [([("p", "1")], h), ([("p", "2")], Histogram(bounds: [0.5, 1]))])
         let parsed = ExpositionParser.parse(e.body)
         #expect(parsed.errors.isEmpty)
         let f = parsed.families
         #expect(f.map(\.name) == ["c_total", "empty", "n", "h_seconds"])
         #expect(f.map(\.kind) == [.counter, .gauge, .gauge, .histogram])
         #expect(f.map(\.help) == ["a \\ b\nc", "none", "nan", "hist"])
-        #expect(f[0].series == [.init(labels: [("a", "q\"u\\o\nte"), ("b", "")], value: .number(3)),
-                                .init(labels: [], value: .number(1.5)),
-                                .init(labels: [("x", "y")], value: .number(.infinity)),
-                                .init(labels: [("x", "z")], value: .number(1e20))])
+        #expect(
+            f[0].series == [
+                .init(labels: [("a", "q\"u\\o\nte"), ("b", "")], value: .number(3)),
+                .init(labels: [], value: .number(1.5)),
+                .init(labels: [("x", "y")], value: .number(.infinity)),
+                .init(labels: [("x", "z")], value: .number(1e20)),
+            ])
         #expect(f[1].series.isEmpty)
         #expect(f[2].series.count == 2)
         if case .number(let v) = f[2].series[0].value { #expect(v.isNaN) } else { Issue.record("NaN sample") }
         #expect(f[2].series[1] == .init(labels: [("s", "-")], value: .number(-.infinity)))
-        #expect(f[3].series == [.init(labels: [("p", "1")], value: .histogram(.init(bounds: [0.5, 1], counts: [1, 2, 1], sum: 8.75, count: 4))),
-                                .init(labels: [("p", "2")], value: .histogram(.init(bounds: [0.5, 1], counts: [0, 0, 0], sum: 0, count: 0)))])
+        #expect(
+            f[3].series == [
+                .init(labels: [("p", "1")], value: .histogram(.init(bounds: [0.5, 1], counts: [1, 2, 1], sum: 8.75, count: 4))),
+                .init(labels: [("p", "2")], value: .histogram(.init(bounds: [0.5, 1], counts: [0, 0, 0], sum: 0, count: 0))),
+            ])
     }
 
     @Test func parserReportsWhatItCannotRead() {

@@ -1,10 +1,11 @@
 import FlowmeterCore
 import FlowmeterExport
-@testable import FlowmeterPipeline
 import Foundation
 import Logging
 import Synchronization
 import Testing
+
+@testable import FlowmeterPipeline
 
 // The pipeline on recorded batches: fake kernel sources, recording sinks, no
 // privileges. What the real kernel sources do is the e2e suite's.
@@ -22,9 +23,15 @@ final class FakeFlowKernel: FlowKernel {
     let state = Mutex(State())
 
     func evict() throws -> [FlowRecord] {
-        state.withLock { s in s.calls.append("evict"); return s.evictions.isEmpty ? [] : s.evictions.removeFirst() }
+        state.withLock { s in
+            s.calls.append("evict"); return s.evictions.isEmpty ? [] : s.evictions.removeFirst()
+        }
     }
-    func drainAll() throws -> [FlowRecord] { state.withLock { s in s.calls.append("drainAll"); return s.finalDrain } }
+    func drainAll() throws -> [FlowRecord] {
+        state.withLock { s in
+            s.calls.append("drainAll"); return s.finalDrain
+        }
+    }
     func readCounters() throws -> KernelCounters { state.withLock { $0.counters } }
     func startRing() { state.withLock { $0.calls.append("startRing") } }
     func stopRing() { state.withLock { $0.calls.append("stopRing") } }
@@ -54,7 +61,9 @@ final class FakeSocketKernel: SocketKernel {
     var ringBacklogged: Bool { false }
     var ringStalls: UInt64 { 0 }
     func collectUpdates() throws -> [SocketEvent] {
-        state.withLock { s in s.calls.append("updates"); return s.updates.isEmpty ? [] : s.updates.removeFirst() }
+        state.withLock { s in
+            s.calls.append("updates"); return s.updates.isEmpty ? [] : s.updates.removeFirst()
+        }
     }
     func readCounters() throws -> (eventsLost: UInt64, tableFull: UInt64) { (0, 0) }
     func liveSocketIDs() throws -> Set<UInt64>? { [] }
@@ -95,39 +104,51 @@ final class FailingSink: Sink {
 @Suite struct PipelineTests {
     static let a = IPAddress16.v4(10, 0, 0, 1), b = IPAddress16.v4(10, 0, 0, 2)
 
-    static func flow(_ sport: UInt16, packets: UInt64, bytes: UInt64, dir: Direction = .transmit,
-                     source: FlowSource = .flowMap) -> FlowRecord {
-        FlowRecord(key: FlowKey(source: a, destination: b, ifindex: 2, sourcePort: sport, destinationPort: 5432,
-                                direction: dir, family: .ipv4, ipProtocol: 6, flags: []),
-                   stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
-                   source: source)
+    static func flow(
+        _ sport: UInt16, packets: UInt64, bytes: UInt64, dir: Direction = .transmit,
+        source: FlowSource = .flowMap
+    ) -> FlowRecord {
+        FlowRecord(
+            key: FlowKey(
+                source: a, destination: b, ifindex: 2, sourcePort: sport, destinationPort: 5432,
+                direction: dir, family: .ipv4, ipProtocol: 6, flags: []),
+            stats: FlowStats(packets: packets, bytes: bytes, firstSeenNanos: 1, lastSeenNanos: 2, tcpFlags: 0),
+            source: source)
     }
 
     /// The client end (10.0.0.1:sport -> 10.0.0.2:5432) of a connection.
-    static func socket(_ kind: SocketEvent.Kind, id: UInt64, sport: UInt16, ts: UInt64, sent: UInt64 = 0,
-                       received: UInt64 = 0) -> SocketEvent {
-        SocketEvent(kind: kind, role: .client, family: .ipv4, ipProtocol: 6, reason: .none, socketID: id,
-                    timestampNanos: ts, startNanos: 1, owner: SocketOwner(tgid: 7, pid: 7, name: "checkout", cgroupID: 42),
-                    localAddress: a, remoteAddress: b, localPort: sport, remotePort: 5432, srttMicros: 100,
-                    bytesSent: sent, bytesReceived: received, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)
+    static func socket(
+        _ kind: SocketEvent.Kind, id: UInt64, sport: UInt16, ts: UInt64, sent: UInt64 = 0,
+        received: UInt64 = 0
+    ) -> SocketEvent {
+        SocketEvent(
+            kind: kind, role: .client, family: .ipv4, ipProtocol: 6, reason: .none, socketID: id,
+            timestampNanos: ts, startNanos: 1, owner: SocketOwner(tgid: 7, pid: 7, name: "checkout", cgroupID: 42),
+            localAddress: a, remoteAddress: b, localPort: sport, remotePort: 5432, srttMicros: 100,
+            bytesSent: sent, bytesReceived: received, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)
     }
 
-    static func pipeline(_ flows: FakeFlowKernel, _ sockets: FakeSocketKernel?, sinks: [Sink],
-                         now: UInt64 = 1_000_000_000) -> Pipeline {
+    static func pipeline(
+        _ flows: FakeFlowKernel, _ sockets: FakeSocketKernel?, sinks: [Sink],
+        now: UInt64 = 1_000_000_000
+    ) -> Pipeline {
         let accounting = SharedAccounting()
         accounting.update { a in
             a.socketTelemetry = sockets != nil
             if sockets != nil {
                 a.services = ServiceAggregator(
                     resolver: ServiceResolver(rules: [], peers: [PeerRule(service: "postgres", ports: try! PortRange(parsing: "5432"))]),
-                    limits: AggregationLimits(maxSeriesPerMetric: 100, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000),
-                                              peerAddresses: false))
+                    limits: AggregationLimits(
+                        maxSeriesPerMetric: 100, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000),
+                        peerAddresses: false))
             }
         }
-        let clock = PipelineClock(monotonic: { now }, mapping: { ClockMapping(realtimeNanos: 1_700_000_000_000_000_000, monotonicNanos: Int64(now)) })
-        return Pipeline(flows: flows, sockets: sockets, sinks: sinks, accounting: accounting,
-                        names: InterfaceNames([2: "veth-a"]), cgroupPath: { $0 == 42 ? "/shop/checkout" : nil },
-                        interval: FlowDuration(nanoseconds: 1_000_000_000), logger: Logger(label: "test"), clock: clock)
+        let clock = PipelineClock(
+            monotonic: { now }, mapping: { ClockMapping(realtimeNanos: 1_700_000_000_000_000_000, monotonicNanos: Int64(now)) })
+        return Pipeline(
+            flows: flows, sockets: sockets, sinks: sinks, accounting: accounting,
+            names: InterfaceNames([2: "veth-a"]), cgroupPath: { $0 == 42 ? "/shop/checkout" : nil },
+            interval: FlowDuration(nanoseconds: 1_000_000_000), logger: Logger(label: "test"), clock: clock)
     }
 
     /// Flows from the table and the overflow ring, and socket events: the
@@ -137,7 +158,12 @@ final class FailingSink: Sink {
         let flows = FakeFlowKernel(), sockets = FakeSocketKernel(), sink = RecordingSink("rec")
         flows.state.withLock {
             $0.evictions = [[Self.flow(40000, packets: 10, bytes: 1000), Self.flow(40001, packets: 1, bytes: 60)]]
-            $0.ring = [[Self.flow(40000, packets: 1, bytes: 100, source: .flowsRing), Self.flow(40000, packets: 1, bytes: 100, source: .flowsRing)]]
+            $0.ring = [
+                [
+                    Self.flow(40000, packets: 1, bytes: 100, source: .flowsRing),
+                    Self.flow(40000, packets: 1, bytes: 100, source: .flowsRing),
+                ]
+            ]
             $0.counters.flowInsertFailures = 2
         }
         sockets.state.withLock {
@@ -238,8 +264,9 @@ final class FailingSink: Sink {
     @Test func runPassesUntilCancelledThenFlushes() async throws {
         let flows = FakeFlowKernel(), sink = RecordingSink("rec")
         let accounting = SharedAccounting()
-        let p = Pipeline(flows: flows, sockets: nil, sinks: [sink], accounting: accounting, names: InterfaceNames([:]),
-                         cgroupPath: { _ in nil }, interval: FlowDuration(nanoseconds: 20_000_000), logger: Logger(label: "test"))
+        let p = Pipeline(
+            flows: flows, sockets: nil, sinks: [sink], accounting: accounting, names: InterfaceNames([:]),
+            cgroupPath: { _ in nil }, interval: FlowDuration(nanoseconds: 20_000_000), logger: Logger(label: "test"))
         let task = Task { await p.run() }
         // Until two interval passes happened (bounded: a loaded machine may be slow).
         for _ in 0..<600 where sink.passes.withLock({ $0.count }) < 2 {

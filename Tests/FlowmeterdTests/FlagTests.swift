@@ -1,6 +1,7 @@
-@testable import flowmeterd
 import FlowmeterConfig
 import Testing
+
+@testable import flowmeterd
 
 /// Every setting has its flag on `run`, read as the table says.
 @Suite struct FlagTests {

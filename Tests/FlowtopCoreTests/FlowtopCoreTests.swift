@@ -1,6 +1,7 @@
+import Testing
+
 @testable import FlowmeterCore
 @testable import FlowtopCore
-import Testing
 
 @Suite struct FlowtopCoreTests {
     /// The cells of a plain table's rows, split at runs of two or more spaces.
@@ -32,14 +33,18 @@ import Testing
         var total: UInt64 = 0
         for t in 0...last {
             total += r(t)
-            let rx: UInt64 = t <= 44 ? UInt64(t) * 1000 : 300   // the daemon restarted before t = 45
-            h.add(Fixture.snapshot(
-                at: Fixture.t0 + Int64(t) * 1000,
-                interfaces: [Fixture.interface("eth0", tx: total, rx: rx, txPackets: UInt64(t) * 2)],
-                services: [Fixture.service("a", "b", tx: total, rx: rx)]
-                    + (t >= 44 ? [Fixture.service("new", "b", tx: t == 44 ? 500 : 700)] : []),
-                connections: [Fixture.connection("c", "1.1.1.1:1", "2.2.2.2:2", pid: 1, process: "p",
-                                                 sent: total, received: 0)]))
+            let rx: UInt64 = t <= 44 ? UInt64(t) * 1000 : 300  // the daemon restarted before t = 45
+            h.add(
+                Fixture.snapshot(
+                    at: Fixture.t0 + Int64(t) * 1000,
+                    interfaces: [Fixture.interface("eth0", tx: total, rx: rx, txPackets: UInt64(t) * 2)],
+                    services: [Fixture.service("a", "b", tx: total, rx: rx)]
+                        + (t >= 44 ? [Fixture.service("new", "b", tx: t == 44 ? 500 : 700)] : []),
+                    connections: [
+                        Fixture.connection(
+                            "c", "1.1.1.1:1", "2.2.2.2:2", pid: 1, process: "p",
+                            sent: total, received: 0)
+                    ]))
         }
         return h
     }
@@ -47,9 +52,9 @@ import Testing
     @Test func windowRatesUseTheOldestSnapshotWithinTheWindow() {
         let h = Self.ramp()
         let pair = ServicePair(service: "a", peer: "b", transport: "tcp")
-        #expect(h.serviceRate(pair, window: 2).tx == 5000)          // 2 × 5000 / 2
-        #expect(h.serviceRate(pair, window: 10).tx == 1800)         // (8 × 1000 + 2 × 5000) / 10
-        #expect(h.serviceRate(pair, window: 40).tx == 525)          // (30 × 100 + 8000 + 10000) / 40
+        #expect(h.serviceRate(pair, window: 2).tx == 5000)  // 2 × 5000 / 2
+        #expect(h.serviceRate(pair, window: 10).tx == 1800)  // (8 × 1000 + 2 × 5000) / 10
+        #expect(h.serviceRate(pair, window: 40).tx == 525)  // (30 × 100 + 8000 + 10000) / 40
         #expect(h.interfaceRate("eth0", window: 10).tx == 1800)
         #expect(h.interfacePacketRate("eth0", window: 2).tx == 2)
         #expect(h.connectionRate("c", window: 40).tx == 525)
@@ -88,7 +93,7 @@ import Testing
         #expect(h.serviceRate(pair, window: 2) == .zero)
         #expect(h.serviceTrend(pair, count: 3) == [nil, nil, nil])
         h.add(Fixture.snapshot(at: Fixture.t0 + 5000, services: [Fixture.service("a", "b", tx: 6000)]))
-        #expect(h.serviceRate(pair, window: 2).tx == 1000)   // 5000 over the 5 s gap
+        #expect(h.serviceRate(pair, window: 2).tx == 1000)  // 5000 over the 5 s gap
         #expect(h.serviceTrend(pair, count: 3) == [nil, nil, 1000])
         #expect(h.serviceRate(ServicePair(service: "x", peer: "y", transport: "tcp"), window: 2) == .zero)
     }
@@ -132,8 +137,9 @@ import Testing
         #expect(dup.flowRate(key) == 10_000 && dup.flowTotal(key) == 10_000)
         #expect(dup.flowRate(FlowKey(interface: "x", direction: "receive", proto: "tcp", src: "a", dst: "b")) == 0)
         // Fixture: 620 KB per 1 s interval in each of 5 snapshots.
-        let rx = FlowKey(interface: "eth0", direction: "receive", proto: "tcp", src: "10.0.1.20:5432",
-                         dst: "10.0.0.5:40001")
+        let rx = FlowKey(
+            interface: "eth0", direction: "receive", proto: "tcp", src: "10.0.1.20:5432",
+            dst: "10.0.0.5:40001")
         #expect(Fixture.history.flowRate(rx) == 620_000 && Fixture.history.flowTotal(rx) == 3_100_000)
     }
 
@@ -207,9 +213,9 @@ import Testing
         #expect(Sparkline.render([0, 10, 20, 30, 40, 50, 60, 70], width: 8) == "▁▂▃▄▅▆▇█")
         #expect(Sparkline.render([0, 0, 0], width: 3) == "▁▁▁")
         #expect(Sparkline.render([5, 5], width: 2) == "██")
-        #expect(Sparkline.render([1, 2], width: 4) == "  ▅█")          // 1/2 × 7 = 3.5 → level 4
+        #expect(Sparkline.render([1, 2], width: 4) == "  ▅█")  // 1/2 × 7 = 3.5 → level 4
         #expect(Sparkline.render([nil, 0, 3], width: 3) == " ▁█")
-        #expect(Sparkline.render([100, 0, 4], width: 2) == "▁█")        // only the shown values scale
+        #expect(Sparkline.render([100, 0, 4], width: 2) == "▁█")  // only the shown values scale
         #expect(Sparkline.render([1], width: 0) == "")
         // From the history: eth0 per second 3.25, 4.25, 2.25, 5.25 MB.
         #expect(Fixture.history.interfaceTrend("eth0", count: 4) == [3_250_000, 4_250_000, 2_250_000, 5_250_000])
@@ -221,16 +227,20 @@ import Testing
     @Test func sortingEachViewAndReverse() {
         // services: default TX/s largest first; t again reverses.
         var s = Fixture.state(.services)
-        let byTx = ["checkout postgres", "checkout frontend", "payments-api unknown", "sshd unknown",
-                    "coredns unknown", "\(Fixture.pod) checkout"]
+        let byTx = [
+            "checkout postgres", "checkout frontend", "payments-api unknown", "sshd unknown",
+            "coredns unknown", "\(Fixture.pod) checkout",
+        ]
         #expect(Self.firstTwo(.services, s) == byTx)
         _ = s.handle(.char("t"))
         #expect(s.sort(for: .services) == SortOrder(column: .tx, descending: false))
         #expect(Self.firstTwo(.services, s) == byTx.reversed())
         #expect(render(s, Fixture.history, width: 80, height: 24).lines[2].contains("TX/s▲"))
         _ = s.handle(.char("s"))
-        let byName = ["checkout frontend", "checkout postgres", "coredns unknown", "payments-api unknown",
-                      "\(Fixture.pod) checkout", "sshd unknown"]
+        let byName = [
+            "checkout frontend", "checkout postgres", "coredns unknown", "payments-api unknown",
+            "\(Fixture.pod) checkout", "sshd unknown",
+        ]
         #expect(Self.firstTwo(.services, s) == byName)
         #expect(render(s, Fixture.history, width: 80, height: 24).lines[2].hasPrefix("SERVICE▲ "))
         _ = s.handle(.char("s"))
@@ -238,7 +248,7 @@ import Testing
         #expect(render(s, Fixture.history, width: 80, height: 24).lines[2].hasPrefix("SERVICE▼ "))
         _ = s.handle(.char("f"))
         #expect(Self.firstTwo(.services, s).prefix(2) == ["payments-api unknown", "checkout frontend"])
-        _ = s.handle(.char("l"))   // RTT p99, largest first; no samples last
+        _ = s.handle(.char("l"))  // RTT p99, largest first; no samples last
         #expect(Self.cells(.services, s).map { $0[10] } == ["1.25s", "47.5ms", "3.10ms", "999µs", "-", "-"])
 
         // flows: RATE, then TOTAL.
@@ -248,8 +258,11 @@ import Testing
         _ = f.handle(.char("r"))
         #expect(Self.cells(.flows, f).map { $0[5] } == rates.reversed())
         _ = f.handle(.char("a"))
-        #expect(Self.cells(.flows, f).map { $0[6] } == ["3.1 MB", "1.3 MB", "1.3 MB", "1.1 MB", "7.5 KB", "6.5 KB",
-                                                         "252 B"])
+        #expect(
+            Self.cells(.flows, f).map { $0[6] } == [
+                "3.1 MB", "1.3 MB", "1.3 MB", "1.1 MB", "7.5 KB", "6.5 KB",
+                "252 B",
+            ])
         _ = f.handle(.char("d"))
         #expect(Self.cells(.flows, f).map { $0[4] } == ["rx", "rx", "rx", "rx", "tx", "tx", "tx"])
         _ = f.handle(.char("d"))
@@ -257,7 +270,7 @@ import Testing
 
         // processes: PID largest first, then reversed.
         var p = Fixture.state(.processes)
-        #expect(Self.cells(.processes, p).map { $0[0] } == ["2101", "3300", "977", "812"])   // by TX/s
+        #expect(Self.cells(.processes, p).map { $0[0] } == ["2101", "3300", "977", "812"])  // by TX/s
         _ = p.handle(.char("i"))
         #expect(Self.cells(.processes, p).map { $0[0] } == ["3300", "2101", "977", "812"])
         _ = p.handle(.char("i"))
@@ -314,7 +327,7 @@ import Testing
         #expect(rows(.services, "foo=bar") == [])
         #expect(rows(.flows, "dir=tx").count == 3)
         #expect(rows(.flows, "service=payments") == ["[2001:db8::5]:443 → [2001:db8:ffff::1234]:60123 eth0"])
-        #expect(rows(.interfaces, "name=ETH") == ["eth0 1.3 MB/s", "veth1a2b3c4d 0 B/s"])   // contains
+        #expect(rows(.interfaces, "name=ETH") == ["eth0 1.3 MB/s", "veth1a2b3c4d 0 B/s"])  // contains
 
         // The screen with no match: titles, no rows, the filter in the header.
         var s = Fixture.state(.services)
@@ -333,7 +346,7 @@ import Testing
         #expect(s.prompt == "")
         for k in Fixture.keys("servicx") + [.backspace, .char("e"), .char("=")] + Fixture.keys("sshq") {
             let handled = s.handle(k)
-            #expect(handled)   // q types, it does not quit
+            #expect(handled)  // q types, it does not quit
         }
         #expect(s.prompt == "service=sshq")
         #expect(render(s, Fixture.history, width: 80, height: 6).lines[5].hasPrefix("/service=sshq_ "))
@@ -383,8 +396,9 @@ import Testing
         _ = s.handle(.escape)
         #expect(s.view == .services && s.drill == nil && s.filter == "tcp")
         #expect(s.selection == 1 && s.selectedID == "checkout\u{1F}frontend\u{1F}tcp")
-        #expect(render(s, Fixture.history, width: 80, height: 10).styles.contains(
-            Style(line: 4, columns: 0..<80, kind: .selected)))
+        #expect(
+            render(s, Fixture.history, width: 80, height: 10).styles.contains(
+                Style(line: 4, columns: 0..<80, kind: .selected)))
         // Switching view ends a drill-down and gives the filter back.
         _ = s.handle(.enter)
         _ = s.handle(.tab)
@@ -424,14 +438,14 @@ import Testing
     }
 
     @Test func selectionMovesAndFollowsItsRow() {
-        var s = Fixture.state(.services, [.resize(width: 80, height: 6)])   // two rows visible
+        var s = Fixture.state(.services, [.resize(width: 80, height: 6)])  // two rows visible
         func selectedLine(_ h: History = Fixture.history) -> Int? {
             render(s, h, width: 80, height: 6).styles.first { $0.kind == .selected }?.line
         }
         #expect(selectedLine() == 3)
         _ = s.handle(.down)
         #expect(s.selection == 1 && selectedLine() == 4)
-        _ = s.handle(.down)   // scrolls
+        _ = s.handle(.down)  // scrolls
         #expect(s.selection == 2 && s.top == 1 && selectedLine() == 4)
         #expect(render(s, Fixture.history, width: 80, height: 6).lines[4].hasPrefix("payments-api "))
         _ = s.handle(.pageDown)
@@ -491,26 +505,32 @@ import Testing
                     for hist in [Fixture.history, History()] {
                         let m = render(s, hist, width: w, height: h)
                         #expect(m.lines.count == max(0, h), "\(w)x\(h) \(v)")
-                        #expect(m.lines.allSatisfy { Text.width($0) == max(0, w) && $0.count == max(0, w) },
-                                "\(w)x\(h) \(v)")
-                        #expect(m.styles.allSatisfy { $0.line < m.lines.count && $0.columns.upperBound <= max(0, w)
-                                && !$0.columns.isEmpty }, "\(w)x\(h) \(v)")
+                        #expect(
+                            m.lines.allSatisfy { Text.width($0) == max(0, w) && $0.count == max(0, w) },
+                            "\(w)x\(h) \(v)")
+                        #expect(
+                            m.styles.allSatisfy {
+                                $0.line < m.lines.count && $0.columns.upperBound <= max(0, w)
+                                    && !$0.columns.isEmpty
+                            }, "\(w)x\(h) \(v)")
                     }
                 }
             }
         }
-        #expect(Fixture.screen(Fixture.state(.services), Fixture.history, 20, 5) == """
-            flowtop  web-1  kern
-            services  in 2.5 MB/
-            SERVICE         TX/s
-            checkout   400.0 KB/
-            Tab view  w window\u{20}\u{20}
-            """)
-        #expect(Fixture.screen(Fixture.state(.services), Fixture.history, 20, 3) == """
-            flowtop  web-1  kern
-            SERVICE         TX/s
-            Tab view  w window\u{20}\u{20}
-            """)
+        #expect(
+            Fixture.screen(Fixture.state(.services), Fixture.history, 20, 5) == """
+                flowtop  web-1  kern
+                services  in 2.5 MB/
+                SERVICE         TX/s
+                checkout   400.0 KB/
+                Tab view  w window\u{20}\u{20}
+                """)
+        #expect(
+            Fixture.screen(Fixture.state(.services), Fixture.history, 20, 3) == """
+                flowtop  web-1  kern
+                SERVICE         TX/s
+                Tab view  w window\u{20}\u{20}
+                """)
         #expect(Fixture.screen(Fixture.state(.services), Fixture.history, 5, 2) == "SERVI\nTab v")
         #expect(Fixture.screen(Fixture.state(.services), Fixture.history, 1, 1) == "T")
     }
@@ -518,10 +538,15 @@ import Testing
     @Test func wideAndControlCharactersKeepTheWidth() {
         var h = History()
         for i in 0..<2 {
-            h.add(Fixture.snapshot(at: Fixture.t0 + Int64(i) * 1000,
-                                   services: [Fixture.service("日本語サービス名前", "evil\u{1B}[2J", tx: UInt64(i) * 100)],
-                                   connections: [Fixture.connection("1", "a:1", "b:2", pid: 1, process: "e\u{301}\u{7}x",
-                                                                    sent: 0, received: 0)]))
+            h.add(
+                Fixture.snapshot(
+                    at: Fixture.t0 + Int64(i) * 1000,
+                    services: [Fixture.service("日本語サービス名前", "evil\u{1B}[2J", tx: UInt64(i) * 100)],
+                    connections: [
+                        Fixture.connection(
+                            "1", "a:1", "b:2", pid: 1, process: "e\u{301}\u{7}x",
+                            sent: 0, received: 0)
+                    ]))
         }
         for w in [20, 21, 80] {
             for v in View.allCases {
@@ -530,7 +555,8 @@ import Testing
                 #expect(!m.lines.joined().contains("\u{1B}"))
             }
         }
-        #expect(Self.cells(.services, Fixture.state(.services, history: h), h)[0].prefix(2)
+        #expect(
+            Self.cells(.services, Fixture.state(.services, history: h), h)[0].prefix(2)
                 == ["日本語サービス名前", "evil?[2J"])
         #expect(Self.cells(.processes, Fixture.state(.processes, history: h), h)[0][1] == "é?x")
         #expect(Text.fit("日本語", 5, .left) == "日本…")
@@ -540,14 +566,15 @@ import Testing
 
     @Test func stylesMarkHeaderSelectionWarningsAndHints() {
         let m = render(Fixture.state(.services), Fixture.history, width: 80, height: 24)
-        #expect(m.styles == [
-            Style(line: 0, columns: 0..<80, kind: .title),
-            Style(line: 1, columns: 46..<52, kind: .warning),            // lost 3
-            Style(line: 2, columns: 0..<80, kind: .header),
-            Style(line: 3, columns: 0..<80, kind: .selected),
-            Style(line: 5, columns: 64..<71, kind: .warning),            // payments-api FAILED went 7 → 9
-            Style(line: 23, columns: 0..<80, kind: .dim),
-        ])
+        #expect(
+            m.styles == [
+                Style(line: 0, columns: 0..<80, kind: .title),
+                Style(line: 1, columns: 46..<52, kind: .warning),  // lost 3
+                Style(line: 2, columns: 0..<80, kind: .header),
+                Style(line: 3, columns: 0..<80, kind: .selected),
+                Style(line: 5, columns: 64..<71, kind: .warning),  // payments-api FAILED went 7 → 9
+                Style(line: 23, columns: 0..<80, kind: .dim),
+            ])
         #expect(m.lines[1].dropFirst(46).hasPrefix("lost 3  "))
         #expect(m.lines[5].dropFirst(64).hasPrefix("      9 "))
         // Wide: the RETRANS increase of checkout → postgres shows too; no loss, no warning.
@@ -559,22 +586,27 @@ import Testing
     }
 
     @Test func hooksAndWaitingHeader() {
-        let rung = Fixture.snapshot(at: Fixture.t0, hooks: [
-            ("tc", "clsact"), ("tcp_state", "tracepoint"), ("tcp_listen", "tracepoint (tcp_state)"),
-            ("udp_send", "unsupported"), ("udp_close", "cgroup"),
-        ])
-        #expect(render(UIState(), History([rung]), width: 120, height: 4).lines[0]
-                    .hasPrefix("flowtop  web-1  kernel 6.18.0-amd64  hooks: tc=clsact sock=tracepoint udp=unsupported  up 1h02m "))
+        let rung = Fixture.snapshot(
+            at: Fixture.t0,
+            hooks: [
+                ("tc", "clsact"), ("tcp_state", "tracepoint"), ("tcp_listen", "tracepoint (tcp_state)"),
+                ("udp_send", "unsupported"), ("udp_close", "cgroup"),
+            ])
+        #expect(
+            render(UIState(), History([rung]), width: 120, height: 4).lines[0]
+                .hasPrefix("flowtop  web-1  kernel 6.18.0-amd64  hooks: tc=clsact sock=tracepoint udp=unsupported  up 1h02m "))
         #expect(hookSummary([APISnapshot.Hook(hook: "tc", mode: "tcx")]) == "tc=tcx sock=off")
-        #expect(hookSummary([APISnapshot.Hook(hook: "tc", mode: "tcx"), APISnapshot.Hook(hook: "tcp_listen", mode: "tp_btf (tcp_state)")])
+        #expect(
+            hookSummary([APISnapshot.Hook(hook: "tc", mode: "tcx"), APISnapshot.Hook(hook: "tcp_listen", mode: "tp_btf (tcp_state)")])
                 == "tc=tcx sock=tp_btf")
         let empty = render(UIState(), History(), width: 60, height: 4)
-        #expect(empty.lines.map { $0.trimmingSpaces } == [
-            "flowtop  waiting for the first snapshot from flowmeterd",
-            "services  window 2s  B/s",
-            "SERVICE    PEER       PROTO       TX/s▼       RX/s  CONNS",
-            "Tab view  w window  b bits  / filter  ? help  q quit",
-        ])
+        #expect(
+            empty.lines.map { $0.trimmingSpaces } == [
+                "flowtop  waiting for the first snapshot from flowmeterd",
+                "services  window 2s  B/s",
+                "SERVICE    PEER       PROTO       TX/s▼       RX/s  CONNS",
+                "Tab view  w window  b bits  / filter  ? help  q quit",
+            ])
     }
 
     // MARK: Help
@@ -586,13 +618,15 @@ import Testing
             let m = render(s, Fixture.history, width: 80, height: 24)
             let text = m.lines.joined(separator: "\n")
             #expect(m.lines.allSatisfy { $0.count == 80 })
-            for line in ["  Tab, 1-4    view: 1 services, 2 flows, 3 processes, 4 interfaces",
-                         "  Up, Down    select a row", "  PgUp, PgDn  a page up or down", "  Home, End   first or last row",
-                         "  Enter       services: the selected pair's flows",
-                         "  Esc         back from a pair's flows, close this help, clear the filter",
-                         "  /           filter (text, or column=value); Enter applies, Esc cancels",
-                         "  w           rate window: 2s, 10s, 40s", "  b           bytes or bits per second",
-                         "  p           pause or resume", "  ?           this help", "  q           quit"] {
+            for line in [
+                "  Tab, 1-4    view: 1 services, 2 flows, 3 processes, 4 interfaces",
+                "  Up, Down    select a row", "  PgUp, PgDn  a page up or down", "  Home, End   first or last row",
+                "  Enter       services: the selected pair's flows",
+                "  Esc         back from a pair's flows, close this help, clear the filter",
+                "  /           filter (text, or column=value); Enter applies, Esc cancels",
+                "  w           rate window: 2s, 10s, 40s", "  b           bytes or bits per second",
+                "  p           pause or resume", "  ?           this help", "  q           quit",
+            ] {
                 #expect(m.lines.contains { $0.hasPrefix(line + " ") }, "\(v): \(line)")
             }
             #expect(text.contains("Sort \(v.title) (the same key again reverses):"))
@@ -609,28 +643,30 @@ import Testing
             let quit = !s.handle(.char("q"))
             #expect(quit)
         }
-        #expect(Fixture.screen(Fixture.state(.processes, [.char("?")]), Fixture.history, 80, 24)
-                    .split(separator: "\n").map { $0.trimmingSpaces }.dropFirst(2).map { $0 } == [
-            "flowtop keys",
-            "Tab, 1-4    view: 1 services, 2 flows, 3 processes, 4 interfaces",
-            "Up, Down    select a row",
-            "PgUp, PgDn  a page up or down",
-            "Home, End   first or last row",
-            "Enter       services: the selected pair's flows",
-            "Esc         back from a pair's flows, close this help, clear the filter",
-            "/           filter (text, or column=value); Enter applies, Esc cancels",
-            "w           rate window: 2s, 10s, 40s",
-            "b           bytes or bits per second",
-            "p           pause or resume",
-            "?           this help",
-            "q           quit",
-            "",
-            "Sort processes (the same key again reverses):",
-            "i PID       n PROCESS   c CONNS     t TX/s      r RX/s      a TOTAL",
-            "Filter columns: pid process conns tx rx total",
-            "", "", "", "",
-            "Tab view  w window  b bits  / filter  ? help  q quit",
-        ].map { $0.trimmingSpaces })
+        #expect(
+            Fixture.screen(Fixture.state(.processes, [.char("?")]), Fixture.history, 80, 24)
+                .split(separator: "\n").map { $0.trimmingSpaces }.dropFirst(2).map { $0 }
+                == [
+                    "flowtop keys",
+                    "Tab, 1-4    view: 1 services, 2 flows, 3 processes, 4 interfaces",
+                    "Up, Down    select a row",
+                    "PgUp, PgDn  a page up or down",
+                    "Home, End   first or last row",
+                    "Enter       services: the selected pair's flows",
+                    "Esc         back from a pair's flows, close this help, clear the filter",
+                    "/           filter (text, or column=value); Enter applies, Esc cancels",
+                    "w           rate window: 2s, 10s, 40s",
+                    "b           bytes or bits per second",
+                    "p           pause or resume",
+                    "?           this help",
+                    "q           quit",
+                    "",
+                    "Sort processes (the same key again reverses):",
+                    "i PID       n PROCESS   c CONNS     t TX/s      r RX/s      a TOTAL",
+                    "Filter columns: pid process conns tx rx total",
+                    "", "", "", "",
+                    "Tab view  w window  b bits  / filter  ? help  q quit",
+                ].map { $0.trimmingSpaces })
     }
 
     @Test func extremeValuesDoNotTrap() {
@@ -649,7 +685,7 @@ import Testing
             s.interfaces[0].tx_bytes = UInt64(t == Int64.max ? UInt64.max : 0)
             h.add(s)
         }
-        #expect(h.count == 2)   // Int64.max and one millisecond before; the rest is older than 60 s
+        #expect(h.count == 2)  // Int64.max and one millisecond before; the rest is older than 60 s
         var first = History()
         first.add(Fixture.snapshot(at: Int64.min))
         #expect(first.count == 1)
@@ -677,48 +713,55 @@ import Testing
 
     @Test func plainTableHasAllColumnsAndEndsInANewline() {
         var s = Fixture.state(.processes)
-        #expect(plainTable(.processes, Fixture.history, state: s) == """
-             PID  PROCESS       CONNS        TX/s      RX/s    TOTAL
-            2101  checkout          3  490.0 KB/s  1.5 MB/s  16.9 MB
-            3300  payments-api      2    5.0 KB/s  3.0 KB/s  71.0 KB
-             977  sshd              1    3.0 KB/s  1.0 KB/s   8.0 KB
-             812  coredns           1     800 B/s  1.2 KB/s  17.0 KB
+        #expect(
+            plainTable(.processes, Fixture.history, state: s) == """
+                 PID  PROCESS       CONNS        TX/s      RX/s    TOTAL
+                2101  checkout          3  490.0 KB/s  1.5 MB/s  16.9 MB
+                3300  payments-api      2    5.0 KB/s  3.0 KB/s  71.0 KB
+                 977  sshd              1    3.0 KB/s  1.0 KB/s   8.0 KB
+                 812  coredns           1     800 B/s  1.2 KB/s  17.0 KB
 
-            """)
-        #expect(plainTable(.services, Fixture.history, state: Fixture.state(.services)) == """
-            SERVICE                                   PEER      PROTO        TX/s       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99
-            checkout                                  postgres  tcp    400.0 KB/s   1.2 MB/s     12       0        4       0    420µs   3.10ms
-            checkout                                  frontend  tcp    250.0 KB/s  90.0 KB/s     40       2        0       1   1.20ms   47.5ms
-            payments-api                              unknown   tcp      5.0 KB/s   3.0 KB/s      1       9        0       4   85.0ms    1.25s
-            sshd                                      unknown   tcp      3.0 KB/s   1.0 KB/s      1       0        0       0        -        -
-            coredns                                   unknown   udp       800 B/s   1.2 KB/s      0       0        0       0        -        -
-            \(Fixture.pod)  checkout  tcp         0 B/s      0 B/s      3       0        0       0     87µs    999µs
+                """)
+        #expect(
+            plainTable(.services, Fixture.history, state: Fixture.state(.services)) == """
+                SERVICE                                   PEER      PROTO        TX/s       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99
+                checkout                                  postgres  tcp    400.0 KB/s   1.2 MB/s     12       0        4       0    420µs   3.10ms
+                checkout                                  frontend  tcp    250.0 KB/s  90.0 KB/s     40       2        0       1   1.20ms   47.5ms
+                payments-api                              unknown   tcp      5.0 KB/s   3.0 KB/s      1       9        0       4   85.0ms    1.25s
+                sshd                                      unknown   tcp      3.0 KB/s   1.0 KB/s      1       0        0       0        -        -
+                coredns                                   unknown   udp       800 B/s   1.2 KB/s      0       0        0       0        -        -
+                \(Fixture.pod)  checkout  tcp         0 B/s      0 B/s      3       0        0       0     87µs    999µs
 
-            """)
-        #expect(plainTable(.flows, Fixture.history, state: Fixture.state(.flows)) == """
-            FLOW                                             IF    PROTO  SERVICE       DIR        RATE   TOTAL
-            10.0.1.20:5432 → 10.0.0.5:40001                  eth0  tcp    checkout      rx   620.0 KB/s  3.1 MB
-            10.0.2.7:51515 → 10.0.0.5:8080                   eth0  tcp    checkout      rx   260.0 KB/s  1.3 MB
-            10.0.0.5:40002 → 10.0.1.20:5432                  eth0  tcp    checkout      tx   250.0 KB/s  1.3 MB
-            10.0.0.5:40001 → 10.0.1.20:5432                  eth0  tcp    checkout      tx   210.0 KB/s  1.1 MB
-            [2001:db8::5]:443 → [2001:db8:ffff::1234]:60123  eth0  tcp    payments-api  tx     1.5 KB/s  7.5 KB
-            10.0.0.1:53000 → 10.0.0.5:53                     eth0  udp    coredns       rx     1.3 KB/s  6.5 KB
-            192.0.2.1:0 → 10.0.0.5:0                         eth0  icmp   -             rx       84 B/s   252 B
+                """)
+        #expect(
+            plainTable(.flows, Fixture.history, state: Fixture.state(.flows)) == """
+                FLOW                                             IF    PROTO  SERVICE       DIR        RATE   TOTAL
+                10.0.1.20:5432 → 10.0.0.5:40001                  eth0  tcp    checkout      rx   620.0 KB/s  3.1 MB
+                10.0.2.7:51515 → 10.0.0.5:8080                   eth0  tcp    checkout      rx   260.0 KB/s  1.3 MB
+                10.0.0.5:40002 → 10.0.1.20:5432                  eth0  tcp    checkout      tx   250.0 KB/s  1.3 MB
+                10.0.0.5:40001 → 10.0.1.20:5432                  eth0  tcp    checkout      tx   210.0 KB/s  1.1 MB
+                [2001:db8::5]:443 → [2001:db8:ffff::1234]:60123  eth0  tcp    payments-api  tx     1.5 KB/s  7.5 KB
+                10.0.0.1:53000 → 10.0.0.5:53                     eth0  udp    coredns       rx     1.3 KB/s  6.5 KB
+                192.0.2.1:0 → 10.0.0.5:0                         eth0  icmp   -             rx       84 B/s   252 B
 
-            """)
-        #expect(plainTable(.interfaces, Fixture.history, state: Fixture.state(.interfaces)) == """
-            NAME               TX/s       RX/s  TX pkt/s  RX pkt/s    TOTAL
-            eth0           1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB
-            lo            12.0 KB/s  12.0 KB/s        40        40   1.1 MB
-            veth1a2b3c4d      0 B/s      0 B/s         0         0      0 B
+                """)
+        #expect(
+            plainTable(.interfaces, Fixture.history, state: Fixture.state(.interfaces)) == """
+                NAME               TX/s       RX/s  TX pkt/s  RX pkt/s    TOTAL
+                eth0           1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB
+                lo            12.0 KB/s  12.0 KB/s        40        40   1.1 MB
+                veth1a2b3c4d      0 B/s      0 B/s         0         0      0 B
 
-            """)
+                """)
         // Filter and sort apply; no rows is the title line alone; two snapshots as `--once` takes them.
         s.filter = "nomatch"
         #expect(plainTable(.processes, Fixture.history, state: s) == "PID  PROCESS  CONNS  TX/s  RX/s  TOTAL\n")
         #expect(plainTable(.services, History(), state: UIState()).hasSuffix("RTT p99\n"))
         let two = History([Fixture.node(0), Fixture.node(1)])
-        #expect(Self.cells(.interfaces, Fixture.state(.interfaces), two)[0] == ["eth0", "1.3 MB/s", "2.0 MB/s", "1.0K",
-                                                                               "2.5K", "63.3 MB"])
+        #expect(
+            Self.cells(.interfaces, Fixture.state(.interfaces), two)[0] == [
+                "eth0", "1.3 MB/s", "2.0 MB/s", "1.0K",
+                "2.5K", "63.3 MB",
+            ])
     }
 }

@@ -46,8 +46,11 @@ public struct FuzzRun: Sendable {
         self.announce = announce
         let file = name.unicodeScalars.map { CharacterSet.alphanumerics.contains($0) ? String($0) : "-" }.joined()
         current = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("flowmeter-fuzz-\(file).txt")
-        if announce { print("\(name): seed 0x\(String(seed, radix: 16)) (replay with FLOWMETER_FUZZ_SEED=\(String(seed, radix: 16)); "
-              + "the case under test is in \(current.path), for a crash)") }
+        if announce {
+            print(
+                "\(name): seed 0x\(String(seed, radix: 16)) (replay with FLOWMETER_FUZZ_SEED=\(String(seed, radix: 16)); "
+                    + "the case under test is in \(current.path), for a crash)")
+        }
     }
 
     /// Where the input of the case under test is kept while it runs: a trap
@@ -76,7 +79,8 @@ public struct FuzzRun: Sendable {
     /// Notes a failed property with what is needed to replay it.
     public mutating func fail(_ caseIndex: Int, _ what: String, input: String) {
         let shown = input.count > 600 ? String(input.prefix(600)) + "… (\(input.count) characters)" : input
-        failures.append("\(name) case \(caseIndex) (FLOWMETER_FUZZ_SEED=\(String(seed, radix: 16))): \(what)\ninput: \(String(reflecting: shown))")
+        failures.append(
+            "\(name) case \(caseIndex) (FLOWMETER_FUZZ_SEED=\(String(seed, radix: 16))): \(what)\ninput: \(String(reflecting: shown))")
     }
 
     /// Records the failures as issues of the running test (call it from the

@@ -26,8 +26,10 @@ public final class FlowLogSink: Sink {
             lines.removeAll(keepingCapacity: true)
         }
         for (i, r) in out.flows.enumerated() {
-            lines.append(FlowLogEncoder.encode(r, interface: out.interfaceNames[r.key.ifindex] ?? "if\(r.key.ifindex)",
-                                               clock: out.clock, pair: out.flowPairs[i]))
+            lines.append(
+                FlowLogEncoder.encode(
+                    r, interface: out.interfaceNames[r.key.ifindex] ?? "if\(r.key.ifindex)",
+                    clock: out.clock, pair: out.flowPairs[i]))
             if lines.count == Self.chunk { flush() }
         }
         for e in out.events {

@@ -22,7 +22,8 @@ public final class IPFIXSink: Sink {
     public func consume(_ out: TickOutput) {
         let clock = out.clock
         let messages = state.withLock {
-            $0.encoder.messages(for: out.flows, exportTimeSeconds: UInt32(truncatingIfNeeded: clock.realtimeNanos / 1_000_000_000), clock: clock)
+            $0.encoder.messages(
+                for: out.flows, exportTimeSeconds: UInt32(truncatingIfNeeded: clock.realtimeNanos / 1_000_000_000), clock: clock)
         }
         let r = sender.send(messages)
         if let e = r.error { onError(e) }

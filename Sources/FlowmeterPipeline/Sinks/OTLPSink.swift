@@ -30,8 +30,9 @@ public final class OTLPSink: Sink {
         guard out.pass != .early else { return }
         // The request carries the exporter's own counters as of its making
         // (the pipeline publishes every sink's statistics before the sinks run).
-        let body = OTLPEncoder.request(out.accounting(), resource: resource, scopeVersion: version,
-                                       startUnixNanos: startUnixNanos, nowUnixNanos: UInt64(Date().timeIntervalSince1970 * 1e9))
+        let body = OTLPEncoder.request(
+            out.accounting(), resource: resource, scopeVersion: version,
+            startUnixNanos: startUnixNanos, nowUnixNanos: UInt64(Date().timeIntervalSince1970 * 1e9))
         pusher.enqueue(body)
     }
 
