@@ -89,8 +89,8 @@ let package = Package(
         ),
         // flowtop's pure part: snapshot history and rates, views, keys, screen model (no I/O).
         .target(name: "FlowtopCore", dependencies: ["FlowmeterCore"]),
-        // Benchmarks that need the real kernel (tools/bench); not part of the tests.
-        .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore"]),
+        // Benchmarks (tools/bench), most of them on the real kernel; not part of the tests.
+        .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterExport"]),
 
         // The seeded generator and bounded property-test runs the test targets share.
         .target(name: "FlowmeterTestSupport", path: "Tests/TestSupport"),

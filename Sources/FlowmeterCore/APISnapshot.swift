@@ -13,11 +13,20 @@ public struct APISnapshot: Codable, Sendable, Equatable {
     /// second, and a node with 60,000 sockets would make it 15 MB.
     public static let maxListedConnections = 10_000
 
-    public struct Hook: Codable, Sendable, Equatable { public var hook: String; public var mode: String }
+    // The Swift names are the wire's (flowtop and the tests spell them so);
+    // each type still lists its keys, so that a renamed property cannot
+    // silently rename a key of schema 1.
+
+    public struct Hook: Codable, Sendable, Equatable {
+        public var hook: String
+        public var mode: String
+        enum CodingKeys: String, CodingKey { case hook, mode }
+    }
 
     public struct Interface: Codable, Sendable, Equatable {
         public var name: String
         public var tx_bytes: UInt64, rx_bytes: UInt64, tx_packets: UInt64, rx_packets: UInt64
+        enum CodingKeys: String, CodingKey { case name, tx_bytes, rx_bytes, tx_packets, rx_packets }
     }
 
     public struct Service: Codable, Sendable, Equatable {
@@ -29,6 +38,11 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         /// RTT quantiles from the histogram (linear within a bucket, as PromQL's
         /// histogram_quantile); nil without samples.
         public var rtt_p50_seconds: Double?, rtt_p99_seconds: Double?
+        enum CodingKeys: String, CodingKey {
+            case service, peer_service, transport, tx_bytes, rx_bytes, tx_packets, rx_packets
+            case connections_opened, connections_active, connections_failed, retransmits, resets_sent, resets_received
+            case rtt_p50_seconds, rtt_p99_seconds
+        }
     }
 
     public struct Connection: Codable, Sendable, Equatable {
@@ -59,6 +73,9 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         public var flows_ring_lost: UInt64, events_ring_lost: UInt64
         public var flow_table_entries: UInt64, flow_table_insert_failures: UInt64
         public var series_dropped: UInt64, sockets_tracked: Int
+        enum CodingKeys: String, CodingKey {
+            case flows_ring_lost, events_ring_lost, flow_table_entries, flow_table_insert_failures, series_dropped, sockets_tracked
+        }
     }
 
     public var version: Int
@@ -73,6 +90,11 @@ public struct APISnapshot: Codable, Sendable, Equatable {
     /// The flows of the last interval (per-interval counts, not cumulative).
     public var flows: [Flow]
     public var self_metrics: SelfMetrics
+
+    enum CodingKeys: String, CodingKey {
+        case version, time_unix_ms, host, kernel, flowmeter_version, uptime_seconds, interval_seconds
+        case hooks, interfaces, services, connections, flows, self_metrics
+    }
 
     public struct Context: Sendable {
         public var host: String, kernel: String, version: String
@@ -163,9 +185,41 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         return h.bounds.last
     }
 
+    /// The document `GET /v1/snapshot` serves ("{}" if a Double in it is
+    /// not finite, which JSON cannot carry).
     public func json() -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: enc.encode(self), as: UTF8.self)) ?? "{}"
+        (try? WireJSON.api.string(self)) ?? "{}"
+    }
+}
+
+// In an extension, so that the memberwise initializer stays.
+extension APISnapshot {
+    public init(from decoder: any Decoder) throws {
+        try self.init(from: decoder, over: nil)
+    }
+
+    /// Decodes a document; with `base`, the keys it lacks are base's (a
+    /// stream delta carries only the top-level keys that changed). Written
+    /// out rather than synthesized for that, so the compiler still sees
+    /// every property set.
+    init(from decoder: any Decoder, over base: APISnapshot?) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func field<T: Decodable>(_ key: CodingKeys, _ path: KeyPath<APISnapshot, T>) throws -> T {
+            if let base, !c.contains(key) { return base[keyPath: path] }
+            return try c.decode(T.self, forKey: key)
+        }
+        version = try field(.version, \.version)
+        time_unix_ms = try field(.time_unix_ms, \.time_unix_ms)
+        host = try field(.host, \.host)
+        kernel = try field(.kernel, \.kernel)
+        flowmeter_version = try field(.flowmeter_version, \.flowmeter_version)
+        uptime_seconds = try field(.uptime_seconds, \.uptime_seconds)
+        interval_seconds = try field(.interval_seconds, \.interval_seconds)
+        hooks = try field(.hooks, \.hooks)
+        interfaces = try field(.interfaces, \.interfaces)
+        services = try field(.services, \.services)
+        connections = try field(.connections, \.connections)
+        flows = try field(.flows, \.flows)
+        self_metrics = try field(.self_metrics, \.self_metrics)
     }
 }

@@ -3,57 +3,75 @@ import Foundation
 /// The `/v1/stream` line format: the first line is the whole snapshot with
 /// `"stream":"full"`; each later line is a delta, `"stream":"delta"` plus
 /// only the top-level keys whose value changed since the line before
-/// (`time_unix_ms` and `uptime_seconds` always do; `hooks` seldom does). A
-/// client keeps the last document and overlays each delta on it.
+/// (`time_unix_ms` and `uptime_seconds` always do; `hooks` seldom does;
+/// `version` is always there). A client keeps the last document and overlays
+/// each delta on it.
 public struct SnapshotStream: Sendable {
-    /// Top-level key -> its JSON text, as last sent (sender) or merged (receiver).
-    public private(set) var document: [String: String] = [:]
+    /// Sender: each top-level key's encoded value, as last sent.
+    public private(set) var document: [String: WireJSON.Fragment] = [:]
+    /// Receiver: the snapshot the lines so far make.
+    public private(set) var last: APISnapshot?
 
     public init() {}
 
-    static func parts(_ json: Data) throws -> [String: String] {
-        guard let obj = try JSONSerialization.jsonObject(with: json, options: [.fragmentsAllowed]) as? [String: Any] else {
-            throw ValueError("a stream line is not a JSON object")
+    /// A line: the members to send (already encoded) and the kind, under
+    /// `stream`; keys sorted by the format, as every line has had them.
+    struct Line: Encodable {
+        var members: [(key: String, value: WireJSON.Fragment)]
+        var kind: String
+
+        struct Key: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(_ s: String) { stringValue = s }
+            init?(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
         }
-        var out: [String: String] = [:]
-        for (k, v) in obj {
-            let d = try JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .fragmentsAllowed, .withoutEscapingSlashes])
-            out[k] = String(decoding: d, as: UTF8.self)
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: Key.self)
+            for m in members { try c.encode(m.value, forKey: Key(m.key)) }
+            try c.encode(kind, forKey: Key("stream"))
         }
-        return out
     }
 
-    static func object(_ parts: [String: String]) -> String {
-        "{"
-            + parts.keys.sorted().map { k in
-                let key = String(
-                    decoding: (try? JSONSerialization.data(withJSONObject: k, options: [.fragmentsAllowed])) ?? Data(), as: UTF8.self)
-                return key + ":" + parts[k]!
-            }.joined(separator: ",") + "}"
-    }
-
-    /// Sender: the next line (no newline) for this snapshot.
+    /// Sender: the next line (no newline) for this snapshot. Each top-level
+    /// member is encoded on its own and compared, as bytes, with what was
+    /// sent for its key before.
     public mutating func line(for snapshot: APISnapshot) -> String {
-        guard let now = try? Self.parts(Data(snapshot.json().utf8)) else { return snapshot.json() }
-        var out: [String: String]
+        let format = WireJSON.apiStream
+        guard let now = try? format.members(snapshot) else { return snapshot.json() }
+        let line: Line
         if document.isEmpty {
-            out = now
-            out["stream"] = "\"full\""
+            line = Line(members: now, kind: "full")
         } else {
-            out = now.filter { document[$0.key] != $0.value }
-            out["version"] = now["version"]
-            out["stream"] = "\"delta\""
+            line = Line(members: now.filter { $0.key == "version" || document[$0.key] != $0.value }, kind: "delta")
         }
-        document = now
-        return Self.object(out)
+        document = Dictionary(now, uniquingKeysWith: { _, new in new })
+        return (try? format.string(line)) ?? snapshot.json()
+    }
+
+    /// The receiver's view of a line: its kind, and the snapshot it makes
+    /// over the one before (a full line, or the first, stands alone).
+    struct Received: Decodable {
+        static let base = CodingUserInfoKey(rawValue: "flowmeter.stream.base")!
+        var snapshot: APISnapshot
+
+        enum CodingKeys: String, CodingKey { case stream }
+
+        init(from decoder: any Decoder) throws {
+            let kind = try decoder.container(keyedBy: CodingKeys.self).decodeIfPresent(String.self, forKey: .stream)
+            let base = kind == "full" ? nil : decoder.userInfo[Self.base] as? APISnapshot
+            snapshot = try APISnapshot(from: decoder, over: base)
+        }
     }
 
     /// Receiver: merges one line and returns the whole snapshot it makes.
     public mutating func apply(_ line: Data) throws -> APISnapshot {
-        var p = try Self.parts(line)
-        let kind = p.removeValue(forKey: "stream")
-        if kind == "\"full\"" || document.isEmpty { document = [:] }
-        document.merge(p) { _, new in new }
-        return try JSONDecoder().decode(APISnapshot.self, from: Data(Self.object(document).utf8))
+        let decoder = JSONDecoder()
+        if let last { decoder.userInfo[Received.base] = last }
+        let s = try decoder.decode(Received.self, from: line).snapshot
+        last = s
+        return s
     }
 }

@@ -74,27 +74,25 @@ public enum APIServer {
         Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 
-    static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
-        json(status, "{\"version\":\(APISnapshot.version),\"error\":\(jsonString(message)),\"status\":\(status.code)}\n")
+    /// The body of every error answer (schema 1): `{"version":1,"error":"...","status":404}`.
+    struct ErrorBody: Encodable {
+        var version = APISnapshot.version
+        var error: String
+        var status: Int
+        enum CodingKeys: String, CodingKey { case version, error, status }
     }
 
-    /// A JSON string literal. Messages echo the request's path, which is the
-    /// client's text: control characters too must not break the document.
-    /// Separators and a byte-order mark go escaped as well: some decoders
-    /// (JavaScript's eval, Foundation's) mangle them raw.
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for c in s.unicodeScalars {
-            switch c {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where c.value < 0x20 || c.value == 0x7f || c == "\u{2028}" || c == "\u{2029}" || c == "\u{feff}":
-                let hex = String(c.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(c)
-            }
-        }
-        return out + "\""
+    static func error(_ status: HTTPResponse.Status, _ message: String) -> Response {
+        json(status, jsonString(ErrorBody(error: message, status: status.code)) + "\n")
+    }
+
+    /// A value in the error bodies' format. Messages echo the request's
+    /// path, which is the client's text: control characters too must not
+    /// break the document, and the format escapes the separators and a
+    /// byte-order mark as well (`WireJSON.Escapes.invisiblesEscaped`).
+    /// The body has nothing JSON cannot carry, so encoding cannot fail.
+    static func jsonString<T: Encodable>(_ value: T) -> String {
+        (try? WireJSON.apiError.string(value)) ?? "{}"
     }
 
     /// Every error answer our code gives is JSON: unknown paths and versions

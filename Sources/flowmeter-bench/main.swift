@@ -1,5 +1,6 @@
-// flowmeter-bench: benchmarks that need the real kernel. Run by tools/bench
-// (as root), never by the test suite. Prints a table; every ratio in it is
+// flowmeter-bench: benchmarks, all but one on the real kernel (the flow
+// log's encoding, FlowLogBench.swift, needs none). Run by tools/bench (as
+// root), never by the test suite. Prints a table; every ratio in it is
 // measured within one run, interleaving the variants, because these machines
 // are shared and noisy.
 import FlowmeterBPF
@@ -279,10 +280,31 @@ let usage = """
     usage: flowmeter-bench [tc [ROUNDS]]
            flowmeter-bench ring [ROUNDS] --producer OUT/ring_producer.bpf.o --c-consumer OUT/ring_consumer
                                 [--records N] [--cpu C] [--only abcd]
+           flowmeter-bench flowlog [ROUNDS] [--records N]
       ring: bash bench/build.sh OUT builds both; ROUNDS default 15; N a multiple of 65536,
       default 1048576; C the CPU to pin to (default the last); --only runs some variants (profiling)
+      flowlog: the flow log's encoder, Codable against the former hand-written one (no root needed);
+      ROUNDS default 15, N records default 100000
 
     """
+// The flow log's encoding needs neither root nor the kernel.
+if args.first == "flowlog" {
+    var rest = Array(args.dropFirst())
+    var records = 100_000, rounds = 15
+    while let a = rest.first {
+        if a == "--records", rest.count >= 2, let n = Int(rest[1]), n > 0 {
+            records = n
+            rest.removeFirst(2)
+        } else if let n = Int(a), n > 0 {
+            rounds = n
+            rest.removeFirst()
+        } else {
+            FileHandle.standardError.write(Data(usage.utf8)); exit(2)
+        }
+    }
+    FlowLogBench.run(records: records, rounds: rounds)
+    exit(0)
+}
 guard getuid() == 0 else {
     FileHandle.standardError.write(Data("flowmeter-bench: needs root (loads BPF programs)\n".utf8)); exit(1)
 }
