@@ -66,6 +66,12 @@ public final class TCAttacher: @unchecked Sendable {
 
     private let ingressFD: Int32
     private let egressFD: Int32
+    /// The kernel's ids of the two programs, written with each clsact record:
+    /// the next start tells a leftover filter as ours by its program's id,
+    /// which needs no CAP_SYS_ADMIN (reading a program's name by id does).
+    private let programIDs: [UInt32]
+    /// The program ids the state file held at start (a killed run's).
+    private var recordedPrograms = Set<UInt32>()
     private let statePath: String
     private let lock = NSLock()
     private var attachments: [Attachment] = []
@@ -81,6 +87,7 @@ public final class TCAttacher: @unchecked Sendable {
     public init(ingressFD: Int32, egressFD: Int32, stateDir: String) {
         self.ingressFD = ingressFD
         self.egressFD = egressFD
+        programIDs = [ingressFD, egressFD].map(Self.programID(fd:)).filter { $0 != 0 }
         statePath = stateDir + "/tc-attachments"
     }
 
@@ -165,7 +172,7 @@ public final class TCAttacher: @unchecked Sendable {
 
     private func attachClsact(_ iface: InterfaceSelection.Candidate) throws {
         let idx = Int32(iface.ifindex)
-        removeStaleFilters(ifindex: idx)
+        removeStaleFilters(ifindex: idx, recorded: recordedPrograms)
         // A qdisc we are about to create is recorded as ours before it
         // exists: recorded after, a kill in between left it on the interface
         // for good (the next run found it there and took it for someone
@@ -238,13 +245,19 @@ public final class TCAttacher: @unchecked Sendable {
         unlink(statePath + ".tmp")  // a record being written when the run was killed
         guard let text = try? String(contentsOfFile: statePath, encoding: .utf8) else { return removed }
         for line in text.split(separator: "\n") {
-            // "clsact <ifindex> <name> created=<0|1>"
+            // "clsact <ifindex> <name> created=<0|1> programs=<id>,<id>" (records
+            // of versions before the program ids end after created=).
             let f = line.split(separator: " ")
-            guard f.count == 4, f[0] == "clsact", let idx = Int32(f[1]) else { continue }
+            guard f.count == 4 || f.count == 5, f[0] == "clsact", let idx = Int32(f[1]) else { continue }
             let name = String(f[2])
+            var recorded = Set<UInt32>()
+            if f.count == 5, f[4].hasPrefix("programs=") {
+                recorded = Set(f[4].dropFirst("programs=".count).split(separator: ",").compactMap { UInt32($0) })
+                lock.withLock { recordedPrograms.formUnion(recorded) }
+            }
             // The index must still be the interface the record names; else it is gone.
             guard if_nametoindex(name) == UInt32(idx) else { continue }
-            let filters = removeStaleFilters(ifindex: idx)
+            let filters = removeStaleFilters(ifindex: idx, recorded: recorded)
             if filters > 0 { removed.append("\(filters) tc filter(s) on \(name)") }
             if f[3] == "created=1" && fm_clsact_destroy(idx) == 0 { removed.append("clsact qdisc on \(name)") }
         }
@@ -252,17 +265,30 @@ public final class TCAttacher: @unchecked Sendable {
         return removed
     }
 
-    /// Detaches filters at our (handle, priority) whose program is one of ours
-    /// (by the kernel's name for it, compared with the generated names).
+    /// Detaches filters at our (handle, priority) whose program is one of ours:
+    /// one whose id the record holds (the filter keeps the killed run's
+    /// program, so its id is still that program's), else by the kernel's name
+    /// for it, compared with the generated names (that lookup by id needs
+    /// CAP_SYS_ADMIN; without it a record with no ids removes nothing).
     @discardableResult
-    private func removeStaleFilters(ifindex: Int32) -> Int {
+    private func removeStaleFilters(ifindex: Int32, recorded: Set<UInt32>) -> Int {
         var n = 0
         for ingress in [Int32(1), 0] {
             let id = fm_tc_query(ifindex, ingress, Self.clsactHandle, Self.clsactPriority)
-            guard id != 0, FlowAccountingProgram.isOurs(kernelName: Self.programName(id: id)) else { continue }
+            guard id != 0, recorded.contains(id) || FlowAccountingProgram.isOurs(kernelName: Self.programName(id: id)) else {
+                continue
+            }
             if fm_tc_detach(ifindex, ingress, Self.clsactHandle, Self.clsactPriority) == 0 { n += 1 }
         }
         return n
+    }
+
+    /// The kernel's id of a program we hold a descriptor of (no capability needed); 0 if unknown.
+    static func programID(fd: Int32) -> UInt32 {
+        var info = bpf_prog_info()
+        var len = UInt32(MemoryLayout<bpf_prog_info>.size)
+        guard fd >= 0, bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else { return 0 }
+        return info.id
     }
 
     static func programName(id: UInt32) -> String {
@@ -275,9 +301,14 @@ public final class TCAttacher: @unchecked Sendable {
         return withUnsafeBytes(of: info.name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
     }
 
+    /// " programs=<ingress id>,<egress id>" for the state records; empty if the ids are unknown.
+    private var programsField: String {
+        programIDs.isEmpty ? "" : " programs=" + programIDs.map(String.init).joined(separator: ",")
+    }
+
     private func writeState() {
         let lines = attachments.filter { $0.mode == .clsact }
-            .map { "clsact \($0.ifindex) \($0.name) created=\($0.createdQdisc ? 1 : 0)\n" }.joined()
+            .map { "clsact \($0.ifindex) \($0.name) created=\($0.createdQdisc ? 1 : 0)\(programsField)\n" }.joined()
         let dir = (statePath as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         // Written aside and renamed, so a kill leaves the old record or the

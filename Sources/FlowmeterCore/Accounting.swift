@@ -90,6 +90,9 @@ public struct Accounting: Sendable {
     public var exports: [String: ExportStats] = [:]
     /// Per service pair state, when socket telemetry runs.
     public var services: ServiceAggregator?
+    /// What `/readyz` answers: start-up marks the programs attached, the
+    /// pipeline its interval passes, reader stalls and the detach.
+    public var readiness = Readiness()
 
     public init() {}
 

@@ -4,15 +4,19 @@ import Hummingbird
 import Logging
 
 /// The read-only HTTP endpoint: GET /metrics (Prometheus text 0.0.4, or
-/// OpenMetrics 1.0 when the scraper's Accept header asks for it), GET /healthz.
+/// OpenMetrics 1.0 when the scraper's Accept header asks for it), GET /healthz
+/// (200 `ok` while the process runs), GET /readyz (200 `{"ready":true}`, or 503
+/// with the reasons as JSON; see `Readiness`).
 /// Other methods get 405 and a request with a body 413 (`HTTPGuard`), unknown
 /// paths 404; each refusal is plain text.
 public enum MetricsServer {
     /// Builds the Hummingbird application (a swift-service-lifecycle Service).
-    /// `render` produces the exposition text on each scrape.
+    /// `render` produces the exposition text on each scrape; `readiness` is
+    /// read on each GET /readyz.
     public static func make(
         listen: ListenAddress, logger: Logger,
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
+        readiness: @escaping @Sendable () -> Readiness,
         render: @escaping @Sendable (_ openMetrics: Bool) -> String
     ) -> some ApplicationProtocol {
         let router = Router(context: HTTPGuard.Context.self)
@@ -31,6 +35,13 @@ public enum MetricsServer {
                 body: .init(byteBuffer: ByteBuffer(string: body)))
         }
         router.get("/healthz") { _, _ -> String in "ok\n" }
+        router.get("/readyz") { _, _ -> Response in
+            let r = readiness()
+            return Response(
+                status: r.isReady ? .ok : .serviceUnavailable,
+                headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(string: readinessJSON(r) + "\n")))
+        }
         return Application(
             router: router,
             server: HTTPGuard.server,
@@ -38,6 +49,13 @@ public enum MetricsServer {
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? listen.port) },
             logger: logger
         )
+    }
+
+    /// The body of /readyz: `{"ready":true}`, or `{"ready":false,"reasons":[...]}`.
+    public static func readinessJSON(_ r: Readiness) -> String {
+        let reasons = r.reasons
+        guard !reasons.isEmpty else { return #"{"ready":true}"# }
+        return #"{"ready":false,"reasons":["# + reasons.map(APIServer.jsonString).joined(separator: ",") + "]}"
     }
 
     /// Content negotiation, as Prometheus does it: OpenMetrics when the Accept

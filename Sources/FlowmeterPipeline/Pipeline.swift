@@ -10,6 +10,8 @@ public final class SharedAccounting: Sendable {
     public init(_ initial: Accounting = Accounting()) { state = Mutex(initial) }
     public func update(_ body: (inout Accounting) -> Void) { state.withLock { body(&$0) } }
     public func snapshot() -> Accounting { state.withLock { $0 } }
+    /// One part of the state, without copying the rest.
+    public func read<T>(_ body: (Accounting) -> T) -> T { state.withLock { body($0) } }
 }
 
 /// ifindex -> interface name, for labels. Names of interfaces that went away
@@ -119,6 +121,7 @@ public final class Pipeline: Sendable {
     public func finish() {
         flows.detach()
         sockets?.detach()
+        accounting.update { $0.readiness.attachment = .detached }
         flows.stopRing()
         sockets?.stopRing()
         pass(.final)
@@ -153,6 +156,13 @@ public final class Pipeline: Sendable {
             }
         }
         publishSinkStats()
+        if pass == .interval {
+            // The interval is evicted, counted and handed to the sinks: one
+            // more completed pass for /readyz, with the readers' stalls so far.
+            var stalls = ["flows": flows.ringStalls]
+            if let sockets { stalls["events"] = sockets.ringStalls }
+            accounting.update { $0.readiness.intervalPassed(stalls: stalls) }
+        }
     }
 
     /// Every sink's statistics into the accounting: the one path for all of them.

@@ -131,6 +131,8 @@ struct Startup {
         shared.update {
             $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
             $0.socketTelemetry = sockets != nil
+            // tc on every chosen interface, the socket hooks on their rung.
+            $0.readiness.attachment = .attached
             if sockets != nil {
                 $0.services = ServiceAggregator(
                     resolver: ServiceResolver(rules: file.services ?? [], peers: file.peers ?? []),
@@ -307,7 +309,7 @@ struct Startup {
             onRunning: { port in
                 logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
                 dropper.done("metrics")
-            },
+            }, readiness: { shared.read(\.readiness) },
             render: { om in
                 let snapshot = shared.snapshot()
                 let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)

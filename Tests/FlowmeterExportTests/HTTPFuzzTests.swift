@@ -29,6 +29,14 @@ import Testing
         return l
     }
 
+    /// Attached, one interval passed, no stall: /readyz answers 200.
+    static var ready: Readiness {
+        var r = Readiness()
+        r.attachment = .attached
+        r.intervalPassed(stalls: ["flows": 0])
+        return r
+    }
+
     @Test func apiRequests() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fm-fuzz-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -67,6 +75,7 @@ import Testing
         let app = MetricsServer.make(
             listen: ListenAddress(host: "127.0.0.1", port: 0), logger: Self.quiet,
             onRunning: { port in readyGo.yield(port) },
+            readiness: { Self.ready },
             render: { om in om ? "# EOF\n" : "flowmeter_build_info{version=\"v\"} 1\n" })
         let server = Task { try await app.runService(gracefulShutdownSignals: []) }
         defer { server.cancel() }
@@ -133,7 +142,7 @@ struct Answer {
 
 enum Property {
     static let apiPaths: Set<String> = ["/v1/snapshot", "/v1/stream"]
-    static let metricsPaths: Set<String> = ["/metrics", "/healthz"]
+    static let metricsPaths: Set<String> = ["/metrics", "/healthz", "/readyz"]
 
     static func check(_ req: GeneratedRequest, on target: Endpoint, api: Bool, _ i: Int, _ run: inout FuzzRun) {
         let shown = String(decoding: req.bytes.prefix(2000), as: UTF8.self)
@@ -308,11 +317,12 @@ enum RequestGen {
         let served =
             api
             ? ["/v1/snapshot", "/v1/snapshot", "/v1/snapshot?x=1", "/v1/snapshot?view=flows&filter=a%20b"]
-            : ["/metrics", "/metrics", "/healthz", "/metrics?x=1"]
+            : ["/metrics", "/metrics", "/healthz", "/readyz", "/metrics?x=1"]
         let unserved = [
             "/v1/", "/v1", "/", "/v2/snapshot", "/v1/nothing", "/metrics", "//v1/snapshot", "/v1/%73napshot",
             "/v1/snapshotx", "/V1/SNAPSHOT", "/v1/snapshot/extra", "/v1/snapshot/", "/v1//snapshot",
             "/metric", "/metricsx", "/v1/snapshot", "/METRICS", "/healthz/x", "//metrics", "/%6detrics", "/metrics/",
+            "/ready", "/readyz/x",
         ]
         let odd = [
             "*", "http://flowmeter/v1/snapshot", "http://x/metrics", "/v1/snap\u{e9}", "/\u{1}", "", "v1/snapshot",

@@ -18,6 +18,7 @@ final class FakeFlowKernel: FlowKernel {
         var ring: [[FlowRecord]] = []
         var counters = KernelCounters()
         var backlogged = false
+        var stalls: UInt64 = 0
         var calls: [String] = []
     }
     let state = Mutex(State())
@@ -42,7 +43,7 @@ final class FakeFlowKernel: FlowKernel {
         return (records, 0)
     }
     var ringBacklogged: Bool { state.withLock { $0.backlogged } }
-    var ringStalls: UInt64 { 0 }
+    var ringStalls: UInt64 { state.withLock { $0.stalls } }
     func detach() { state.withLock { $0.calls.append("detach") } }
 }
 
@@ -51,6 +52,7 @@ final class FakeSocketKernel: SocketKernel {
     struct State {
         var events: [[SocketEvent]] = []
         var updates: [[SocketEvent]] = []
+        var stalls: UInt64 = 0
         var calls: [String] = []
     }
     let state = Mutex(State())
@@ -59,7 +61,7 @@ final class FakeSocketKernel: SocketKernel {
     func stopRing() { state.withLock { $0.calls.append("stopRing") } }
     func takeEvents() -> [SocketEvent] { state.withLock { s in s.events.isEmpty ? [] : s.events.removeFirst() } }
     var ringBacklogged: Bool { false }
-    var ringStalls: UInt64 { 0 }
+    var ringStalls: UInt64 { state.withLock { $0.stalls } }
     func collectUpdates() throws -> [SocketEvent] {
         state.withLock { s in
             s.calls.append("updates"); return s.updates.isEmpty ? [] : s.updates.removeFirst()
@@ -258,6 +260,57 @@ final class FailingSink: Sink {
         #expect(a.socketEvents == 1)
         #expect(sink.passes.withLock { $0.map(\.pass) } == [.final])
         #expect(sink.stopped.withLock { $0 })
+    }
+
+    /// What /readyz reads: each completed interval pass counts (early ones
+    /// do not), a reader whose stall count grew since the last interval pass
+    /// makes the daemon not ready until an interval without one, and the
+    /// stop marks the programs detached.
+    @Test func readinessFollowsIntervalPassesStallsAndTheStop() {
+        let flows = FakeFlowKernel(), sockets = FakeSocketKernel()
+        let p = Self.pipeline(flows, sockets, sinks: [RecordingSink("rec")])
+        func readiness() -> Readiness { p.accounting.read(\.readiness) }
+        // Start-up marks the programs attached once they are.
+        #expect(readiness().reasons == ["the programs are not attached yet", "the first interval has not been evicted yet"])
+        p.accounting.update { $0.readiness.attachment = .attached }
+        #expect(readiness().reasons == ["the first interval has not been evicted yet"])
+        p.pass(.early)
+        #expect(readiness().intervalPasses == 0 && !readiness().isReady)
+        p.pass(.interval)
+        #expect(readiness().isReady)
+        #expect(readiness().stallsAtLastPass == ["flows": 0, "events": 0])
+
+        // The events reader stalls twice; an early pass in between judges nothing.
+        sockets.state.withLock { $0.stalls = 2 }
+        p.pass(.early)
+        #expect(readiness().isReady)
+        p.pass(.interval)
+        #expect(!readiness().isReady)
+        #expect(readiness().stalledRings == ["events": 2])
+        #expect(readiness().reasons.count == 1 && readiness().reasons[0].hasPrefix("the events ring's reader stalled"))
+        p.pass(.interval)
+        #expect(readiness().isReady)
+
+        flows.state.withLock { $0.stalls = 1 }
+        p.pass(.interval)
+        #expect(readiness().stalledRings == ["flows": 1])
+        p.pass(.interval)
+        #expect(readiness().isReady && readiness().intervalPasses == 5)
+
+        p.finish()
+        #expect(readiness().reasons == ["the programs are detached: flowmeterd is stopping"])
+    }
+
+    /// Without socket hooks only the flows reader is judged.
+    @Test func readinessWithoutSocketHooks() {
+        let flows = FakeFlowKernel()
+        let p = Self.pipeline(flows, nil, sinks: [])
+        p.accounting.update { $0.readiness.attachment = .attached }
+        flows.state.withLock { $0.stalls = 3 }
+        p.pass(.interval)
+        let r = p.accounting.read(\.readiness)
+        #expect(r.stallsAtLastPass == ["flows": 3])
+        #expect(r.stalledRings == ["flows": 3] && !r.isReady)
     }
 
     /// run() passes once an interval and, once cancelled, flushes.

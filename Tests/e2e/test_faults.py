@@ -183,9 +183,13 @@ class KillRun:
         else:
             # created=1: nobody else puts a clsact qdisc on this veth, so a
             # created=0 means a killed run's qdisc was adopted and would stay
-            # behind at the next clean stop.
-            assert files == {"tc-attachments": f"clsact {self.idx} {IF_A} created=1\n"}, \
-                f"{label}: state dir {files}"
+            # behind at the next clean stop. The program ids are the running
+            # daemon's (a restart tells its leftovers by them).
+            m = re.fullmatch(rf"clsact {self.idx} {IF_A} created=1 programs=(\d+),(\d+)\n",
+                             files.get("tc-attachments", ""))
+            assert set(files) == {"tc-attachments"} and m, f"{label}: state dir {files}"
+            assert {int(m.group(1)), int(m.group(2))} <= held["progs"], \
+                f"{label}: recorded programs {m.groups()} are not the daemon's {held['progs']}"
 
     def wait_attached_once(self, d, label: str, timeout: float = 10) -> None:
         """Programs of a killed run are freed asynchronously: retry for a while."""
@@ -516,7 +520,8 @@ def test_interface_churn(netpair, daemons, tmp_path, mode):
                                  f"(start {base['progs']}), maps {now['maps']} (start {base['maps']})"
                                  f"\n{d.stderr[-3000:]}") from None
         if mode == "clsact":
-            wait_for(lambda: (state / "tc-attachments").read_text() == f"clsact {ifindex(pair.a, IF_A)} {IF_A} created=1\n",
+            record = rf"clsact {ifindex(pair.a, IF_A)} {IF_A} created=1 programs=\d+,\d+\n"
+            wait_for(lambda: re.fullmatch(record, (state / "tc-attachments").read_text()),
                      timeout=10, what="state file back to veth-a only")
         sample()
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 import fmlib
-from conftest import V4_B, IF_A, NetPair, flowmeter_links, flowmeter_progs, unique_port, wait_for
+from conftest import V4_B, IF_A, Daemon, NetPair, flowmeter_links, flowmeter_progs, unique_port, wait_for
 
 BPF_LINK_TYPE_TCX = 11
 OUR_FILTER = re.compile(r"handle 0xf10e\b")
@@ -138,6 +138,54 @@ def test_sigkill_then_restart(netpair, daemons, tmp_path, mode):
     rc = second.terminate()
     assert rc == 0, f"exit {rc} on SIGTERM:\n{second.stderr}"
     assert_clean(pair, before, {first.proc.pid, second.proc.pid})
+
+
+# What the Kubernetes DaemonSet grants (deploy/kubernetes/daemonset.yaml): no CAP_SYS_ADMIN.
+POD_CAPS = ["--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all,+bpf,+perfmon,+net_admin"]
+
+
+def test_sigkill_then_restart_without_sys_admin(netpair, flowmeterd, tmp_path):
+    """With only the pod's three capabilities, the kernel does not give a
+    program's name by id (CAP_SYS_ADMIN). On an interface whose clsact qdisc
+    is not ours (as a CNI leaves one), the killed run's filters then stay
+    with the qdisc, and only the program ids in the state record tell them
+    as ours: the restart removes them and attaches, instead of failing with
+    "File exists" for good."""
+    pair = netpair
+    pair.run(pair.a, "tc", "qdisc", "add", "dev", IF_A, "clsact")
+    before = snapshot(pair)
+    args = [*daemon_args("clsact", tmp_path, unique_port()), "--hooks", "off"]
+    started = []
+
+    def start(name: str) -> Daemon:
+        d = Daemon("setpriv", pair.a, [*POD_CAPS, flowmeterd, *args], tmp_path, name)
+        started.append(d)
+        return d.start().wait_ready()
+
+    try:
+        first = start("first")
+        running = assert_attached(pair, "clsact", before, first.proc.pid)
+        first_progs = {i for i in running["progs"] if i not in before["progs"]}
+        assert first.kill() == -signal.SIGKILL
+        record = (tmp_path / "state" / "tc-attachments").read_text()
+        assert re.fullmatch(rf"clsact \d+ {IF_A} created=0 programs=\d+,\d+\n", record), record
+        assert {int(i) for i in record.split("programs=")[1].split(",")} <= first_progs, record
+
+        second = start("second")
+        assert "removed=2 tc filter(s) on veth-a" in second.stderr, second.stderr
+        now = assert_attached(pair, "clsact", before, second.proc.pid)
+        wait_for(lambda: not (set(flowmeter_progs()) & first_progs), timeout=10,
+                 what="the killed run's programs to be released")
+        for hook in ("ingress", "egress"):
+            line = our_filters(now["tc"][hook])[0]
+            m = re.search(r"\bid (\d+)", line)
+            assert m and int(m.group(1)) not in first_progs, f"{hook} filter still runs the killed run's program: {line}"
+        assert second.terminate() == 0, second.stderr
+        assert_clean(pair, before, {first.proc.pid, second.proc.pid})
+    finally:
+        for d in started:
+            d.close()
+            print(f"----- {d.name} exit {d.proc.returncode if d.proc else None} stderr -----\n{d.stderr}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
