@@ -17,6 +17,7 @@ forced), so both paths are tested on every machine.
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,33 @@ def socket_updates(request):
             os.environ.pop("FLOWMETER_SOCKET_UPDATES", None)
         else:
             os.environ["FLOWMETER_SOCKET_UPDATES"] = old
+
+
+# ---------------------------------------------------------------------------
+# network namespaces from Python
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+@contextmanager
+def in_netns(name: str):
+    """Sockets made inside the block belong to namespace `name` (this thread
+    moves there and back), so a test can talk to a daemon listening on the
+    namespace's loopback."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(own)
+        os.close(target)
 
 
 _seq = itertools.count(1)

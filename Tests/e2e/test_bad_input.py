@@ -5,7 +5,6 @@ the metrics endpoint. Each case checks the message names the cause, the exit
 status, and that nothing is left attached in the test's own namespace."""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -13,12 +12,11 @@ import socket
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from conftest import IF_A, sh, unique_port, wait_for
+from conftest import IF_A, in_netns, sh, unique_port, wait_for
 
 # The daemon's bounds (Sources/FlowmeterExport/HTTPGuard.swift).
 IDLE_SECONDS = 10
@@ -177,28 +175,6 @@ def test_forced_rung_unavailable(netpair, flowmeterd, daemons, tmp_path, rung, m
 # ---------------------------------------------------------------------------
 # HTTP: the local API (unix socket) and the metrics endpoint (TCP)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-@contextmanager
-def in_netns(name: str):
-    """Sockets made inside the block belong to namespace `name` (this thread
-    moves there and back), so the test can talk to a daemon listening on the
-    namespace's loopback."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 class Endpoint:

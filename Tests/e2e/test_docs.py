@@ -29,17 +29,7 @@ FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
-# conftest.py's session fixtures are autouse: without root, `_privileged` skips
-# every test of this folder (fails with FLOWMETER_REQUIRE_PRIVILEGED=1). These
-# tests read files only, so this module gives both names fixtures that do nothing.
-@pytest.fixture(scope="session")
-def _privileged():
-    yield
-
-
-@pytest.fixture(scope="session")
-def _remove_stale_namespaces():
-    yield
+from unprivileged import _privileged, _remove_stale_namespaces  # noqa: F401  (these tests need no root)
 
 
 def doc_files() -> list[Path]:

@@ -4,37 +4,14 @@ first interval has been evicted and 200 after it, and /healthz answers 200 all
 along."""
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
 import time
-from contextlib import contextmanager
 
-from conftest import IF_A, unique_port
+from conftest import IF_A, in_netns, unique_port
 
 INTERVAL = 3.0
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def in_netns(name: str):
-    """Sockets made inside the block belong to namespace `name` (this thread
-    moves there and back)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def get(ns: str, port: int, path: str) -> tuple[int, str, str]:

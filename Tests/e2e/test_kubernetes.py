@@ -31,16 +31,7 @@ NAMESPACE = "flowmeter"
 POD_LABELS = {"app.kubernetes.io/name": "flowmeter", "app.kubernetes.io/component": "node-agent"}
 
 
-# conftest.py's session fixtures are autouse: without root, `_privileged` skips
-# every test of this folder. These tests only render and read files.
-@pytest.fixture(scope="session")
-def _privileged():
-    yield
-
-
-@pytest.fixture(scope="session")
-def _remove_stale_namespaces():
-    yield
+from unprivileged import _privileged, _remove_stale_namespaces  # noqa: F401  (these tests need no root)
 
 
 try:
