@@ -38,6 +38,10 @@ let package = Package(
         .target(name: "CPrivileges"),
 
         .target(name: "FlowmeterCore"),
+        // The version and git commit `--version` prints; the commit is
+        // written at build time by the BuildCommit plugin ("unknown" without git).
+        .target(name: "FlowmeterBuildInfo", dependencies: ["FlowmeterCore"], plugins: ["BuildCommit"]),
+        .plugin(name: "BuildCommit", capability: .buildTool()),
         .target(
             name: "FlowmeterBPF",
             dependencies: ["CLibbpf", "FlowmeterABI", "CPrivileges", "FlowmeterCore",
@@ -65,7 +69,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "flowmeterd",
-            dependencies: ["FlowmeterCore", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig", "FlowmeterPipeline",
+            dependencies: ["FlowmeterCore", "FlowmeterBuildInfo", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig", "FlowmeterPipeline",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")]
@@ -75,7 +79,7 @@ let package = Package(
         .systemLibrary(name: "CNcurses", pkgConfig: "ncursesw", providers: [.apt(["libncurses-dev"])]),
         .executableTarget(
             name: "flowtop",
-            dependencies: ["FlowtopCore", "FlowmeterCore", "CNcurses",
+            dependencies: ["FlowtopCore", "FlowmeterCore", "FlowmeterBuildInfo", "CNcurses",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // flowtop's pure part: snapshot history and rates, views, keys, screen model (no I/O).
