@@ -1,5 +1,6 @@
 """The Debian package (tools/package): lintian, the systemd unit, install and
-purge on this machine, and the static executables.
+purge on this machine, the unit under a real systemd in a VM
+(tools/vmtest-unit), and the static executables.
 
 The package is FLOWMETER_DEB (tools/test builds it with tools/package before
 pytest); unset, this module runs tools/package itself (seconds once .build-vm
@@ -244,6 +245,20 @@ def test_install_run_purge(deb, unpacked, netpair, tmp_path):
     assert not wants.is_symlink(), "the unit's enablement symlink was left behind"
     assert not list(Path("/var/lib/systemd/deb-systemd-helper-enabled").rglob("flowmeterd.service*"))
     assert not list(Path("/var/lib/systemd/deb-systemd-helper-masked").glob("flowmeterd.service*"))
+
+
+def test_unit_under_systemd(deb):
+    """tools/vmtest-unit: Debian with systemd as PID 1 in a VM (this machine's
+    release and its cloud kernel), the package installed: the unit starts at
+    boot under its sandbox with the capabilities it should have, counts,
+    reopens the flow log on logrotate's reload, comes back after SIGKILL and
+    cleans up after the dead run, stops cleanly, and purge and install work
+    with systemd running."""
+    p = run(str(REPO / "tools" / "vmtest-unit"), "--deb", str(deb), timeout=2400, check=False)
+    print(p.stdout)
+    tally = re.search(r"^(\d+) passed, (\d+) failed$", p.stdout, re.M)
+    assert p.returncode == 0 and tally and tally.group(2) == "0" and int(tally.group(1)) >= 21, \
+        f"tools/vmtest-unit exited {p.returncode}:\n{p.stdout}\n{p.stderr[-8000:]}"
 
 
 def test_build_commit_without_git(tmp_path):
