@@ -39,6 +39,10 @@ let package = Package(
         .target(name: "CPrivileges"),
 
         .target(name: "FlowmeterCore"),
+        // The version and git commit `--version` prints; the commit is
+        // written at build time by the BuildCommit plugin ("unknown" without git).
+        .target(name: "FlowmeterBuildInfo", dependencies: ["FlowmeterCore"], plugins: ["BuildCommit"]),
+        .plugin(name: "BuildCommit", capability: .buildTool()),
         .target(
             name: "FlowmeterBPF",
             dependencies: [
@@ -71,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "flowmeterd",
             dependencies: [
-                "FlowmeterCore", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig", "FlowmeterPipeline",
+                "FlowmeterCore", "FlowmeterBuildInfo", "FlowmeterBPF", "FlowmeterExport", "FlowmeterConfig", "FlowmeterPipeline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -83,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "flowtop",
             dependencies: [
-                "FlowtopCore", "FlowmeterCore", "CNcurses",
+                "FlowtopCore", "FlowmeterCore", "FlowmeterBuildInfo", "CNcurses",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FlowmeterBPF
+import FlowmeterBuildInfo
 import FlowmeterConfig
 import FlowmeterCore
 import FlowmeterExport
@@ -20,7 +21,7 @@ struct Flowmeterd: AsyncParsableCommand {
             Once attached and serving, every thread keeps only CAP_BPF (CAP_SYS_ADMIN where bpf() needs it instead), \
             plus CAP_NET_ADMIN when it follows interfaces or uses clsact, and sets no_new_privs.
             """,
-        version: FlowmeterVersion.current,
+        version: BuildInfo.version,
         subcommands: [Run.self, Check.self, ConfigCommand.self],
         defaultSubcommand: Run.self
     )

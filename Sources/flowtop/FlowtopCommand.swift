@@ -1,5 +1,6 @@
 import ArgumentParser
 import CNcurses
+import FlowmeterBuildInfo
 import FlowmeterCore
 import FlowtopCore
 import Foundation
@@ -15,7 +16,7 @@ struct Flowtop: ParsableCommand {
             (2 s, 10 s, 40 s); b toggles bytes/bits; a column's letter sorts by it (again: reverse); / filters \
             (text, or column=value); Enter drills from a service into its flows (Esc: back); p pauses; ? help; q quits.
             """,
-        version: FlowmeterVersion.current
+        version: BuildInfo.version
     )
 
     @Option(name: .long, help: ArgumentHelp("flowmeterd's API socket.", valueName: "path"))
@@ -93,9 +94,15 @@ enum Standalone {
     static func start() throws -> (Process, String) {
         guard geteuid() == 0 else { throw ValidationError("--standalone needs root (it loads BPF programs)") }
         let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        let daemon = me.deletingLastPathComponent().appendingPathComponent("flowmeterd")
-        guard FileManager.default.isExecutableFile(atPath: daemon.path) else {
-            throw ValidationError("--standalone: no flowmeterd next to flowtop (\(daemon.path))")
+        let here = me.deletingLastPathComponent()
+        // Beside flowtop (a build directory), or in ../sbin (the package:
+        // /usr/bin/flowtop and /usr/sbin/flowmeterd).
+        let candidates = [
+            here.appendingPathComponent("flowmeterd"),
+            here.deletingLastPathComponent().appendingPathComponent("sbin/flowmeterd").standardizedFileURL,
+        ]
+        guard let daemon = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+            throw ValidationError("--standalone: no flowmeterd next to flowtop (\(candidates.map(\.path).joined(separator: " or ")))")
         }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("flowtop-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
