@@ -247,20 +247,6 @@ def test_install_run_purge(deb, unpacked, netpair, tmp_path):
     assert not list(Path("/var/lib/systemd/deb-systemd-helper-masked").glob("flowmeterd.service*"))
 
 
-def test_unit_under_systemd(deb):
-    """tools/vmtest-unit: Debian with systemd as PID 1 in a VM (this machine's
-    release and its cloud kernel), the package installed: the unit starts at
-    boot under its sandbox with the capabilities it should have, counts,
-    reopens the flow log on logrotate's reload, comes back after SIGKILL and
-    cleans up after the dead run, stops cleanly, and purge and install work
-    with systemd running."""
-    p = run(str(REPO / "tools" / "vmtest-unit"), "--deb", str(deb), timeout=2400, check=False)
-    print(p.stdout)
-    tally = re.search(r"^(\d+) passed, (\d+) failed$", p.stdout, re.M)
-    assert p.returncode == 0 and tally and tally.group(2) == "0" and int(tally.group(1)) >= 21, \
-        f"tools/vmtest-unit exited {p.returncode}:\n{p.stdout}\n{p.stderr[-8000:]}"
-
-
 def test_build_commit_without_git(tmp_path):
     """tools/build-commit (the BuildCommit plugin's script) names the commit of
     a git work tree, and says "unknown" outside one or without git."""
