@@ -12,6 +12,7 @@ extension FileConfig {
         "FLOWMETER_BPF_CLANG",            // build: the clang for -target bpf
         "FLOWMETER_LIBBPF_DEBUG",         // daemon: print libbpf's debug log
         "FLOWMETER_BIN",                  // tests: the daemon binary the e2e tests run
+        "FLOWMETER_DEB",                  // tests: the Debian package test_package.py tests
         "FLOWMETER_VMTEST_CACHE",         // tools/vmtest: its kernel image cache
         "FLOWMETER_FUZZ_SEED",            // tests: replay the property tests' random cases
         "FLOWMETER_FUZZ_CASES",           // tests: how many random cases they try

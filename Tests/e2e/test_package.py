@@ -17,6 +17,7 @@ embedded-library errors of static linking, each expected here by name.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -161,7 +162,23 @@ def unit_capabilities(unit: str) -> list[str]:
     return line.split("=", 1)[1].split()
 
 
-def test_install_run_purge(deb, unpacked, netpair, tmp_path):
+@pytest.fixture
+def package_lock():
+    """Installing is machine-wide: two runs of this suite at once (two work
+    trees) take turns, or one would purge what the other tests."""
+    with open("/run/lock/flowmeter-package-test.lock", "w") as f:
+        deadline = time.monotonic() + 1800
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "another test run held the package lock for 30 minutes"
+                time.sleep(2)
+        yield
+
+
+def test_install_run_purge(deb, unpacked, netpair, tmp_path, package_lock):
     if installed():
         assert dpkg("--purge", PACKAGE).returncode == 0
     paths = [os.path.normpath("/" + l.split(" -> ")[0].split(maxsplit=5)[5])
