@@ -54,6 +54,30 @@ SOCKET_UPDATE_PATHS = ("auto", "raw-tp")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "socket_updates: runs once per socket update path (auto, raw-tp)")
+    _take_machine_lock()
+
+
+# Socket hooks, cgroup attachments and `bpftool prog show` are machine-wide:
+# two privileged runs at once see each other's programs and traffic, and the
+# leak checks fail. So privileged runs take turns on one lock, held until the
+# process exits (the kernel drops it with the file descriptor).
+LOCK_PATH = "/run/lock/flowmeter-e2e.lock"
+_lock_file = None
+
+
+def _take_machine_lock():
+    global _lock_file
+    if os.geteuid() != 0 or _lock_file is not None:
+        return
+    import fcntl
+
+    os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
+    _lock_file = open(LOCK_PATH, "w")
+    try:
+        fcntl.flock(_lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"conftest: waiting for another privileged test run ({LOCK_PATH})", file=sys.stderr, flush=True)
+        fcntl.flock(_lock_file, fcntl.LOCK_EX)
 
 
 def pytest_generate_tests(metafunc):
