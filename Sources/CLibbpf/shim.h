@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/vfs.h>      /* statfs: is the pin directory on bpffs */
 #include <linux/bpf.h>
 #include <linux/netlink.h>  /* link events (LinkMonitor) */
 #include <linux/rtnetlink.h>
@@ -168,6 +169,73 @@ static inline int fm_tc_detach(int ifindex, int ingress, __u32 handle, __u32 pri
     fm_tc_hook_init(&hook, ifindex, ingress);
     fm_tc_opts_init(&opts, handle, priority);
     return bpf_tc_detach(&hook, &opts);
+}
+
+/* Replace the program of our filter at (handle, priority) in one netlink
+ * request (BPF_TC_F_REPLACE): every packet meets the old program or the new
+ * one, none meets neither. Adopting a --persist attachment. 0 or -errno. */
+static inline int fm_tc_replace(int prog_fd, int ifindex, int ingress, __u32 handle, __u32 priority)
+{
+    struct bpf_tc_hook hook;
+    struct bpf_tc_opts opts;
+    fm_tc_hook_init(&hook, ifindex, ingress);
+    fm_tc_opts_init(&opts, handle, priority);
+    opts.prog_fd = prog_fd;
+    opts.flags = BPF_TC_F_REPLACE;
+    return bpf_tc_attach(&hook, &opts);
+}
+
+/* Swap the program a link runs (BPF_LINK_UPDATE), atomically, as above:
+ * adopting a pinned TCX link. 0 or -errno. */
+static inline int fm_link_update(int link_fd, int prog_fd)
+{
+    return bpf_link_update(link_fd, prog_fd, NULL) ? -errno : 0;
+}
+
+/* Pin an object (map, link) at a bpffs path. 0 or -errno. */
+static inline int fm_obj_pin(int fd, const char *path)
+{
+    return bpf_obj_pin(fd, path) ? -errno : 0;
+}
+
+/* Open a pinned object. The fd or -errno (-ENOENT: nothing pinned there). */
+static inline int fm_obj_get(const char *path)
+{
+    int fd = bpf_obj_get(path);
+    return fd < 0 ? -errno : fd;
+}
+
+/* A one-entry array map (__u32 key) of `value_size` bytes. The fd or -errno. */
+static inline int fm_array_create(const char *name, __u32 value_size)
+{
+    int fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, name, sizeof(__u32), value_size, 1, NULL);
+    return fd < 0 ? -errno : fd;
+}
+
+/* Detach a link whoever holds it (BPF_LINK_DETACH): uninstall. 0 or -errno. */
+static inline int fm_link_detach(int link_fd)
+{
+    return bpf_link_detach(link_fd) ? -errno : 0;
+}
+
+/* A link's type and, for a TCX link, its interface (0 once the interface is gone: the link is
+ * defunct) and attach type. The 6.1 uapi headers this builds against
+ * predate the tcx member of bpf_link_info, so it is read by its offset:
+ * type, id, prog_id (3 x __u32), then the 8-aligned union, whose tcx member
+ * is { __u32 ifindex; __u32 attach_type; }. 0 or -errno. */
+static inline int fm_tcx_link_info(int link_fd, __u32 *type, __u32 *ifindex, __u32 *attach_type, __u32 *prog_id)
+{
+    __u64 raw[16];
+    __u32 len = sizeof(raw);
+    memset(raw, 0, sizeof(raw));
+    if (bpf_obj_get_info_by_fd(link_fd, raw, &len))
+        return -errno;
+    const __u32 *w = (const __u32 *)raw;
+    *type = w[0];
+    *prog_id = w[2];
+    *ifindex = w[4];
+    *attach_type = w[5];
+    return 0;
 }
 
 /* Run a program once or `repeat` times on `data` (BPF_PROG_TEST_RUN).

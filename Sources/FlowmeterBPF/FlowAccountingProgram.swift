@@ -47,6 +47,13 @@ public final class FlowAccountingProgram: @unchecked Sendable {
     private var activeIsA = true
     /// nil until probed; false once the kernel refused batch ops.
     public private(set) var batchOps: Bool?
+    /// Whether the maps were adopted from a pin directory (--persist) rather
+    /// than created by this load.
+    public let adopted: Bool
+    /// An adopted run's leftovers, handed out with the first eviction: what
+    /// the table not being written still held (a run killed in the middle
+    /// of its drain leaves part of it there).
+    private var carried: [FlowRecord] = []
 
     /// Default flows per table: FM_DEFAULT_FLOW_TABLE_SIZE (65536) where that
     /// keeps the two preallocated per-CPU tables under about 64 MiB of kernel
@@ -67,7 +74,16 @@ public final class FlowAccountingProgram: @unchecked Sendable {
 
     /// Opens and loads the object. `flowTableSize` flows per table (two tables),
     /// `ringBytes` for the "flows" ring (power of two, multiple of the page size).
-    public init(flowTableSize: Int = FlowAccountingProgram.defaultFlowTableSize(), ringBytes: Int = ABI.defaultFlowsRingBytes) throws {
+    ///
+    /// With `pins` (--persist), maps pinned there by an earlier run of this
+    /// ABI (`PinDirectory.inspect() == .compatible`) are adopted: the
+    /// programs load against them, keeping their sizes, their contents and
+    /// which table is being written. Otherwise the maps are created and then
+    /// pinned there, the ABI record last.
+    public init(
+        flowTableSize: Int = FlowAccountingProgram.defaultFlowTableSize(), ringBytes: Int = ABI.defaultFlowsRingBytes,
+        pins: PinDirectory? = nil
+    ) throws {
         guard flowTableSize >= 1, flowTableSize <= 1 << 24 else {
             throw BPFError("flow table size \(flowTableSize) is out of range (1 ... 16777216)", errno: EINVAL)
         }
@@ -82,8 +98,20 @@ public final class FlowAccountingProgram: @unchecked Sendable {
         }
         let r = bpf_map__set_max_entries(try obj.map(Maps.flows), UInt32(ringBytes))
         if r != 0 { throw BPFError.from("set size of ring \(Maps.flows)", result: r) }
+        let adopt = pins?.inspect() == .compatible
+        if let pins, adopt {
+            for m in PinDirectory.mapNames {
+                guard let fd = try pins.open(m.name) else { throw BPFError("open pinned map \(pins.file(m.name))", errno: ENOENT) }
+                defer { close(fd) }
+                // libbpf takes the pinned map's definition (type, sizes) and
+                // a duplicate of the descriptor, and creates no map of its own.
+                let r = bpf_map__reuse_fd(try obj.map(m), fd)
+                if r != 0 { throw BPFError.from("adopt pinned map \(pins.file(m.name))", result: r) }
+            }
+        }
         try obj.load()
         object = obj
+        adopted = adopt
         ingressFD = try obj.programFD(Program.ingress.name)
         egressFD = try obj.programFD(Program.egress.name)
         noopFD = try obj.programFD(Program.noop.name)
@@ -91,9 +119,35 @@ public final class FlowAccountingProgram: @unchecked Sendable {
         tableFDs = (try obj.mapFD(Maps.flows_a), try obj.mapFD(Maps.flows_b))
         statsFD = try obj.mapFD(Maps.fm_stats)
         flowsRingFD = try obj.mapFD(Maps.flows)
-        self.flowTableSize = flowTableSize
-        // libbpf put flows_a into slot 0 at load; say so explicitly anyway.
-        try point(at: tableFDs.a)
+        self.flowTableSize = adopt ? Int(Self.mapInfo(tableFDs.a).max_entries) : flowTableSize
+        if adopt {
+            // The table the programs write stays the one the last run left
+            // them writing; the other one holds what a killed run had not
+            // drained yet, which goes into the first interval.
+            var key: UInt32 = 0
+            var id: UInt32 = 0
+            if bpf_map_lookup_elem(outerFD, &key, &id) == 0 && id != 0 {
+                activeIsA = id == Self.mapInfo(tableFDs.a).id
+            } else {
+                try point(at: tableFDs.a)
+            }
+            carried = try drain(tableFD: activeIsA ? tableFDs.b : tableFDs.a)
+        } else {
+            // libbpf put flows_a into slot 0 at load; say so explicitly anyway.
+            try point(at: tableFDs.a)
+            if let pins {
+                for m in PinDirectory.mapNames { try pins.pin(try obj.mapFD(m), as: m.name) }
+                try pins.pinABIRecord()
+            }
+        }
+    }
+
+    /// The kernel's description of a map we hold (id, sizes).
+    static func mapInfo(_ fd: Int32) -> bpf_map_info {
+        var info = bpf_map_info()
+        var len = UInt32(MemoryLayout<bpf_map_info>.size)
+        _ = bpf_obj_get_info_by_fd(fd, &info, &len)
+        return info
     }
 
     public func fd(of program: Program) -> Int32 {
@@ -119,13 +173,15 @@ public final class FlowAccountingProgram: @unchecked Sendable {
         let old = activeIsA ? tableFDs.a : tableFDs.b
         try point(at: activeIsA ? tableFDs.b : tableFDs.a)
         activeIsA.toggle()
-        return try drain(tableFD: old)
+        defer { carried = [] }
+        return try carried + drain(tableFD: old)
     }
 
     /// Drains both tables without swapping: for the final flush, after the
     /// programs are detached, and for tests.
     public func drainAll() throws -> [FlowRecord] {
-        try drain(tableFD: tableFDs.a) + drain(tableFD: tableFDs.b)
+        defer { carried = [] }
+        return try carried + drain(tableFD: tableFDs.a) + drain(tableFD: tableFDs.b)
     }
 
     private func drain(tableFD fd: Int32) throws -> [FlowRecord] {

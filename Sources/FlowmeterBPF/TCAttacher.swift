@@ -73,6 +73,16 @@ public final class TCAttacher: @unchecked Sendable {
     /// The program ids the state file held at start (a killed run's).
     private var recordedPrograms = Set<UInt32>()
     private let statePath: String
+    /// --persist: TCX links are pinned here, and attachments an earlier run
+    /// left are adopted (their program swapped for ours) instead of removed.
+    private let pins: PinDirectory?
+    /// Recorded clsact attachments kept for adoption: ifindex -> whether the
+    /// earlier run created the qdisc (so `uninstall` still removes it).
+    private var adoptable: [UInt32: Bool] = [:]
+    /// Set by `release()`: what is attached is no longer ours to change.
+    private var released = false
+    /// Attachments that went to another program in one step (what adoption did).
+    public private(set) var adoptedCount = 0
     private let lock = NSLock()
     private var attachments: [Attachment] = []
     /// The mode `auto` resolved to at the first attach; later attaches use it.
@@ -84,9 +94,10 @@ public final class TCAttacher: @unchecked Sendable {
     }
 
     /// `stateDir` holds the record of clsact attachments (default /run/flowmeter).
-    public init(ingressFD: Int32, egressFD: Int32, stateDir: String) {
+    public init(ingressFD: Int32, egressFD: Int32, stateDir: String, pins: PinDirectory? = nil) {
         self.ingressFD = ingressFD
         self.egressFD = egressFD
+        self.pins = pins
         programIDs = [ingressFD, egressFD].map(Self.programID(fd:)).filter { $0 != 0 }
         statePath = stateDir + "/tc-attachments"
     }
@@ -157,12 +168,11 @@ public final class TCAttacher: @unchecked Sendable {
     }
 
     private func attachTCX(_ iface: InterfaceSelection.Candidate) throws {
-        let inFD = fm_tcx_attach(ingressFD, Int32(iface.ifindex), 1)
-        if inFD < 0 { throw BPFError("attach tcx ingress on \(iface.name)", errno: -inFD) }
-        let outFD = fm_tcx_attach(egressFD, Int32(iface.ifindex), 0)
-        if outFD < 0 {
+        let inFD = try tcxLink(iface, ingress: true)
+        let outFD: Int32
+        do { outFD = try tcxLink(iface, ingress: false) } catch {
             close(inFD)
-            throw BPFError("attach tcx egress on \(iface.name)", errno: -outFD)
+            throw error
         }
         attachments.append(
             Attachment(
@@ -170,8 +180,44 @@ public final class TCAttacher: @unchecked Sendable {
                 linkFDs: [inFD, outFD], createdQdisc: false))
     }
 
+    /// One direction's TCX link: with --persist, the pinned link an earlier
+    /// run left on this interface, now running our program (swapped in one
+    /// step, so no packet is missed), else a new link, pinned.
+    private func tcxLink(_ iface: InterfaceSelection.Candidate, ingress: Bool) throws -> Int32 {
+        let what = "tcx \(ingress ? "ingress" : "egress") on \(iface.name)"
+        let pinName = PinDirectory.tcxLink(ifindex: iface.ifindex, ingress: ingress)
+        if let pins, let fd = try pins.open(pinName) {
+            var type: UInt32 = 0, idx: UInt32 = 0, attachType: UInt32 = 0, prog: UInt32 = 0
+            let want = UInt32(ingress ? FM_BPF_TCX_INGRESS : FM_BPF_TCX_EGRESS)
+            // A link whose interface went away is defunct (index 0): drop it.
+            if fm_tcx_link_info(fd, &type, &idx, &attachType, &prog) == 0, idx == iface.ifindex, attachType == want {
+                let r = fm_link_update(fd, ingress ? ingressFD : egressFD)
+                if r == 0 {
+                    adoptedCount += 1
+                    return fd
+                }
+                close(fd)
+                throw BPFError("adopt the pinned link of \(what)", errno: -r)
+            }
+            close(fd)
+            pins.remove(pinName)
+        }
+        let fd = fm_tcx_attach(ingress ? ingressFD : egressFD, Int32(iface.ifindex), ingress ? 1 : 0)
+        if fd < 0 { throw BPFError("attach \(what)", errno: -fd) }
+        if let pins {
+            do { try pins.pin(fd, as: pinName) } catch {
+                close(fd)
+                throw error
+            }
+        }
+        return fd
+    }
+
     private func attachClsact(_ iface: InterfaceSelection.Candidate) throws {
         let idx = Int32(iface.ifindex)
+        if pins != nil, let created = adoptable.removeValue(forKey: iface.ifindex), try adoptClsact(iface, created: created) {
+            return
+        }
         removeStaleFilters(ifindex: idx, recorded: recordedPrograms)
         // A qdisc we are about to create is recorded as ours before it
         // exists: recorded after, a kill in between left it on the interface
@@ -203,7 +249,68 @@ public final class TCAttacher: @unchecked Sendable {
         }
     }
 
+    /// Swaps our program into the filters an earlier run left (--persist),
+    /// each in one netlink request. False if there are none to adopt (the
+    /// caller then attaches as usual).
+    private func adoptClsact(_ iface: InterfaceSelection.Candidate, created: Bool) throws -> Bool {
+        let idx = Int32(iface.ifindex)
+        let ours = [Int32(1), 0].map { fm_tc_query(idx, $0, Self.clsactHandle, Self.clsactPriority) }
+        guard ours.allSatisfy({ $0 != 0 && recordedPrograms.contains($0) }) else { return false }
+        attachments.append(Attachment(name: iface.name, ifindex: iface.ifindex, mode: .clsact, linkFDs: [], createdQdisc: created))
+        for (ingress, fd) in [(Int32(1), ingressFD), (Int32(0), egressFD)] {
+            let r = fm_tc_replace(fd, idx, ingress, Self.clsactHandle, Self.clsactPriority)
+            if r != 0 {
+                writeState()
+                throw BPFError("adopt the tc \(ingress == 1 ? "ingress" : "egress") filter on \(iface.name)", errno: -r)
+            }
+            adoptedCount += 1
+        }
+        writeState()  // the record now names our programs
+        return true
+    }
+
+    /// After the first attach with --persist: takes off what an earlier run
+    /// left and this one did not adopt (an interface no longer chosen, a tc
+    /// mode changed): clsact filters kept for adoption, and pinned TCX links
+    /// of interfaces we are not attached to. Returns what it removed.
+    public func finishAdoption() -> [String] {
+        lock.withLock {
+            var removed: [String] = []
+            for (idx, created) in adoptable {
+                let n = removeStaleFilters(ifindex: Int32(idx), recorded: recordedPrograms)
+                if n > 0 { removed.append("\(n) tc filter(s) on interface \(idx)") }
+                if created && fm_clsact_destroy(Int32(idx)) == 0 { removed.append("clsact qdisc on interface \(idx)") }
+            }
+            adoptable = [:]
+            guard let pins else { return removed }
+            let mine = Set(
+                attachments.filter { $0.mode == .tcx }.flatMap { a in
+                    [true, false].map { PinDirectory.tcxLink(ifindex: a.ifindex, ingress: $0) }
+                })
+            for name in pins.entries() where name.hasPrefix("tcx_") && !mine.contains(name) {
+                if let fd = try? pins.open(name) {
+                    _ = fm_link_detach(fd)
+                    close(fd)
+                }
+                pins.remove(name)
+                removed.append("TCX link \(name)")
+            }
+            return removed
+        }
+    }
+
     // MARK: detach
+
+    /// --persist: lets go without detaching. Pinned TCX links stay attached
+    /// (closing our descriptors does not detach a pinned link), clsact
+    /// filters stay, and so does their record, for the next start to adopt.
+    public func release() {
+        lock.withLock {
+            for a in attachments { for fd in a.linkFDs { close(fd) } }
+            attachments.removeAll()
+            released = true
+        }
+    }
 
     /// Takes everything off. Safe to call twice.
     public func detachAll() {
@@ -211,10 +318,14 @@ public final class TCAttacher: @unchecked Sendable {
     }
 
     private func detachLocked(where match: (Attachment) -> Bool) {
+        // Released: the record is the next start's (no rewrite, no removal).
+        if released { return }
         for a in attachments where match(a) {
             switch a.mode {
             case .tcx, .auto:
-                // Closing the last fd of an unpinned link detaches it.
+                // Closing the last fd of an unpinned link detaches it; so
+                // the pins (--persist) go first.
+                for ingress in [true, false] { pins?.remove(PinDirectory.tcxLink(ifindex: a.ifindex, ingress: ingress)) }
                 for fd in a.linkFDs { close(fd) }
             case .clsact:
                 let idx = Int32(a.ifindex)
@@ -239,8 +350,11 @@ public final class TCAttacher: @unchecked Sendable {
     /// Removes clsact filters and qdiscs that an earlier run recorded in the
     /// state file and did not take off (it was killed). TCX links need no
     /// cleanup: the kernel drops them with the process. Returns what it removed.
+    ///
+    /// With --persist, records of the interfaces in `keeping` stay: their
+    /// filters are adopted by the attach that follows.
     @discardableResult
-    public func removeLeftovers() -> [String] {
+    public func removeLeftovers(keeping: Set<UInt32> = []) -> [String] {
         var removed: [String] = []
         unlink(statePath + ".tmp")  // a record being written when the run was killed
         guard let text = try? String(contentsOfFile: statePath, encoding: .utf8) else { return removed }
@@ -257,6 +371,10 @@ public final class TCAttacher: @unchecked Sendable {
             }
             // The index must still be the interface the record names; else it is gone.
             guard if_nametoindex(name) == UInt32(idx) else { continue }
+            if pins != nil && keeping.contains(UInt32(idx)) && !recorded.isEmpty {
+                lock.withLock { adoptable[UInt32(idx)] = f[3] == "created=1" }
+                continue
+            }
             let filters = removeStaleFilters(ifindex: idx, recorded: recorded)
             if filters > 0 { removed.append("\(filters) tc filter(s) on \(name)") }
             if f[3] == "created=1" && fm_clsact_destroy(idx) == 0 { removed.append("clsact qdisc on \(name)") }
@@ -322,5 +440,5 @@ public final class TCAttacher: @unchecked Sendable {
         if ok { rename(tmp, statePath) } else { unlink(tmp) }
     }
 
-    deinit { detachLocked { _ in true } }
+    deinit { lock.withLock { detachLocked { _ in true } } }
 }

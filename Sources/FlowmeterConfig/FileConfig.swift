@@ -66,6 +66,10 @@ public struct FileConfig: Sendable, Equatable {
     public var followInterfaces: Bool?
     /// Where clsact attachments are recorded (`--state-dir`).
     public var stateDir: String?
+    /// Leave the tc programs attached and their maps pinned across a stop (`--persist`).
+    public var persist: Bool?
+    /// The bpffs directory `persist` pins under (`--pin-dir`).
+    public var pinDir: String?
     /// One of `FileConfig.logLevels` (`--log-level`).
     public var logLevel: String?
     /// Rules naming the local end of a socket; the first match wins.
@@ -87,7 +91,7 @@ public struct FileConfig: Sendable, Equatable {
         ipfixCollector: String? = nil, ipfixObservationDomain: Int? = nil,
         apiSocket: String? = nil, apiGroup: String? = nil,
         tcMode: String? = nil, hooks: String? = nil, socketUpdates: String? = nil, followInterfaces: Bool? = nil,
-        stateDir: String? = nil, logLevel: String? = nil,
+        stateDir: String? = nil, persist: Bool? = nil, pinDir: String? = nil, logLevel: String? = nil,
         services: [ServiceRule]? = nil, peers: [PeerRule]? = nil,
         maxSeriesPerMetric: Int? = nil, seriesExpiry: FlowDuration? = nil, peerAddresses: Bool? = nil
     ) {
@@ -98,7 +102,7 @@ public struct FileConfig: Sendable, Equatable {
         self.ipfixCollector = ipfixCollector; self.ipfixObservationDomain = ipfixObservationDomain
         self.apiSocket = apiSocket; self.apiGroup = apiGroup
         self.tcMode = tcMode; self.hooks = hooks; self.socketUpdates = socketUpdates; self.followInterfaces = followInterfaces
-        self.stateDir = stateDir; self.logLevel = logLevel
+        self.stateDir = stateDir; self.persist = persist; self.pinDir = pinDir; self.logLevel = logLevel
         self.services = services; self.peers = peers
         self.maxSeriesPerMetric = maxSeriesPerMetric; self.seriesExpiry = seriesExpiry; self.peerAddresses = peerAddresses
     }

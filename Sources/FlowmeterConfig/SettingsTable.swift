@@ -205,6 +205,18 @@ extension Setting {
         defaultText: "/run/flowmeter",
         help: "Where flowmeterd records clsact attachments, so a start after a SIGKILL removes them.",
         example: "/run/flowmeter", get: { $0.stateDir.map { .text($0) } }, set: { $0.stateDir = $1.text })
+    public static let persist = Setting(
+        key: "persist", flag: "persist", variable: "FLOWMETER_PERSIST", valueName: "bool",
+        kind: .bool, defaultValue: .bool(false), defaultText: "off",
+        help:
+            "Restarts lose nothing: a stop leaves the tc programs attached and their flow tables, ring and counters pinned under --pin-dir, the kernel counts on, and the next start adopts them and reports the gap in its first interval (docs/reliability.md). `flowmeterd uninstall` removes them. Socket hooks are not kept (--no-persist: off).",
+        example: "true", get: { $0.persist.map { .bool($0) } }, set: { $0.persist = $1.bool })
+    public static let pinDir = Setting(
+        key: "pin_dir", flag: "pin-dir", variable: "FLOWMETER_PIN_DIR", valueName: "dir",
+        kind: .text(expected: "a directory on a bpf filesystem", check: Check.nonEmpty), defaultValue: .text("/sys/fs/bpf/flowmeter"),
+        defaultText: "/sys/fs/bpf/flowmeter",
+        help: "Where --persist pins maps and TCX links (on a mounted bpf filesystem); also what `flowmeterd uninstall` removes.",
+        example: "/sys/fs/bpf/flowmeter", get: { $0.pinDir.map { .text($0) } }, set: { $0.pinDir = $1.text })
     public static let logLevel = Setting(
         key: "log_level", flag: "log-level", variable: "FLOWMETER_LOG_LEVEL", valueName: "level",
         kind: .oneOf(FileConfig.logLevels, expected: "a log level"), defaultValue: .text("info"), defaultText: "info",
@@ -235,7 +247,7 @@ extension Setting {
     public static let all: [Setting] = [
         interfaces, excludeInterfaces, interval, metricsListen, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
-        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, logLevel,
+        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, logLevel,
         maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]
 

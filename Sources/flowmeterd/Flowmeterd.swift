@@ -22,7 +22,7 @@ struct Flowmeterd: AsyncParsableCommand {
             plus CAP_NET_ADMIN when it follows interfaces or uses clsact, and sets no_new_privs.
             """,
         version: BuildInfo.version,
-        subcommands: [Run.self, Check.self, ConfigCommand.self],
+        subcommands: [Run.self, Check.self, ConfigCommand.self, UninstallCommand.self],
         defaultSubcommand: Run.self
     )
 }
@@ -132,6 +132,12 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.stateDir.flag), help: Setting.stateDir.argumentHelp, transform: Setting.stateDir.flagValue)
     var stateDir: SettingValue?
 
+    @Flag(name: .customLong(Setting.persist.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.persist.flagHelp))
+    var persist: Bool?
+
+    @Option(name: .customLong(Setting.pinDir.flag), help: Setting.pinDir.argumentHelp, transform: Setting.pinDir.flagValue)
+    var pinDir: SettingValue?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: Setting.logLevel.argumentHelp, transform: Setting.logLevel.flagValue)
     var logLevel: SettingValue?
 
@@ -171,6 +177,8 @@ struct Run: AsyncParsableCommand {
             (.socketUpdates, socketUpdates),
             (.followInterfaces, followInterfaces.map { .bool($0) }),
             (.stateDir, stateDir),
+            (.persist, persist.map { .bool($0) }),
+            (.pinDir, pinDir),
             (.logLevel, logLevel),
             (.maxSeriesPerMetric, maxSeriesPerMetric),
             (.seriesExpiry, seriesExpiry),

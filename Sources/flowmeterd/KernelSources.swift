@@ -1,6 +1,8 @@
 import FlowmeterBPF
 import FlowmeterCore
 import FlowmeterPipeline
+import Logging
+import Synchronization
 
 // FlowmeterBPF's programs as the pipeline's kernel sources. The only code
 // that joins the two modules; the pipeline itself is tested without them.
@@ -12,13 +14,26 @@ final class TCKernel: FlowKernel {
     let attacher: TCAttacher
     /// Set once the follower runs (it needs the names the pipeline owns).
     let links: LinkMonitor?
+    /// --persist: where the maps are pinned; nil without.
+    let pins: PinDirectory?
+    let logger: Logger
+    /// Whether the stop left the programs attached (--persist, pins intact).
+    private let kept = Mutex(false)
 
-    init(program: FlowAccountingProgram, ring: FlowsRing, attacher: TCAttacher, links: LinkMonitor?) {
+    init(
+        program: FlowAccountingProgram, ring: FlowsRing, attacher: TCAttacher, links: LinkMonitor?,
+        pins: PinDirectory?, logger: Logger
+    ) {
         self.program = program; self.ring = ring; self.attacher = attacher; self.links = links
+        self.pins = pins; self.logger = logger
     }
 
     func evict() throws -> [FlowRecord] { try program.evict() }
-    func drainAll() throws -> [FlowRecord] { try program.drainAll() }
+    /// The final pass. Detached: both tables, all of it. Left attached: an
+    /// eviction, which is exact while the programs count on (the programs
+    /// write the other table once the swap returns); what they count after
+    /// it is the next start's.
+    func drainAll() throws -> [FlowRecord] { try kept.withLock { $0 } ? program.evict() : program.drainAll() }
     func readCounters() throws -> KernelCounters { try program.readCounters() }
     func startRing() { ring.start() }
     func stopRing() { ring.stop() }
@@ -28,10 +43,19 @@ final class TCKernel: FlowKernel {
     var ringBacklogged: Bool { ring.backlogged }
     var ringStalls: UInt64 { ring.stallCount }
 
-    /// Stop following interfaces first, so nothing is attached after the detach.
+    /// Stop following interfaces first, so nothing is attached after the
+    /// detach. With --persist the programs stay attached, unless the pins
+    /// went away while we ran (`flowmeterd uninstall`): then nothing would
+    /// adopt them, and they are detached as without it.
     func detach() {
         links?.stop()
-        attacher.detachAll()
+        if let pins, pins.inspect() == .compatible {
+            attacher.release()
+            kept.withLock { $0 = true }
+            logger.info("left attached and counting for the next start (--persist)", metadata: ["pin_dir": "\(pins)"])
+        } else {
+            attacher.detachAll()
+        }
     }
 }
 

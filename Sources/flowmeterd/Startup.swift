@@ -17,10 +17,17 @@ struct StartupError: Error, CustomStringConvertible {
 /// The one owner of what start-up attached to the host. A failure at any
 /// later step unwinds it; a normal stop detaches through the pipeline.
 final class Attachments: Sendable {
-    private let attacher = Mutex<TCAttacher?>(nil)
-    func own(_ a: TCAttacher) { attacher.withLock { $0 = a } }
-    /// Detaches everything attached so far (idempotent).
-    func unwind() { attacher.withLock { $0?.detachAll() } }
+    private let attacher = Mutex<(TCAttacher, persist: Bool)?>(nil)
+    func own(_ a: TCAttacher, persist: Bool) { attacher.withLock { $0 = (a, persist) } }
+    /// Detaches everything attached so far (idempotent). With --persist it
+    /// lets go instead: what is attached counts into the pinned maps, as
+    /// after a stop, and the next start adopts it.
+    func unwind() {
+        attacher.withLock {
+            guard let (a, persist) = $0 else { return }
+            if persist { a.release() } else { a.detachAll() }
+        }
+    }
 }
 
 /// From resolved settings to running services: the kernel programs, the
@@ -42,6 +49,8 @@ struct Startup {
         let socketUpdates: SocketUpdatesRequest
         let followInterfaces: Bool
         let stateDir: String
+        /// --persist: the pin directory; nil without.
+        let pins: PinDirectory?
         let logLevel: Logger.Level
         let apiSocket: String
         let otlpQueueSize: Int
@@ -62,6 +71,7 @@ struct Startup {
             socketUpdates = SocketUpdatesRequest(rawValue: s.socketUpdates!) ?? .auto
             followInterfaces = s.followInterfaces!
             stateDir = s.stateDir!
+            pins = s.persist! ? PinDirectory(path: s.pinDir!) : nil
             logLevel = Logger.Level(rawValue: s.logLevel!) ?? .info
             apiSocket = s.apiSocket!
             otlpQueueSize = s.otlpQueueSize!
@@ -101,13 +111,28 @@ struct Startup {
             throw StartupError("no interface to attach to (all excluded, or none is up); see --interfaces")
         }
 
-        let program = try FlowAccountingProgram(flowTableSize: s.flowTableSize, ringBytes: s.flowsRingSize)
-        let attacher = TCAttacher(ingressFD: program.ingressFD, egressFD: program.egressFD, stateDir: s.stateDir)
-        attached.own(attacher)
-        for item in attacher.removeLeftovers() {
+        try preparePins()
+        let program = try FlowAccountingProgram(flowTableSize: s.flowTableSize, ringBytes: s.flowsRingSize, pins: s.pins)
+        let attacher = TCAttacher(ingressFD: program.ingressFD, egressFD: program.egressFD, stateDir: s.stateDir, pins: s.pins)
+        attached.own(attacher, persist: s.pins != nil)
+        for item in attacher.removeLeftovers(keeping: program.adopted ? Set(chosen.map(\.ifindex)) : []) {
             logger.notice("removed what an earlier run left behind", metadata: ["removed": "\(item)"])
         }
         let mode = try attacher.attach(chosen, mode: s.tcMode)
+        if program.adopted {
+            let removed = attacher.finishAdoption()
+            logger.notice(
+                "adopted what the last run left counting; the flows of the gap go into the first interval",
+                metadata: [
+                    "pin_dir": "\(s.pins!)", "attachments_adopted": "\(attacher.adoptedCount)",
+                    "removed": "\(removed.isEmpty ? "nothing" : removed.joined(separator: ", "))",
+                ])
+            if program.flowTableSize != s.flowTableSize {
+                logger.notice(
+                    "the pinned flow tables keep their size; a new size applies after `flowmeterd uninstall`",
+                    metadata: ["flow_table_size": "\(program.flowTableSize)", "requested": "\(s.flowTableSize)"])
+            }
+        }
         if chosen.isEmpty { logger.notice("no matching interface yet; waiting for one to appear") }
         logger.info(
             "attached",
@@ -144,7 +169,7 @@ struct Startup {
         let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names) : nil
 
         let pipeline = Pipeline(
-            flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links),
+            flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
             sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
             sinks: try sinks(writer: writer), accounting: shared, names: names,
             cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
@@ -168,6 +193,19 @@ struct Startup {
                 services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         return Node(group: group, listen: s.metricsListen, reloader: reloader)
+    }
+
+    /// --persist: what is pinned is adopted, unless it is of another ABI:
+    /// then it is detached and removed, one line saying what that lost.
+    func preparePins() throws {
+        guard let pins = settings.pins else { return }
+        if case .incompatible(let why) = pins.inspect() {
+            let removed = UninstallCommand.remove(pins: pins, stateDir: settings.stateDir)
+            logger.warning(
+                "pinned state cannot be adopted (\(why)): detached and recreated; what it counted since the last run's final interval is lost",
+                metadata: ["pin_dir": "\(pins)", "removed": "\(removed.joined(separator: ", "))"])
+        }
+        do { try pins.prepare() } catch { throw StartupError("--pin-dir: \(error)") }
     }
 
     /// The socket hooks, or nil (`--hooks off`, or none with `auto`). A
@@ -226,20 +264,26 @@ struct Startup {
         // Subscribe first, then reconcile once, so an interface that came up
         // between the first attach and the subscription is not missed.
         let requested = settings.tcMode, logger = self.logger
+        // One reconcile at a time: the monitor's thread and the first call
+        // below could otherwise both plan to attach the same new interface
+        // and attach it twice (two links per direction).
+        let serial = Mutex(())
         let reconcile: @Sendable ([LinkEvent]) -> Void = { _ in
-            let plan = AttachPlan.make(selection: selection, host: HostInterfaces.list(), attached: attacher.attached)
-            for idx in plan.detach {
-                attacher.detach(ifindex: idx)
-                logger.info("detached", metadata: ["ifindex": "\(idx)"])
-            }
-            for c in plan.attach {
-                do {
-                    try attacher.attachAnother(c, mode: requested)
-                    names.set(c.ifindex, c.name)
-                    logger.info("attached", metadata: ["interface": "\(c.name)", "ifindex": "\(c.ifindex)"])
-                } catch {
-                    // Typically the interface vanished again before we got to it.
-                    logger.warning("cannot attach", metadata: ["interface": "\(c.name)", "error": "\(error)"])
+            serial.withLock { _ in
+                let plan = AttachPlan.make(selection: selection, host: HostInterfaces.list(), attached: attacher.attached)
+                for idx in plan.detach {
+                    attacher.detach(ifindex: idx)
+                    logger.info("detached", metadata: ["ifindex": "\(idx)"])
+                }
+                for c in plan.attach {
+                    do {
+                        try attacher.attachAnother(c, mode: requested)
+                        names.set(c.ifindex, c.name)
+                        logger.info("attached", metadata: ["interface": "\(c.name)", "ifindex": "\(c.ifindex)"])
+                    } catch {
+                        // Typically the interface vanished again before we got to it.
+                        logger.warning("cannot attach", metadata: ["interface": "\(c.name)", "error": "\(error)"])
+                    }
                 }
             }
         }

@@ -94,6 +94,34 @@ def tcp_client(addr: str, port: str, nbytes: str) -> None:
     print(struct.unpack("!Q", answer)[0], flush=True)
 
 
+def tcp_stream(addr: str, port: str, seconds: str, chunk: str) -> None:
+    """A steady stream for `seconds`: `chunk` bytes every 10 ms (bounded:
+    at most 100 x chunk bytes a second), then the same close and answer as
+    tcp-client. Prints the bytes the server counted."""
+    n = int(chunk)
+    c = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    c.settimeout(TIMEOUT)
+    c.connect((addr, int(port)))
+    data = (bytes(range(256)) * (n // 256 + 1))[:n]
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        c.sendall(data)
+        time.sleep(0.01)
+    c.shutdown(socket.SHUT_WR)
+    answer = b""
+    while len(answer) < 8:
+        b = c.recv(8 - len(answer))
+        if not b:
+            break
+        answer += b
+    while c.recv(4096):
+        pass
+    c.close()
+    if len(answer) != 8:
+        sys.exit(f"server closed without answering ({answer!r})")
+    print(struct.unpack("!Q", answer)[0], flush=True)
+
+
 def udp_echo(addr: str, port: str, count: str) -> None:
     s = socket.socket(family_of(addr), socket.SOCK_DGRAM)
     s.bind((addr, int(port)))
@@ -164,7 +192,7 @@ def get(url: str) -> None:
         sys.stdout.write(r.read().decode())
 
 
-COMMANDS = {"tcp-server": tcp_server, "tcp-client": tcp_client, "udp-echo": udp_echo,
+COMMANDS = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-stream": tcp_stream, "udp-echo": udp_echo,
             "udp-client": udp_client, "ping": ping, "get": get}
 
 if __name__ == "__main__":
