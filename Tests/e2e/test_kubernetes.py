@@ -200,7 +200,8 @@ def test_daemonset(base):
     [c] = pod["containers"]
     assert c["image"] == f"flowmeter:{version()}", c["image"]
     assert c["imagePullPolicy"] == "IfNotPresent"
-    assert c["args"] == ["--config", "/etc/flowmeter/flowmeter.yaml"]
+    # --persist: a rolling update hands the attached programs to the next pod.
+    assert c["args"] == ["--config", "/etc/flowmeter/flowmeter.yaml", "--persist"]
     assert not any(e["name"] == "FLOWMETER_API_SOCKET" for e in c.get("env", []))
     sc = c["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "NET_ADMIN"]}, sc
@@ -218,7 +219,12 @@ def test_daemonset(base):
     host = {v["hostPath"]["path"]: mounts[n]["mountPath"] for n, v in volumes.items() if "hostPath" in v}
     assert host == {"/sys/fs/bpf": "/sys/fs/bpf", "/sys/kernel/tracing": "/sys/kernel/tracing",
                     "/sys/fs/cgroup": "/sys/fs/cgroup", "/run/flowmeter": "/run/flowmeter"}, host
-    assert all(m.get("readOnly") for m in mounts.values() if m["mountPath"] != "/run/flowmeter"), mounts
+    # Written: the API socket and clsact record, and the pins of --persist.
+    writable = {"/run/flowmeter", "/sys/fs/bpf"}
+    assert all(m.get("readOnly") for m in mounts.values() if m["mountPath"] not in writable), mounts
+    assert not any(m.get("readOnly") for m in mounts.values() if m["mountPath"] in writable), mounts
+    bpffs = next(m for m in mounts.values() if m["mountPath"] == "/sys/fs/bpf")
+    assert bpffs.get("mountPropagation") == "HostToContainer", bpffs
     config = [v for v in volumes.values() if "configMap" in v]
     assert len(config) == 1 and config[0]["configMap"]["name"] == one(base, "ConfigMap")["metadata"]["name"]
     assert mounts[config[0]["name"]]["mountPath"] == "/etc/flowmeter"
