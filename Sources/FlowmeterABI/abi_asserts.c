@@ -52,6 +52,17 @@ _Static_assert(offsetof(struct fm_sock_event, bytes_received) == 112, "bytes_rec
 _Static_assert(offsetof(struct fm_sock_event, retransmits) == 120, "retransmits");
 _Static_assert(offsetof(struct fm_sock_event, err) == 132, "err");
 
+_Static_assert(sizeof(struct fm_drop_key) == 56, "fm_drop_key size");
+_Static_assert(offsetof(struct fm_drop_key, daddr) == 16, "drop daddr");
+_Static_assert(offsetof(struct fm_drop_key, reason) == 32, "drop reason");
+_Static_assert(offsetof(struct fm_drop_key, ifindex) == 36, "drop ifindex");
+_Static_assert(offsetof(struct fm_drop_key, netns) == 40, "drop netns");
+_Static_assert(offsetof(struct fm_drop_key, sport) == 44, "drop sport");
+_Static_assert(offsetof(struct fm_drop_key, dport) == 46, "drop dport");
+_Static_assert(offsetof(struct fm_drop_key, direction) == 48, "drop direction");
+_Static_assert(offsetof(struct fm_drop_key, family) == 49, "drop family");
+_Static_assert(offsetof(struct fm_drop_key, protocol) == 50, "drop protocol");
+
 /* Exported so the layout can be compared at run time with what the loaded
  * BPF object's BTF says (FlowmeterBPF checks the record size). */
 const unsigned int fm_abi_flow_event_size = sizeof(struct fm_flow_event);

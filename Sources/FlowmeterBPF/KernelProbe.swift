@@ -37,6 +37,14 @@ public struct KernelFeatures: Sendable {
         return ladder.count == 1 ? first + "; no fallback" : first + "; fallback " + ladder.dropFirst().joined(separator: ", ")
     }
 
+    /// How packet drops are counted, as `check` prints it.
+    public var drops: String {
+        guard let row = features.first(where: { $0.name == "drops" }), row.available else {
+            return "none: packet drops are not counted"
+        }
+        return row.detail.hasPrefix("skb:kfree_skb via tp_btf") ? "kfree_skb (tp_btf)" : "kfree_skb (classic tracepoint)"
+    }
+
     /// How `--socket-updates auto` gets the counters of long-lived sockets,
     /// and the fallback, as `check` prints them.
     public var socketUpdates: String {
@@ -117,6 +125,21 @@ public enum KernelProbe {
                 r.available
                     ? type.probeDescription + (r.detail.isEmpty ? "" : " (\(r.detail))")
                     : "\(type.probeDescription): \(r.detail)")
+        }
+
+        // Packet drops: the skb:kfree_skb program, attached and detached at
+        // once, and whether the kernel names its drop reasons.
+        do {
+            let d = try DropPrograms.load()
+            d.detach()
+            add(
+                "drops", true,
+                "skb:kfree_skb via \(d.mode.rawValue); "
+                    + (d.hasReasons
+                        ? "reasons from the kernel's BTF (enum skb_drop_reason, \(d.reasons.names.count) names)"
+                        : "no reasons on this kernel (enum skb_drop_reason is 5.17+): every drop is reason=\"unknown\""))
+        } catch {
+            add("drops", false, "\((error as? BPFError)?.summary ?? "\(error)"): packet drops are not counted")
         }
 
         // Batch map operations on a scratch hash map.

@@ -88,6 +88,11 @@ public struct Accounting: Sendable {
     }
     /// Per exporter (flow_log, ipfix, otlp) health, for those configured.
     public var exports: [String: ExportStats] = [:]
+    /// Packets dropped on this namespace's interfaces (`flowmeter_interface_drops_total`),
+    /// by interface name, direction and reason; counted when the drop program runs.
+    public private(set) var interfaceDrops: [String: [Direction: DropsByReason]] = [:]
+    /// Whether the drop program runs (the drop metrics are shown only then).
+    public var dropsCounted = false
     /// Per service pair state, when socket telemetry runs.
     public var services: ServiceAggregator?
     /// What `/readyz` answers: start-up marks the programs attached, the
@@ -141,6 +146,28 @@ public struct Accounting: Sendable {
         if flows.recordsFromMap > 0 { records[.flowMap, default: 0] &+= flows.recordsFromMap }
         if flows.recordsFromRing > 0 { records[.flowsRing, default: 0] &+= flows.recordsFromRing }
         return services?.apply(flows: flows, now: now) ?? []
+    }
+
+    /// Counts one interval's drops: on this namespace's interfaces
+    /// (`ownNetns`: ifindexes of other namespaces name other devices), and,
+    /// with socket telemetry, on the service pair of the socket each
+    /// packet's 5-tuple belongs to.
+    public mutating func count(drops: [DropSample], names: [UInt32: String], ownNetns: UInt32, now: UInt64) {
+        for d in drops where d.packets > 0 && d.key.flow.ifindex != 0 && d.key.netns == ownNetns {
+            let name = names[d.key.flow.ifindex] ?? "if\(d.key.flow.ifindex)"
+            interfaceDrops[name, default: [:]][d.key.flow.direction, default: [:]][d.reason, default: 0] &+= d.packets
+        }
+        services?.apply(drops: drops, now: now)
+    }
+
+    /// Drops on this namespace's interfaces by flow key (flags empty), as
+    /// tc keys its flows: what the flow records of the same pass carry.
+    public static func dropsByFlow(_ drops: [DropSample], ownNetns: UInt32) -> [FlowKey: DropsByReason] {
+        var out: [FlowKey: DropsByReason] = [:]
+        for d in drops where d.packets > 0 && d.key.flow.ifindex != 0 && d.key.netns == ownNetns && d.key.flow.family != .other {
+            out[d.key.flow, default: [:]][d.reason, default: 0] &+= d.packets
+        }
+        return out
     }
 
     public mutating func setFlowTableEntries(_ n: Int) { flowTableEntries = UInt64(n) }

@@ -92,6 +92,8 @@ public struct PairStats: Sendable, Equatable {
     public var resets: [UInt64] = [0, 0]
     /// Smoothed RTT of TCP connections, one sample per update and one at close.
     public var rtt = Histogram()
+    /// Packets the kernel dropped, by reason (the drop program).
+    public var drops: [String: UInt64] = [:]
     /// CLOCK_MONOTONIC of the last record that touched the pair.
     public var lastActiveNanos: UInt64 = 0
 
@@ -463,6 +465,62 @@ public struct ServiceAggregator: Sendable {
         return ServicePair(
             service: "unknown", peer: peerService(proto: k.ipProtocol, address: remote, port: rport),
             transport: transport)
+    }
+
+    // MARK: drops
+
+    /// Adds dropped packets to the pair of the socket their 5-tuple belongs
+    /// to. A drop no socket can be tied to (forwarded traffic, a peer no
+    /// local socket talks to) counts on its interface only.
+    public mutating func apply(drops: [DropSample], now: UInt64) {
+        for d in drops where d.packets > 0 {
+            guard let asked = dropPair(of: d.key.flow) else { continue }
+            let p = admit(asked)
+            guard var stats = pairs[p] else { continue }
+            stats.drops[d.reason, default: 0] += d.packets
+            stats.lastActiveNanos = max(stats.lastActiveNanos, now)
+            pairs[p] = stats
+        }
+    }
+
+    /// The pair of the socket a dropped packet belongs to, before the cap;
+    /// nil when it belongs to none. The socket may be at either end: the
+    /// drop's direction says which end is local to the interface, but the
+    /// sender's socket may live in another namespace of this node (a
+    /// datagram to a closed port belongs to the socket that sent it). So
+    /// the connected 5-tuple is tried both ways, then an unconnected UDP
+    /// socket's, then a local service's endpoint (a listener's port).
+    func dropPair(of k: FlowKey) -> ServicePair? {
+        guard k.family != .other, let transport = Self.transport(k.ipProtocol) else { return nil }
+        let ends: [(local: IPAddress16, lport: UInt16, remote: IPAddress16, rport: UInt16)] = [
+            (k.destination, k.destinationPort, k.source, k.sourcePort),
+            (k.source, k.sourcePort, k.destination, k.destinationPort),
+        ]
+        let order = k.direction == .transmit ? [1, 0] : [0, 1]
+        for i in order {
+            let e = ends[i]
+            if let p = tuples[Tuple(proto: k.ipProtocol, local: e.local, localPort: e.lport, remote: e.remote, remotePort: e.rport)]?.pair {
+                return p
+            }
+        }
+        for i in order {
+            let e = ends[i]
+            if let p = tuples[Tuple(proto: k.ipProtocol, local: e.local, localPort: e.lport, remote: .zero, remotePort: 0)]?.pair {
+                return p
+            }
+        }
+        for i in order {
+            let e = ends[i]
+            let any = e.local.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
+            if let ep = endpoints[Endpoint(proto: k.ipProtocol, address: e.local, port: e.lport)]
+                ?? endpoints[Endpoint(proto: k.ipProtocol, address: any, port: e.lport)]
+            {
+                return ServicePair(
+                    service: ep.service, peer: peerService(proto: k.ipProtocol, address: e.remote, port: e.rport),
+                    transport: transport)
+            }
+        }
+        return nil
     }
 
     /// A scrape has rendered every current pair: from now on with their counts.

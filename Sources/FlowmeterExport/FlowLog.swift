@@ -13,8 +13,12 @@ public enum FlowLogEncoder {
 
     /// `pair`: the service pair the flow's socket belongs to (TCP and UDP
     /// flows, when socket telemetry runs), written as `service`, `peer_service`.
-    public static func encode(_ r: FlowRecord, interface: String, clock: ClockMapping, pair: ServicePair? = nil) -> String {
-        line(FlowLogRecord.Flow(r, interface: interface, clock: clock, pair: pair))
+    /// `drops`: packets of the flow the kernel dropped in the same pass, by
+    /// reason, written as `drops` and `drop_reasons` (left out when none).
+    public static func encode(
+        _ r: FlowRecord, interface: String, clock: ClockMapping, pair: ServicePair? = nil, drops: DropsByReason? = nil
+    ) -> String {
+        line(FlowLogRecord.Flow(r, interface: interface, clock: clock, pair: pair, drops: drops))
     }
 
     /// One connection record (schema in README, "Flow log").
@@ -54,6 +58,10 @@ public enum FlowLogRecord {
         public var peerService: String?
         public var packets: UInt64
         public var bytes: UInt64
+        /// Packets of this flow the kernel dropped (skb:kfree_skb) in the
+        /// same interval, and how many per reason; only when there were any.
+        public var drops: UInt64?
+        public var dropReasons: [DropReasonCount]?
         /// TCP only.
         public var tcpFlags: String?
         public var tcpFlagsRaw: UInt8?
@@ -67,12 +75,12 @@ public enum FlowLogRecord {
             case version, type, interface, ifindex, direction, family, ethertype
             case protocolName = "protocol", protocolNumber = "protocol_number"
             case srcAddr = "src_addr", dstAddr = "dst_addr", srcPort = "src_port", dstPort = "dst_port"
-            case service, peerService = "peer_service", packets, bytes
+            case service, peerService = "peer_service", packets, bytes, drops, dropReasons = "drop_reasons"
             case tcpFlags = "tcp_flags", tcpFlagsRaw = "tcp_flags_raw", flags
             case firstSeen = "first_seen", lastSeen = "last_seen", source
         }
 
-        public init(_ r: FlowRecord, interface: String, clock: ClockMapping, pair: ServicePair? = nil) {
+        public init(_ r: FlowRecord, interface: String, clock: ClockMapping, pair: ServicePair? = nil, drops: DropsByReason? = nil) {
             let k = r.key
             self.interface = interface
             ifindex = k.ifindex
@@ -92,6 +100,10 @@ public enum FlowLogRecord {
             peerService = pair?.peer
             packets = r.stats.packets
             bytes = r.stats.bytes
+            if let drops, !drops.isEmpty {
+                self.drops = drops.values.reduce(0, +)
+                dropReasons = drops.sorted { $0.key < $1.key }.map { DropReasonCount(reason: $0.key, packets: $0.value) }
+            }
             if k.family != .other && k.ipProtocol == 6 {
                 tcpFlags = TCPFlags.describe(r.stats.tcpFlags)
                 tcpFlagsRaw = r.stats.tcpFlags
@@ -105,6 +117,12 @@ public enum FlowLogRecord {
             lastSeen = rfc3339(nanosSinceEpoch: clock.wallNanos(monotonic: r.stats.lastSeenNanos))
             source = r.source.rawValue
         }
+    }
+
+    /// One reason's share of a flow's drops.
+    public struct DropReasonCount: Encodable, Sendable, Equatable {
+        public var reason: String
+        public var packets: UInt64
     }
 
     /// A connection event: open, close, failed, or update (a long-lived socket's counters).

@@ -128,6 +128,11 @@ public enum MetricCatalog {
     public static let interfacePackets = Exposition.Family(
         name: "flowmeter_interface_packets_total", kind: .counter,
         help: "Wire packets seen by tc on an interface, by direction (a GSO/GRO super-packet counts as its segments).")
+    public static let interfaceDrops = Exposition.Family(
+        name: "flowmeter_interface_drops_total", kind: .counter,
+        help:
+            "Packets the kernel dropped (skb:kfree_skb) on an interface, by direction and the kernel's drop reason (\"unknown\" on kernels before 5.17)."
+    )
     public static let ringLost = Exposition.Family(
         name: "flowmeter_ringbuf_lost_records_total", kind: .counter,
         help: "Records the kernel could not reserve in a ring buffer (failed reservations, summed over CPUs).")
@@ -178,6 +183,11 @@ public enum MetricCatalog {
     public static let networkPackets = Exposition.Family(
         name: "flowmeter_network_packets_total", kind: .counter,
         help: "Wire packets per service pair, by direction, from tc flows joined to their socket by 5-tuple.")
+    public static let packetDrops = Exposition.Family(
+        name: "flowmeter_packet_drops_total", kind: .counter,
+        help:
+            "Packets the kernel dropped (skb:kfree_skb) per service pair of the socket their 5-tuple belongs to, by the kernel's drop reason (\"unknown\" on kernels before 5.17)."
+    )
     public static let tcpOpened = Exposition.Family(
         name: "flowmeter_tcp_connections_opened_total", kind: .counter,
         help: "TCP connections established per service pair, by the local end's role.")
@@ -198,10 +208,10 @@ public enum MetricCatalog {
         help: "Smoothed RTT of TCP connections per service pair: one sample per connection update and one at close.")
 
     public static let all = [
-        interfaceBytes, interfacePackets, ringLost, flowTableEntries, insertFailures,
+        interfaceBytes, interfacePackets, interfaceDrops, ringLost, flowTableEntries, insertFailures,
         records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
         exportRecords, exportLastSuccess, exportQueue,
-        networkBytes, networkPackets, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
+        networkBytes, networkPackets, packetDrops, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
         tcpResets, tcpRTT,
     ]
 }
@@ -237,6 +247,17 @@ public enum MetricsRenderer {
         }
         add(MetricCatalog.interfaceBytes, perInterface(\.bytes))
         add(MetricCatalog.interfacePackets, perInterface(\.packets))
+        if a.dropsCounted {
+            add(
+                MetricCatalog.interfaceDrops,
+                a.interfaceDrops.keys.sorted().flatMap { name in
+                    Direction.allCases.flatMap { d in
+                        (a.interfaceDrops[name]?[d] ?? [:]).sorted { $0.key < $1.key }.map {
+                            ([("interface", name), ("direction", d.label), ("reason", $0.key)], Double($0.value))
+                        }
+                    }
+                })
+        }
         add(
             MetricCatalog.ringLost,
             [([("ring", "flows")], Double(a.kernel.flowsRingLost))]
@@ -274,11 +295,11 @@ public enum MetricsRenderer {
             })
         add(MetricCatalog.exportQueue, exporters.map { ([("exporter", $0)], Double(a.exports[$0]!.queueLength)) })
         add(MetricCatalog.exportLastSuccess, exporters.map { ([("exporter", $0)], a.exports[$0]!.lastSuccessUnixSeconds) })
-        if let agg = a.services { out += services(agg) }
+        if let agg = a.services { out += services(agg, drops: a.dropsCounted) }
         return out
     }
 
-    static func services(_ agg: ServiceAggregator) -> [MetricFamilyData] {
+    static func services(_ agg: ServiceAggregator, drops: Bool = false) -> [MetricFamilyData] {
         var out: [MetricFamilyData] = []
         func add(_ f: Exposition.Family, _ samples: Samples) { out.append(numbers(f, samples)) }
         let sorted: [(key: ServicePair, value: PairStats)] = agg.pairs.sorted { $0.key < $1.key }
@@ -299,6 +320,13 @@ public enum MetricsRenderer {
             pairs.flatMap { p, s in
                 directions.map { (base(p) + [("direction", $0.label)], Double(s.packets[Int($0.rawValue)])) }
             })
+        if drops {
+            add(
+                MetricCatalog.packetDrops,
+                pairs.flatMap { p, s in
+                    s.drops.sorted { $0.key < $1.key }.map { (base(p) + [("reason", $0.key)], Double($0.value)) }
+                })
+        }
         add(
             MetricCatalog.tcpOpened,
             tcp.flatMap { p, s in

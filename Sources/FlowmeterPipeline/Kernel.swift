@@ -1,6 +1,6 @@
 import FlowmeterCore
 
-// What the pipeline needs of the kernel, as two small protocols, so that a
+// What the pipeline needs of the kernel, as small protocols, so that a
 // tick runs in unit tests on recorded batches without privileges. flowmeterd
 // conforms FlowmeterBPF's programs to them (Sources/flowmeterd/KernelSources.swift).
 
@@ -42,5 +42,16 @@ public protocol SocketKernel: AnyObject, Sendable {
     /// The ids of the sockets the kernel tracks; nil when the walk did not finish.
     func liveSocketIDs() throws -> Set<UInt64>?
     /// Detaches the hooks: nothing new reaches the events ring.
+    func detach()
+}
+
+/// The packet-drop program (optional: a kernel that refuses it loses drops only).
+public protocol DropKernel: AnyObject, Sendable {
+    /// Drops since the last take, their reasons named by the running kernel.
+    func take() throws -> [DropSample]
+    /// The network namespace (inode number) whose interfaces the tc programs
+    /// count: only drops on its interfaces count as interface drops.
+    var ownNetns: UInt32 { get }
+    /// Detaches the hook: nothing more is counted.
     func detach()
 }

@@ -45,6 +45,8 @@ public enum Pass: Sendable, Equatable {
 public final class Pipeline: Sendable {
     public let flows: FlowKernel
     public let sockets: SocketKernel?
+    /// The drop program, when the kernel took it.
+    public let drops: DropKernel?
     public let sinks: [Sink]
     /// What the pulled endpoints read.
     public let accounting: SharedAccounting
@@ -76,11 +78,11 @@ public final class Pipeline: Sendable {
     private let state = Mutex(State())
 
     public init(
-        flows: FlowKernel, sockets: SocketKernel?, sinks: [Sink], accounting: SharedAccounting,
+        flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, sinks: [Sink], accounting: SharedAccounting,
         names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
         interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
     ) {
-        self.flows = flows; self.sockets = sockets; self.sinks = sinks; self.accounting = accounting
+        self.flows = flows; self.sockets = sockets; self.drops = drops; self.sinks = sinks; self.accounting = accounting
         self.names = names; self.cgroupPath = cgroupPath; self.interval = interval; self.logger = logger
         self.clock = clock
         accounting.update { a in for s in sinks { a.exports[s.name] = s.stats } }
@@ -121,6 +123,7 @@ public final class Pipeline: Sendable {
     public func finish() {
         flows.detach()
         sockets?.detach()
+        drops?.detach()
         accounting.update { $0.readiness.attachment = .detached }
         flows.stopRing()
         sockets?.stopRing()
@@ -231,6 +234,14 @@ public final class Pipeline: Sendable {
                 metadata: ["flows_ring_stalls": "\(stalls.flows)", "events_ring_stalls": "\(stalls.events)"])
             st.reportedStalls = stalls
         }
+        // Drops once an interval (and at the end): their counts are cumulative in the kernel.
+        var dropSamples: [DropSample] = []
+        if let drops, pass != .early {
+            do { dropSamples = try drops.take() } catch {
+                logger.error("reading packet drops failed", metadata: ["error": "\(error)"])
+            }
+        }
+        let ownNetns = drops?.ownNetns ?? 0
         let activeConnections = pass != .early ? Array(st.connections.active.values) : nil
         var earlyFlows = st.earlyFlows
         accounting.update { a in
@@ -240,6 +251,8 @@ public final class Pipeline: Sendable {
             a.services?.apply(events, cgroupPath: { paths[$0] })
             a.services?.apply(lostCloses, cgroupPath: { paths[$0] })
             entryPairs = a.count(flows: table, names: names, now: now)
+            // After the sockets and flows: a drop finds the socket of its 5-tuple.
+            a.count(drops: dropSamples, names: names, ownNetns: ownNetns, now: now)
             // The API lists this interval's flows, the largest first past its cap.
             let listed = Accounting.largestFlows(earlyFlows, batch, pair: { i in entryPairs.isEmpty ? nil : entryPairs[flowEntry(i)] })
             if pass == .early {
@@ -264,7 +277,8 @@ public final class Pipeline: Sendable {
             : batch.indices.map { entryPairs[flowEntry($0)] }
         let shared = accounting
         return TickOutput(
-            pass: pass, flows: batch, flowPairs: pairs, events: events, cgroupPaths: paths,
+            pass: pass, flows: batch, flowPairs: pairs, flowDrops: Accounting.dropsByFlow(dropSamples, ownNetns: ownNetns),
+            events: events, cgroupPaths: paths,
             interfaceNames: names, clock: clock.mapping(), accounting: { shared.snapshot() })
     }
 

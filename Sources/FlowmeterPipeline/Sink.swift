@@ -7,6 +7,10 @@ public struct TickOutput: Sendable {
     public let flows: [FlowRecord]
     /// The service pair of each of `flows` (same index; nil: not joined to a socket).
     public let flowPairs: [ServicePair?]
+    /// Packets dropped this pass, by flow key (flags empty) and reason: on
+    /// this namespace's interfaces, as tc keys the flows. Empty without the
+    /// drop program, and on early passes (drops are read once an interval).
+    public let flowDrops: [FlowKey: DropsByReason]
     /// Socket records applied to the connection table, in kernel time order.
     public let events: [SocketEvent]
     /// Cgroup paths of the events' owners, by cgroup id.
@@ -20,11 +24,12 @@ public struct TickOutput: Sendable {
     public let accounting: @Sendable () -> Accounting
 
     public init(
-        pass: Pass, flows: [FlowRecord], flowPairs: [ServicePair?], events: [SocketEvent],
+        pass: Pass, flows: [FlowRecord], flowPairs: [ServicePair?], flowDrops: [FlowKey: DropsByReason] = [:],
+        events: [SocketEvent],
         cgroupPaths: [UInt64: String], interfaceNames: [UInt32: String], clock: ClockMapping,
         accounting: @escaping @Sendable () -> Accounting
     ) {
-        self.pass = pass; self.flows = flows; self.flowPairs = flowPairs; self.events = events
+        self.pass = pass; self.flows = flows; self.flowPairs = flowPairs; self.flowDrops = flowDrops; self.events = events
         self.cgroupPaths = cgroupPaths; self.interfaceNames = interfaceNames; self.clock = clock
         self.accounting = accounting
     }

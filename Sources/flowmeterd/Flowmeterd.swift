@@ -292,6 +292,7 @@ struct Check: AsyncParsableCommand {
                 + (f.has("batch_map_ops") ? "table swap + batch lookup-and-delete" : "table swap + iterate and delete"))
         print("  " + pad("socket hooks", w - 2) + f.socketRung)
         print("  " + pad("socket updates", w - 2) + f.socketUpdates)
+        print("  " + pad("packet drops", w - 2) + f.drops)
         let missing = f.missingMinimum
         if !missing.isEmpty {
             print("")

@@ -79,3 +79,33 @@ final class SocketKernelPrograms: SocketKernel {
     func liveSocketIDs() throws -> Set<UInt64>? { try programs.liveSocketIDs() }
     func detach() { programs.detach() }
 }
+
+/// The drop program: the kernel's cumulative counts turned into each
+/// interval's drops, with idle keys removed from the kernel's table.
+final class DropKernelProgram: DropKernel {
+    let programs: DropPrograms
+    let ownNetns: UInt32
+    private let deltas = Mutex(DropDeltas())
+
+    init(programs: DropPrograms) {
+        self.programs = programs
+        ownNetns = DropPrograms.ownNetns()
+    }
+
+    func take() throws -> [DropSample] {
+        let counts = try programs.readCounts()
+        let (drops, idle) = deltas.withLock { $0.take(counts) }
+        if !idle.isEmpty {
+            // A drop of an idle key between the read and the removal is lost
+            // (a key idle for a whole interval, in a window of microseconds).
+            programs.remove(idle)
+            deltas.withLock { $0.forget(idle) }
+        }
+        let reasons = programs.reasons
+        return drops.compactMap { k, n in
+            reasons.isNotDrop(k.reason) ? nil : DropSample(key: k, reason: reasons.label(k.reason), packets: n)
+        }
+    }
+
+    func detach() { programs.detach() }
+}

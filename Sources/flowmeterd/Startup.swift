@@ -150,11 +150,15 @@ struct Startup {
         }
         let ring = try FlowsRing(ringFD: program.flowsRingFD)
         let sockets = try socketPrograms()
+        let drops = dropPrograms()
         releaseLoaderMemory()
 
         let shared = SharedAccounting()
         shared.update {
-            $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
+            $0.hooks =
+                [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
+                + (drops.map { [HookMode(hook: "drops", mode: $0.mode.rawValue)] } ?? [])
+            $0.dropsCounted = drops != nil
             $0.socketTelemetry = sockets != nil
             // tc on every chosen interface, the socket hooks on their rung.
             $0.readiness.attachment = .attached
@@ -171,6 +175,7 @@ struct Startup {
         let pipeline = Pipeline(
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
             sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
+            drops: drops.map { DropKernelProgram(programs: $0) },
             sinks: try sinks(writer: writer), accounting: shared, names: names,
             cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
             interval: s.interval, logger: logger)
@@ -238,6 +243,23 @@ struct Startup {
                 throw StartupError("--hooks \(hooks.rawValue): \(line) (FLOWMETER_LIBBPF_DEBUG=1 prints libbpf's log)")
             }
             logger.warning("no socket-hook rung available: socket telemetry is off", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The packet-drop program, or nil: optional like every hook, so a
+    /// kernel that refuses it loses drops only (one warning line).
+    func dropPrograms() -> DropPrograms? {
+        do {
+            let d = try DropPrograms.load()
+            for r in d.refusals { logger.log(level: r.loses ? .warning : .notice, "\(r)") }
+            logger.info(
+                "drop hook attached",
+                metadata: ["mode": "\(d.mode.rawValue)", "reasons": "\(d.hasReasons ? "\(d.reasons.names.count)" : "none (before 5.17)")"])
+            return d
+        } catch {
+            let line = (error as? BPFError)?.summary ?? "\(error)"
+            logger.warning("packet drops are not counted: \(line)")
             return nil
         }
     }

@@ -126,6 +126,19 @@ import Testing
         #expect(ABI.sockEventSize == 136)
     }
 
+    /// The drop program's key (bpf/flowmeter_drops.bpf.c), as Swift imports it.
+    @Test func dropKeySizesAndOffsets() {
+        #expect(MemoryLayout<fm_drop_key>.size == 56)
+        #expect(MemoryLayout<fm_drop_key>.offset(of: \.daddr) == 16)
+        #expect(MemoryLayout<fm_drop_key>.offset(of: \.reason) == 32)
+        #expect(MemoryLayout<fm_drop_key>.offset(of: \.ifindex) == 36)
+        #expect(MemoryLayout<fm_drop_key>.offset(of: \.netns) == 40)
+        #expect(MemoryLayout<fm_drop_key>.offset(of: \.sport) == 44)
+        #expect(MemoryLayout<fm_drop_key>.offset(of: \.direction) == 48)
+        #expect(MemoryLayout<fm_drop_key>.offset(of: \.protocol) == 50)
+        #expect(FM_DROP_REASON_NONE == DropReasonNames.none)
+    }
+
     /// A close record written byte by byte (little-endian): client socket of
     /// pid 4242 "curl" in cgroup 77, 10.0.0.1:40000 -> 10.0.0.2:443, 1500 bytes
     /// sent, 9000 received, srtt 250 us, 2 retransmits, 1 reset received.

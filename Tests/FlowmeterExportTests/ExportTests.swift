@@ -26,6 +26,7 @@ import Testing
         a.hooks = [HookMode(hook: "tc", mode: "tcx")]
         a.kernel.flowsRingLost = 7
         a.socketTelemetry = true
+        a.dropsCounted = true
         a.services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: .defaults)
         let text = MetricsRenderer.render(a, version: "9.9.9")
         for f in MetricCatalog.all {

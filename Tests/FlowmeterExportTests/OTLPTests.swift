@@ -304,6 +304,39 @@ struct DecodedRequest {
         }
     }
 
+    /// Drops reach OTLP through the same families as /metrics: one metric
+    /// each, labelled with the kernel's reason.
+    @Test func dropsAreMetricsInBoth() throws {
+        var a = Self.snapshot()
+        a.dropsCounted = true
+        var agg = a.services!
+        agg.apply([Self.ev(.open, id: 9, ts: 50)], cgroupPath: { _ in nil })
+        a.services = agg
+        let key = FlowKey(
+            source: Self.client, destination: Self.server, ifindex: 2, sourcePort: 40000, destinationPort: 5432,
+            direction: .transmit, family: .ipv4, ipProtocol: 6, flags: [])
+        a.count(
+            drops: [DropSample(key: DropKey(flow: key, netns: 5, reason: 64), reason: "QDISC_DROP", packets: 6)],
+            names: [2: "eth0"], ownNetns: 5, now: 60)
+        let seen = Set(a.services!.pairs.keys)
+        a.services?.markExposed(seen)
+        let text = MetricsRenderer.render(a, version: Self.version)
+        #expect(text.contains("flowmeter_interface_drops_total{interface=\"eth0\",direction=\"transmit\",reason=\"QDISC_DROP\"} 6\n"))
+        #expect(
+            text.contains(
+                "flowmeter_packet_drops_total{service=\"checkout\",peer_service=\"postgres\",transport=\"tcp\",reason=\"QDISC_DROP\"} 6\n"))
+        let r = try Self.decoded(a)
+        let iface = try r.metric("flowmeter.interface.drops")
+        #expect(iface.kind == "sum" && iface.monotonic == 1 && iface.unit == "1")
+        #expect(iface.points.map(\.attributes) == [[["interface", "eth0"], ["direction", "transmit"], ["reason", "QDISC_DROP"]]])
+        #expect(iface.points.map(\.value) == [6])
+        let pair = try r.metric("flowmeter.packet.drops")
+        #expect(pair.points.map(\.attributes) == [Self.pairLabels + [["reason", "QDISC_DROP"]]])
+        #expect(pair.points.map(\.value) == [6])
+        // Without the hook, neither family exists.
+        #expect(!MetricsRenderer.render(Self.snapshot(), version: Self.version).contains("drops_total"))
+    }
+
     @Test func resourceAndScope() throws {
         let r = try Self.decoded()
         #expect(r.resource == [["service.name", "flowmeterd"], ["host.name", "node-1"], ["k8s.node.name", ""]])

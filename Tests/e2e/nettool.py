@@ -9,6 +9,11 @@ and time; every socket has a timeout. Servers print "ready" once listening.
   udp-echo ADDR PORT COUNT        echo COUNT datagrams back to their senders
   udp-client ADDR PORT SIZES      send one datagram per size (comma-separated),
                                   wait for each echo, print the sizes received
+  udp-send ADDR PORT COUNT SIZE SPORT
+                                  send COUNT datagrams of SIZE bytes from local port
+                                  SPORT (unconnected: ICMP errors do not stop it),
+                                  print how many sendto accepted
+  tcp-send ADDR PORT NBYTES SPORT like tcp-client, from local port SPORT
   ping ADDR COUNT                 ICMP/ICMPv6 echo requests, wait for each reply
   get URL                         HTTP GET, print the body (exit 1 on failure)
 """
@@ -145,6 +150,38 @@ def udp_client(addr: str, port: str, sizes: str) -> None:
     print(",".join(map(str, got)), flush=True)
 
 
+def udp_send(addr: str, port: str, count: str, size: str, sport: str) -> None:
+    s = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+    s.bind(("", int(sport)))
+    sent = 0
+    for _ in range(int(count)):
+        if s.sendto(bytes([0x5A]) * int(size), (addr, int(port))) == int(size):
+            sent += 1
+    s.close()
+    print(sent, flush=True)
+
+
+def tcp_send(addr: str, port: str, nbytes: str, sport: str) -> None:
+    pin_cpu()
+    s = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", int(sport)))
+    s.settimeout(TIMEOUT)
+    s.connect((addr, int(port)))
+    s.sendall(bytes([0x5A]) * int(nbytes))
+    s.shutdown(socket.SHUT_WR)
+    answer = b""
+    while len(answer) < 8:
+        b = s.recv(8 - len(answer))
+        if not b:
+            break
+        answer += b
+    s.close()
+    if len(answer) != 8:
+        sys.exit(f"server closed without answering ({answer!r})")
+    print(struct.unpack("!Q", answer)[0], flush=True)
+
+
 def _checksum(b: bytes) -> int:
     if len(b) % 2:
         b += b"\0"
@@ -193,7 +230,7 @@ def get(url: str) -> None:
 
 
 COMMANDS = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-stream": tcp_stream, "udp-echo": udp_echo,
-            "udp-client": udp_client, "ping": ping, "get": get}
+            "udp-client": udp_client, "udp-send": udp_send, "tcp-send": tcp_send, "ping": ping, "get": get}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -243,6 +243,47 @@ enum fm_sock_stat {
 #define FM_UPDATE_RUN_KEYS 12
 #define FM_UPDATE_RING_BYTES 4096
 
+/* ---- Packet drops (bpf/flowmeter_drops.bpf.c) ---- */
+
+/* fm_drop_key.reason on kernels whose skb:kfree_skb has no reason (before
+ * 5.17): the daemon reports it as reason="unknown". Never a value of the
+ * kernel's enum skb_drop_reason (its values are small). */
+#define FM_DROP_REASON_NONE 0xffffffff
+
+/* Key of the "fm_drops" per-CPU hash (value: __u64 packets dropped, per CPU,
+ * cumulative since load). 56 bytes. */
+struct fm_drop_key {
+    __u8 saddr[16];  /* source address from the packet's IP header, network order,
+                      * IPv4 v4-mapped; all zero when the packet had no IP header
+                      * yet (family OTHER) */
+    __u8 daddr[16];  /* destination address, same encoding */
+    __u32 reason;    /* the kernel's enum skb_drop_reason value, named by the daemon
+                      * from the running kernel's BTF; FM_DROP_REASON_NONE without */
+    __u32 ifindex;   /* the device the packet was on (skb->dev; without one, the
+                      * device it came in on, skb->skb_iif); 0: none */
+    __u32 netns;     /* inode number of that device's network namespace; 0 when
+                      * unknown (no device): ifindexes are per namespace */
+    __u16 sport;     /* source port, host order (TCP, UDP; else 0) */
+    __u16 dport;     /* destination port, host order */
+    __u8 direction;  /* enum fm_direction: RECEIVE while the packet is on the device
+                      * it came in on (skb_iif), TRANSMIT once routed out of one */
+    __u8 family;     /* enum fm_family */
+    __u8 protocol;   /* IP protocol number (IPv6: the first next-header); 0 for OTHER */
+    __u8 _pad[5];    /* explicit padding, always zero */
+};
+
+/* Indexes of the per-CPU "fm_drop_stats" array of __u64 counters. */
+enum fm_drop_stat {
+    FM_DROP_STAT_SEEN = 0,       /* drops the program kept (tied to an interface or a
+                                  * 5-tuple; consumed packets are not drops) */
+    FM_DROP_STAT_TABLE_FULL = 1, /* of those, drops "fm_drops" had no room for */
+    FM_DROP_STAT_COUNT = 2,      /* number of entries, not a counter */
+};
+
+/* Entries of "fm_drops": distinct (reason, interface, direction, 5-tuple)
+ * keys at once. The daemon removes keys idle for an interval. */
+#define FM_DROP_TABLE_SIZE 16384
+
 #ifndef __VMLINUX_H__
 /* User space only: sizeof(struct fm_flow_event) as the C compiler saw it, so the
  * Swift tests compare it with what Swift's importer made of the same struct. */

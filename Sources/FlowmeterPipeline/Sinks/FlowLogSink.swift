@@ -25,11 +25,20 @@ public final class FlowLogSink: Sink {
             if writer.write(lines: lines) { sent += lines.count } else { failed += lines.count }
             lines.removeAll(keepingCapacity: true)
         }
+        // A flow's drops go on its first record of the pass (a flow can have
+        // several: the evicted entry and records from the flows ring).
+        var dropsLeft = out.flowDrops
         for (i, r) in out.flows.enumerated() {
+            var drops: DropsByReason?
+            if !dropsLeft.isEmpty {
+                var k = r.key
+                k.flags = []
+                drops = dropsLeft.removeValue(forKey: k)
+            }
             lines.append(
                 FlowLogEncoder.encode(
                     r, interface: out.interfaceNames[r.key.ifindex] ?? "if\(r.key.ifindex)",
-                    clock: out.clock, pair: out.flowPairs[i]))
+                    clock: out.clock, pair: out.flowPairs[i], drops: drops))
             if lines.count == Self.chunk { flush() }
         }
         for e in out.events {
