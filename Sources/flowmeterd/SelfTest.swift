@@ -146,7 +146,90 @@ struct SelfTest {
             }
         }
         SocketSelfTest.run(&t, hooks: hooks, updates: updates)
+        dropChecks(&t)
         return t.finish()
+    }
+
+    /// The drop program, each twin the kernel takes: datagrams to a closed
+    /// loopback port are counted once each, on lo, receive, with the
+    /// kernel's reason (NO_SOCKET where it names reasons, else "unknown").
+    /// A kernel without the skb:kfree_skb tracepoint is reported, not failed:
+    /// the hook is optional, and `check` says so.
+    static func dropChecks(_ t: inout SelfTest) {
+        let tracefs = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"]
+        let hasEvent = tracefs.contains { FileManager.default.fileExists(atPath: $0 + "/skb/kfree_skb") }
+        guard let lo = HostInterfaces.list().first(where: { $0.isLoopback }) else { return }
+        var attached = 0
+        for mode in DropPrograms.Mode.allCases {
+            let drops: DropPrograms
+            do { drops = try DropPrograms.load(only: mode) } catch {
+                if mode == .tracepoint && hasEvent {
+                    t.check("drops (\(mode.rawValue)): load and attach") { "\(error)" }
+                }
+                print("--    drops: \(mode.rawValue) not available (\((error as? BPFError)?.summary ?? "\(error)"))")
+                continue
+            }
+            attached += 1
+            t.check("drops (\(mode.rawValue)): datagrams to a closed port, counted once each with the kernel's reason") {
+                let before = try drops.readCounts()
+                let (port, sent) = try sendToClosedPort(count: 5)
+                drops.detach()
+                let after = try drops.readCounts()
+                let ours = after.filter {
+                    $0.key.flow.ifindex == lo.ifindex && $0.key.flow.destinationPort == port && $0.key.flow.ipProtocol == 17
+                }
+                let want = drops.hasReasons ? "NO_SOCKET" : DropReasonNames.unknown
+                var got: [String: UInt64] = [:]
+                for (k, v) in ours { got[drops.reasons.label(k.reason), default: 0] += v - (before[k] ?? 0) }
+                guard got == [want: UInt64(sent)] else { return "counted \(got), want [\(want): \(sent)]" }
+                guard ours.keys.allSatisfy({ $0.flow.direction == .receive && $0.netns == DropPrograms.ownNetns() }) else {
+                    return "wrong interface side: \(ours.keys)"
+                }
+                print(
+                    "      (reason \(want); \(drops.hasReasons ? "\(drops.reasons.names.count) reason names in BTF" : "no reasons on this kernel"))"
+                )
+                return nil
+            }
+        }
+        if attached == 0 && !hasEvent { print("--    drops: no skb:kfree_skb tracepoint on this kernel: packet drops are not counted") }
+    }
+
+    /// Sends `count` datagrams from 127.0.0.1 to a loopback port nobody
+    /// listens on (bound, then closed). Returns (port, datagrams sent).
+    static func sendToClosedPort(count: Int) throws -> (UInt16, Int) {
+        func bound() throws -> (Int32, UInt16) {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            guard fd >= 0 else { throw ValueError("socket: \(String(cString: strerror(errno)))") }
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let r = withUnsafeMutablePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+            }
+            guard r else { close(fd); throw ValueError("bind: \(String(cString: strerror(errno)))") }
+            return (fd, UInt16(bigEndian: a.sin_port))
+        }
+        let (closed, port) = try bound()
+        close(closed)
+        let (tx, _) = try bound()
+        defer { close(tx) }
+        var to = sockaddr_in()
+        to.sin_family = sa_family_t(AF_INET)
+        to.sin_addr.s_addr = inet_addr("127.0.0.1")
+        to.sin_port = port.bigEndian
+        var sent = 0
+        for _ in 0..<count {
+            let buf = [UInt8](repeating: 0x42, count: 32)
+            let n = withUnsafePointer(to: &to) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(tx, buf, buf.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            if n == buf.count { sent += 1 }
+        }
+        // Loopback delivers in the sender's context: every drop has happened.
+        return (port, sent)
     }
 
     func finish() -> Int32 {
