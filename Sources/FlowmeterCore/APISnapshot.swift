@@ -26,7 +26,10 @@ public struct APISnapshot: Codable, Sendable, Equatable {
     public struct Interface: Codable, Sendable, Equatable {
         public var name: String
         public var tx_bytes: UInt64, rx_bytes: UInt64, tx_packets: UInt64, rx_packets: UInt64
-        enum CodingKeys: String, CodingKey { case name, tx_bytes, rx_bytes, tx_packets, rx_packets }
+        /// Packets the kernel dropped on it each way (all reasons); nil
+        /// without the drop hook.
+        public var tx_drops: UInt64? = nil, rx_drops: UInt64? = nil
+        enum CodingKeys: String, CodingKey { case name, tx_bytes, rx_bytes, tx_packets, rx_packets, tx_drops, rx_drops }
     }
 
     public struct Service: Codable, Sendable, Equatable {
@@ -38,10 +41,13 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         /// RTT quantiles from the histogram (linear within a bucket, as PromQL's
         /// histogram_quantile); nil without samples.
         public var rtt_p50_seconds: Double?, rtt_p99_seconds: Double?
+        /// Packets the kernel dropped of the pair's 5-tuples (all reasons);
+        /// nil without the drop hook.
+        public var drops: UInt64? = nil
         enum CodingKeys: String, CodingKey {
             case service, peer_service, transport, tx_bytes, rx_bytes, tx_packets, rx_packets
             case connections_opened, connections_active, connections_failed, retransmits, resets_sent, resets_received
-            case rtt_p50_seconds, rtt_p99_seconds
+            case rtt_p50_seconds, rtt_p99_seconds, drops
         }
     }
 
@@ -117,19 +123,27 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         }
         let interfaces = a.interfaces.keys.sorted().map { name -> Interface in
             let d = a.interfaces[name] ?? [:]
-            return Interface(
+            var i = Interface(
                 name: name, tx_bytes: d[.transmit]?.bytes ?? 0, rx_bytes: d[.receive]?.bytes ?? 0,
                 tx_packets: d[.transmit]?.packets ?? 0, rx_packets: d[.receive]?.packets ?? 0)
+            if a.dropsCounted {
+                let drops = a.interfaceDrops[name] ?? [:]
+                i.tx_drops = drops[.transmit]?.values.reduce(0, +) ?? 0
+                i.rx_drops = drops[.receive]?.values.reduce(0, +) ?? 0
+            }
+            return i
         }
         let tx = Int(Direction.transmit.rawValue), rx = Int(Direction.receive.rawValue)
         let services = (a.services?.pairs ?? [:]).sorted { $0.key < $1.key }.map { p, s in
-            Service(
+            var x = Service(
                 service: p.service, peer_service: p.peer, transport: p.transport,
                 tx_bytes: s.bytes[tx], rx_bytes: s.bytes[rx], tx_packets: s.packets[tx], rx_packets: s.packets[rx],
                 connections_opened: s.opened.reduce(0, +), connections_active: s.active.reduce(0, +),
                 connections_failed: s.failed.values.reduce(0, +), retransmits: s.retransmits,
                 resets_sent: s.resets[tx], resets_received: s.resets[rx],
                 rtt_p50_seconds: quantile(0.5, s.rtt), rtt_p99_seconds: quantile(0.99, s.rtt))
+            if a.dropsCounted { x.drops = s.drops.values.reduce(0, +) }
+            return x
         }
         // Past the cap, the busiest connections (the total is in self_metrics.sockets_tracked).
         var listed = a.connections

@@ -3,7 +3,7 @@ import FlowmeterCore
 /// The columns of all views.
 public enum Column: String, Sendable, CaseIterable {
     case service, peer, proto, tx, rx, conns, failed, retrans, resets, rttP50, rttP99, trend
-    case flow, iface, dir, rate, total, pid, process, name, txPackets, rxPackets
+    case flow, iface, dir, rate, total, pid, process, name, txPackets, rxPackets, drops
 }
 
 /// How a view shows one column.
@@ -64,6 +64,8 @@ public enum View: Int, CaseIterable, Sendable {
                 ColumnSpec(.resets, "RESETS", "k", ["resets"], right: true, min: 6, drop: 2, numeric: true),
                 ColumnSpec(.rttP50, "RTT p50", "m", ["p50", "rttp50"], right: true, min: 7, drop: 1, numeric: true),
                 ColumnSpec(.rttP99, "RTT p99", "l", ["p99", "rttp99"], right: true, min: 7, drop: 6, numeric: true),
+                // Packets the kernel dropped (the drop hook); the first column a narrow terminal gives up.
+                ColumnSpec(.drops, "DROPS", "d", ["drops"], right: true, min: 5, drop: 0, numeric: true),
                 ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 4),
             ]
         case .flows:
@@ -94,6 +96,7 @@ public enum View: Int, CaseIterable, Sendable {
                 ColumnSpec(.txPackets, "TX pkt/s", "T", ["txpkt"], right: true, min: 8, drop: 4, numeric: true),
                 ColumnSpec(.rxPackets, "RX pkt/s", "R", ["rxpkt"], right: true, min: 8, drop: 3, numeric: true),
                 ColumnSpec(.total, "TOTAL", "a", ["total"], right: true, min: 8, drop: 2, numeric: true),
+                ColumnSpec(.drops, "DROPS", "d", ["drops"], right: true, min: 5, drop: 0, numeric: true),
                 ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 1),
             ]
         }
@@ -221,6 +224,8 @@ enum Table {
             row.set(.resets, Format.count(resets), .number(Double(resets)))
             row.set(.rttP50, Format.rtt(x.rtt_p50_seconds), .number(x.rtt_p50_seconds ?? -1))
             row.set(.rttP99, Format.rtt(x.rtt_p99_seconds), .number(x.rtt_p99_seconds ?? -1))
+            row.set(.drops, x.drops.map(Format.count) ?? "-", .number(Double(x.drops ?? 0)))
+            if h.serviceIncrease(pair, window: w, { $0.drops ?? 0 }) > 0 { row.warnings.insert(.drops) }
             if h.serviceIncrease(pair, window: w, \.connections_failed) > 0 { row.warnings.insert(.failed) }
             if h.serviceIncrease(pair, window: w, \.retransmits) > 0 { row.warnings.insert(.retrans) }
             if h.serviceIncrease(pair, window: w, { $0.resets_sent &+ $0.resets_received }) > 0 {
@@ -310,6 +315,8 @@ enum Table {
             row.set(.rxPackets, Format.perSecond(p.rx), .number(p.rx))
             let total = x.tx_bytes &+ x.rx_bytes
             row.set(.total, Format.bytes(total), .number(Double(total)))
+            let drops = x.tx_drops.map { $0 &+ (x.rx_drops ?? 0) }
+            row.set(.drops, drops.map(Format.count) ?? "-", .number(Double(drops ?? 0)))
             row.trend = h.interfaceTrend(x.name, count: trendLength)
             return row
         }

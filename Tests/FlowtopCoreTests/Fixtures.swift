@@ -10,20 +10,26 @@ enum Fixture {
         _ s: String, _ p: String, _ t: String = "tcp", tx: UInt64 = 0, rx: UInt64 = 0,
         txPackets: UInt64 = 0, rxPackets: UInt64 = 0, active: Int = 0, failed: UInt64 = 0,
         retrans: UInt64 = 0, resetsSent: UInt64 = 0, resetsReceived: UInt64 = 0,
-        p50: Double? = nil, p99: Double? = nil
+        p50: Double? = nil, p99: Double? = nil, drops: UInt64 = 0
     ) -> APISnapshot.Service {
-        APISnapshot.Service(
+        var x = APISnapshot.Service(
             service: s, peer_service: p, transport: t, tx_bytes: tx, rx_bytes: rx,
             tx_packets: txPackets, rx_packets: rxPackets, connections_opened: UInt64(active),
             connections_active: active, connections_failed: failed, retransmits: retrans,
             resets_sent: resetsSent, resets_received: resetsReceived,
             rtt_p50_seconds: p50, rtt_p99_seconds: p99)
+        x.drops = drops
+        return x
     }
 
-    static func interface(_ n: String, tx: UInt64, rx: UInt64, txPackets: UInt64 = 0, rxPackets: UInt64 = 0)
-        -> APISnapshot.Interface
-    {
-        APISnapshot.Interface(name: n, tx_bytes: tx, rx_bytes: rx, tx_packets: txPackets, rx_packets: rxPackets)
+    static func interface(
+        _ n: String, tx: UInt64, rx: UInt64, txPackets: UInt64 = 0, rxPackets: UInt64 = 0, txDrops: UInt64 = 0,
+        rxDrops: UInt64 = 0
+    ) -> APISnapshot.Interface {
+        var x = APISnapshot.Interface(name: n, tx_bytes: tx, rx_bytes: rx, tx_packets: txPackets, rx_packets: rxPackets)
+        x.tx_drops = txDrops
+        x.rx_drops = rxDrops
+        return x
     }
 
     static func connection(
@@ -78,7 +84,7 @@ enum Fixture {
         let interfaces = [
             interface(
                 "eth0", tx: 10_000_000 + n * 1_250_000, rx: eth0rx, txPackets: 90_000 + n * 1_000,
-                rxPackets: 120_000 + n * 2_500),
+                rxPackets: 120_000 + n * 2_500, rxDrops: i == 4 ? 12 : 5),
             interface(
                 "lo", tx: 500_000 + n * 12_000, rx: 500_000 + n * 12_000, txPackets: 4_000 + n * 40,
                 rxPackets: 4_000 + n * 40),
@@ -88,7 +94,7 @@ enum Fixture {
         let services = [
             service(
                 "checkout", "postgres", tx: 5_000_000 + n * 400_000, rx: 9_000_000 + n * 1_200_000,
-                active: 12, retrans: i == 4 ? 4 : 3, p50: 0.00042, p99: 0.0031),
+                active: 12, retrans: i == 4 ? 4 : 3, p50: 0.00042, p99: 0.0031, drops: i == 4 ? 7 : 2),
             service(
                 "checkout", "frontend", tx: 2_000_000 + frontendTx[i], rx: 700_000 + n * 90_000,
                 active: 40, failed: 2, resetsReceived: 1, p50: 0.0012, p99: 0.0475),

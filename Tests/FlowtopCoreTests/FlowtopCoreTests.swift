@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import FlowmeterCore
@@ -177,10 +178,10 @@ import Testing
 
     @Test func bitsToggleChangesRatesNotTotals() {
         var s = Fixture.state(.interfaces)
-        #expect(Self.cells(.interfaces, s)[0] == ["eth0", "1.3 MB/s", "2.5 MB/s", "1.0K", "2.5K", "75.0 MB"])
+        #expect(Self.cells(.interfaces, s)[0] == ["eth0", "1.3 MB/s", "2.5 MB/s", "1.0K", "2.5K", "75.0 MB", "12"])
         _ = s.handle(.char("b"))
         #expect(s.units == .bits)
-        #expect(Self.cells(.interfaces, s)[0] == ["eth0", "10.0 Mb/s", "20.0 Mb/s", "1.0K", "2.5K", "75.0 MB"])
+        #expect(Self.cells(.interfaces, s)[0] == ["eth0", "10.0 Mb/s", "20.0 Mb/s", "1.0K", "2.5K", "75.0 MB", "12"])
         let screen = render(s, Fixture.history, width: 80, height: 24)
         #expect(screen.lines[1].hasPrefix("interfaces  in 20.1 Mb/s  out 10.1 Mb/s  flows 7  lost 3  window 2s  b/s "))
         #expect(screen.lines[23].hasPrefix("Tab view  w window  b bytes  / filter"))
@@ -577,12 +578,16 @@ import Testing
             ])
         #expect(m.lines[1].dropFirst(46).hasPrefix("lost 3  "))
         #expect(m.lines[5].dropFirst(64).hasPrefix("      9 "))
-        // Wide: the RETRANS increase of checkout → postgres shows too; no loss, no warning.
+        // Wide: the RETRANS and DROPS increases of checkout → postgres show too; no loss, no warning.
         var quiet = Fixture.history.snapshots
         for i in quiet.indices { quiet[i].self_metrics.events_ring_lost = 0 }
         let w = render(Fixture.state(.services), History(quiet), width: 200, height: 50)
         #expect(!w.styles.contains { $0.line == 1 })
-        #expect(w.styles.filter { $0.kind == .warning }.map(\.line) == [3, 5])
+        #expect(w.styles.filter { $0.kind == .warning }.map(\.line) == [3, 3, 5])
+        let cells = w.styles.filter { $0.line == 3 && $0.kind == .warning }.map {
+            String(Array(w.lines[3])[$0.columns]).trimmingCharacters(in: .whitespaces)
+        }
+        #expect(cells == ["4", "7"])
     }
 
     @Test func hooksAndWaitingHeader() {
@@ -724,13 +729,13 @@ import Testing
                 """)
         #expect(
             plainTable(.services, Fixture.history, state: Fixture.state(.services)) == """
-                SERVICE                                   PEER      PROTO        TX/s       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99
-                checkout                                  postgres  tcp    400.0 KB/s   1.2 MB/s     12       0        4       0    420µs   3.10ms
-                checkout                                  frontend  tcp    250.0 KB/s  90.0 KB/s     40       2        0       1   1.20ms   47.5ms
-                payments-api                              unknown   tcp      5.0 KB/s   3.0 KB/s      1       9        0       4   85.0ms    1.25s
-                sshd                                      unknown   tcp      3.0 KB/s   1.0 KB/s      1       0        0       0        -        -
-                coredns                                   unknown   udp       800 B/s   1.2 KB/s      0       0        0       0        -        -
-                \(Fixture.pod)  checkout  tcp         0 B/s      0 B/s      3       0        0       0     87µs    999µs
+                SERVICE                                   PEER      PROTO        TX/s       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99  DROPS
+                checkout                                  postgres  tcp    400.0 KB/s   1.2 MB/s     12       0        4       0    420µs   3.10ms      7
+                checkout                                  frontend  tcp    250.0 KB/s  90.0 KB/s     40       2        0       1   1.20ms   47.5ms      0
+                payments-api                              unknown   tcp      5.0 KB/s   3.0 KB/s      1       9        0       4   85.0ms    1.25s      0
+                sshd                                      unknown   tcp      3.0 KB/s   1.0 KB/s      1       0        0       0        -        -      0
+                coredns                                   unknown   udp       800 B/s   1.2 KB/s      0       0        0       0        -        -      0
+                \(Fixture.pod)  checkout  tcp         0 B/s      0 B/s      3       0        0       0     87µs    999µs      0
 
                 """)
         #expect(
@@ -747,21 +752,21 @@ import Testing
                 """)
         #expect(
             plainTable(.interfaces, Fixture.history, state: Fixture.state(.interfaces)) == """
-                NAME               TX/s       RX/s  TX pkt/s  RX pkt/s    TOTAL
-                eth0           1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB
-                lo            12.0 KB/s  12.0 KB/s        40        40   1.1 MB
-                veth1a2b3c4d      0 B/s      0 B/s         0         0      0 B
+                NAME               TX/s       RX/s  TX pkt/s  RX pkt/s    TOTAL  DROPS
+                eth0           1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB     12
+                lo            12.0 KB/s  12.0 KB/s        40        40   1.1 MB      0
+                veth1a2b3c4d      0 B/s      0 B/s         0         0      0 B      0
 
                 """)
         // Filter and sort apply; no rows is the title line alone; two snapshots as `--once` takes them.
         s.filter = "nomatch"
         #expect(plainTable(.processes, Fixture.history, state: s) == "PID  PROCESS  CONNS  TX/s  RX/s  TOTAL\n")
-        #expect(plainTable(.services, History(), state: UIState()).hasSuffix("RTT p99\n"))
+        #expect(plainTable(.services, History(), state: UIState()).hasSuffix("DROPS\n"))
         let two = History([Fixture.node(0), Fixture.node(1)])
         #expect(
             Self.cells(.interfaces, Fixture.state(.interfaces), two)[0] == [
                 "eth0", "1.3 MB/s", "2.0 MB/s", "1.0K",
-                "2.5K", "63.3 MB",
+                "2.5K", "63.3 MB", "5",
             ])
     }
 }

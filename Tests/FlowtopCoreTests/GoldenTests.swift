@@ -56,13 +56,13 @@ extension FlowtopCoreTests {
                     """
                     flowtop  web-1  kernel 6.18.0-amd64  hooks: tc=tcx sock=fentry  up 1h02m                                                                                                                                |
                     services  in 2.5 MB/s  out 1.3 MB/s  flows 7  lost 3  window 2s  B/s                                                                                                                                    |
-                    SERVICE                                  PEER       PROTO       TX/s▼       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99 TREND                                                                |
-                    checkout                                 postgres   tcp    400.0 KB/s   1.2 MB/s     12       0        4       0    420µs   3.10ms                           ████                                       |
-                    checkout                                 frontend   tcp    250.0 KB/s  90.0 KB/s     40       2        0       1   1.20ms   47.5ms                           ▆▆▄█                                       |
-                    payments-api                             unknown    tcp      5.0 KB/s   3.0 KB/s      1       9        0       4   85.0ms    1.25s                           ████                                       |
-                    sshd                                     unknown    tcp      3.0 KB/s   1.0 KB/s      1       0        0       0        -        -                           ▁▁██                                       |
-                    coredns                                  unknown    udp       800 B/s   1.2 KB/s      0       0        0       0        -        -                           ████                                       |
-                    pod:3f2a9c1e-7b4d-4e0f-9a1b-2c3d4e5f6a7b checkout   tcp         0 B/s      0 B/s      3       0        0       0     87µs    999µs                           ▁▁▁▁                                       |
+                    SERVICE                                  PEER       PROTO       TX/s▼       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99  DROPS TREND                                                         |
+                    checkout                                 postgres   tcp    400.0 KB/s   1.2 MB/s     12       0        4       0    420µs   3.10ms      7                           ████                                |
+                    checkout                                 frontend   tcp    250.0 KB/s  90.0 KB/s     40       2        0       1   1.20ms   47.5ms      0                           ▆▆▄█                                |
+                    payments-api                             unknown    tcp      5.0 KB/s   3.0 KB/s      1       9        0       4   85.0ms    1.25s      0                           ████                                |
+                    sshd                                     unknown    tcp      3.0 KB/s   1.0 KB/s      1       0        0       0        -        -      0                           ▁▁██                                |
+                    coredns                                  unknown    udp       800 B/s   1.2 KB/s      0       0        0       0        -        -      0                           ████                                |
+                    pod:3f2a9c1e-7b4d-4e0f-9a1b-2c3d4e5f6a7b checkout   tcp         0 B/s      0 B/s      3       0        0       0     87µs    999µs      0                           ▁▁▁▁                                |
                                                                                                                                                                                                                             |
                                                                                                                                                                                                                             |
                                                                                                                                                                                                                             |
@@ -294,10 +294,10 @@ extension FlowtopCoreTests {
                     """
                     flowtop  web-1  kernel 6.18.0-amd64  hooks: tc=tcx sock=fentry  up 1h02m        |
                     interfaces  in 2.5 MB/s  out 1.3 MB/s  flows 7  lost 3  window 2s  B/s          |
-                    NAME              TX/s▼       RX/s  TX pkt/s  RX pkt/s    TOTAL TREND           |
-                    eth0           1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB             ▅▇▄█|
-                    lo            12.0 KB/s  12.0 KB/s        40        40   1.1 MB             ████|
-                    veth1a2b3c4d      0 B/s      0 B/s         0         0      0 B             ▁▁▁▁|
+                    NAME             TX/s▼       RX/s  TX pkt/s  RX pkt/s    TOTAL  DROPS TREND     |
+                    eth0          1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB     12       ▅▇▄█|
+                    lo           12.0 KB/s  12.0 KB/s        40        40   1.1 MB      0       ████|
+                    veth1a2b3c…      0 B/s      0 B/s         0         0      0 B      0       ▁▁▁▁|
                                                                                                     |
                                                                                                     |
                                                                                                     |
@@ -326,10 +326,10 @@ extension FlowtopCoreTests {
                     """
                     flowtop  web-1  kernel 6.18.0-amd64  hooks: tc=tcx sock=fentry  up 1h02m                                                                                                                                |
                     interfaces  in 2.5 MB/s  out 1.3 MB/s  flows 7  lost 3  window 2s  B/s                                                                                                                                  |
-                    NAME              TX/s▼       RX/s  TX pkt/s  RX pkt/s    TOTAL TREND                                                                                                                                   |
-                    eth0           1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB                           ▅▇▄█                                                                                                          |
-                    lo            12.0 KB/s  12.0 KB/s        40        40   1.1 MB                           ████                                                                                                          |
-                    veth1a2b3c4d      0 B/s      0 B/s         0         0      0 B                           ▁▁▁▁                                                                                                          |
+                    NAME              TX/s▼       RX/s  TX pkt/s  RX pkt/s    TOTAL  DROPS TREND                                                                                                                            |
+                    eth0           1.3 MB/s   2.5 MB/s      1.0K      2.5K  75.0 MB     12                           ▅▇▄█                                                                                                   |
+                    lo            12.0 KB/s  12.0 KB/s        40        40   1.1 MB      0                           ████                                                                                                   |
+                    veth1a2b3c4d      0 B/s      0 B/s         0         0      0 B      0                           ▁▁▁▁                                                                                                   |
                                                                                                                                                                                                                             |
                                                                                                                                                                                                                             |
                                                                                                                                                                                                                             |

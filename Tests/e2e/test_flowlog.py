@@ -18,6 +18,7 @@ FLOW_KEYS = {
     "protocol": str, "protocol_number": int, "src_addr": str, "dst_addr": str, "src_port": int, "dst_port": int,
     "ethertype": int, "packets": int, "bytes": int, "tcp_flags": str, "tcp_flags_raw": int, "flags": list,
     "first_seen": str, "last_seen": str, "source": str, "service": str, "peer_service": str,
+    "drops": int, "drop_reasons": list,
 }
 FLOW_REQUIRED = {"version", "type", "interface", "ifindex", "direction", "family", "packets", "bytes",
                  "first_seen", "last_seen", "source"}
