@@ -50,6 +50,26 @@ import Testing
         try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
     }
 
+    /// Drops go after packets and bytes, with the reasons in name order; a
+    /// flow without any has neither key (older readers see the same line).
+    @Test func flowDropsAreAddedCompatibly() throws {
+        let r = FlowRecord(
+            key: FlowKey(
+                source: .v4(10, 0, 0, 1), destination: .v4(10, 0, 0, 2), ifindex: 3, sourcePort: 5000,
+                destinationPort: 53, direction: .receive, family: .ipv4, ipProtocol: 17, flags: []),
+            stats: FlowStats(packets: 3, bytes: 300, firstSeenNanos: 1_000, lastSeenNanos: 1_000, tcpFlags: 0),
+            source: .flowMap)
+        let plain = FlowLogEncoder.encode(r, interface: "eth0", clock: Self.clock)
+        #expect(FlowLogEncoder.encode(r, interface: "eth0", clock: Self.clock, drops: [:]) == plain)
+        #expect(!plain.contains("drop"))
+        let line = FlowLogEncoder.encode(
+            r, interface: "eth0", clock: Self.clock, drops: ["QDISC_DROP": 2, "NETFILTER_DROP": 1])
+        #expect(
+            line.contains(
+                #""packets":3,"bytes":300,"drops":3,"drop_reasons":[{"reason":"NETFILTER_DROP","packets":1},{"reason":"QDISC_DROP","packets":2}],"first_seen""#
+            ))
+    }
+
     @Test func tcpFlowObject() throws {
         let r = FlowRecord(
             key: FlowKey(

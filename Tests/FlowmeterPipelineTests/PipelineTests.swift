@@ -72,6 +72,23 @@ final class FakeSocketKernel: SocketKernel {
     func detach() { state.withLock { $0.calls.append("detach") } }
 }
 
+/// Hands out queued drop samples, as the drop program's deltas would be.
+final class FakeDropKernel: DropKernel {
+    struct State {
+        var takes: [[DropSample]] = []
+        var calls: [String] = []
+    }
+    let state = Mutex(State())
+    let ownNetns: UInt32 = 4026531840
+
+    func take() throws -> [DropSample] {
+        state.withLock { s in
+            s.calls.append("take"); return s.takes.isEmpty ? [] : s.takes.removeFirst()
+        }
+    }
+    func detach() { state.withLock { $0.calls.append("detach") } }
+}
+
 /// Keeps every pass it is given.
 final class RecordingSink: Sink {
     let name: String
@@ -131,12 +148,13 @@ final class FailingSink: Sink {
     }
 
     static func pipeline(
-        _ flows: FakeFlowKernel, _ sockets: FakeSocketKernel?, sinks: [Sink],
+        _ flows: FakeFlowKernel, _ sockets: FakeSocketKernel?, drops: FakeDropKernel? = nil, sinks: [Sink],
         now: UInt64 = 1_000_000_000
     ) -> Pipeline {
         let accounting = SharedAccounting()
         accounting.update { a in
             a.socketTelemetry = sockets != nil
+            a.dropsCounted = drops != nil
             if sockets != nil {
                 a.services = ServiceAggregator(
                     resolver: ServiceResolver(rules: [], peers: [PeerRule(service: "postgres", ports: try! PortRange(parsing: "5432"))]),
@@ -148,7 +166,7 @@ final class FailingSink: Sink {
         let clock = PipelineClock(
             monotonic: { now }, mapping: { ClockMapping(realtimeNanos: 1_700_000_000_000_000_000, monotonicNanos: Int64(now)) })
         return Pipeline(
-            flows: flows, sockets: sockets, sinks: sinks, accounting: accounting,
+            flows: flows, sockets: sockets, drops: drops, sinks: sinks, accounting: accounting,
             names: InterfaceNames([2: "veth-a"]), cgroupPath: { $0 == 42 ? "/shop/checkout" : nil },
             interval: FlowDuration(nanoseconds: 1_000_000_000), logger: Logger(label: "test"), clock: clock)
     }
@@ -199,6 +217,42 @@ final class FailingSink: Sink {
         #expect(out.cgroupPaths[42] == "/shop/checkout")
         #expect(out.interfaceNames[2] == "veth-a")
         #expect(out.accounting().records[.flowMap] == 2)
+    }
+
+    /// Drops are read once an interval and at the end, never on an early
+    /// pass; after the pass's socket records (a connection opened in the
+    /// same pass names its drops); on this namespace's interfaces only; and
+    /// handed to the sinks by flow key. The hook is detached with the others.
+    @Test func dropsAreCountedOnInterfacesPairsAndFlows() throws {
+        let flows = FakeFlowKernel(), sockets = FakeSocketKernel(), drops = FakeDropKernel(), sink = RecordingSink("rec")
+        let key = Self.flow(40000, packets: 10, bytes: 1000).key
+        flows.state.withLock { $0.evictions = [[Self.flow(40000, packets: 10, bytes: 1000)]] }
+        sockets.state.withLock { $0.events = [[], [Self.socket(.open, id: 1, sport: 40000, ts: 5)]] }
+        var elsewhere = key
+        elsewhere.ifindex = 9
+        drops.state.withLock {
+            $0.takes = [
+                [
+                    DropSample(key: DropKey(flow: key, netns: drops.ownNetns, reason: 64), reason: "QDISC_DROP", packets: 3),
+                    DropSample(key: DropKey(flow: elsewhere, netns: 1, reason: 12), reason: "NETFILTER_DROP", packets: 8),
+                ]
+            ]
+        }
+        let p = Self.pipeline(flows, sockets, drops: drops, sinks: [sink])
+        p.pass(.early)
+        #expect(drops.state.withLock { $0.calls }.isEmpty)
+        p.pass(.interval)
+        let a = p.accounting.snapshot()
+        #expect(a.interfaceDrops == ["veth-a": [.transmit: ["QDISC_DROP": 3]]])
+        let pair = ServicePair(service: "checkout", peer: "postgres", transport: "tcp")
+        // Both drops are of the connection's 5-tuple: the pair has both, whatever the namespace.
+        #expect(a.services?.pairs[pair]?.drops == ["QDISC_DROP": 3, "NETFILTER_DROP": 8])
+        let out = try #require(sink.passes.withLock { $0.last })
+        #expect(out.flowDrops == [key: ["QDISC_DROP": 3]])
+        let text = MetricsRenderer.render(a, version: "t")
+        #expect(text.contains(#"flowmeter_interface_drops_total{interface="veth-a",direction="transmit",reason="QDISC_DROP"} 3"#))
+        p.finish()
+        #expect(drops.state.withLock { $0.calls } == ["take", "detach", "take"])
     }
 
     /// A sink that throws neither stops the others nor the accounting, and
