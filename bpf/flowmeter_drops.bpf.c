@@ -47,6 +47,17 @@ struct {
     __type(value, __u64);
 } fm_drops SEC(".maps");
 
+/* Where drops go while "fm_drops" is full (a flood of distinct 5-tuples):
+ * the same counts under keys without the 5-tuple, one per reason, interface
+ * and direction, so interface counts stay exact. Read and cleaned like
+ * "fm_drops". */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(max_entries, FM_DROP_OVERFLOW_TABLE_SIZE);
+    __type(key, struct fm_drop_key);
+    __type(value, __u64);
+} fm_drops_overflow SEC(".maps");
+
 /* Self-observability, indexed by enum fm_drop_stat (fm_stat_inc). */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -110,6 +121,21 @@ static __always_inline void fill_tuple(struct sk_buff *skb, struct fm_drop_key *
     }
 }
 
+/* One drop under a key `table` does not have: a new entry, or the entry
+ * another CPU made meanwhile (its slot for this CPU is zero). 0 when the
+ * table is full. */
+static __always_inline int count_new(void *table, struct fm_drop_key *k)
+{
+    __u64 one = 1;
+    if (bpf_map_update_elem(table, k, &one, BPF_NOEXIST) == 0)
+        return 1;
+    __u64 *v = bpf_map_lookup_elem(table, k);
+    if (!v)
+        return 0;
+    *v += 1;
+    return 1;
+}
+
 /* The body of both twins. */
 static __always_inline void on_drop(struct sk_buff *skb, __u32 reason)
 {
@@ -146,14 +172,19 @@ static __always_inline void on_drop(struct sk_buff *skb, __u32 reason)
         *v += 1;
         return;
     }
-    __u64 one = 1;
-    if (bpf_map_update_elem(&fm_drops, &k, &one, BPF_NOEXIST) == 0)
+    if (count_new(&fm_drops, &k))
         return;
-    /* Another CPU made the entry first (its slot for this CPU is zero). */
-    v = bpf_map_lookup_elem(&fm_drops, &k);
+    /* The table is full: keep the interface's count exact at least, in the
+     * overflow table, under the key without the 5-tuple. */
+    __builtin_memset(k.saddr, 0, sizeof(k.saddr));
+    __builtin_memset(k.daddr, 0, sizeof(k.daddr));
+    k.sport = k.dport = 0;
+    k.family = FM_FAMILY_OTHER;
+    k.protocol = 0;
+    v = bpf_map_lookup_elem(&fm_drops_overflow, &k);
     if (v)
         *v += 1;
-    else
+    else if (!count_new(&fm_drops_overflow, &k))
         fm_stat_inc(&fm_drop_stats, FM_DROP_STAT_TABLE_FULL);
 }
 

@@ -31,6 +31,7 @@ public final class DropPrograms: @unchecked Sendable {
     let object: BPFObject
     private var link: OpaquePointer?
     let dropsFD: Int32
+    let overflowFD: Int32
     let statsFD: Int32
 
     /// The names of `enum skb_drop_reason` in the running kernel's BTF; nil
@@ -69,6 +70,7 @@ public final class DropPrograms: @unchecked Sendable {
         reasons = names ?? DropReasonNames(enumerators: [])
         hasReasons = names != nil
         dropsFD = try obj.mapFD(Maps.fm_drops)
+        overflowFD = try obj.mapFD(Maps.fm_drops_overflow)
         statsFD = try obj.mapFD(Maps.fm_drop_stats)
     }
 
@@ -107,16 +109,24 @@ public final class DropPrograms: @unchecked Sendable {
         throw BPFError("no skb:kfree_skb hook (\(reasons.joined(separator: "; ")))\(hint)", errno: 0)
     }
 
-    /// Every count the kernel holds, summed over CPUs (cumulative since load).
+    /// Every count the kernel holds, summed over CPUs (cumulative since
+    /// load): both tables, the overflow's keys (without 5-tuple) added to
+    /// the same key of the main table, if it has one.
     public func readCounts() throws -> [DropKey: UInt64] {
         var out: [DropKey: UInt64] = [:]
+        try read(dropsFD, FM_DROP_TABLE_SIZE, into: &out)
+        try read(overflowFD, FM_DROP_OVERFLOW_TABLE_SIZE, into: &out)
+        return out
+    }
+
+    private func read(_ fd: Int32, _ size: Int32, into out: inout [DropKey: UInt64]) throws {
         var key = fm_drop_key(), next = fm_drop_key()
         let values = UnsafeMutablePointer<UInt64>.allocate(capacity: possibleCPUs)
         defer { values.deallocate() }
         var first = true
         // Keys removed under the walk restart it: bounded like the socket table's walk.
-        for _ in 0..<(4 * Int(FM_DROP_TABLE_SIZE)) {
-            let r = first ? bpf_map_get_next_key(dropsFD, nil, &next) : bpf_map_get_next_key(dropsFD, &key, &next)
+        for _ in 0..<(4 * Int(size)) {
+            let r = first ? bpf_map_get_next_key(fd, nil, &next) : bpf_map_get_next_key(fd, &key, &next)
             first = false
             if r != 0 {
                 let e = r < -1 ? -r : fm_errno()
@@ -124,11 +134,10 @@ public final class DropPrograms: @unchecked Sendable {
                 throw BPFError.from("read the drop table", result: r)
             }
             key = next
-            if bpf_map_lookup_elem(dropsFD, &key, values) != 0 { continue }
+            if bpf_map_lookup_elem(fd, &key, values) != 0 { continue }
             let sum = (0..<possibleCPUs).reduce(UInt64(0)) { $0 &+ values[$1] }
-            out[DropKey(abi: key)] = sum
+            out[DropKey(abi: key), default: 0] &+= sum
         }
-        return out
     }
 
     /// Removes keys (idle ones: the table stays bounded by what is active).
@@ -136,6 +145,7 @@ public final class DropPrograms: @unchecked Sendable {
         for k in keys {
             var abi = k.abi
             _ = bpf_map_delete_elem(dropsFD, &abi)
+            if k.flow.family == .other { _ = bpf_map_delete_elem(overflowFD, &abi) }
         }
     }
 

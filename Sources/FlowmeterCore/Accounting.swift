@@ -93,6 +93,8 @@ public struct Accounting: Sendable {
     public private(set) var interfaceDrops: [String: [Direction: DropsByReason]] = [:]
     /// Whether the drop program runs (the drop metrics are shown only then).
     public var dropsCounted = false
+    /// Drops neither kernel drop table had room for (counted nowhere else).
+    public var dropsLost: UInt64 = 0
     /// Per service pair state, when socket telemetry runs.
     public var services: ServiceAggregator?
     /// What `/readyz` answers: start-up marks the programs attached, the

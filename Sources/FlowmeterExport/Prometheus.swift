@@ -133,6 +133,11 @@ public enum MetricCatalog {
         help:
             "Packets the kernel dropped (skb:kfree_skb) on an interface, by direction and the kernel's drop reason (\"unknown\" on kernels before 5.17)."
     )
+    public static let dropsLost = Exposition.Family(
+        name: "flowmeter_drops_lost_total", kind: .counter,
+        help:
+            "Packet drops neither the kernel's drop table nor its overflow table (per interface, without the 5-tuple) had room for: counted in no drop metric."
+    )
     public static let ringLost = Exposition.Family(
         name: "flowmeter_ringbuf_lost_records_total", kind: .counter,
         help: "Records the kernel could not reserve in a ring buffer (failed reservations, summed over CPUs).")
@@ -208,7 +213,7 @@ public enum MetricCatalog {
         help: "Smoothed RTT of TCP connections per service pair: one sample per connection update and one at close.")
 
     public static let all = [
-        interfaceBytes, interfacePackets, interfaceDrops, ringLost, flowTableEntries, insertFailures,
+        interfaceBytes, interfacePackets, interfaceDrops, dropsLost, ringLost, flowTableEntries, insertFailures,
         records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
         exportRecords, exportLastSuccess, exportQueue,
         networkBytes, networkPackets, packetDrops, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
@@ -257,6 +262,7 @@ public enum MetricsRenderer {
                         }
                     }
                 })
+            add(MetricCatalog.dropsLost, [([], Double(a.dropsLost))])
         }
         add(
             MetricCatalog.ringLost,

@@ -49,6 +49,8 @@ public protocol SocketKernel: AnyObject, Sendable {
 public protocol DropKernel: AnyObject, Sendable {
     /// Drops since the last take, their reasons named by the running kernel.
     func take() throws -> [DropSample]
+    /// Drops neither kernel table had room for (cumulative): counted nowhere.
+    func lost() throws -> UInt64
     /// The network namespace (inode number) whose interfaces the tc programs
     /// count: only drops on its interfaces count as interface drops.
     var ownNetns: UInt32 { get }

@@ -236,7 +236,9 @@ public final class Pipeline: Sendable {
         }
         // Drops once an interval (and at the end): their counts are cumulative in the kernel.
         var dropSamples: [DropSample] = []
+        var dropsLost: UInt64?
         if let drops, pass != .early {
+            dropsLost = try? drops.lost()
             do { dropSamples = try drops.take() } catch {
                 logger.error("reading packet drops failed", metadata: ["error": "\(error)"])
             }
@@ -253,6 +255,7 @@ public final class Pipeline: Sendable {
             entryPairs = a.count(flows: table, names: names, now: now)
             // After the sockets and flows: a drop finds the socket of its 5-tuple.
             a.count(drops: dropSamples, names: names, ownNetns: ownNetns, now: now)
+            if let dropsLost { a.dropsLost = dropsLost }
             // The API lists this interval's flows, the largest first past its cap.
             let listed = Accounting.largestFlows(earlyFlows, batch, pair: { i in entryPairs.isEmpty ? nil : entryPairs[flowEntry(i)] })
             if pass == .early {

@@ -107,5 +107,7 @@ final class DropKernelProgram: DropKernel {
         }
     }
 
+    func lost() throws -> UInt64 { try programs.readCounters().tableFull }
+
     func detach() { programs.detach() }
 }

@@ -86,6 +86,7 @@ final class FakeDropKernel: DropKernel {
             s.calls.append("take"); return s.takes.isEmpty ? [] : s.takes.removeFirst()
         }
     }
+    func lost() throws -> UInt64 { 2 }
     func detach() { state.withLock { $0.calls.append("detach") } }
 }
 
@@ -244,6 +245,7 @@ final class FailingSink: Sink {
         p.pass(.interval)
         let a = p.accounting.snapshot()
         #expect(a.interfaceDrops == ["veth-a": [.transmit: ["QDISC_DROP": 3]]])
+        #expect(a.dropsLost == 2)
         let pair = ServicePair(service: "checkout", peer: "postgres", transport: "tcp")
         // Both drops are of the connection's 5-tuple: the pair has both, whatever the namespace.
         #expect(a.services?.pairs[pair]?.drops == ["QDISC_DROP": 3, "NETFILTER_DROP": 8])
@@ -251,6 +253,7 @@ final class FailingSink: Sink {
         #expect(out.flowDrops == [key: ["QDISC_DROP": 3]])
         let text = MetricsRenderer.render(a, version: "t")
         #expect(text.contains(#"flowmeter_interface_drops_total{interface="veth-a",direction="transmit",reason="QDISC_DROP"} 3"#))
+        #expect(text.contains("flowmeter_drops_lost_total 2\n"))
         p.finish()
         #expect(drops.state.withLock { $0.calls } == ["take", "detach", "take"])
     }

@@ -14,6 +14,8 @@ and time; every socket has a timeout. Servers print "ready" once listening.
                                   SPORT (unconnected: ICMP errors do not stop it),
                                   print how many sendto accepted
   tcp-send ADDR PORT NBYTES SPORT like tcp-client, from local port SPORT
+  udp-spray ADDR PORT FIRST COUNT one datagram from each local port FIRST..FIRST+COUNT-1,
+                                  print how many sendto accepted
   ping ADDR COUNT                 ICMP/ICMPv6 echo requests, wait for each reply
   get URL                         HTTP GET, print the body (exit 1 on failure)
 """
@@ -161,6 +163,17 @@ def udp_send(addr: str, port: str, count: str, size: str, sport: str) -> None:
     print(sent, flush=True)
 
 
+def udp_spray(addr: str, port: str, first: str, count: str) -> None:
+    sent = 0
+    for p in range(int(first), int(first) + int(count)):
+        s = socket.socket(family_of(addr), socket.SOCK_DGRAM)
+        s.bind(("", p))
+        if s.sendto(b"\x5a" * 16, (addr, int(port))) == 16:
+            sent += 1
+        s.close()
+    print(sent, flush=True)
+
+
 def tcp_send(addr: str, port: str, nbytes: str, sport: str) -> None:
     pin_cpu()
     s = socket.socket(family_of(addr), socket.SOCK_STREAM)
@@ -230,7 +243,7 @@ def get(url: str) -> None:
 
 
 COMMANDS = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-stream": tcp_stream, "udp-echo": udp_echo,
-            "udp-client": udp_client, "udp-send": udp_send, "tcp-send": tcp_send, "ping": ping, "get": get}
+            "udp-client": udp_client, "udp-send": udp_send, "udp-spray": udp_spray, "tcp-send": tcp_send, "ping": ping, "get": get}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -276,13 +276,18 @@ struct fm_drop_key {
 enum fm_drop_stat {
     FM_DROP_STAT_SEEN = 0,       /* drops the program kept (tied to an interface or a
                                   * 5-tuple; consumed packets are not drops) */
-    FM_DROP_STAT_TABLE_FULL = 1, /* of those, drops "fm_drops" had no room for */
+    FM_DROP_STAT_TABLE_FULL = 1, /* of those, drops neither "fm_drops" nor, under
+                                  * their interface's key without the 5-tuple,
+                                  * "fm_drops_overflow" had room for: counted nowhere */
     FM_DROP_STAT_COUNT = 2,      /* number of entries, not a counter */
 };
 
 /* Entries of "fm_drops": distinct (reason, interface, direction, 5-tuple)
- * keys at once. The daemon removes keys idle for an interval. */
+ * keys at once; of "fm_drops_overflow": (reason, interface, direction) keys
+ * of drops while "fm_drops" is full. The daemon removes keys idle for an
+ * interval from both. */
 #define FM_DROP_TABLE_SIZE 16384
+#define FM_DROP_OVERFLOW_TABLE_SIZE 4096
 
 #ifndef __VMLINUX_H__
 /* User space only: sizeof(struct fm_flow_event) as the C compiler saw it, so the
