@@ -16,7 +16,7 @@ import re
 
 import fmlib
 import pytest
-from conftest import IF_A, V4_A, V4_B, scrape_settled, sh, unique_port
+from conftest import IF_A, V4_A, V4_B, V6_A, scrape_settled, sh, unique_port
 
 FAMILIES = ("flowmeter_interface_drops_total", "flowmeter_packet_drops_total")
 
@@ -117,21 +117,29 @@ def test_netfilter_drop(netpair, daemons, tmp_path, kernel_reasons):
     assert all((r["service"], r["peer_service"]) == ("unknown", "dropcli") for r in recs), recs
 
 
-def udp_noports(pair, ns: str) -> int:
-    """Udp NoPorts of the namespace (/proc/net/snmp)."""
+def udp_noports(pair, ns: str, v6: bool) -> int:
+    """Udp NoPorts (/proc/net/snmp), or Udp6NoPorts (/proc/net/snmp6), of the namespace."""
+    if v6:
+        for line in pair.run(ns, "cat", "/proc/net/snmp6").stdout.splitlines():
+            if line.startswith("Udp6NoPorts"):
+                return int(line.split()[1])
+        raise AssertionError("no Udp6NoPorts in /proc/net/snmp6")
     lines = [l.split() for l in pair.run(ns, "cat", "/proc/net/snmp").stdout.splitlines() if l.startswith("Udp:")]
     return int(lines[1][lines[0].index("NoPorts")])
 
 
-def test_closed_port(netpair, daemons, tmp_path, kernel_reasons):
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_closed_port(netpair, daemons, tmp_path, kernel_reasons, family):
     """UDP to a port nobody listens on: NO_SOCKET (or the kernel's name for
-    it), as many as the UDP stack's own NoPorts counter went up."""
+    it), as many as the UDP stack's own NoPorts counter went up; IPv4 and
+    IPv6 headers both parsed to the sender's socket."""
     pair = netpair
+    v6 = family == "ipv6"
     dport, sport, n = unique_port(), unique_port(), 25
     d, port = start(pair, daemons, tmp_path, {"dropcli": sport})
-    before = udp_noports(pair, pair.a)
-    assert int(pair.nettool(pair.b, "udp-send", V4_A, str(dport), str(n), "64", str(sport))) == n
-    assert udp_noports(pair, pair.a) - before == n
+    before = udp_noports(pair, pair.a, v6)
+    assert int(pair.nettool(pair.b, "udp-send", V6_A if v6 else V4_A, str(dport), str(n), "64", str(sport))) == n
+    assert udp_noports(pair, pair.a, v6) - before == n
     want = label(kernel_reasons, "NO_SOCKET")
     m = settled(pair, port)
     assert drops(m, "flowmeter_interface_drops_total", interface=IF_A, direction="receive") == {want: n}
