@@ -213,7 +213,12 @@ struct Startup {
     func socketPrograms() throws -> SocketPrograms? {
         guard let hooks = settings.hooks else { return nil }
         do {
-            let s = try SocketPrograms.load(hooks, updates: settings.socketUpdates)
+            let s = try SocketPrograms.load(hooks, updates: settings.socketUpdates, pins: settings.pins)
+            if !s.adoptedMaps.isEmpty {
+                logger.notice(
+                    "adopted the socket tables; sockets opened before this start are followed on",
+                    metadata: ["maps": "\(s.adoptedMaps.joined(separator: ","))"])
+            }
             try s.setUpdateMinAge(nanoseconds: settings.interval.nanoseconds)
             // Each program left out, once, as one line: program, section,
             // errno, and what it costs; a warning only where something is lost.
