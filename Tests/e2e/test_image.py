@@ -489,6 +489,14 @@ def test_counts_a_tcp_exchange_exactly(netpair, containers, capture, tmp_path):
     caps = {"CAP_BPF": 39, "CAP_PERFMON": 38, "CAP_NET_ADMIN": 12}
     want = sum(1 << b for b in caps.values())
     assert int(status["CapBnd"], 16) == want, f"bounding set {status['CapBnd']}, want only {sorted(caps)}"
+    # Once attached and serving it gives up CAP_PERFMON itself (the bounding
+    # set cannot shrink without CAP_SETPCAP, which it is not given).
+    d.wait_log("dropped capabilities", timeout=10)
+    line = next(l for l in d.stderr.splitlines() if "dropped capabilities" in l)
+    assert "kept=CAP_NET_ADMIN,CAP_BPF" in line, line
+    eff = int(dict(l.split(":\t", 1) for l in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if ":\t" in l)["CapEff"], 16)
+    assert eff == (1 << caps["CAP_BPF"]) | (1 << caps["CAP_NET_ADMIN"]), f"effective {eff:#x}"
     assert status["NoNewPrivs"].strip() == "1"
     mounts = {f[4]: f for f in (l.split() for l in Path(f"/proc/{pid}/mountinfo").read_text().splitlines())}
     assert "ro" in mounts["/"][5].split(","), f"root is not read-only: {mounts['/']}"
