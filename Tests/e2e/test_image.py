@@ -542,3 +542,56 @@ def test_counts_a_tcp_exchange_exactly(netpair, containers, capture, tmp_path):
     # The socket hooks (on the cgroup2 root mounted from the host) saw the client's connection.
     conns = fmlib.read_flow_log(str(log), "connection")
     assert any(r.get("event") == "close" and r.get("remote_port") == server_port for r in conns), conns[:10]
+
+
+def test_restart_of_the_pod_adopts_and_loses_nothing(netpair, containers, capture, tmp_path):
+    """The DaemonSet's --persist under runc: a container stops during a TCP
+    stream, the next starts 3 s later on the node's bpffs mount (the pod's
+    /sys/fs/bpf volume) and adopts; the two flow logs together equal the
+    capture. Then `flowmeterd uninstall` in a container with the same three
+    capabilities removes the pins and links."""
+    from test_persist import assert_exact
+
+    pair = netpair
+    pair.set_offloads(False)
+    pin_dir = f"/sys/fs/bpf/fm-image-test-{os.getpid()}-{next(_ids)}"
+    flags = ["--interfaces", IF_A, "--interval", "1s", "--hooks", "off", "--persist", "--pin-dir", pin_dir,
+             "--flow-log", "/run/flowmeter/flows.jsonl"]
+    cap = capture(pair, pair.a, IF_A)
+    try:
+        first = containers(pair.a, *flags, "--metrics-listen", f"127.0.0.1:{unique_port()}")
+        d1 = first.start(tmp_path).wait_ready()
+        port = unique_port()
+        srv = pair.server(pair.b, "tcp-server", V4_B, str(port))
+        client = pair.popen(pair.a, "python3", str(Path(__file__).parent / "nettool.py"), "tcp-stream", V4_B, str(port), "7", "4096")
+        time.sleep(2)
+        assert d1.terminate() == 0, d1.stderr
+        assert "left attached and counting for the next start" in d1.stderr, d1.stderr
+        log1 = tmp_path / "first.jsonl"
+        shutil.copy(first.run_dir / "flows.jsonl", log1)
+        assert {"abi", "flows_a", f"tcx_{if_index(pair)}_ingress"} <= set(os.listdir(pin_dir)), os.listdir(pin_dir)
+        time.sleep(3)
+        second = containers(pair.a, *flags, "--metrics-listen", f"127.0.0.1:{unique_port()}")
+        d2 = second.start(tmp_path).wait_ready()
+        assert "attachments_adopted=2" in d2.stderr, d2.stderr
+        out, _ = client.communicate(timeout=60)
+        assert client.returncode == 0 and int(pair.finish(srv)) == int(out)
+        time.sleep(1.5)
+        cap.stop()
+        assert d2.terminate() == 0, d2.stderr
+        log2 = tmp_path / "second.jsonl"
+        shutil.copy(second.run_dir / "flows.jsonl", log2)
+        assert_exact(cap.path, (log1, log2))
+        p = containers(pair.a, "uninstall", "--pin-dir", pin_dir).run()
+        assert p.returncode == 0, p.stderr
+        assert "removed 2 TCX link(s)" in p.stdout, p.stdout
+        assert not os.path.exists(pin_dir), os.listdir(pin_dir)
+    finally:
+        if os.path.exists(pin_dir):
+            subprocess.run(["ip", "netns", "exec", pair.a, os.environ.get("FLOWMETER_BIN", str(REPO / ".build/debug/flowmeterd")),
+                            "uninstall", "--pin-dir", pin_dir], capture_output=True)
+            shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+def if_index(pair) -> int:
+    return int(pair.run(pair.a, "cat", f"/sys/class/net/{IF_A}/ifindex").stdout)
