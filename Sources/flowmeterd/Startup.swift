@@ -154,7 +154,10 @@ struct Startup {
 
         let shared = SharedAccounting()
         shared.update {
-            $0.hooks = [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
+            // With no interface yet, `auto` has not chosen: "pending" until
+            // the follower attaches the first one (below).
+            let tc = attacher.mode?.rawValue ?? (s.tcMode == .auto ? "pending" : s.tcMode.rawValue)
+            $0.hooks = [HookMode(hook: "tc", mode: tc)] + (sockets?.modes ?? [])
             $0.socketTelemetry = sockets != nil
             // tc on every chosen interface, the socket hooks on their rung.
             $0.readiness.attachment = .attached
@@ -166,7 +169,7 @@ struct Startup {
         }
         let reloader = signalReloader(writer: writer, shared: shared)
         let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
-        let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names) : nil
+        let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names, shared: shared) : nil
 
         let pipeline = Pipeline(
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
@@ -265,7 +268,7 @@ struct Startup {
     }
 
     /// Follows interfaces as they come and go; nil (logged) if rtnetlink cannot be had.
-    func follow(_ selection: InterfaceSelection, attacher: TCAttacher, names: InterfaceNames) -> LinkMonitor? {
+    func follow(_ selection: InterfaceSelection, attacher: TCAttacher, names: InterfaceNames, shared: SharedAccounting) -> LinkMonitor? {
         // Subscribe first, then reconcile once, so an interface that came up
         // between the first attach and the subscription is not missed.
         let requested = settings.tcMode, logger = self.logger
@@ -284,6 +287,11 @@ struct Startup {
                     do {
                         try attacher.attachAnother(c, mode: requested)
                         names.set(c.ifindex, c.name)
+                        if let m = attacher.mode {
+                            shared.update { a in
+                                if let i = a.hooks.firstIndex(where: { $0.hook == "tc" }) { a.hooks[i].mode = m.rawValue }
+                            }
+                        }
                         logger.info("attached", metadata: ["interface": "\(c.name)", "ifindex": "\(c.ifindex)"])
                     } catch {
                         // Typically the interface vanished again before we got to it.
