@@ -601,6 +601,42 @@ def bench_startup(args, scope: Scope, tmp: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# idle RSS of two builds (the static executable of tools/package against the
+# dynamic one), interleaved in one run
+
+
+def bench_idle(args, scope: Scope, tmp: Path) -> dict:
+    """Idle VmRSS (default flags, one veth) of --flowmeterd and of each
+    --also binary, started in turn --starts times, 3 s after ready each."""
+    need_tools("ip")
+    ns = add_netns(scope, "i")
+    sh("ip", "-n", ns, "link", "add", "fmi0", "type", "veth", "peer", "name", "fmi1")
+    sh("ip", "-n", ns, "link", "set", "fmi0", "up")
+    sh("ip", "-n", ns, "link", "set", "fmi1", "up")
+    binaries = [args.flowmeterd] + [os.path.abspath(b) for b in args.also]
+    samples: dict = {b: [] for b in binaries}
+    anon: dict = {b: [] for b in binaries}
+    for i in range(args.starts):
+        for b in binaries:
+            d = Daemon(scope, b, ns, daemon_args(tmp, f"idle-{i}", "fmi0"), f"flowmeterd-idle-{i}", tmp).start().ready()
+            time.sleep(3)
+            mib, _ = sample_rss_mib(d.pid, 3)
+            samples[b].append(mib)
+            anon[b].append(rss_parts_mib(d.pid)["RssAnon"])
+            d.stop()
+    result = {b: {"median_mib": statistics.median(v), "samples": v, "anon_median_mib": statistics.median(anon[b]),
+                  "file_bytes": os.path.getsize(b)} for b, v in samples.items()}
+    print(f"\nidle VmRSS, default flags, one veth: median of {args.starts} starts (each: median of 3 samples), "
+          "binaries started in turn")
+    base = result[binaries[0]]["median_mib"]
+    for b in binaries:
+        r = result[b]
+        print(f"  {r['median_mib']:6.1f} MiB (anon {r['anon_median_mib']:5.1f} MiB)  x{r['median_mib'] / base:.2f}  "
+              f"{r['file_bytes'] / 2**20:6.1f} MiB file  {b}")
+    return {"binaries": result}
+
+
+# ---------------------------------------------------------------------------
 # memory (item 6)
 
 
@@ -1231,7 +1267,7 @@ def bench_churn(args, scope: Scope, tmp: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("subcommand", choices=["iperf", "churn", "memory", "startup", "all"])
+    ap.add_argument("subcommand", choices=["iperf", "churn", "memory", "startup", "idle", "all"])
     ap.add_argument("--flowmeterd", required=True, help="the daemon binary (a release build)")
     ap.add_argument("--json", help="write the raw numbers to this file")
     ap.add_argument("--rounds", type=int, default=5, help="iperf: rounds (default 5)")
@@ -1242,7 +1278,10 @@ def main() -> int:
     ap.add_argument("--client-procs", type=int, default=3, help="churn: client processes (default 3)")
     ap.add_argument("--server-procs", type=int, default=2, help="churn: server processes (default 2)")
     ap.add_argument("--flows", type=int, default=100_000, help="memory: active flows (default 100000)")
-    ap.add_argument("--starts", type=int, default=5, help="startup: starts (default 5)")
+    ap.add_argument("--starts", type=int, default=5, help="startup, idle: starts (default 5)")
+    ap.add_argument("--also", action="append", default=[],
+                    help="idle: another flowmeterd to measure in the same run (repeatable), e.g. the static "
+                         "one of tools/package (dpkg-deb -x out/flowmeter_*.deb DIR: DIR/usr/sbin/flowmeterd)")
     args = ap.parse_args()
 
     if os.geteuid() != 0:
@@ -1261,6 +1300,7 @@ def main() -> int:
 
     parts = {"startup": bench_startup, "memory": bench_memory, "iperf": bench_iperf, "churn": bench_churn}
     chosen = list(parts) if args.subcommand == "all" else [args.subcommand]
+    parts["idle"] = bench_idle
     results: dict = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                                  "loadavg_at_start": os.getloadavg()}}
     status = 0

@@ -99,16 +99,7 @@ public final class FlowAccountingProgram: @unchecked Sendable {
         let r = bpf_map__set_max_entries(try obj.map(Maps.flows), UInt32(ringBytes))
         if r != 0 { throw BPFError.from("set size of ring \(Maps.flows)", result: r) }
         let adopt = pins?.inspect() == .compatible
-        if let pins, adopt {
-            for m in PinDirectory.mapNames {
-                guard let fd = try pins.open(m.name) else { throw BPFError("open pinned map \(pins.file(m.name))", errno: ENOENT) }
-                defer { close(fd) }
-                // libbpf takes the pinned map's definition (type, sizes) and
-                // a duplicate of the descriptor, and creates no map of its own.
-                let r = bpf_map__reuse_fd(try obj.map(m), fd)
-                if r != 0 { throw BPFError.from("adopt pinned map \(pins.file(m.name))", result: r) }
-            }
-        }
+        if let pins, adopt { try pins.adopt(PinDirectory.mapNames, into: obj, required: true) }
         try obj.load()
         object = obj
         adopted = adopt

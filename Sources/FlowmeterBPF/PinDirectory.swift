@@ -10,6 +10,9 @@ import Foundation
 ///     flow_tables             the outer map: which table the programs write
 ///     flows                   the flows ring (its consumer position included)
 ///     fm_stats                the kernel-side counters
+///     fm_socks                the socket hooks' table of live sockets, with
+///     fm_listeners            the owners of listening sockets and the
+///     fm_sock_stats           socket counters (only with socket hooks)
 ///     tcx_<ifindex>_ingress   TCX links (clsact filters need no pin: the
 ///     tcx_<ifindex>_egress    qdisc holds them; the state record names them)
 ///
@@ -27,6 +30,15 @@ public struct PinDirectory: Sendable, CustomStringConvertible {
         typealias M = BPFNames.FlowmeterTc.Map
         return [M.flows_a, M.flows_b, M.flow_tables, M.flows, M.fm_stats]
     }()
+    /// The socket hooks' maps kept across a restart. Their programs are not
+    /// (tracing links cannot swap programs); the tables let the next run
+    /// follow the sockets opened before it: their updates, closes and
+    /// owners. The events ring is not kept: nothing writes it while no
+    /// hook is attached, and the stop drains it.
+    static let socketMapNames: [BPFMapName] = {
+        typealias M = BPFNames.FlowmeterSock.Map
+        return [M.fm_socks, M.fm_listeners, M.fm_sock_stats]
+    }()
 
     /// The ABI record: the one-entry array map `abi`, value `ABIRecord`. A
     /// later version adopts pinned maps only if all three fields match its
@@ -35,11 +47,12 @@ public struct PinDirectory: Sendable, CustomStringConvertible {
         var version: UInt32  // FM_ABI_VERSION of the run that created the maps
         var flowKeySize: UInt32  // sizeof(struct fm_flow_key): the tables' key
         var flowStatsSize: UInt32  // sizeof(struct fm_flow_stats): their per-CPU value
-        var reserved: UInt32 = 0  // zero; pads the value to 16 bytes
+        var sockStateSize: UInt32  // sizeof(struct fm_sock_state): the socket table's value
 
         static let current = ABIRecord(
             version: UInt32(FM_ABI_VERSION), flowKeySize: UInt32(MemoryLayout<fm_flow_key>.size),
-            flowStatsSize: UInt32(MemoryLayout<fm_flow_stats>.size))
+            flowStatsSize: UInt32(MemoryLayout<fm_flow_stats>.size),
+            sockStateSize: UInt32(MemoryLayout<fm_sock_state>.size))
     }
 
     public init(path: String) { self.path = path }
@@ -61,12 +74,12 @@ public struct PinDirectory: Sendable, CustomStringConvertible {
         guard fd >= 0 else { return .incompatible("no ABI record (\(Self.abiName)) beside \(names.sorted().joined(separator: ", "))") }
         defer { close(fd) }
         var key: UInt32 = 0
-        var found = ABIRecord(version: 0, flowKeySize: 0, flowStatsSize: 0)
+        var found = ABIRecord(version: 0, flowKeySize: 0, flowStatsSize: 0, sockStateSize: 0)
         guard bpf_map_lookup_elem(fd, &key, &found) == 0 else { return .incompatible("the ABI record cannot be read") }
         let want = ABIRecord.current
         if found != want {
             return .incompatible(
-                "pinned by ABI version \(found.version) (flow key \(found.flowKeySize) bytes, stats \(found.flowStatsSize)); this version is \(want.version) (\(want.flowKeySize), \(want.flowStatsSize))"
+                "pinned by ABI version \(found.version) (flow key \(found.flowKeySize) bytes, stats \(found.flowStatsSize), socket state \(found.sockStateSize)); this version is \(want.version) (\(want.flowKeySize), \(want.flowStatsSize), \(want.sockStateSize))"
             )
         }
         for m in Self.mapNames where !names.contains(m.name) {
@@ -133,6 +146,48 @@ public struct PinDirectory: Sendable, CustomStringConvertible {
         let r = bpf_map_update_elem(fd, &key, &record, UInt64(BPF_ANY))
         if r != 0 { throw BPFError.from("write the ABI record", result: r) }
         try pin(fd, as: Self.abiName)
+    }
+
+    /// Before a load: every map of `names` pinned here is given to libbpf
+    /// in place of the one it would create (`bpf_map__reuse_fd`: it takes
+    /// the pinned map's type and sizes, and a descriptor of its own).
+    /// `required`: a missing pin is an error, else it is skipped. Returns
+    /// the names adopted.
+    @discardableResult
+    func adopt(_ names: [BPFMapName], into obj: BPFObject, required: Bool) throws -> [String] {
+        var adopted: [String] = []
+        for m in names {
+            guard let fd = try open(m.name) else {
+                if required { throw BPFError("open pinned map \(file(m.name))", errno: ENOENT) }
+                continue
+            }
+            defer { close(fd) }
+            // The pinned map must be the one this object declares (type, key
+            // and value sizes; the entries may differ, they are settings).
+            let map = try obj.map(m)
+            var info = bpf_map_info()
+            var len = UInt32(MemoryLayout<bpf_map_info>.size)
+            _ = bpf_obj_get_info_by_fd(fd, &info, &len)
+            if info.type != bpf_map__type(map).rawValue || info.key_size != bpf_map__key_size(map)
+                || info.value_size != bpf_map__value_size(map)
+            {
+                let what =
+                    "pinned map \(file(m.name)) is not this version's (type \(info.type), key \(info.key_size), value \(info.value_size))"
+                if required { throw BPFError(what, errno: EINVAL) }
+                remove(m.name)  // this load creates it anew, and pins that
+                continue
+            }
+            let r = bpf_map__reuse_fd(map, fd)
+            if r != 0 { throw BPFError.from("adopt pinned map \(file(m.name))", result: r) }
+            adopted.append(m.name)
+        }
+        return adopted
+    }
+
+    /// After a load: pins the maps of `names` that are not pinned yet.
+    func pinMissing(_ names: [BPFMapName], of obj: BPFObject) throws {
+        let present = Set(entries())
+        for m in names where !present.contains(m.name) { try pin(try obj.mapFD(m), as: m.name) }
     }
 
     /// The pin name of a TCX link.

@@ -113,6 +113,9 @@ public final class SocketPrograms: @unchecked Sendable {
     static let updatesRun = P.fm_updates_run
 
     public let rung: HookRung
+    /// The socket maps adopted from the pin directory (--persist): their
+    /// sockets, opened before this start, keep being followed.
+    public private(set) var adoptedMaps: [String] = []
     /// Per hook, the mode in use: "fentry", "kprobe", "tp_btf", "tracepoint",
     /// "cgroup" or "unsupported" (why: `udpUnsupported`).
     public let modes: [HookMode]
@@ -181,7 +184,7 @@ public final class SocketPrograms: @unchecked Sendable {
         return fd
     }
 
-    private init(variant: Variant, rung: HookRung, updates: SocketUpdatesRequest) throws {
+    private init(variant: Variant, rung: HookRung, updates: SocketUpdatesRequest, pins: PinDirectory?) throws {
         let obj = try BPFObject(BPFNames.FlowmeterSock.self)
         var cgroupFD: Int32 = -1
         defer { if cgroupFD >= 0 { close(cgroupFD) } }
@@ -260,6 +263,9 @@ public final class SocketPrograms: @unchecked Sendable {
             bpf_program__set_autoload(next, autoload.contains(String(cString: bpf_program__name(next))))
             p = next
         }
+        // --persist: the socket tables an earlier run pinned (the tc maps'
+        // ABI record, checked before, covers their layout).
+        adoptedMaps = try pins?.adopt(PinDirectory.socketMapNames, into: obj, required: false) ?? []
         try obj.load()
         object = obj
         self.rung = rung
@@ -306,6 +312,8 @@ public final class SocketPrograms: @unchecked Sendable {
                 ringFD: try obj.mapFD(Maps.fm_update_ring), name: "update-ring",
                 decode: ABI.decodeSocketEvent)
         }
+        // Pinned once attached: a rung that fails above leaves no pins of its maps.
+        try pins?.pinMissing(PinDirectory.socketMapNames, of: obj)
     }
 
     /// Throws `SocketUpdatesRefused` when `updates` forces a path whose
@@ -395,7 +403,13 @@ public final class SocketPrograms: @unchecked Sendable {
     /// tp_btf where the kernel's BTF serves it, else classic tracepoints.
     /// `updates` picks the update path; a forced one the kernel refuses is a
     /// `SocketUpdatesRefused`, whatever the rung request.
-    public static func load(_ request: HookRequest, updates: SocketUpdatesRequest = .auto) throws -> SocketPrograms {
+    ///
+    /// With `pins` (--persist, after the tc maps were adopted or created
+    /// there), the socket tables pinned there are adopted and the others
+    /// pinned.
+    public static func load(_ request: HookRequest, updates: SocketUpdatesRequest = .auto, pins: PinDirectory? = nil) throws
+        -> SocketPrograms
+    {
         try checkForced(updates)
         let rungs: [HookRung] =
             switch request {
@@ -414,7 +428,7 @@ public final class SocketPrograms: @unchecked Sendable {
                 }
             for v in variants {
                 do {
-                    let programs = try SocketPrograms(variant: v, rung: rung, updates: updates)
+                    let programs = try SocketPrograms(variant: v, rung: rung, updates: updates, pins: pins)
                     programs.refusals = skipped + programs.refusals
                     return programs
                 } catch let e as SocketUpdatesRefused {

@@ -88,6 +88,9 @@ public final class TCAttacher: @unchecked Sendable {
     /// The mode `auto` resolved to at the first attach; later attaches use it.
     private var resolvedMode: TCMode?
 
+    /// The mode the first attach resolved `auto` to; nil while nothing was attached.
+    public var mode: TCMode? { lock.withLock { resolvedMode } }
+
     /// ifindex -> name of every interface we are attached to.
     public var attached: [UInt32: String] {
         lock.withLock { Dictionary(attachments.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }) }

@@ -13,6 +13,7 @@ extension FileConfig {
         "FLOWMETER_LIBBPF_DEBUG",  // daemon: print libbpf's debug log
         "FLOWMETER_BIN",  // tests: the daemon binary the e2e tests run
         "FLOWMETER_DEB",  // tests: the Debian package test_package.py tests
+        "FLOWMETER_IMAGE",  // tests: the OCI image archive test_image.py runs
         "FLOWMETER_KUBECTL",  // tests: the kubectl test_kubernetes.py renders with
         "FLOWMETER_VMTEST_CACHE",  // tools/vmtest: its kernel image cache
         "FLOWMETER_FUZZ_SEED",  // tests: replay the property tests' random cases

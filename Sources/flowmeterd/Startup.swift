@@ -155,8 +155,11 @@ struct Startup {
 
         let shared = SharedAccounting()
         shared.update {
+            // With no interface yet, `auto` has not chosen: "pending" until
+            // the follower attaches the first one (below).
+            let tc = attacher.mode?.rawValue ?? (s.tcMode == .auto ? "pending" : s.tcMode.rawValue)
             $0.hooks =
-                [HookMode(hook: "tc", mode: mode.rawValue)] + (sockets?.modes ?? [])
+                [HookMode(hook: "tc", mode: tc)] + (sockets?.modes ?? [])
                 + (drops.map { [HookMode(hook: "drops", mode: $0.mode.rawValue)] } ?? [])
             $0.dropsCounted = drops != nil
             $0.socketTelemetry = sockets != nil
@@ -170,7 +173,7 @@ struct Startup {
         }
         let reloader = signalReloader(writer: writer, shared: shared)
         let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
-        let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names) : nil
+        let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names, shared: shared) : nil
 
         let pipeline = Pipeline(
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
@@ -218,7 +221,12 @@ struct Startup {
     func socketPrograms() throws -> SocketPrograms? {
         guard let hooks = settings.hooks else { return nil }
         do {
-            let s = try SocketPrograms.load(hooks, updates: settings.socketUpdates)
+            let s = try SocketPrograms.load(hooks, updates: settings.socketUpdates, pins: settings.pins)
+            if !s.adoptedMaps.isEmpty {
+                logger.notice(
+                    "adopted the socket tables; sockets opened before this start are followed on",
+                    metadata: ["maps": "\(s.adoptedMaps.joined(separator: ","))"])
+            }
             try s.setUpdateMinAge(nanoseconds: settings.interval.nanoseconds)
             // Each program left out, once, as one line: program, section,
             // errno, and what it costs; a warning only where something is lost.
@@ -282,7 +290,7 @@ struct Startup {
     }
 
     /// Follows interfaces as they come and go; nil (logged) if rtnetlink cannot be had.
-    func follow(_ selection: InterfaceSelection, attacher: TCAttacher, names: InterfaceNames) -> LinkMonitor? {
+    func follow(_ selection: InterfaceSelection, attacher: TCAttacher, names: InterfaceNames, shared: SharedAccounting) -> LinkMonitor? {
         // Subscribe first, then reconcile once, so an interface that came up
         // between the first attach and the subscription is not missed.
         let requested = settings.tcMode, logger = self.logger
@@ -301,6 +309,11 @@ struct Startup {
                     do {
                         try attacher.attachAnother(c, mode: requested)
                         names.set(c.ifindex, c.name)
+                        if let m = attacher.mode {
+                            shared.update { a in
+                                if let i = a.hooks.firstIndex(where: { $0.hook == "tc" }) { a.hooks[i].mode = m.rawValue }
+                            }
+                        }
                         logger.info("attached", metadata: ["interface": "\(c.name)", "ifindex": "\(c.ifindex)"])
                     } catch {
                         // Typically the interface vanished again before we got to it.

@@ -79,3 +79,31 @@ def test_follows_interfaces(netpair, daemons, tmp_path, mode):
         subprocess.run(["ip", "netns", "del", other], capture_output=True)
     assert d.terminate() == 0, d.stderr
     assert not {p for p in flowmeter_progs() if p not in progs_before}, "programs left after exit"
+
+
+def test_tc_mode_is_pending_until_the_first_interface(netpair, daemons, tmp_path):
+    """With --tc-mode auto and no matching interface at start, nothing has
+    chosen between TCX and clsact yet: hook_info says "pending", then the
+    mode the first attach took once an interface appears."""
+    pair = netpair
+    port = unique_port()
+    d = daemons(pair.a, "--interfaces", "vq*", "--interval", "1s", "--hooks", "off",
+                "--metrics-listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")).wait_ready()
+
+    def tc_modes() -> list[str]:
+        m = fmlib.parse_exposition(scrape(pair, pair.a, port)[1])
+        return [dict(k[1])["mode"] for k in m.samples if k[0] == "flowmeter_hook_info" and dict(k[1])["hook"] == "tc"]
+
+    assert tc_modes() == ["pending"], tc_modes()
+    sh("ip", "-n", pair.a, "link", "add", "vq0", "type", "veth", "peer", "name", "vq1")
+    sh("ip", "-n", pair.a, "link", "set", "vq1", "up")
+    sh("ip", "-n", pair.a, "link", "set", "vq0", "up")
+    d.wait_log("interface=vq0", timeout=10)
+    expected = "tcx" if flowmeter_links() else None  # what this kernel gave: a link, or a filter
+    modes = tc_modes()
+    assert len(modes) == 1 and modes[0] in ("tcx", "clsact"), modes
+    if expected:
+        assert modes == [expected], modes
+    else:
+        assert modes == ["clsact"] and our_filter_on(pair.a, "vq0"), modes
+    assert d.terminate() == 0, d.stderr

@@ -330,3 +330,18 @@ def test_podmonitor(podmonitor_objects, base):
         bad = copy.deepcopy(pm)
         mutate(bad)
         assert list(v.iter_errors(bad)), f"accepted: {bad}"
+
+
+def test_package_renders_the_same_manifests(base):
+    """tools/package writes the rendered base next to the .deb (for `kubectl
+    apply -f` without the source tree): the objects validated above. Runs
+    where tools/package ran (tools/test sets FLOWMETER_DEB)."""
+    deb = os.environ.get("FLOWMETER_DEB")
+    if not deb:
+        if os.environ.get("CI"):
+            pytest.fail("FLOWMETER_DEB is not set: tools/package did not run before the tests")
+        pytest.skip("FLOWMETER_DEB is not set (tools/package did not run)")
+    files = sorted(Path(deb).parent.glob("flowmeter_*_kubernetes.yaml"))
+    assert len(files) == 1, f"expected one rendered manifest file next to {deb}: {files}"
+    packaged = [d for d in yaml.safe_load_all(files[0].read_text()) if d]
+    assert packaged == base, f"{files[0]} differs from the rendering of deploy/kubernetes: run tools/package again"

@@ -229,3 +229,45 @@ def test_other_abi_is_recreated_with_one_line(netpair, daemons, pins, tmp_path):
     assert "adopted what" not in d.stderr
     assert MAP_PINS <= set(os.listdir(pin_dir))
     assert d.terminate() == 0, d.stderr
+
+
+def test_sockets_opened_before_a_restart_are_followed(netpair, daemons, pins, tmp_path):
+    """The socket hooks detach at the stop, but their tables stay pinned: a
+    connection opened before the restart, which sends again and closes after
+    it, is closed in the second run's log with its owner and its exact
+    bytes (without the tables the second run would never hear of it)."""
+    from test_sockets import LONG_CLIENT, SINK
+
+    pair = netpair
+    pin_dir, state = pins
+    first, second, pause = 300_000, 70_000, 7.0
+    logs = (tmp_path / "first.jsonl", tmp_path / "second.jsonl")
+
+    def start(log: Path):
+        a = args("tcx", pin_dir, state, log)
+        a[a.index("--hooks") + 1] = "auto"
+        return daemons(pair.a, *a).wait_ready()
+
+    d1 = start(logs[0])
+    sport = unique_port()
+    server = pair.popen(pair.b, "python3", "-c", SINK, V4_B, str(sport))
+    assert server.stdout.readline().strip() == "ready"
+    client = pair.popen(pair.a, "python3", "-c", LONG_CLIENT, V4_B, str(sport), str(first), str(second), str(pause))
+    cport = int(client.stdout.readline())
+    time.sleep(1.5)
+    assert d1.terminate() == 0, d1.stderr
+    assert {"fm_socks", "fm_listeners", "fm_sock_stats"} <= set(os.listdir(pin_dir)), os.listdir(pin_dir)
+    d2 = start(logs[1])
+    assert "adopted the socket tables" in d2.stderr, d2.stderr
+    assert pair.finish(client).split()[-1] == "done"
+    pair.finish(server)
+    time.sleep(1.5)
+    assert d2.terminate() == 0, d2.stderr
+    before = [c for c in fmlib.read_flow_log(str(logs[0]), "connection") if c["local_port"] == cport]
+    after = [c for c in fmlib.read_flow_log(str(logs[1]), "connection") if c["local_port"] == cport]
+    # The first run saw it open (and, at its stop, its bytes so far); not its close.
+    assert [c["event"] for c in before][:1] == ["open"] and "close" not in [c["event"] for c in before], before
+    close = [c for c in after if c["event"] == "close"]
+    assert len(close) == 1, after
+    assert close[0]["bytes_sent"] == first + second, close
+    assert close[0]["pid"] == client.pid and close[0]["role"] == "client", close
