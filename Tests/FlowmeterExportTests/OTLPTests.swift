@@ -1,7 +1,6 @@
 import FlowmeterCore
 import FlowmeterExport
 import FlowmeterOTLPProto
-import Foundation
 import SwiftProtobuf
 import Testing
 
@@ -348,6 +347,20 @@ struct DecodedRequest {
         let r = try Self.decoded()
         #expect(r.metrics.filter { $0.kind == "histogram" }.map(\.points.count).reduce(0, +) == histogramSeries)
         #expect(r.metrics.filter { $0.kind != "histogram" }.map(\.points.count).reduce(0, +) == numberSamples)
+    }
+
+    @Test func theWireFormDecodesToTheBuiltMessage() throws {
+        let families = MetricsRenderer.families(Self.snapshot(), version: Self.version)
+        let message = OTLPEncoder.message(
+            families: families, resource: Self.resource, scopeVersion: Self.version, startUnixNanos: Self.start,
+            nowUnixNanos: Self.now)
+        let bytes = OTLPEncoder.request(
+            families: families, resource: Self.resource, scopeVersion: Self.version, startUnixNanos: Self.start,
+            nowUnixNanos: Self.now)
+        #expect(try OTLPExportRequest(serializedBytes: bytes) == message)
+        // One Metric per family with series, in family order.
+        let metrics = message.resourceMetrics[0].scopeMetrics[0].metrics
+        #expect(metrics.map(\.name) == families.filter { !$0.series.isEmpty }.map { OTLPEncoder.otlpName($0.name) })
     }
 
     @Test func namesAndUnits() {
