@@ -18,6 +18,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        // The protobuf runtime of the generated OTLP types, and its protoc
+        // plugin (protoc-gen-swift) that tools/generate-otlp builds and runs.
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
     ],
     targets: [
         // libbpf from the system (Debian libbpf-dev), plus static-inline shims
@@ -51,10 +54,18 @@ let package = Package(
             ],
             plugins: ["BPFObjects"]
         ),
+        // The OTLP messages (opentelemetry-proto, vendored in proto/), generated
+        // by tools/generate-otlp with protoc and protoc-gen-swift and committed;
+        // FlowmeterExportTests checks that they are current.
+        .target(
+            name: "FlowmeterOTLPProto",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .target(
             name: "FlowmeterExport",
             dependencies: [
-                "FlowmeterCore",
+                "FlowmeterCore", "FlowmeterOTLPProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -115,7 +126,12 @@ let package = Package(
             ]),
         // The daemon's flags against the settings table.
         .testTarget(name: "FlowmeterdTests", dependencies: ["flowmeterd", "FlowmeterConfig"]),
-        .testTarget(name: "FlowmeterExportTests", dependencies: ["FlowmeterExport", "FlowmeterCore", "FlowmeterTestSupport"]),
+        .testTarget(
+            name: "FlowmeterExportTests",
+            dependencies: [
+                "FlowmeterExport", "FlowmeterCore", "FlowmeterTestSupport", "FlowmeterOTLPProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]),
         .testTarget(
             name: "FlowmeterBPFTests",
             dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI", "FlowmeterTestSupport"]),

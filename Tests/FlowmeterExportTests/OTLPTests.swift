@@ -1,131 +1,11 @@
 import FlowmeterCore
 import FlowmeterExport
+import FlowmeterOTLPProto
+import SwiftProtobuf
 import Testing
 
-/// A minimal protobuf decoder: a message is its fields in wire order.
-struct PBMessage {
-    enum Value { case varint(UInt64), fixed64(UInt64), bytes([UInt8]), fixed32(UInt32) }
-    struct DecodeError: Error, CustomStringConvertible {
-        let description: String
-        init(_ d: String) { description = d }
-    }
-
-    let fields: [(number: Int, value: Value)]
-
-    init(_ b: [UInt8]) throws {
-        var out: [(number: Int, value: Value)] = []
-        var i = 0
-        func varint() throws -> UInt64 {
-            var v: UInt64 = 0
-            var shift: UInt64 = 0
-            while true {
-                guard i < b.count else { throw DecodeError("truncated varint") }
-                guard shift < 64 else { throw DecodeError("varint longer than 10 bytes") }
-                let byte = b[i]
-                i += 1
-                v |= UInt64(byte & 0x7F) << shift
-                if byte & 0x80 == 0 { return v }
-                shift += 7
-            }
-        }
-        func little(_ n: Int) throws -> UInt64 {
-            guard i + n <= b.count else { throw DecodeError("truncated fixed\(n * 8)") }
-            var v: UInt64 = 0
-            for k in 0..<n { v |= UInt64(b[i + k]) << UInt64(8 * k) }
-            i += n
-            return v
-        }
-        while i < b.count {
-            let key = try varint()
-            let number = Int(key >> 3)
-            guard number > 0 else { throw DecodeError("field number 0") }
-            switch key & 7 {
-            case 0: out.append((number, .varint(try varint())))
-            case 1: out.append((number, .fixed64(try little(8))))
-            case 2:
-                let n = Int(try varint())
-                guard i + n <= b.count else { throw DecodeError("truncated length-delimited field \(number)") }
-                out.append((number, .bytes(Array(b[i..<(i + n)]))))
-                i += n
-            case 5: out.append((number, .fixed32(UInt32(try little(4)))))
-            default: throw DecodeError("wire type \(key & 7) of field \(number)")
-            }
-        }
-        fields = out
-    }
-
-    var numbers: Set<Int> { Set(fields.map(\.number)) }
-
-    func all(_ n: Int) -> [Value] { fields.filter { $0.number == n }.map(\.value) }
-
-    func single(_ n: Int) throws -> Value? {
-        let a = all(n)
-        guard a.count <= 1 else { throw DecodeError("field \(n) repeated") }
-        return a.first
-    }
-
-    func messages(_ n: Int) throws -> [PBMessage] {
-        try all(n).map {
-            guard case .bytes(let b) = $0 else { throw DecodeError("field \(n) is not length-delimited") }
-            return try PBMessage(b)
-        }
-    }
-
-    func message(_ n: Int) throws -> PBMessage {
-        let m = try messages(n)
-        guard m.count == 1 else { throw DecodeError("field \(n): \(m.count) messages, expected 1") }
-        return m[0]
-    }
-
-    func string(_ n: Int) throws -> String? {
-        guard let v = try single(n) else { return nil }
-        guard case .bytes(let b) = v, let s = String(validating: b, as: UTF8.self) else {
-            throw DecodeError("field \(n) is not a UTF-8 string")
-        }
-        return s
-    }
-
-    func varint(_ n: Int) throws -> UInt64? {
-        guard let v = try single(n) else { return nil }
-        guard case .varint(let x) = v else { throw DecodeError("field \(n) is not a varint") }
-        return x
-    }
-
-    func fixed64(_ n: Int) throws -> UInt64? {
-        guard let v = try single(n) else { return nil }
-        guard case .fixed64(let x) = v else { throw DecodeError("field \(n) is not fixed64") }
-        return x
-    }
-
-    func double(_ n: Int) throws -> Double? { try fixed64(n).map(Double.init(bitPattern:)) }
-
-    /// A repeated fixed64 field, packed or not.
-    func repeatedFixed64(_ n: Int) throws -> [UInt64] {
-        var out: [UInt64] = []
-        for v in all(n) {
-            switch v {
-            case .fixed64(let x): out.append(x)
-            case .bytes(let b):
-                guard b.count % 8 == 0 else { throw DecodeError("packed field \(n) of \(b.count) bytes") }
-                for k in stride(from: 0, to: b.count, by: 8) {
-                    out.append((0..<8).reduce(UInt64(0)) { $0 | UInt64(b[k + $1]) << UInt64(8 * $1) })
-                }
-            default: throw DecodeError("field \(n) is not fixed64")
-            }
-        }
-        return out
-    }
-
-    func repeatedDouble(_ n: Int) throws -> [Double] { try repeatedFixed64(n).map(Double.init(bitPattern:)) }
-
-    /// Fails on a field the schema does not have here (a wrong field number).
-    func only(_ allowed: Set<Int>, _ what: String) throws {
-        let extra = numbers.subtracting(allowed)
-        guard extra.isEmpty else { throw DecodeError("\(what) has fields \(extra.sorted())") }
-    }
-}
-
-/// The decoded ExportMetricsServiceRequest, checked field by field against the schema.
+/// An ExportMetricsServiceRequest as the tests read it: decoded with the
+/// generated types (a round trip through the wire form), proto3 defaults as nil.
 struct DecodedRequest {
     struct Point {
         var attributes: [[String]]
@@ -151,6 +31,11 @@ struct DecodedRequest {
         var points: [Point]
     }
 
+    struct DecodeError: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
+    }
+
     var resource: [[String]]
     var scopeName: String?
     var scopeVersion: String?
@@ -160,60 +45,65 @@ struct DecodedRequest {
         try #require(metrics.first { $0.name == name }, "no metric \(name)")
     }
 
-    static func attributes(_ m: PBMessage, _ n: Int) throws -> [[String]] {
-        try m.messages(n).map { kv in
-            try kv.only([1, 2], "KeyValue")
-            let any = try kv.message(2)
-            try any.only([1], "AnyValue")
-            return [try kv.string(1) ?? "", try any.string(1) ?? ""]
+    static func nonEmpty(_ s: String) -> String? { s.isEmpty ? nil : s }
+    static func nonZero(_ v: UInt64) -> UInt64? { v == 0 ? nil : v }
+
+    /// Every attribute value is a string.
+    static func attributes(_ kvs: [Opentelemetry_Proto_Common_V1_KeyValue]) throws -> [[String]] {
+        try kvs.map { kv in
+            guard case .stringValue(let v) = kv.value.value else { throw DecodeError("attribute \(kv.key): \(kv.value)") }
+            return [kv.key, v]
         }
     }
 
+    /// Fails on fields the generated types do not know (unknown fields).
+    static func known(_ m: some SwiftProtobuf.Message, _ what: String) throws {
+        guard m.unknownFields.data.isEmpty else { throw DecodeError("\(what) has unknown fields") }
+    }
+
     init(_ bytes: [UInt8]) throws {
-        let req = try PBMessage(bytes)
-        try req.only([1], "ExportMetricsServiceRequest")
-        let rm = try req.message(1)
-        try rm.only([1, 2], "ResourceMetrics")
-        let res = try rm.message(1)
-        try res.only([1], "Resource")
-        resource = try Self.attributes(res, 1)
-        let sm = try rm.message(2)
-        try sm.only([1, 2], "ScopeMetrics")
-        let scope = try sm.message(1)
-        try scope.only([1, 2], "InstrumentationScope")
-        scopeName = try scope.string(1)
-        scopeVersion = try scope.string(2)
-        metrics = try sm.messages(2).map { m in
-            try m.only([1, 2, 3, 5, 7, 9], "Metric")
-            let data = [5, 7, 9].filter { m.numbers.contains($0) }
-            guard data.count == 1 else { throw PBMessage.DecodeError("metric with data fields \(data)") }
-            let body = try m.message(data[0])
+        let req = try OTLPExportRequest(serializedBytes: bytes)
+        try Self.known(req, "ExportMetricsServiceRequest")
+        guard req.resourceMetrics.count == 1 else { throw DecodeError("\(req.resourceMetrics.count) ResourceMetrics") }
+        let rm = req.resourceMetrics[0]
+        guard rm.hasResource else { throw DecodeError("no Resource") }
+        resource = try Self.attributes(rm.resource.attributes)
+        guard rm.scopeMetrics.count == 1 else { throw DecodeError("\(rm.scopeMetrics.count) ScopeMetrics") }
+        let sm = rm.scopeMetrics[0]
+        guard sm.hasScope else { throw DecodeError("no InstrumentationScope") }
+        scopeName = Self.nonEmpty(sm.scope.name)
+        scopeVersion = Self.nonEmpty(sm.scope.version)
+        metrics = try sm.metrics.map { m in
+            try Self.known(m, "Metric \(m.name)")
             var out = Metric(
-                name: try m.string(1) ?? "", description: try m.string(2), unit: try m.string(3),
-                kind: [5: "gauge", 7: "sum", 9: "histogram"][data[0]]!, points: [])
-            switch data[0] {
-            case 5:
-                try body.only([1], "Gauge")
-            case 7:
-                try body.only([1, 2, 3], "Sum")
-                out.temporality = try body.varint(2)
-                out.monotonic = try body.varint(3)
-            default:
-                try body.only([1, 2], "Histogram")
-                out.temporality = try body.varint(2)
-            }
-            out.points = try body.messages(1).map { p in
-                if data[0] == 9 {
-                    try p.only([2, 3, 4, 5, 6, 7, 9], "HistogramDataPoint")
-                    return Point(
-                        attributes: try Self.attributes(p, 9), start: try p.fixed64(2), time: try p.fixed64(3),
-                        count: try p.fixed64(4), sum: try p.double(5),
-                        bucketCounts: try p.repeatedFixed64(6), bounds: try p.repeatedDouble(7))
-                }
-                try p.only([2, 3, 4, 7], "NumberDataPoint")
+                name: m.name, description: Self.nonEmpty(m.description_p), unit: Self.nonEmpty(m.unit), kind: "", points: [])
+            func number(_ p: Opentelemetry_Proto_Metrics_V1_NumberDataPoint) throws -> Point {
+                guard case .asDouble(let v) = p.value else { throw DecodeError("\(m.name): a point without as_double") }
                 return Point(
-                    attributes: try Self.attributes(p, 7), start: try p.fixed64(2), time: try p.fixed64(3),
-                    value: try p.double(4))
+                    attributes: try Self.attributes(p.attributes), start: Self.nonZero(p.startTimeUnixNano),
+                    time: Self.nonZero(p.timeUnixNano), value: v)
+            }
+            switch m.data {
+            case .gauge(let g):
+                out.kind = "gauge"
+                out.points = try g.dataPoints.map(number)
+            case .sum(let s):
+                out.kind = "sum"
+                out.temporality = Self.nonZero(UInt64(s.aggregationTemporality.rawValue))
+                out.monotonic = s.isMonotonic ? 1 : nil
+                out.points = try s.dataPoints.map(number)
+            case .histogram(let h):
+                out.kind = "histogram"
+                out.temporality = Self.nonZero(UInt64(h.aggregationTemporality.rawValue))
+                out.points = try h.dataPoints.map { p in
+                    guard p.hasSum else { throw DecodeError("\(m.name): a histogram point without sum") }
+                    return Point(
+                        attributes: try Self.attributes(p.attributes), start: Self.nonZero(p.startTimeUnixNano),
+                        time: Self.nonZero(p.timeUnixNano), count: Self.nonZero(p.count), sum: p.sum,
+                        bucketCounts: p.bucketCounts, bounds: p.explicitBounds)
+                }
+            default:
+                throw DecodeError("\(m.name): data \(String(describing: m.data))")
             }
             return out
         }
@@ -490,6 +380,20 @@ struct DecodedRequest {
         let r = try Self.decoded()
         #expect(r.metrics.filter { $0.kind == "histogram" }.map(\.points.count).reduce(0, +) == histogramSeries)
         #expect(r.metrics.filter { $0.kind != "histogram" }.map(\.points.count).reduce(0, +) == numberSamples)
+    }
+
+    @Test func theWireFormDecodesToTheBuiltMessage() throws {
+        let families = MetricsRenderer.families(Self.snapshot(), version: Self.version)
+        let message = OTLPEncoder.message(
+            families: families, resource: Self.resource, scopeVersion: Self.version, startUnixNanos: Self.start,
+            nowUnixNanos: Self.now)
+        let bytes = OTLPEncoder.request(
+            families: families, resource: Self.resource, scopeVersion: Self.version, startUnixNanos: Self.start,
+            nowUnixNanos: Self.now)
+        #expect(try OTLPExportRequest(serializedBytes: bytes) == message)
+        // One Metric per family with series, in family order.
+        let metrics = message.resourceMetrics[0].scopeMetrics[0].metrics
+        #expect(metrics.map(\.name) == families.filter { !$0.series.isEmpty }.map { OTLPEncoder.otlpName($0.name) })
     }
 
     @Test func namesAndUnits() {
