@@ -109,6 +109,14 @@ class Sampler:
         self._stop.set()
         self._t.join()
 
+    def sample(self) -> None:
+        """One sample now, in the current phase: a phase may end before the
+        thread's next look (the "after" phase settles at once when no close
+        was lost)."""
+        anon, rss = memory_mib(self.pid)
+        self.samples.append((self.phase, anon))
+        self.rss.append((self.phase, rss))
+
     def peak(self, phase: str | None = None) -> float:
         vals = [v for p, v in self.samples if phase is None or p == phase]
         assert vals, f"no RSS sample in phase {phase}"
@@ -180,6 +188,7 @@ def test_memory_stays_bounded_under_load(netpair, daemons, tmp_path):
         settled = wait_for(lambda: (lambda e: e if active_connections(e) <= 4 else None)(metrics()),
                            timeout=4 * INTERVAL_S, interval=1, what="active connections back to zero after the overflow")
 
+        mem.sample()
     peaks = {p: mem.peak(p) for p in ("churn", "flood", "overflow", "after")}
     print(f"idle {idle:.1f} MiB; peaks " + ", ".join(f"{p} {v:.1f}" for p, v in peaks.items())
           + f" MiB; churn {churned} connections ({failed} failed), flood {datagrams} datagrams, "
