@@ -209,7 +209,7 @@ extension Setting {
         key: "persist", flag: "persist", variable: "FLOWMETER_PERSIST", valueName: "bool",
         kind: .bool, defaultValue: .bool(false), defaultText: "off",
         help:
-            "Restarts lose nothing: a stop leaves the tc programs attached and their flow tables, ring and counters pinned under --pin-dir, the kernel counts on, and the next start adopts them and reports the gap in its first interval (docs/reliability.md). `flowmeterd uninstall` removes them. Socket hooks detach, but their tables are kept, so sockets opened before a restart are followed after it (--no-persist: off).",
+            "Restarts lose nothing: a stop leaves the tc programs attached and their flow tables, ring and counters pinned under --pin-dir, the kernel counts on, and the next start adopts them and reports the gap in its first interval (docs/flowmeterd.md, Restarts that lose nothing). `flowmeterd uninstall` removes them. Socket hooks detach, but their tables are kept, so sockets opened before a restart are followed after it (--no-persist: off).",
         example: "true", get: { $0.persist.map { .bool($0) } }, set: { $0.persist = $1.bool })
     public static let pinDir = Setting(
         key: "pin_dir", flag: "pin-dir", variable: "FLOWMETER_PIN_DIR", valueName: "dir",

@@ -86,6 +86,12 @@ def tcp_client(addr: str, port: str, nbytes: str) -> None:
     c.settimeout(TIMEOUT)
     c.connect((addr, int(port)))
     c.sendall((bytes(range(256)) * (n // 256 + 1))[:n])
+    finish_client(c)
+
+
+def finish_client(c: socket.socket) -> None:
+    """Half-close, read the server's 8-byte count, read to its FIN (so
+    close() sends no RST), close, and print the count."""
     c.shutdown(socket.SHUT_WR)
     answer = b""
     while len(answer) < 8:
@@ -93,7 +99,7 @@ def tcp_client(addr: str, port: str, nbytes: str) -> None:
         if not b:
             break
         answer += b
-    while c.recv(4096):  # read to the server's FIN so close() sends no RST
+    while c.recv(4096):
         pass
     c.close()
     if len(answer) != 8:
@@ -114,19 +120,7 @@ def tcp_stream(addr: str, port: str, seconds: str, chunk: str) -> None:
     while time.monotonic() < end:
         c.sendall(data)
         time.sleep(0.01)
-    c.shutdown(socket.SHUT_WR)
-    answer = b""
-    while len(answer) < 8:
-        b = c.recv(8 - len(answer))
-        if not b:
-            break
-        answer += b
-    while c.recv(4096):
-        pass
-    c.close()
-    if len(answer) != 8:
-        sys.exit(f"server closed without answering ({answer!r})")
-    print(struct.unpack("!Q", answer)[0], flush=True)
+    finish_client(c)
 
 
 def udp_echo(addr: str, port: str, count: str) -> None:
@@ -182,17 +176,7 @@ def tcp_send(addr: str, port: str, nbytes: str, sport: str) -> None:
     s.settimeout(TIMEOUT)
     s.connect((addr, int(port)))
     s.sendall(bytes([0x5A]) * int(nbytes))
-    s.shutdown(socket.SHUT_WR)
-    answer = b""
-    while len(answer) < 8:
-        b = s.recv(8 - len(answer))
-        if not b:
-            break
-        answer += b
-    s.close()
-    if len(answer) != 8:
-        sys.exit(f"server closed without answering ({answer!r})")
-    print(struct.unpack("!Q", answer)[0], flush=True)
+    finish_client(s)
 
 
 def _checksum(b: bytes) -> int:
