@@ -21,6 +21,10 @@ let package = Package(
         // The protobuf runtime of the generated OTLP types, and its protoc
         // plugin (protoc-gen-swift) that tools/generate-otlp builds and runs.
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        // TLS for the metrics endpoint (--web-config), as Hummingbird's own TLS does it.
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        // flowtop's HTTP client over the daemon's unix socket (http+unix:// URLs).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // libbpf from the system (Debian libbpf-dev), plus static-inline shims
@@ -66,10 +70,15 @@ let package = Package(
             dependencies: [
                 "FlowmeterCore", "FlowmeterOTLPProto",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                "CCrypt",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // crypt(3) of libxcrypt (Debian libcrypt-dev): the bcrypt check of the
+        // web config's basic_auth_users, from a kept library.
+        .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
         // The config file (YAML) and FLOWMETER_* environment, validated with
         // positions; layered under the flags by flowmeterd.
         .target(
@@ -100,6 +109,7 @@ let package = Package(
             dependencies: [
                 "FlowtopCore", "FlowmeterCore", "FlowmeterBuildInfo", "CNcurses",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         // flowtop's pure part: snapshot history and rates, views, keys, screen model (no I/O).

@@ -1,10 +1,31 @@
+import AsyncHTTPClient
 import FlowmeterCore
 import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
 
 /// flowmeterd's local API over its unix socket: one snapshot (`GET
 /// /v1/snapshot`) or the stream (`GET /v1/stream`, chunked NDJSON).
-struct APIClient {
+/// HTTP, chunked decoding included, is async-http-client's (`http+unix://`
+/// URLs); flowtop itself is synchronous (a curses loop and a reader
+/// thread), so each call waits for its task here.
+final class APIClient: Sendable {
     let socketPath: String
+    private let http: HTTPClient
+
+    init(socketPath: String) {
+        self.socketPath = socketPath
+        var config = HTTPClient.Configuration()
+        // A daemon that is not running fails the call at once with the
+        // connect error (which Unreachable explains), instead of retrying
+        // with backoff until the connect timeout.
+        config.connectionPool.retryConnectionEstablishment = false
+        config.timeout.connect = .seconds(10)
+        http = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: config)
+    }
+
+    deinit { try? http.syncShutdown() }
 
     struct Unreachable: Error, CustomStringConvertible {
         let path: String
@@ -19,136 +40,88 @@ struct APIClient {
         }
     }
 
-    func connect() throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw Unreachable(path: socketPath, reason: String(cString: strerror(errno))) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socketPath.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw Unreachable(path: socketPath, reason: "path too long for a unix socket")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes) }
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if r != 0 {
-            let e = errno
-            close(fd)
-            let hint = e == EACCES ? " (the socket is mode 0660: run as root or as a member of its group, flowmeterd --api-group)" : ""
-            throw Unreachable(path: socketPath, reason: String(cString: strerror(e)) + hint)
-        }
-        var tv = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        return fd
-    }
-
-    static func send(_ fd: Int32, _ text: String) throws {
-        let b = Array(text.utf8)
-        var off = 0
-        while off < b.count {
-            let w = b.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL)) }
-            guard w > 0 else { throw ValueError("send: \(String(cString: strerror(errno)))") }
-            off += w
-        }
-    }
-
     /// One snapshot, raw JSON text and decoded.
     func snapshot() throws -> (json: String, snapshot: APISnapshot) {
-        let fd = try connect()
-        defer { close(fd) }
-        try Self.send(fd, "GET /v1/snapshot HTTP/1.1\r\nHost: flowmeter\r\nConnection: close\r\n\r\n")
-        var data: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = recv(fd, &buf, buf.count, 0)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            data += buf[0..<n]
+        let body = try wait { [self] in
+            let response = try await send(path: "/v1/snapshot", timeout: .seconds(10))
+            let body = try await response.body.collect(upTo: 256 * 1024 * 1024)
+            guard response.status == .ok else {
+                throw ValueError("\(socketPath): HTTP \(response.status.code): \(String(buffer: body))")
+            }
+            return body
         }
-        guard let split = Self.headerEnd(data) else { throw ValueError("no HTTP response from \(socketPath)") }
-        let status = String(decoding: data[0..<split], as: UTF8.self).split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-        let body = Array(data[(split + 4)...])
-        guard status == 200 else { throw ValueError("\(socketPath): HTTP \(status): \(String(decoding: body, as: UTF8.self))") }
-        let json = String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return (json, try JSONDecoder().decode(APISnapshot.self, from: Data(body)))
-    }
-
-    static func headerEnd(_ d: [UInt8]) -> Int? {
-        guard d.count >= 4 else { return nil }
-        for i in 0...(d.count - 4) where d[i] == 13 && d[i + 1] == 10 && d[i + 2] == 13 && d[i + 3] == 10 { return i }
-        return nil
+        let json = String(buffer: body).trimmingCharacters(in: .whitespacesAndNewlines)
+        return (json, try JSONDecoder().decode(APISnapshot.self, from: Data(body.readableBytesView)))
     }
 
     /// Reads the stream on the calling thread, handing each snapshot to
     /// `onSnapshot` until it returns false or the connection ends.
-    func stream(onSnapshot: (APISnapshot) -> Bool) throws {
-        let fd = try connect()
-        defer { close(fd) }
-        var tv = timeval(tv_sec: 0, tv_usec: 0)  // the stream may idle; no timeout
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        try Self.send(fd, "GET /v1/stream HTTP/1.1\r\nHost: flowmeter\r\n\r\n")
-        var raw: [UInt8] = []
-        var headerDone = false
-        var buf = [UInt8](repeating: 0, count: 65536)
-        var decoder = ChunkedDecoder()
-        var lineBuf: [UInt8] = []
-        var merged = SnapshotStream()
-        while true {
-            let n = recv(fd, &buf, buf.count, 0)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            var input = Array(buf[0..<n])
-            if !headerDone {
-                raw += input
-                guard let end = Self.headerEnd(raw) else { continue }
-                headerDone = true
-                input = Array(raw[(end + 4)...])
-            }
-            lineBuf += decoder.feed(input)
-            while let nl = lineBuf.firstIndex(of: 10) {
-                let line = Array(lineBuf[..<nl])
-                lineBuf.removeSubrange(...nl)
-                guard !line.isEmpty, let s = try? merged.apply(Data(line)) else { continue }
-                if !onSnapshot(s) { return }
+    func stream(onSnapshot: @escaping @Sendable (APISnapshot) -> Bool) throws {
+        try wait { [self] in
+            // The deadline covers the connect and the response head only: the
+            // stream itself may idle for as long as the daemon has nothing new.
+            let response = try await send(path: "/v1/stream", timeout: .seconds(10))
+            guard response.status == .ok else { throw ValueError("\(socketPath): HTTP \(response.status.code)") }
+            var lines = NDJSONLines()
+            var merged = SnapshotStream()
+            for try await piece in response.body {
+                for line in lines.feed(piece) {
+                    guard let s = try? merged.apply(line) else { continue }
+                    // Leaving the loop cancels the request and closes the connection.
+                    if !onSnapshot(s) { return }
+                }
             }
         }
     }
+
+    private func send(path: String, timeout: TimeAmount) async throws -> HTTPClientResponse {
+        guard let url = URL(httpURLWithSocketPath: socketPath, uri: path) else {
+            throw Unreachable(path: socketPath, reason: "not a usable socket path")
+        }
+        var request = HTTPClientRequest(url: url.absoluteString)
+        request.method = .GET
+        do {
+            return try await http.execute(request, timeout: timeout)
+        } catch let e as IOError {
+            let hint =
+                e.errnoCode == EACCES ? " (the socket is mode 0660: run as root or as a member of its group, flowmeterd --api-group)" : ""
+            throw Unreachable(path: socketPath, reason: String(cString: strerror(e.errnoCode)) + hint)
+        } catch let e as SocketAddressError {
+            throw Unreachable(path: socketPath, reason: "\(e)")
+        } catch let e as HTTPClientError where e == .connectTimeout || e == .remoteConnectionClosed {
+            throw Unreachable(path: socketPath, reason: "\(e)")
+        }
+    }
+
+    /// Runs `op` as a task and blocks this (non-concurrency) thread until it ends.
+    private func wait<T: Sendable>(_ op: @escaping @Sendable () async throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<Result<T, any Error>?>(nil)
+        Task {
+            let r: Result<T, any Error>
+            do { r = .success(try await op()) } catch { r = .failure(error) }
+            result.withLock { $0 = r }
+            done.signal()
+        }
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
 }
 
-/// HTTP/1.1 chunked transfer decoding, fed in arbitrary pieces.
-struct ChunkedDecoder {
+/// Splits a byte stream into its newline-terminated lines (the stream's
+/// NDJSON), whatever the pieces the transport hands over.
+struct NDJSONLines {
     private var pending: [UInt8] = []
-    private var remaining = 0
-    private var needCRLF = false
 
-    mutating func feed(_ bytes: [UInt8]) -> [UInt8] {
-        pending += bytes
-        var out: [UInt8] = []
-        while true {
-            if needCRLF {
-                guard pending.count >= 2 else { return out }
-                pending.removeFirst(2)
-                needCRLF = false
-            }
-            if remaining > 0 {
-                let take = min(remaining, pending.count)
-                out += pending[0..<take]
-                pending.removeFirst(take)
-                remaining -= take
-                if remaining > 0 { return out }
-                needCRLF = true
-                continue
-            }
-            guard let nl = pending.firstIndex(of: 10) else { return out }
-            let sizeLine =
-                String(decoding: pending[..<nl], as: UTF8.self)
-                .trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ";").first.map(String.init) ?? ""
-            pending.removeSubrange(...nl)
-            guard let size = Int(sizeLine, radix: 16) else { continue }
-            if size == 0 { return out }
-            remaining = size
+    mutating func feed(_ piece: ByteBuffer) -> [Data] {
+        pending += piece.readableBytesView
+        var out: [Data] = []
+        var start = pending.startIndex
+        while let nl = pending[start...].firstIndex(of: 10) {
+            if nl > start { out.append(Data(pending[start..<nl])) }
+            start = nl + 1
         }
+        pending.removeSubrange(..<start)
+        return out
     }
 }

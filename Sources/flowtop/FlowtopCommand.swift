@@ -137,7 +137,7 @@ final class Interactive: @unchecked Sendable {
         let reader = Thread { [self] in
             while !stop.load(ordering: .acquiring) {
                 do {
-                    try client.stream { s in
+                    try client.stream { [self] s in
                         inbox.withLock {
                             $0.snapshots.append(s); $0.status = nil
                         }
