@@ -42,6 +42,8 @@ public struct FileConfig: Sendable, Equatable {
     public var flowsRingSize: Int?
     /// OTLP requests kept while the endpoint is down (`--otlp-queue-size`), 1 to 10000.
     public var otlpQueueSize: Int?
+    /// The metrics endpoint's web config file (TLS, basic auth; `--web-config`).
+    public var webConfig: String?
     /// Rotate the flow log when it reaches this many bytes (nil: never; SIGHUP reopens it).
     public var flowLogMaxSize: Int?
     /// Rotated flow logs kept (FILE.1 ... FILE.N).

@@ -110,6 +110,13 @@ extension Setting {
         defaultValue: .text("0.0.0.0:9810"), defaultText: "0.0.0.0:9810 (all IPv4 addresses)",
         help: "Address of the metrics endpoint: :PORT, HOST:PORT or [V6]:PORT.", example: "127.0.0.1:9810",
         get: { $0.metricsListen.map { .text($0) } }, set: { $0.metricsListen = $1.text })
+    public static let webConfig = Setting(
+        key: "web_config", flag: "web-config", variable: "FLOWMETER_WEB_CONFIG", valueName: "path",
+        kind: .text(expected: "a path", check: Check.nonEmpty), defaultValue: nil, defaultText: "off (plain HTTP, no auth)",
+        help:
+            "TLS, client certificates and bcrypt basic-auth users for the metrics endpoint, in the Prometheus exporter-toolkit web config format (see docs/flowmeterd.md). SIGHUP reloads it; renewed certificate files are picked up without one.",
+        example: "/etc/flowmeter/web.yaml",
+        get: { $0.webConfig.map { .text($0) } }, set: { $0.webConfig = $1.text })
     public static let flowLog = Setting(
         key: "flow_log", flag: "flow-log", variable: "FLOWMETER_FLOW_LOG", valueName: "path",
         kind: .text(expected: "a path", check: Check.nonEmpty), defaultValue: nil, defaultText: "off",
@@ -245,7 +252,7 @@ extension Setting {
 
     /// Every setting, in the order of the flags in --help and the docs.
     public static let all: [Setting] = [
-        interfaces, excludeInterfaces, interval, metricsListen, flowLog, flowLogMaxSize, flowLogKeep,
+        interfaces, excludeInterfaces, interval, metricsListen, webConfig, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
         flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, logLevel,
         maxSeriesPerMetric, seriesExpiry, peerAddresses,

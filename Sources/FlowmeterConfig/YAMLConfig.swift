@@ -126,7 +126,9 @@ struct NodeReader {
 
     /// The entries of a mapping whose keys are allowed, without those whose
     /// value is null (not set); reports unknown keys. Nil if `node` is not a mapping.
-    mutating func entries(_ node: Node, _ path: String, allowed: [String], expected: String)
+    /// `placeHints`: suggest where a flowmeter config key belongs (off for
+    /// other documents, such as the web config).
+    mutating func entries(_ node: Node, _ path: String, allowed: [String], expected: String, placeHints: Bool = true)
         -> [(key: String, path: String, value: Node)]?
     {
         guard case .mapping(let mapping) = node else {
@@ -144,7 +146,7 @@ struct NodeReader {
             guard allowed.contains(key) else {
                 let hint =
                     closest(to: key, in: allowed).map { " (did you mean \(quoted($0))?)" }
-                    ?? FileConfig.placeOf(key, notAt: path).map { " (\($0))" } ?? ""
+                    ?? (placeHints ? FileConfig.placeOf(key, notAt: path).map { " (\($0))" } : nil) ?? ""
                 report(keyNode, keyPath, "unknown key\(hint); allowed here: \(allowed.joined(separator: ", "))")
                 continue
             }

@@ -20,14 +20,20 @@ public enum HTTPGuard {
     public static let maxHeaderBytes = 16 * 1024
     public static let maxHeaderFields = 100
 
-    static var server: HTTPServerBuilder {
-        .http1(
-            configuration: .init(
-                idleTimeout: .seconds(idleSeconds),
-                httpDecoderConfiguration: .init(
-                    maxHeaderFieldSize: maxHeaderFieldBytes,
-                    maxHeaderListSize: maxHeaderBytes,
-                    maxHeaderFieldCount: maxHeaderFields)))
+    static var http1: HTTP1Channel.Configuration {
+        .init(
+            idleTimeout: .seconds(idleSeconds),
+            httpDecoderConfiguration: .init(
+                maxHeaderFieldSize: maxHeaderFieldBytes,
+                maxHeaderListSize: maxHeaderBytes,
+                maxHeaderFieldCount: maxHeaderFields))
+    }
+
+    static var server: HTTPServerBuilder { .http1(configuration: http1) }
+
+    /// The same HTTP/1 channel under a web config (TLS per connection).
+    static func server(securedBy security: WebSecurity) -> HTTPServerBuilder {
+        .init { responder in WebConfigChannel(base: HTTP1Channel(responder: responder, configuration: http1), security: security) }
     }
 
     /// Hummingbird's basic context plus the connection, so that a refusal can

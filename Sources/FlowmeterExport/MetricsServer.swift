@@ -8,18 +8,22 @@ import Logging
 /// (200 `ok` while the process runs), GET /readyz (200 `{"ready":true}`, or 503
 /// with the reasons as JSON; see `Readiness`).
 /// Other methods get 405 and a request with a body 413 (`HTTPGuard`), unknown
-/// paths 404; each refusal is plain text.
+/// paths 404; each refusal is plain text. With a web config (`WebSecurity`):
+/// TLS, client certificates and basic auth (401 before anything else).
 public enum MetricsServer {
     /// Builds the Hummingbird application (a swift-service-lifecycle Service).
     /// `render` produces the exposition text on each scrape; `readiness` is
     /// read on each GET /readyz.
     public static func make(
         listen: ListenAddress, logger: Logger,
+        security: WebSecurity? = nil,
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
         readiness: @escaping @Sendable () -> Readiness,
         render: @escaping @Sendable (_ openMetrics: Bool) -> String
     ) -> some ApplicationProtocol {
         let router = Router(context: HTTPGuard.Context.self)
+        // Authentication first: without credentials nothing else is answered.
+        if let security { router.add(middleware: BasicAuthGate<HTTPGuard.Context>(security: security)) }
         router.add(
             middleware: HTTPGuard.ReadOnly(render: { status, message in
                 Response(
@@ -44,7 +48,7 @@ public enum MetricsServer {
         }
         return Application(
             router: router,
-            server: HTTPGuard.server,
+            server: security.map { HTTPGuard.server(securedBy: $0) } ?? HTTPGuard.server,
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "flowmeterd"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? listen.port) },
             logger: logger

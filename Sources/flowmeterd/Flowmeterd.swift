@@ -72,6 +72,8 @@ struct Run: AsyncParsableCommand {
     @Option(
         name: .customLong(Setting.metricsListen.flag), help: Setting.metricsListen.argumentHelp, transform: Setting.metricsListen.flagValue)
     var metricsListen: SettingValue?
+    @Option(name: .customLong(Setting.webConfig.flag), help: Setting.webConfig.argumentHelp, transform: Setting.webConfig.flagValue)
+    var webConfig: SettingValue?
 
     @Option(name: .customLong(Setting.flowLog.flag), help: Setting.flowLog.argumentHelp, transform: Setting.flowLog.flagValue)
     var flowLog: SettingValue?
@@ -161,6 +163,7 @@ struct Run: AsyncParsableCommand {
             (.excludeInterfaces, excludeInterfaces),
             (.interval, interval),
             (.metricsListen, metricsListen),
+            (.webConfig, webConfig),
             (.flowLog, flowLog),
             (.flowLogMaxSize, flowLogMaxSize),
             (.flowLogKeep, flowLogKeep),

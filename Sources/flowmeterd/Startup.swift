@@ -104,6 +104,8 @@ struct Startup {
 
     func build() throws -> Node {
         let s = settings, file = settings.file
+        // Before anything is attached: a bad web config stops the start.
+        let security = try webSecurity()
         let selection = InterfaceSelection(include: file.interfaces ?? [], exclude: file.excludeInterfaces ?? [])
         let chosen: [InterfaceSelection.Candidate]
         do { chosen = try selection.select(from: HostInterfaces.list()) } catch { throw StartupError("--interfaces: \(error)") }
@@ -171,7 +173,7 @@ struct Startup {
                     limits: file.limits)
             }
         }
-        let reloader = signalReloader(writer: writer, shared: shared)
+        let reloader = signalReloader(writer: writer, shared: shared, security: security)
         let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
         let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names, shared: shared) : nil
 
@@ -191,7 +193,7 @@ struct Startup {
             logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: PipelineService(pipeline: pipeline)),
-            .init(service: metricsServer(shared: shared, dropper: dropper)),
+            .init(service: metricsServer(shared: shared, dropper: dropper, security: security)),
         ]
         if s.apiSocket != "off" {
             services.append(.init(service: try apiServer(shared: shared, names: names, dropper: dropper)))
@@ -274,11 +276,22 @@ struct Startup {
 
     /// SIGHUP: read the file and the environment again; new service rules
     /// and series limits apply to what comes next, counters stay.
-    func signalReloader(writer: FlowLogWriter?, shared: SharedAccounting) -> SignalReloader {
-        let configPath = settings.configPath, flags = settings.flags
+    func signalReloader(writer: FlowLogWriter?, shared: SharedAccounting, security: WebSecurity?) -> SignalReloader {
+        let configPath = settings.configPath, flags = settings.flags, webConfigPath = settings.file.webConfig
         return SignalReloader(logger: logger) { [writer] in
             // The flow log first: logrotate moved it and waits for us to let go.
             writer?.reopen()
+            // The web config on its own: a bad one keeps the previous one and
+            // does not stop the rest of the reload.
+            var web = ""
+            if let security, let webConfigPath {
+                do {
+                    try security.apply(WebConfig.load(path: webConfigPath))
+                    web = " web_config=(\(security.summary))"
+                } catch {
+                    web = " web_config=(not reloaded, the previous one stays: \(error))"
+                }
+            }
             let l = try ConfigLayers.load(flagPath: configPath)
             let s = l.file.overlaid(by: l.environment).overlaid(by: flags)
             shared.update {
@@ -286,6 +299,7 @@ struct Startup {
             }
             return
                 "service_rules=\(s.services?.count ?? 0) peer_rules=\(s.peers?.count ?? 0) max_series_per_metric=\(s.limits.maxSeriesPerMetric)"
+                + web
         }
     }
 
@@ -381,12 +395,25 @@ struct Startup {
         return sinks
     }
 
-    func metricsServer(shared: SharedAccounting, dropper: DropAfterStart) -> some Service {
+    /// --web-config: read, checked and its certificate files loaded; nil without.
+    func webSecurity() throws -> WebSecurity? {
+        guard let path = settings.file.webConfig else { return nil }
+        do {
+            let security = try WebSecurity(WebConfig.load(path: path), logger: logger)
+            logger.info("web config", metadata: ["file": "\(path)", "applied": "\(security.summary)"])
+            return security
+        } catch {
+            throw StartupError("--web-config: \(error)")
+        }
+    }
+
+    func metricsServer(shared: SharedAccounting, dropper: DropAfterStart, security: WebSecurity?) -> some Service {
         let listen = settings.metricsListen, logger = self.logger
+        let scheme = security?.usesTLS == true ? "https" : "http"
         return MetricsServer.make(
-            listen: listen, logger: logger,
+            listen: listen, logger: logger, security: security,
             onRunning: { port in
-                logger.info("serving metrics", metadata: ["url": "http://\(listen.host):\(port)/metrics"])
+                logger.info("serving metrics", metadata: ["url": "\(scheme)://\(listen.host):\(port)/metrics"])
                 dropper.done("metrics")
             }, readiness: { shared.read(\.readiness) },
             render: { om in

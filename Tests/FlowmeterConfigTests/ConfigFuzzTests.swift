@@ -225,7 +225,7 @@ enum ConfigProperty {
             }
         }
         for (name, s) in [
-            ("metrics_listen", c.metricsListen), ("flow_log", c.flowLog), ("api_socket", c.apiSocket),
+            ("metrics_listen", c.metricsListen), ("web_config", c.webConfig), ("flow_log", c.flowLog), ("api_socket", c.apiSocket),
             ("api_group", c.apiGroup), ("state_dir", c.stateDir), ("otlp_endpoint", c.otlpEndpoint),
             ("ipfix_collector", c.ipfixCollector),
         ] {
@@ -273,6 +273,7 @@ enum Gen {
         "exclude_interfaces": ["[lo]", "[\"docker*\"]"],
         "interval": ["5s", "500ms", "1m", "2"],
         "metrics_listen": ["\"0.0.0.0:9810\"", "\":9810\"", "\"[::1]:9810\""],
+        "web_config": ["/etc/flowmeter/web.yaml"],
         "flow_log": ["/var/log/flows.jsonl", "-"],
         "flow_log_max_size": ["100M", "4096", "1G"],
         "flow_log_keep": ["5", "100", "1"],
@@ -502,6 +503,7 @@ enum Gen {
         let keyOf: [String: String] = [
             "FLOWMETER_INTERFACES": "interfaces", "FLOWMETER_EXCLUDE_INTERFACES": "exclude_interfaces",
             "FLOWMETER_INTERVAL": "interval", "FLOWMETER_METRICS_LISTEN": "metrics_listen", "FLOWMETER_FLOW_LOG": "flow_log",
+            "FLOWMETER_WEB_CONFIG": "web_config",
             "FLOWMETER_FLOW_LOG_MAX_SIZE": "flow_log_max_size", "FLOWMETER_FLOW_LOG_KEEP": "flow_log_keep",
             "FLOWMETER_OTLP_ENDPOINT": "otlp_endpoint", "FLOWMETER_IPFIX_COLLECTOR": "ipfix_collector",
             "FLOWMETER_IPFIX_OBSERVATION_DOMAIN": "ipfix_observation_domain", "FLOWMETER_API_SOCKET": "api_socket",
