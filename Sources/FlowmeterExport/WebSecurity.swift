@@ -174,7 +174,7 @@ public final class WebSecurity: Sendable {
                 context: context, acceptAny: t.clientAuth == .requestClientCert || t.clientAuth == .requireAnyClientCert, stamps: stamps)
         } catch {
             throw WebConfigError(
-                file: source, key: "\(key).key_file", message: "\(t.keyFile) and cert_file \(t.certFile) cannot be used together (\(error))")
+                file: source, key: "\(key).key_file", message: "\(t.keyFile) cannot serve with cert_file \(t.certFile): not its private key, or refused by BoringSSL (\(error))")
         }
     }
 

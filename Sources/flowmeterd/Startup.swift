@@ -278,6 +278,7 @@ struct Startup {
     /// and series limits apply to what comes next, counters stay.
     func signalReloader(writer: FlowLogWriter?, shared: SharedAccounting, security: WebSecurity?) -> SignalReloader {
         let configPath = settings.configPath, flags = settings.flags, webConfigPath = settings.file.webConfig
+        let logger = self.logger
         return SignalReloader(logger: logger) { [writer] in
             // The flow log first: logrotate moved it and waits for us to let go.
             writer?.reopen()
@@ -289,7 +290,9 @@ struct Startup {
                     try security.apply(WebConfig.load(path: webConfigPath))
                     web = " web_config=(\(security.summary))"
                 } catch {
-                    web = " web_config=(not reloaded, the previous one stays: \(error))"
+                    // Its own line at error level: the rest of the reload may still apply.
+                    logger.error("web config not reloaded; the previous one stays", metadata: ["error": "\(error)"])
+                    web = " web_config=(not reloaded)"
                 }
             }
             let l = try ConfigLayers.load(flagPath: configPath)

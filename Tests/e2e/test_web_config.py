@@ -255,7 +255,8 @@ def test_sighup_reloads_users_and_renewed_certificate_is_served(netpair, daemons
     # A broken file on SIGHUP changes nothing, and says so.
     web.write_text(tls + "basic_auth_users:\n  carol: plaintext\n")
     d.proc.send_signal(signal.SIGHUP)
-    d.wait_log("web_config=(not reloaded", timeout=15)
+    d.wait_log("web_config=(not reloaded)", timeout=15)
+    assert "error flowmeterd: error=" in d.stderr and "web config not reloaded; the previous one stays" in d.stderr
     assert "basic_auth_users.carol: not a bcrypt hash" in d.stderr
     assert get(pair, port, pki, auth="bob:b-pass").get("STATUS") == "200"
     assert d.proc.poll() is None
@@ -281,3 +282,36 @@ def test_sighup_reloads_users_and_renewed_certificate_is_served(netpair, daemons
     live_key.write_bytes(other_key.read_bytes())
     r = get(pair, port, pki, auth="bob:b-pass")
     assert r.get("STATUS") == "200" and r["CERT"] == fingerprint(server_crt), r
+
+
+def test_client_auth_types_switched_by_sighup(netpair, daemons, tmp_path, pki):
+    """Each of Go's client auth types, as the toolkit means them, on one
+    daemon whose web config a SIGHUP switches (TLS settings reload too)."""
+    pair, port = netpair, unique_port()
+    server_key, server_crt = pki["server"]
+    web = tmp_path / "web.yml"
+
+    def config(auth: str) -> None:
+        ca = f"  client_ca_file: {pki['client_ca']}\n" if auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert") else ""
+        web.write_text(f"tls_server_config:\n  cert_file: {server_crt}\n  key_file: {server_key}\n"
+                       f"  client_auth_type: {auth}\n{ca}")
+
+    # client auth type -> accepted? for (no certificate, the client CA's, another CA's)
+    expected = {
+        "NoClientCert": (True, True, True),
+        "RequestClientCert": (True, True, True),
+        "RequireAnyClientCert": (False, True, True),
+        "VerifyClientCertIfGiven": (True, True, False),
+        "RequireAndVerifyClientCert": (False, True, False),
+    }
+    d = None
+    for i, (auth, accepted) in enumerate(expected.items()):
+        config(auth)
+        if d is None:
+            d = start(daemons, pair, port, web).wait_ready()
+        else:
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: d.stderr.count("configuration reloaded") == i, timeout=15, what="the reload")
+            assert f"client_auth={auth}" in d.stderr
+        got = tuple(get(pair, port, pki, cert=c).get("STATUS") == "200" for c in (None, pki["client"], pki["rogue"]))
+        assert got == accepted, (auth, got)
