@@ -168,7 +168,9 @@ extension WebConfig {
     public static func load(path: String) throws(ConfigError) -> WebConfig {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-            throw ConfigError([.init(source: path, path: "", message: "cannot read the web config: \((error as NSError).localizedDescription)")])
+            // The system's words (No such file or directory, Permission denied) where it has them.
+            let reason = access(path, R_OK) != 0 ? String(cString: strerror(errno)) : (error as NSError).localizedDescription
+            throw ConfigError([.init(source: path, path: "", message: "cannot read the web config: \(reason)")])
         }
         return try parse(yaml: text, source: path, directory: (path as NSString).deletingLastPathComponent)
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FlowmeterConfig
 import FlowmeterCore
+import FlowmeterExport
 import Foundation
 import Logging
 
@@ -90,13 +91,20 @@ struct ConfigCheck: ParsableCommand {
         var config = FileConfig()
         do { config = try ConfigLayers.parseFile(file) } catch { problems.append("\(error)") }
         do { _ = try FileConfig.environment(ProcessInfo.processInfo.environment) } catch { problems.append("\(error)") }
+        // The web config it names, with its certificate files, as the daemon would load them.
+        if let web = config.webConfig {
+            do { _ = try WebSecurity(WebConfig.load(path: web), logger: Logger(label: "flowmeterd")) } catch {
+                problems.append("web_config: \(error)")
+            }
+        }
         if !problems.isEmpty {
             FileHandle.standardError.write(Data((problems.joined(separator: "\n") + "\n").utf8))
             throw ExitCode(1)
         }
         print(
             "\(file): ok (\(config.services?.count ?? 0) service rules, \(config.peers?.count ?? 0) peer rules, "
-                + "max \(config.limits.maxSeriesPerMetric) series per metric, series expire after \(config.limits.seriesExpiry))")
+                + "max \(config.limits.maxSeriesPerMetric) series per metric, series expire after \(config.limits.seriesExpiry)"
+                + (config.webConfig.map { ", web config \($0)" } ?? "") + ")")
     }
 }
 

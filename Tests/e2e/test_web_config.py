@@ -315,3 +315,20 @@ def test_client_auth_types_switched_by_sighup(netpair, daemons, tmp_path, pki):
             assert f"client_auth={auth}" in d.stderr
         got = tuple(get(pair, port, pki, cert=c).get("STATUS") == "200" for c in (None, pki["client"], pki["rogue"]))
         assert got == accepted, (auth, got)
+
+
+def test_config_check_loads_the_web_config(flowmeterd, tmp_path, pki):
+    """`flowmeterd config check` checks the web config the file names, its
+    certificate files included, as the daemon would load them."""
+    server_key, server_crt = pki["server"]
+    web, cfg = tmp_path / "web.yml", tmp_path / "flowmeter.yaml"
+    cfg.write_text(f"web_config: {web}\n")
+    r = sh(flowmeterd, "config", "check", str(cfg), check=False)
+    assert r.returncode == 1 and f"web_config: {web}: cannot read the web config: No such file or directory" in r.stderr, r.stderr
+    # The renewed certificate with the first key: they do not belong together.
+    web.write_text(f"tls_server_config:\n  cert_file: {pki['renewed'][1]}\n  key_file: {server_key}\n")
+    r = sh(flowmeterd, "config", "check", str(cfg), check=False)
+    assert r.returncode == 1 and "tls_server_config.key_file" in r.stderr and "cannot serve with cert_file" in r.stderr, r.stderr
+    web.write_text(f"tls_server_config:\n  cert_file: {server_crt}\n  key_file: {server_key}\n")
+    r = sh(flowmeterd, "config", "check", str(cfg), check=False)
+    assert r.returncode == 0 and f"web config {web}" in r.stdout, r.stdout + r.stderr
