@@ -66,7 +66,10 @@ extension WebConfig {
     }
 
     static func tls(_ node: Node, _ path: String, _ r: inout NodeReader, _ resolve: (String) -> String) -> TLS? {
-        let allowed = tlsKeys + ["cert", "key", "client_ca", "client_allowed_sans", "cipher_suites", "prefer_server_cipher_suites", "curve_preferences"]
+        let allowed =
+            tlsKeys + [
+                "cert", "key", "client_ca", "client_allowed_sans", "cipher_suites", "prefer_server_cipher_suites", "curve_preferences",
+            ]
         guard let entries = r.entries(node, path, allowed: allowed, expected: "a mapping (cert_file, key_file, ...)", placeHints: false)
         else { return nil }
         var cert: String?, key: String?, ca: String?
@@ -83,7 +86,8 @@ extension WebConfig {
         func version(_ v: Node, _ p: String) -> TLSVersion? {
             r.value(v, p, expected: "a TLS version") { t in
                 guard let version = TLSVersion(rawValue: t) else {
-                    throw ValueError("unknown TLS version \(quoted(t)); one of \(TLSVersion.allCases.map(\.rawValue).joined(separator: ", "))")
+                    throw ValueError(
+                        "unknown TLS version \(quoted(t)); one of \(TLSVersion.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 return version
             }
@@ -98,9 +102,11 @@ extension WebConfig {
                 auth =
                     r.value(v, p, expected: "a client auth type") { t in
                         guard let a = ClientAuth(rawValue: t) else {
-                            let hint = closest(to: t, in: ClientAuth.allCases.map(\.rawValue)).map { " (did you mean \(quoted($0))?)" } ?? ""
+                            let hint =
+                                closest(to: t, in: ClientAuth.allCases.map(\.rawValue)).map { " (did you mean \(quoted($0))?)" } ?? ""
                             throw ValueError(
-                                "unknown client_auth_type \(quoted(t))\(hint); one of \(ClientAuth.allCases.map(\.rawValue).joined(separator: ", "))")
+                                "unknown client_auth_type \(quoted(t))\(hint); one of \(ClientAuth.allCases.map(\.rawValue).joined(separator: ", "))"
+                            )
                         }
                         return a
                     } ?? auth
@@ -122,12 +128,15 @@ extension WebConfig {
             r.report(node, "\(path).key_file", "missing: TLS needs the certificate's private key (PEM)")
         }
         if auth.verifies && ca == nil && !entries.contains(where: { $0.key == "client_ca_file" }) {
-            r.report(authNode ?? node, "\(path).client_ca_file", "missing: client_auth_type \(auth.rawValue) verifies client certificates against it")
+            r.report(
+                authNode ?? node, "\(path).client_ca_file",
+                "missing: client_auth_type \(auth.rawValue) verifies client certificates against it")
         }
         if auth == .noClientCert, ca != nil, let n = entries.first(where: { $0.key == "client_ca_file" }) {
             r.report(
                 n.value, n.path,
-                "given, but client_auth_type is NoClientCert, so no client certificate is asked for (set client_auth_type: RequireAndVerifyClientCert)")
+                "given, but client_auth_type is NoClientCert, so no client certificate is asked for (set client_auth_type: RequireAndVerifyClientCert)"
+            )
         }
         if minV > maxV, let versionNode {
             r.report(versionNode, "\(path).min_version", "\(minV.rawValue) is above max_version \(maxV.rawValue)")

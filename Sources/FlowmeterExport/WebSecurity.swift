@@ -52,7 +52,8 @@ public final class WebSecurity: Sendable {
     /// Loads the certificate files; throws what is wrong with them.
     public init(_ config: WebConfig, logger: Logger) throws(WebConfigError) {
         self.logger = logger
-        state = Mutex(Loaded(config: config, tls: try config.tls.map { t throws(WebConfigError) in try Self.load(t, source: config.source) }))
+        state = Mutex(
+            Loaded(config: config, tls: try config.tls.map { t throws(WebConfigError) in try Self.load(t, source: config.source) }))
     }
 
     /// A reloaded file (SIGHUP): in force for the next connection and request.
@@ -131,7 +132,9 @@ public final class WebSecurity: Sendable {
             }
         }
         let chain: [NIOSSLCertificate]
-        do { chain = try NIOSSLCertificate.fromPEMBytes(try bytes(t.certFile, "cert_file")) } catch let e as WebConfigError { throw e } catch {
+        do { chain = try NIOSSLCertificate.fromPEMBytes(try bytes(t.certFile, "cert_file")) } catch let e as WebConfigError {
+            throw e
+        } catch {
             throw WebConfigError(file: source, key: "\(key).cert_file", message: "\(t.certFile) holds no PEM certificate (\(error))")
         }
         guard !chain.isEmpty else {
@@ -144,12 +147,15 @@ public final class WebSecurity: Sendable {
             throw WebConfigError(
                 file: source, key: "\(key).key_file", message: "\(t.keyFile) holds no PEM private key, or one with a passphrase (\(error))")
         }
-        var c = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
+        var c = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
         c.minimumTLSVersion = tlsVersion(t.minVersion)
         c.maximumTLSVersion = tlsVersion(t.maxVersion)
         if let caFile = t.clientCAFile {
             let cas: [NIOSSLCertificate]
-            do { cas = try NIOSSLCertificate.fromPEMBytes(try bytes(caFile, "client_ca_file")) } catch let e as WebConfigError { throw e } catch {
+            do { cas = try NIOSSLCertificate.fromPEMBytes(try bytes(caFile, "client_ca_file")) } catch let e as WebConfigError {
+                throw e
+            } catch {
                 throw WebConfigError(file: source, key: "\(key).client_ca_file", message: "\(caFile) holds no PEM certificate (\(error))")
             }
             guard !cas.isEmpty else {
@@ -174,7 +180,8 @@ public final class WebSecurity: Sendable {
                 context: context, acceptAny: t.clientAuth == .requestClientCert || t.clientAuth == .requireAnyClientCert, stamps: stamps)
         } catch {
             throw WebConfigError(
-                file: source, key: "\(key).key_file", message: "\(t.keyFile) cannot serve with cert_file \(t.certFile): not its private key, or refused by BoringSSL (\(error))")
+                file: source, key: "\(key).key_file",
+                message: "\(t.keyFile) cannot serve with cert_file \(t.certFile): not its private key, or refused by BoringSSL (\(error))")
         }
     }
 
