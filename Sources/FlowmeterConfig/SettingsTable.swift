@@ -217,6 +217,18 @@ extension Setting {
         defaultText: "/sys/fs/bpf/flowmeter",
         help: "Where --persist pins maps and TCX links (on a mounted bpf filesystem); also what `flowmeterd uninstall` removes.",
         example: "/sys/fs/bpf/flowmeter", get: { $0.pinDir.map { .text($0) } }, set: { $0.pinDir = $1.text })
+    public static let dnsPorts = Setting(
+        key: "dns_ports", flag: "dns-ports", variable: "FLOWMETER_DNS_PORTS", valueName: "ports",
+        kind: .text(expected: "ports or off", check: Check.dnsPorts), defaultValue: .text("53"), defaultText: "53",
+        help:
+            "Ports whose UDP and TCP traffic local clients send and receive is parsed as DNS (comma-separated, at most 16), or off: no DNS hook (see docs/metrics.md, DNS).",
+        example: "53,5353", get: { $0.dnsPorts.map { .text($0) } }, set: { $0.dnsPorts = $1.text })
+    public static let dnsTimeout = Setting(
+        key: "dns_timeout", flag: "dns-timeout", variable: "FLOWMETER_DNS_TIMEOUT", valueName: "duration",
+        kind: .duration, defaultValue: .duration(FlowDuration(nanoseconds: 5_000_000_000)), defaultText: "5s",
+        help:
+            "A DNS query with no answer after this long counts as rcode=\"timeout\" (checked once an interval, so it shows up to one interval later); an answer after it is not counted again.",
+        example: "2s", get: { $0.dnsTimeout.map { .duration($0) } }, set: { $0.dnsTimeout = $1.duration })
     public static let logLevel = Setting(
         key: "log_level", flag: "log-level", variable: "FLOWMETER_LOG_LEVEL", valueName: "level",
         kind: .oneOf(FileConfig.logLevels, expected: "a log level"), defaultValue: .text("info"), defaultText: "info",
@@ -247,8 +259,8 @@ extension Setting {
     public static let all: [Setting] = [
         interfaces, excludeInterfaces, interval, metricsListen, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
-        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, logLevel,
-        maxSeriesPerMetric, seriesExpiry, peerAddresses,
+        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout,
+        logLevel, maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]
 
     public static func byKey(_ key: String) -> Setting? { all.first { $0.key == key } }

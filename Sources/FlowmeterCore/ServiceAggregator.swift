@@ -94,6 +94,8 @@ public struct PairStats: Sendable, Equatable {
     public var rtt = Histogram()
     /// Packets the kernel dropped, by reason (the drop program).
     public var drops: [String: UInt64] = [:]
+    /// DNS queries local clients of the pair's service sent to the peer (the DNS program).
+    public var dns = DNSStats()
     /// CLOCK_MONOTONIC of the last record that touched the pair.
     public var lastActiveNanos: UInt64 = 0
 
@@ -521,6 +523,41 @@ public struct ServiceAggregator: Sendable {
             }
         }
         return nil
+    }
+
+    // MARK: DNS
+
+    /// Counts each query once, as it ended (answered, or timed out), on the
+    /// pair of the client's socket and the server.
+    public mutating func apply(dns outcomes: [DNSOutcome]) {
+        for o in outcomes {
+            guard let transport = Self.transport(o.key.ipProtocol) else { continue }
+            let p = admit(
+                ServicePair(
+                    service: clientService(o.key) ?? "unknown",
+                    peer: peerService(proto: o.key.ipProtocol, address: o.key.server, port: o.key.serverPort),
+                    transport: transport))
+            guard var stats = pairs[p] else { continue }
+            stats.dns.requests[DNSStats.Labels(qtype: o.qtype, rcode: o.rcode), default: 0] += 1
+            if let l = o.latency { stats.dns.latency.observe(l) }
+            stats.lastActiveNanos = max(stats.lastActiveNanos, o.timestampNanos)
+            pairs[p] = stats
+        }
+    }
+
+    /// The service of the local client that sent a query: its socket's
+    /// (connected, else unconnected), else its endpoint's. Only the
+    /// client's end is looked at: the server may be local too, and its
+    /// socket is not who asked.
+    func clientService(_ k: DNSQueryKey) -> String? {
+        let t = Tuple(proto: k.ipProtocol, local: k.client, localPort: k.clientPort, remote: k.server, remotePort: k.serverPort)
+        if let p = tuples[t]?.pair { return p.service }
+        if let p = tuples[Tuple(proto: k.ipProtocol, local: k.client, localPort: k.clientPort, remote: .zero, remotePort: 0)]?.pair {
+            return p.service
+        }
+        let any = k.client.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
+        return (endpoints[Endpoint(proto: k.ipProtocol, address: k.client, port: k.clientPort)]
+            ?? endpoints[Endpoint(proto: k.ipProtocol, address: any, port: k.clientPort)])?.service
     }
 
     /// A scrape has rendered every current pair: from now on with their counts.

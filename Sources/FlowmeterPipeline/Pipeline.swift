@@ -47,6 +47,8 @@ public final class Pipeline: Sendable {
     public let sockets: SocketKernel?
     /// The drop program, when the kernel took it.
     public let drops: DropKernel?
+    /// The DNS programs, when the kernel took them.
+    public let dns: DNSKernel?
     public let sinks: [Sink]
     /// What the pulled endpoints read.
     public let accounting: SharedAccounting
@@ -74,15 +76,24 @@ public final class Pipeline: Sendable {
         /// Per sink: passes whose consume threw, and the last error logged.
         var sinkFailures: [String: UInt64] = [:]
         var sinkLastError: [String: String] = [:]
+        /// Queries waiting for their answer (empty without the DNS programs).
+        var dns = DNSTracker(timeoutNanos: 5_000_000_000)
+        /// DNS outcomes of the last interval, counted at this one: the
+        /// client's socket record comes through another ring and may reach
+        /// the daemon a pass after its query's.
+        var dnsDeferred: [DNSOutcome] = []
     }
     private let state = Mutex(State())
 
     public init(
-        flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, sinks: [Sink], accounting: SharedAccounting,
+        flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, dns: DNSKernel? = nil,
+        dnsTimeout: FlowDuration = FlowDuration(nanoseconds: 5_000_000_000), sinks: [Sink], accounting: SharedAccounting,
         names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
         interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
     ) {
-        self.flows = flows; self.sockets = sockets; self.drops = drops; self.sinks = sinks; self.accounting = accounting
+        self.flows = flows; self.sockets = sockets; self.drops = drops; self.dns = dns; self.sinks = sinks
+        self.accounting = accounting
+        state.withLock { $0.dns = DNSTracker(timeoutNanos: dnsTimeout.nanoseconds) }
         self.names = names; self.cgroupPath = cgroupPath; self.interval = interval; self.logger = logger
         self.clock = clock
         accounting.update { a in for s in sinks { a.exports[s.name] = s.stats } }
@@ -100,6 +111,7 @@ public final class Pipeline: Sendable {
     public func run() async {
         flows.startRing()
         sockets?.startRing()
+        dns?.startRing()
         var next = clock.monotonic() + interval.nanoseconds
         while !Task.isCancelled {
             let now = clock.monotonic()
@@ -124,9 +136,11 @@ public final class Pipeline: Sendable {
         flows.detach()
         sockets?.detach()
         drops?.detach()
+        dns?.detach()
         accounting.update { $0.readiness.attachment = .detached }
         flows.stopRing()
         sockets?.stopRing()
+        dns?.stopRing()
         pass(.final)
         for s in sinks { s.stop() }
         publishSinkStats()
@@ -244,6 +258,31 @@ public final class Pipeline: Sendable {
             }
         }
         let ownNetns = drops?.ownNetns ?? 0
+        // DNS: the messages of this pass end queries; the timeouts once an
+        // interval. Counted a pass late (see State.dnsDeferred), all at the end.
+        var dnsReady: [DNSOutcome] = []
+        var dnsLost: DNSLost?
+        if let dns {
+            let fresh = st.dns.take(dns.take())
+            if pass != .early {
+                var timedOut = st.dns.sweep(now: clock.monotonic())
+                if pass == .final { timedOut = [] }
+                dns.forget(timedOut.map(\.key))
+                dnsReady = st.dnsDeferred
+                st.dnsDeferred = fresh + timedOut
+                if pass == .final {
+                    dnsReady += st.dnsDeferred
+                    st.dnsDeferred = []
+                }
+            } else {
+                st.dnsDeferred += fresh
+            }
+            var l = DNSLost()
+            if let k = try? dns.lost() { l.ring = k.ring; l.pendingFull = k.pendingFull }
+            l.evicted = st.dns.evicted
+            l.unmatched = st.dns.unmatched
+            dnsLost = l
+        }
         let activeConnections = pass != .early ? Array(st.connections.active.values) : nil
         var earlyFlows = st.earlyFlows
         accounting.update { a in
@@ -256,6 +295,8 @@ public final class Pipeline: Sendable {
             // After the sockets and flows: a drop finds the socket of its 5-tuple.
             a.count(drops: dropSamples, names: names, ownNetns: ownNetns, now: now)
             if let dropsLost { a.dropsLost = dropsLost }
+            a.services?.apply(dns: dnsReady)
+            if let dnsLost { a.dnsLost = dnsLost }
             // The API lists this interval's flows, the largest first past its cap.
             let listed = Accounting.largestFlows(earlyFlows, batch, pair: { i in entryPairs.isEmpty ? nil : entryPairs[flowEntry(i)] })
             if pass == .early {

@@ -138,6 +138,12 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.pinDir.flag), help: Setting.pinDir.argumentHelp, transform: Setting.pinDir.flagValue)
     var pinDir: SettingValue?
 
+    @Option(name: .customLong(Setting.dnsPorts.flag), help: Setting.dnsPorts.argumentHelp, transform: Setting.dnsPorts.flagValue)
+    var dnsPorts: SettingValue?
+
+    @Option(name: .customLong(Setting.dnsTimeout.flag), help: Setting.dnsTimeout.argumentHelp, transform: Setting.dnsTimeout.flagValue)
+    var dnsTimeout: SettingValue?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: Setting.logLevel.argumentHelp, transform: Setting.logLevel.flagValue)
     var logLevel: SettingValue?
 
@@ -179,6 +185,8 @@ struct Run: AsyncParsableCommand {
             (.stateDir, stateDir),
             (.persist, persist.map { .bool($0) }),
             (.pinDir, pinDir),
+            (.dnsPorts, dnsPorts),
+            (.dnsTimeout, dnsTimeout),
             (.logLevel, logLevel),
             (.maxSeriesPerMetric, maxSeriesPerMetric),
             (.seriesExpiry, seriesExpiry),

@@ -54,6 +54,9 @@ struct Startup {
         let logLevel: Logger.Level
         let apiSocket: String
         let otlpQueueSize: Int
+        /// The DNS ports (empty: `--dns-ports off`).
+        let dnsPorts: [UInt16]
+        let dnsTimeout: FlowDuration
 
         /// `layered` with the defaults of `Setting.all` where no layer says.
         init(_ layered: FileConfig, configPath: String?, flags: FileConfig) {
@@ -75,6 +78,8 @@ struct Startup {
             logLevel = Logger.Level(rawValue: s.logLevel!) ?? .info
             apiSocket = s.apiSocket!
             otlpQueueSize = s.otlpQueueSize!
+            dnsPorts = FileConfig.dnsPortList(s.dnsPorts!)
+            dnsTimeout = s.dnsTimeout!
         }
     }
 
@@ -151,6 +156,7 @@ struct Startup {
         let ring = try FlowsRing(ringFD: program.flowsRingFD)
         let sockets = try socketPrograms()
         let drops = dropPrograms()
+        let dns = dnsPrograms()
         releaseLoaderMemory()
 
         let shared = SharedAccounting()
@@ -161,7 +167,9 @@ struct Startup {
             $0.hooks =
                 [HookMode(hook: "tc", mode: tc)] + (sockets?.modes ?? [])
                 + (drops.map { [HookMode(hook: "drops", mode: $0.mode.rawValue)] } ?? [])
+                + (dns != nil ? [HookMode(hook: "dns", mode: "cgroup_skb")] : [])
             $0.dropsCounted = drops != nil
+            $0.dnsCounted = dns != nil && sockets != nil
             $0.socketTelemetry = sockets != nil
             // tc on every chosen interface, the socket hooks on their rung.
             $0.readiness.attachment = .attached
@@ -179,6 +187,7 @@ struct Startup {
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
             sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
             drops: drops.map { DropKernelProgram(programs: $0) },
+            dns: try dns.map { try DNSKernelProgram(programs: $0) }, dnsTimeout: s.dnsTimeout,
             sinks: try sinks(writer: writer), accounting: shared, names: names,
             cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
             interval: s.interval, logger: logger)
@@ -268,6 +277,22 @@ struct Startup {
         } catch {
             let line = (error as? BPFError)?.summary ?? "\(error)"
             logger.warning("packet drops are not counted: \(line)")
+            return nil
+        }
+    }
+
+    /// The DNS programs, or nil (`--dns-ports off`, or refused): optional
+    /// like every hook, so a kernel or host that refuses them loses DNS only
+    /// (one warning line).
+    func dnsPrograms() -> DNSPrograms? {
+        guard !settings.dnsPorts.isEmpty else { return nil }
+        do {
+            let d = try DNSPrograms(ports: settings.dnsPorts)
+            logger.info("DNS hook attached", metadata: ["ports": "\(settings.dnsPorts.map(String.init).joined(separator: ","))"])
+            return d
+        } catch {
+            let line = (error as? BPFError)?.summary ?? "\(error)"
+            logger.warning("DNS is not counted: \(line)")
             return nil
         }
     }
