@@ -315,6 +315,7 @@ public struct DNSStats: Sendable, Equatable {
     public struct Labels: Sendable, Hashable, Comparable {
         public var qtype: String
         public var rcode: String
+        public init(qtype: String, rcode: String) { self.qtype = qtype; self.rcode = rcode }
         public static func < (a: Labels, b: Labels) -> Bool { (a.qtype, a.rcode) < (b.qtype, b.rcode) }
     }
     public var requests: [Labels: UInt64] = [:]
