@@ -301,6 +301,7 @@ struct Check: AsyncParsableCommand {
         print("  " + pad("socket hooks", w - 2) + f.socketRung)
         print("  " + pad("socket updates", w - 2) + f.socketUpdates)
         print("  " + pad("packet drops", w - 2) + f.drops)
+        print("  " + pad("dns", w - 2) + f.dns)
         let missing = f.missingMinimum
         if !missing.isEmpty {
             print("")
