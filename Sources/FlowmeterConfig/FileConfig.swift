@@ -74,6 +74,8 @@ public struct FileConfig: Sendable, Equatable {
     public var dnsPorts: String?
     /// Age at which an unanswered DNS query counts as a timeout (`--dns-timeout`).
     public var dnsTimeout: FlowDuration?
+    /// Keep the names clients resolve (`--dns-names`).
+    public var dnsNames: Bool?
     /// One of `FileConfig.logLevels` (`--log-level`).
     public var logLevel: String?
     /// Rules naming the local end of a socket; the first match wins.

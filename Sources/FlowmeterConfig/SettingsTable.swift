@@ -229,6 +229,12 @@ extension Setting {
         help:
             "A DNS query with no answer after this long counts as rcode=\"timeout\" (checked once an interval, so it shows up to one interval later); an answer after it is not counted again.",
         example: "2s", get: { $0.dnsTimeout.map { .duration($0) } }, set: { $0.dnsTimeout = $1.duration })
+    public static let dnsNames = Setting(
+        key: "dns_names", flag: "dns-names", variable: "FLOWMETER_DNS_NAMES", valueName: "bool",
+        kind: .bool, defaultValue: .bool(true), defaultText: "on",
+        help:
+            "Keep the names clients resolve: in the flow log's dns records (the question and the answers' names) and for naming peers. Names are personal data in some places (--no-dns-names: off; the counts stay).",
+        example: "false", get: { $0.dnsNames.map { .bool($0) } }, set: { $0.dnsNames = $1.bool })
     public static let logLevel = Setting(
         key: "log_level", flag: "log-level", variable: "FLOWMETER_LOG_LEVEL", valueName: "level",
         kind: .oneOf(FileConfig.logLevels, expected: "a log level"), defaultValue: .text("info"), defaultText: "info",
@@ -259,7 +265,7 @@ extension Setting {
     public static let all: [Setting] = [
         interfaces, excludeInterfaces, interval, metricsListen, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
-        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout,
+        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout, dnsNames,
         logLevel, maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]
 

@@ -242,6 +242,15 @@ public struct DNSOutcome: Sendable, Equatable {
     public var latency: Double?
     /// CLOCK_MONOTONIC of the answer or of the timeout.
     public var timestampNanos: UInt64
+    /// The question's name (nil: names off, or not in the copy).
+    public var name: String?
+    /// The answers read from the copy (names left empty with names off).
+    public var answers: [DNSMessage.Answer] = []
+    /// The header's answer count.
+    public var answerCount: UInt16 = 0
+    /// The kernel's copy of the answer was shorter than the message (or the
+    /// message was malformed): `answers` may lack some of its answers.
+    public var truncated = false
     public init(key: DNSQueryKey, qtype: String, rcode: String, latency: Double?, timestampNanos: UInt64) {
         self.key = key; self.qtype = qtype; self.rcode = rcode; self.latency = latency; self.timestampNanos = timestampNanos
     }
@@ -254,6 +263,7 @@ public struct DNSTracker: Sendable {
     struct Waiting {
         var sent: UInt64
         var qtype: String
+        var name: String?
     }
     private var waiting: [DNSQueryKey: Waiting] = [:]
     public let timeoutNanos: UInt64
@@ -263,8 +273,11 @@ public struct DNSTracker: Sendable {
     /// Answers that matched no query (late after their timeout, or to a query sent before the start).
     public private(set) var unmatched: UInt64 = 0
 
-    public init(timeoutNanos: UInt64, capacity: Int = 16384) {
-        self.timeoutNanos = timeoutNanos; self.capacity = capacity
+    /// Whether query names are kept (`--no-dns-names`: not; names are personal data in places).
+    public let keepNames: Bool
+
+    public init(timeoutNanos: UInt64, capacity: Int = 16384, keepNames: Bool = true) {
+        self.timeoutNanos = timeoutNanos; self.capacity = capacity; self.keepNames = keepNames
     }
 
     public var pending: Int { waiting.count }
@@ -282,17 +295,30 @@ public struct DNSTracker: Sendable {
                     waiting[oldest] = nil
                     evicted += 1
                 }
-                waiting[e.key] = Waiting(sent: e.timestampNanos, qtype: q.qtype.map(DNSNames.qtype) ?? DNSNames.unknownType)
+                waiting[e.key] = Waiting(
+                    sent: e.timestampNanos, qtype: q.qtype.map(DNSNames.qtype) ?? DNSNames.unknownType,
+                    name: keepNames ? q.name : nil)
             case .response:
                 guard let w = waiting.removeValue(forKey: e.key), e.matched else {
                     unmatched += 1
                     continue
                 }
                 let latency = Double(e.latencyNanos) / 1e9
-                out.append(
-                    DNSOutcome(
-                        key: e.key, qtype: w.qtype, rcode: DNSNames.rcode(e.rcode), latency: latency,
-                        timestampNanos: e.timestampNanos))
+                var o = DNSOutcome(
+                    key: e.key, qtype: w.qtype, rcode: DNSNames.rcode(e.rcode), latency: latency,
+                    timestampNanos: e.timestampNanos)
+                let m = DNSParser.parse(e.payload)
+                o.name = w.name
+                o.answers = m.answers
+                if !keepNames {
+                    for i in o.answers.indices {
+                        o.answers[i].name = ""
+                        o.answers[i].target = nil
+                    }
+                }
+                o.answerCount = e.ancount
+                o.truncated = e.truncated || m.incomplete
+                out.append(o)
             }
         }
         return out
@@ -303,7 +329,9 @@ public struct DNSTracker: Sendable {
     public mutating func sweep(now: UInt64) -> [DNSOutcome] {
         var out: [DNSOutcome] = []
         for (k, w) in waiting where now > w.sent && now - w.sent >= timeoutNanos {
-            out.append(DNSOutcome(key: k, qtype: w.qtype, rcode: DNSNames.timeout, latency: nil, timestampNanos: now))
+            var o = DNSOutcome(key: k, qtype: w.qtype, rcode: DNSNames.timeout, latency: nil, timestampNanos: now)
+            o.name = w.name
+            out.append(o)
         }
         for o in out { waiting[o.key] = nil }
         return out

@@ -529,20 +529,25 @@ public struct ServiceAggregator: Sendable {
 
     /// Counts each query once, as it ended (answered, or timed out), on the
     /// pair of the client's socket and the server.
-    public mutating func apply(dns outcomes: [DNSOutcome]) {
+    /// Returns the pair each was counted under.
+    @discardableResult
+    public mutating func apply(dns outcomes: [DNSOutcome]) -> [ServicePair?] {
+        var out: [ServicePair?] = []
         for o in outcomes {
-            guard let transport = Self.transport(o.key.ipProtocol) else { continue }
+            guard let transport = Self.transport(o.key.ipProtocol) else { out.append(nil); continue }
             let p = admit(
                 ServicePair(
                     service: clientService(o.key) ?? "unknown",
                     peer: peerService(proto: o.key.ipProtocol, address: o.key.server, port: o.key.serverPort),
                     transport: transport))
+            out.append(p)
             guard var stats = pairs[p] else { continue }
             stats.dns.requests[DNSStats.Labels(qtype: o.qtype, rcode: o.rcode), default: 0] += 1
             if let l = o.latency { stats.dns.latency.observe(l) }
             stats.lastActiveNanos = max(stats.lastActiveNanos, o.timestampNanos)
             pairs[p] = stats
         }
+        return out
     }
 
     /// The service of the local client that sent a query: its socket's

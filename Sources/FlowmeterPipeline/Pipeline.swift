@@ -87,13 +87,13 @@ public final class Pipeline: Sendable {
 
     public init(
         flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, dns: DNSKernel? = nil,
-        dnsTimeout: FlowDuration = FlowDuration(nanoseconds: 5_000_000_000), sinks: [Sink], accounting: SharedAccounting,
+        dnsTimeout: FlowDuration = FlowDuration(nanoseconds: 5_000_000_000), dnsNames: Bool = true, sinks: [Sink], accounting: SharedAccounting,
         names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
         interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
     ) {
         self.flows = flows; self.sockets = sockets; self.drops = drops; self.dns = dns; self.sinks = sinks
         self.accounting = accounting
-        state.withLock { $0.dns = DNSTracker(timeoutNanos: dnsTimeout.nanoseconds) }
+        state.withLock { $0.dns = DNSTracker(timeoutNanos: dnsTimeout.nanoseconds, keepNames: dnsNames) }
         self.names = names; self.cgroupPath = cgroupPath; self.interval = interval; self.logger = logger
         self.clock = clock
         accounting.update { a in for s in sinks { a.exports[s.name] = s.stats } }
@@ -285,6 +285,7 @@ public final class Pipeline: Sendable {
         }
         let activeConnections = pass != .early ? Array(st.connections.active.values) : nil
         var earlyFlows = st.earlyFlows
+        var dnsPairs: [ServicePair?] = []
         accounting.update { a in
             if pass != .early { a.setFlowTableEntries(entries) }
             if let counters { a.kernel = counters }
@@ -295,7 +296,8 @@ public final class Pipeline: Sendable {
             // After the sockets and flows: a drop finds the socket of its 5-tuple.
             a.count(drops: dropSamples, names: names, ownNetns: ownNetns, now: now)
             if let dropsLost { a.dropsLost = dropsLost }
-            a.services?.apply(dns: dnsReady)
+            let pairs = a.services?.apply(dns: dnsReady) ?? []
+            dnsPairs = pairs.count == dnsReady.count ? pairs : Array(repeating: nil, count: dnsReady.count)
             if let dnsLost { a.dnsLost = dnsLost }
             // The API lists this interval's flows, the largest first past its cap.
             let listed = Accounting.largestFlows(earlyFlows, batch, pair: { i in entryPairs.isEmpty ? nil : entryPairs[flowEntry(i)] })
@@ -322,7 +324,7 @@ public final class Pipeline: Sendable {
         let shared = accounting
         return TickOutput(
             pass: pass, flows: batch, flowPairs: pairs, flowDrops: Accounting.dropsByFlow(dropSamples, ownNetns: ownNetns),
-            events: events, cgroupPaths: paths,
+            events: events, dns: Array(zip(dnsReady, dnsPairs)).map { (outcome: $0.0, pair: $0.1) }, cgroupPaths: paths,
             interfaceNames: names, clock: clock.mapping(), accounting: { shared.snapshot() })
     }
 

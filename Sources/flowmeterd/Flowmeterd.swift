@@ -144,6 +144,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.dnsTimeout.flag), help: Setting.dnsTimeout.argumentHelp, transform: Setting.dnsTimeout.flagValue)
     var dnsTimeout: SettingValue?
 
+    @Flag(name: .customLong(Setting.dnsNames.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.dnsNames.flagHelp))
+    var dnsNames: Bool?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: Setting.logLevel.argumentHelp, transform: Setting.logLevel.flagValue)
     var logLevel: SettingValue?
 
@@ -187,6 +190,7 @@ struct Run: AsyncParsableCommand {
             (.pinDir, pinDir),
             (.dnsPorts, dnsPorts),
             (.dnsTimeout, dnsTimeout),
+            (.dnsNames, dnsNames.map { .bool($0) }),
             (.logLevel, logLevel),
             (.maxSeriesPerMetric, maxSeriesPerMetric),
             (.seriesExpiry, seriesExpiry),

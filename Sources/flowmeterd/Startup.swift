@@ -57,6 +57,7 @@ struct Startup {
         /// The DNS ports (empty: `--dns-ports off`).
         let dnsPorts: [UInt16]
         let dnsTimeout: FlowDuration
+        let dnsNames: Bool
 
         /// `layered` with the defaults of `Setting.all` where no layer says.
         init(_ layered: FileConfig, configPath: String?, flags: FileConfig) {
@@ -80,6 +81,7 @@ struct Startup {
             otlpQueueSize = s.otlpQueueSize!
             dnsPorts = FileConfig.dnsPortList(s.dnsPorts!)
             dnsTimeout = s.dnsTimeout!
+            dnsNames = s.dnsNames!
         }
     }
 
@@ -187,7 +189,7 @@ struct Startup {
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
             sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
             drops: drops.map { DropKernelProgram(programs: $0) },
-            dns: try dns.map { try DNSKernelProgram(programs: $0) }, dnsTimeout: s.dnsTimeout,
+            dns: try dns.map { try DNSKernelProgram(programs: $0) }, dnsTimeout: s.dnsTimeout, dnsNames: s.dnsNames,
             sinks: try sinks(writer: writer), accounting: shared, names: names,
             cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
             interval: s.interval, logger: logger)

@@ -63,14 +63,15 @@ def dns_series(m: fmlib.Exposition, **labels) -> dict[tuple[str, str], float]:
     return out
 
 
-def start(pair, daemons, tmp_path, cport: int, extra_ports: str = "") -> int:
+def start(pair, daemons, tmp_path, cport: int, extra_ports: str = "", *extra: str):
     config = tmp_path / "flowmeter.yaml"
     config.write_text(f"services:\n  - name: dnscli\n    ports: {cport}-{cport + 39}\n"
                       "  - name: dnssrv\n    ports: 53\n")
     port = unique_port()
     d = daemons(pair.a, "--config", str(config), "--interfaces", "veth-a", "--interval", "1s",
                 "--metrics-listen", f"127.0.0.1:{port}", "--dns-ports", "53" + extra_ports,
-                "--dns-timeout", "1s", "--state-dir", str(tmp_path / "state")).wait_ready()
+                "--dns-timeout", "1s", "--state-dir", str(tmp_path / "state"),
+                "--flow-log", str(tmp_path / "flows.jsonl"), *extra).wait_ready()
     assert "DNS hook attached" in d.stderr, d.stderr
     return d, port
 
@@ -124,6 +125,24 @@ def test_rcodes_exact(netpair, daemons, tmp_path, transport):
     lost = {dict(l)["reason"]: v for (n, l), v in m.samples.items() if n == "flowmeter_dns_lost_total"}
     assert lost.get("ring") == 0 and lost.get("pending_full") == 0, lost
     assert d.terminate() == 0, d.stderr
+    # The flow log: one dns record per query, with its name and answers.
+    recs = [r for r in fmlib.read_flow_log(str(tmp_path / "flows.jsonl"), kind="dns") if r.get("service") == "dnscli"]
+    assert sorted((r["name"], r["qtype"], r["rcode"]) for r in recs) == sorted(
+        (n.lower(), q, rc) for n, q, rc in plan), recs
+    assert all(r["protocol"] == transport and r["peer_service"] == "dnssrv" and r["event"] == "answer"
+               and r["server_addr"] == V4_A and r["server_port"] == 53 and r["client_addr"] == V4_B for r in recs), recs
+    by = {(r["name"], r["qtype"]): r for r in recs}
+    a = by[("svc.test", "A")]
+    assert [(x["type"], x["address"]) for x in a["answers"]] == [("A", "10.1.2.4")] and a["truncated"] is False, a
+    assert a["answers"][0]["ttl"] >= 0 and a["answers"][0]["name"] == "svc.test", a
+    assert [x["address"] for x in by[("svc.test", "AAAA")]["answers"]] == ["fd00::4"]
+    # 60 records do not fit the kernel's 512-byte copy: the record says so.
+    many = by[("many.test", "A")]
+    assert many["answer_count"] == 60 and many["truncated"] is True and 0 < len(many["answers"]) < 60, many
+    assert {x["address"] for x in many["answers"]} <= {f"10.1.0.{i}" for i in range(1, 61)}, many
+    # The name at the limit is whole, in the question and in its answer.
+    long = by[(LONG, "A")]
+    assert long["truncated"] is False and [(x["name"], x["address"]) for x in long["answers"]] == [(LONG, "10.1.9.9")], long
 
 
 def test_timeout(netpair, daemons, tmp_path):
@@ -174,3 +193,23 @@ def test_latency_against_capture(netpair, daemons, tmp_path, capture):
     # The kernel's interval encloses the wire's (microsecond timestamps: 2 us of slack).
     assert gap - 2e-6 <= kernel < gap + 0.001, (kernel, gap)
     assert d.terminate() == 0, d.stderr
+
+
+def test_names_off(netpair, daemons, tmp_path):
+    """--no-dns-names: the dns records keep addresses, TTLs and counts, but
+    no name of the question or of an answer."""
+    pair = netpair
+    cport = unique_port() // 40 * 40 % 50000 + 10000
+    d, port = start(pair, daemons, tmp_path, cport, "", "--no-dns-names")
+    dnsmasq(pair, tmp_path)
+    assert dig(pair, cport, "svc.test", "A", False) == "NOERROR"
+    assert dig(pair, cport + 1, "nope.test", "A", False) == "NXDOMAIN"
+    m = settle(pair, port, 2, service="dnscli")
+    assert dns_series(m, service="dnscli", transport="udp") == {("A", "NOERROR"): 1.0, ("A", "NXDOMAIN"): 1.0}
+    assert d.terminate() == 0, d.stderr
+    recs = [r for r in fmlib.read_flow_log(str(tmp_path / "flows.jsonl"), kind="dns") if r.get("service") == "dnscli"]
+    assert len(recs) == 2, recs
+    assert all("name" not in r and all("name" not in x and "target" not in x for x in r["answers"]) for r in recs), recs
+    assert [x["address"] for r in recs for x in r["answers"]] == ["10.1.2.4"], recs
+    text = (tmp_path / "flows.jsonl").read_text()
+    assert "svc.test" not in text and "nope.test" not in text
