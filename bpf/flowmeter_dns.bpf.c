@@ -233,7 +233,10 @@ static __always_inline void on_packet(struct __sk_buff *skb, int egress)
     if (n >= DNS_HDR && n <= FM_DNS_COPY_BYTES && bpf_skb_load_bytes(skb, msg, ev->payload, n) == 0)
         ev->copied = n;
     ev->flags = flags;
-    fm_ringbuf_submit(&fm_dns_events, ev);
+    /* A plain submit wakes the reader (unlike the other rings): an answer's
+     * names must reach the daemon before the connection the client opens
+     * right after it, and DNS messages are few. */
+    bpf_ringbuf_submit(ev, 0);
 }
 
 SEC("cgroup_skb/egress")

@@ -76,6 +76,10 @@ public struct FileConfig: Sendable, Equatable {
     public var dnsTimeout: FlowDuration?
     /// Keep the names clients resolve (`--dns-names`).
     public var dnsNames: Bool?
+    /// DNS peer-naming rules, or "off" (`--dns-peer-names`).
+    public var dnsPeerNames: String?
+    /// How long past the TTL a resolved name names its address (`--dns-name-grace`).
+    public var dnsNameGrace: FlowDuration?
     /// One of `FileConfig.logLevels` (`--log-level`).
     public var logLevel: String?
     /// Rules naming the local end of a socket; the first match wins.
@@ -236,6 +240,14 @@ enum Check {
             }
         }
         return parts.joined(separator: ",")
+    }
+
+    /// "off", or SUFFIX=TEMPLATE rules (DNSPeerNaming).
+    static func dnsPeerNames(_ s: String) throws -> String {
+        let t = s.trimmingCharacters(in: .whitespaces)
+        if t == "off" { return t }
+        _ = try DNSPeerNaming(parsing: t)
+        return t
     }
 
     static func keep(_ n: Int) throws -> Int {

@@ -235,6 +235,20 @@ extension Setting {
         help:
             "Keep the names clients resolve: in the flow log's dns records (the question and the answers' names) and for naming peers. Names are personal data in some places (--no-dns-names: off; the counts stay).",
         example: "false", get: { $0.dnsNames.map { .bool($0) } }, set: { $0.dnsNames = $1.bool })
+    public static let dnsPeerNames = Setting(
+        key: "dns_peer_names", flag: "dns-peer-names", variable: "FLOWMETER_DNS_PEER_NAMES", valueName: "rules",
+        kind: .text(expected: "SUFFIX=TEMPLATE rules or off", check: Check.dnsPeerNames),
+        defaultValue: .text(DNSPeerNaming.defaultText), defaultText: DNSPeerNaming.defaultText,
+        help:
+            "How a peer no rule and no local socket names is named by what the local client resolved to its address (for the answer's TTL plus --dns-name-grace): SUFFIX=TEMPLATE rules, comma-separated, the first whose suffix a name ends with maps the labels before it ({1} the first); a name no rule matches is used whole. off: peers are not named by DNS (also with --no-dns-names). See docs/services.md.",
+        example: "svc.cluster.local={2}/{1},corp.example={1}",
+        get: { $0.dnsPeerNames.map { .text($0) } }, set: { $0.dnsPeerNames = $1.text })
+    public static let dnsNameGrace = Setting(
+        key: "dns_name_grace", flag: "dns-name-grace", variable: "FLOWMETER_DNS_NAME_GRACE", valueName: "duration",
+        kind: .duration, defaultValue: .duration(FlowDuration(nanoseconds: 30_000_000_000)), defaultText: "30s",
+        help:
+            "How long past an answer's TTL the name a client resolved still names the address (clients keep using an address a while after its TTL).",
+        example: "1m", get: { $0.dnsNameGrace.map { .duration($0) } }, set: { $0.dnsNameGrace = $1.duration })
     public static let logLevel = Setting(
         key: "log_level", flag: "log-level", variable: "FLOWMETER_LOG_LEVEL", valueName: "level",
         kind: .oneOf(FileConfig.logLevels, expected: "a log level"), defaultValue: .text("info"), defaultText: "info",
@@ -265,7 +279,7 @@ extension Setting {
     public static let all: [Setting] = [
         interfaces, excludeInterfaces, interval, metricsListen, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
-        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout, dnsNames,
+        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout, dnsNames, dnsPeerNames, dnsNameGrace,
         logLevel, maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]
 

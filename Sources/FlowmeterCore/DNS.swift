@@ -248,6 +248,8 @@ public struct DNSOutcome: Sendable, Equatable {
     public var answers: [DNSMessage.Answer] = []
     /// The header's answer count.
     public var answerCount: UInt16 = 0
+    /// The client socket's cgroup v2 id (who resolved).
+    public var cgroupID: UInt64 = 0
     /// The kernel's copy of the answer was shorter than the message (or the
     /// message was malformed): `answers` may lack some of its answers.
     public var truncated = false
@@ -317,6 +319,7 @@ public struct DNSTracker: Sendable {
                     }
                 }
                 o.answerCount = e.ancount
+                o.cgroupID = e.cgroupID
                 o.truncated = e.truncated || m.incomplete
                 out.append(o)
             }
@@ -367,4 +370,110 @@ public struct DNSLost: Sendable, Equatable {
     /// Answers to no waiting query.
     public var unmatched: UInt64 = 0
     public init() {}
+}
+
+/// What a resolved name becomes as a peer_service label: the first rule
+/// whose suffix the name ends with maps the labels before it into its
+/// template (`{1}` is the first label, `{2}` the second, ...; the name must
+/// have exactly as many labels before the suffix as the template uses);
+/// a name no rule matches is used as it is.
+/// The default turns `<svc>.<ns>.svc.cluster.local` into `<ns>/<svc>`, the
+/// names Kubernetes services get elsewhere in flowmeter.
+public struct DNSPeerNaming: Sendable, Equatable {
+    public struct Rule: Sendable, Equatable {
+        public var suffix: [Substring]
+        public var template: String
+        /// The highest {n} the template uses.
+        public var labels: Int
+    }
+    public var rules: [Rule]
+
+    public static let defaultText = "svc.cluster.local={2}/{1}"
+
+    /// From `SUFFIX=TEMPLATE[,SUFFIX=TEMPLATE...]`, or "" for no rule.
+    public init(parsing text: String) throws {
+        rules = []
+        for part in text.split(separator: ",") {
+            let kv = part.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard kv.count == 2, !kv[0].isEmpty, !kv[1].isEmpty else {
+                throw ValueError("'\(part)' is not SUFFIX=TEMPLATE (e.g. \(Self.defaultText))")
+            }
+            var n = 0
+            var rest = Substring(kv[1])
+            while let open = rest.firstIndex(of: "{") {
+                guard let close = rest[open...].firstIndex(of: "}"), let i = Int(rest[rest.index(after: open)..<close]), (1...9).contains(i)
+                else { throw ValueError("'\(kv[1])': a template's placeholders are {1} to {9}") }
+                n = max(n, i)
+                rest = rest[rest.index(after: close)...]
+            }
+            guard n > 0 else { throw ValueError("'\(kv[1])': the template uses no label ({1} is the first)") }
+            let suffix = kv[0].lowercased().split(separator: ".").filter { !$0.isEmpty }
+            rules.append(Rule(suffix: suffix.map { Substring($0) }, template: kv[1], labels: n))
+        }
+    }
+
+    /// The peer name for a resolved (lower-case) name.
+    public func peerName(_ name: String) -> String {
+        let labels = name.split(separator: ".")
+        for r in rules where labels.count == r.suffix.count + r.labels && labels.suffix(r.suffix.count).elementsEqual(r.suffix) {
+            var out = r.template
+            for i in 1...r.labels { out = out.replacingOccurrences(of: "{\(i)}", with: labels[i - 1]) }
+            return out
+        }
+        return name
+    }
+}
+
+/// Which name each local client resolved to each address, for the answer's
+/// TTL plus `graceNanos` (a client connects after its answer, and may keep
+/// using an address a while past the TTL). A client is its socket's cgroup
+/// (the one a container or a systemd service runs in, and the one a stub
+/// resolver's client has too). Bounded: past `capacity` the entry that
+/// expires first goes, counted in `evicted`.
+public struct DNSNameCache: Sendable {
+    struct Key: Hashable {
+        var cgroup: UInt64
+        var address: IPAddress16
+    }
+    private var entries: [Key: (name: String, expires: UInt64)] = [:]
+    public let capacity: Int
+    public let graceNanos: UInt64
+    public private(set) var evicted: UInt64 = 0
+
+    /// 30 s past the TTL; 65,536 entries (about 10 MB at most).
+    public init(capacity: Int = 65536, graceNanos: UInt64 = 30_000_000_000) {
+        self.capacity = capacity; self.graceNanos = graceNanos
+    }
+
+    public var count: Int { entries.count }
+
+    /// Learns the addresses of an answer (A and AAAA, whatever CNAMEs led
+    /// there) under the question's name. Nothing without a name (names off).
+    public mutating func learn(_ o: DNSOutcome) {
+        guard let name = o.name, !name.isEmpty else { return }
+        for a in o.answers {
+            guard let address = a.address else { continue }
+            let k = Key(cgroup: o.cgroupID, address: address)
+            let expires = o.timestampNanos &+ UInt64(a.ttl) * 1_000_000_000 &+ graceNanos
+            if entries[k] == nil && entries.count >= capacity {
+                expire(now: o.timestampNanos)
+                if entries.count >= capacity, let first = entries.min(by: { $0.value.expires < $1.value.expires })?.key {
+                    entries[first] = nil
+                    evicted += 1
+                }
+            }
+            entries[k] = (name, max(expires, entries[k]?.expires ?? 0))
+        }
+    }
+
+    /// The name `cgroup` resolved to `address`, if it has not expired at `now`.
+    public func name(cgroup: UInt64, address: IPAddress16, now: UInt64) -> String? {
+        guard let e = entries[Key(cgroup: cgroup, address: address)], now < e.expires else { return nil }
+        return e.name
+    }
+
+    /// Forgets what expired by `now`.
+    public mutating func expire(now: UInt64) {
+        entries = entries.filter { now < $0.value.expires }
+    }
 }

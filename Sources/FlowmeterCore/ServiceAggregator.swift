@@ -242,12 +242,19 @@ public struct ServiceAggregator: Sendable {
             address: e.localAddress, port: e.localPort)
     }
 
-    private func peerService(proto: UInt8, address: IPAddress16, port: UInt16) -> String {
+    /// The peer's name. The order (docs/services.md, "Naming peers"): peer
+    /// rules, then a local socket on the address and port, then the name the
+    /// local client (`cgroup`, of a socket record at `now`) resolved to the
+    /// address, then the address (with `peerAddresses`) or "unknown".
+    private func peerService(proto: UInt8, address: IPAddress16, port: UInt16, cgroup: UInt64? = nil, now: UInt64 = 0) -> String {
         if let name = resolver.peerService(address: address, port: port) { return name }
         if address != .zero && !(address.isV4Mapped && address.lo & 0xFFFF_FFFF == 0) {
             if let known = endpoints[Endpoint(proto: proto, address: address, port: port)] { return known.service }
             let any = address.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
             if let known = endpoints[Endpoint(proto: proto, address: any, port: port)] { return known.service }
+            if let naming = dnsNaming, let cgroup, let name = dnsNames.name(cgroup: cgroup, address: address, now: now) {
+                return naming.peerName(name)
+            }
             if limits.peerAddresses { return address.description }
         }
         return "unknown"
@@ -282,7 +289,9 @@ public struct ServiceAggregator: Sendable {
         return admit(
             ServicePair(
                 service: localService(e, cgroupPath: cgroupPath),
-                peer: peerService(proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort),
+                peer: peerService(
+                    proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort, cgroup: e.owner?.cgroupID,
+                    now: e.timestampNanos),
                 transport: transport))
     }
 
@@ -527,6 +536,23 @@ public struct ServiceAggregator: Sendable {
 
     // MARK: DNS
 
+    /// Names local clients resolved (peer naming); nil `dnsNaming`: off.
+    public private(set) var dnsNames = DNSNameCache()
+    public private(set) var dnsNaming: DNSPeerNaming?
+
+    /// Names peers by what local clients resolved from now on.
+    public mutating func nameByDNS(_ naming: DNSPeerNaming, graceNanos: UInt64, capacity: Int = 65536) {
+        dnsNaming = naming
+        dnsNames = DNSNameCache(capacity: capacity, graceNanos: graceNanos)
+    }
+
+    /// Learns the names of answered queries, before the socket records of
+    /// the same pass: a client connects right after its answer.
+    public mutating func learn(dns outcomes: [DNSOutcome]) {
+        guard dnsNaming != nil else { return }
+        for o in outcomes where o.latency != nil { dnsNames.learn(o) }
+    }
+
     /// Counts each query once, as it ended (answered, or timed out), on the
     /// pair of the client's socket and the server.
     /// Returns the pair each was counted under.
@@ -597,6 +623,7 @@ public struct ServiceAggregator: Sendable {
         for (t, v) in tuples {
             if let closed = v.closedAt, now > closed, now - closed >= joinGrace { tuples[t] = nil }
         }
+        dnsNames.expire(now: now)
         tuples.shrinkIfSparse()
         endpoints.shrinkIfSparse()
         sockets.shrinkIfSparse()

@@ -226,12 +226,17 @@ public enum MetricCatalog {
             "DNS messages and queries not counted, by reason: ring (the DNS ring had no room), pending_full (the kernel's pending-query table was full: its answer cannot be matched), evicted (flowmeterd's table of waiting queries was full), unmatched (an answer to no waiting query: after its timeout, or to a query sent before the start)."
     )
 
+    public static let dnsNamesEvicted = Exposition.Family(
+        name: "flowmeter_dns_names_evicted_total", kind: .counter,
+        help:
+            "Resolved names the DNS name cache (which name each local client resolved to each address, for peer naming) let go of before they expired, because it was full.")
+
     public static let all = [
         interfaceBytes, interfacePackets, interfaceDrops, dropsLost, ringLost, flowTableEntries, insertFailures,
         records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
         exportRecords, exportLastSuccess, exportQueue,
         networkBytes, networkPackets, packetDrops, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
-        tcpResets, tcpRTT, dnsRequests, dnsLatency, dnsLost,
+        tcpResets, tcpRTT, dnsRequests, dnsLatency, dnsLost, dnsNamesEvicted,
     ]
 }
 
@@ -321,6 +326,7 @@ public enum MetricsRenderer {
                 MetricCatalog.dnsLost,
                 [("ring", l.ring), ("pending_full", l.pendingFull), ("evicted", l.evicted), ("unmatched", l.unmatched)]
                     .map { ([("reason", $0.0)], Double($0.1)) })
+            add(MetricCatalog.dnsNamesEvicted, [([], Double(a.services?.dnsNames.evicted ?? 0))])
         }
         if let agg = a.services { out += services(agg, drops: a.dropsCounted, dns: a.dnsCounted) }
         return out

@@ -230,6 +230,10 @@ public final class Pipeline: Sendable {
                 logger.error("socket updates failed", metadata: ["error": "\(error)"])
             }
         }
+        // DNS before the socket records: a connection opened right after its
+        // answer is then named by it (the kernel wakes the DNS reader for each
+        // record, so the answer is in).
+        let dnsEvents = dns?.take() ?? []
         let ringEvents = sockets?.takeEvents() ?? []
         let events = st.connections.apply(ringEvents, updates)
         let lostCloses = pass == .interval ? sweepLostCloses(&st) : []
@@ -261,9 +265,11 @@ public final class Pipeline: Sendable {
         // DNS: the messages of this pass end queries; the timeouts once an
         // interval. Counted a pass late (see State.dnsDeferred), all at the end.
         var dnsReady: [DNSOutcome] = []
+        var dnsLearned: [DNSOutcome] = []
         var dnsLost: DNSLost?
         if let dns {
-            let fresh = st.dns.take(dns.take())
+            let fresh = st.dns.take(dnsEvents)
+            dnsLearned = fresh
             if pass != .early {
                 var timedOut = st.dns.sweep(now: clock.monotonic())
                 if pass == .final { timedOut = [] }
@@ -289,7 +295,10 @@ public final class Pipeline: Sendable {
         accounting.update { a in
             if pass != .early { a.setFlowTableEntries(entries) }
             if let counters { a.kernel = counters }
-            // Sockets first: a flow of a connection opened in this pass then finds its socket.
+            // Names clients resolved first, then sockets: a connection
+            // opened after its answer is named by it; a flow of a connection
+            // opened in this pass then finds its socket.
+            a.services?.learn(dns: dnsLearned)
             a.services?.apply(events, cgroupPath: { paths[$0] })
             a.services?.apply(lostCloses, cgroupPath: { paths[$0] })
             entryPairs = a.count(flows: table, names: names, now: now)

@@ -147,6 +147,14 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong(Setting.dnsNames.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.dnsNames.flagHelp))
     var dnsNames: Bool?
 
+    @Option(
+        name: .customLong(Setting.dnsPeerNames.flag), help: Setting.dnsPeerNames.argumentHelp, transform: Setting.dnsPeerNames.flagValue)
+    var dnsPeerNames: SettingValue?
+
+    @Option(
+        name: .customLong(Setting.dnsNameGrace.flag), help: Setting.dnsNameGrace.argumentHelp, transform: Setting.dnsNameGrace.flagValue)
+    var dnsNameGrace: SettingValue?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: Setting.logLevel.argumentHelp, transform: Setting.logLevel.flagValue)
     var logLevel: SettingValue?
 
@@ -191,6 +199,8 @@ struct Run: AsyncParsableCommand {
             (.dnsPorts, dnsPorts),
             (.dnsTimeout, dnsTimeout),
             (.dnsNames, dnsNames.map { .bool($0) }),
+            (.dnsPeerNames, dnsPeerNames),
+            (.dnsNameGrace, dnsNameGrace),
             (.logLevel, logLevel),
             (.maxSeriesPerMetric, maxSeriesPerMetric),
             (.seriesExpiry, seriesExpiry),

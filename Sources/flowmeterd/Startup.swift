@@ -58,6 +58,9 @@ struct Startup {
         let dnsPorts: [UInt16]
         let dnsTimeout: FlowDuration
         let dnsNames: Bool
+        /// How peers are named by resolved names; nil: not.
+        let dnsPeerNaming: DNSPeerNaming?
+        let dnsNameGrace: FlowDuration
 
         /// `layered` with the defaults of `Setting.all` where no layer says.
         init(_ layered: FileConfig, configPath: String?, flags: FileConfig) {
@@ -82,6 +85,8 @@ struct Startup {
             dnsPorts = FileConfig.dnsPortList(s.dnsPorts!)
             dnsTimeout = s.dnsTimeout!
             dnsNames = s.dnsNames!
+            dnsNameGrace = s.dnsNameGrace!
+            dnsPeerNaming = s.dnsNames! && s.dnsPeerNames! != "off" ? try? DNSPeerNaming(parsing: s.dnsPeerNames!) : nil
         }
     }
 
@@ -179,6 +184,9 @@ struct Startup {
                 $0.services = ServiceAggregator(
                     resolver: ServiceResolver(rules: file.services ?? [], peers: file.peers ?? []),
                     limits: file.limits)
+                if dns != nil, let naming = s.dnsPeerNaming {
+                    $0.services?.nameByDNS(naming, graceNanos: s.dnsNameGrace.nanoseconds)
+                }
             }
         }
         let reloader = signalReloader(writer: writer, shared: shared)

@@ -9,6 +9,7 @@ server's by a rule on port 53; dnsmasq's own socket names the peer.
 """
 from __future__ import annotations
 
+import json
 import struct
 import time
 
@@ -213,3 +214,68 @@ def test_names_off(netpair, daemons, tmp_path):
     assert [x["address"] for r in recs for x in r["answers"]] == ["10.1.2.4"], recs
     text = (tmp_path / "flows.jsonl").read_text()
     assert "svc.test" not in text and "nope.test" not in text
+
+
+def test_peer_named_by_resolved_name(netpair, daemons, tmp_path):
+    """A client in B resolves ledger.shop.svc.cluster.local (dnsmasq in A,
+    TTL 2 s) to a "ClusterIP" that an nftables DNAT rule in B sends to a
+    server in A, as kube-proxy does, and connects: its pair is
+    ledgercli -> shop/ledger with the exact bytes. Once the TTL and the grace
+    (1 s) are over, a new connection to the address is not named by it.
+    The ClusterIP is routed into the veth first: without the DNAT rule its
+    packets would go to A, never off the machine."""
+    pair = netpair
+    cluster_ip, cluster_port, backend = "10.96.0.15", 80, unique_port()
+    cport = unique_port() // 40 * 40 % 50000 + 10000
+    config = tmp_path / "flowmeter.yaml"
+    config.write_text(f"services:\n  - name: ledgercli\n    ports: {cport}-{cport + 39}\n")
+    port = unique_port()
+    d = daemons(pair.a, "--config", str(config), "--interfaces", "veth-a", "--interval", "1s",
+                "--metrics-listen", f"127.0.0.1:{port}", "--dns-name-grace", "1s",
+                "--state-dir", str(tmp_path / "state")).wait_ready()
+    assert "DNS hook attached" in d.stderr, d.stderr
+    p = pair.popen(pair.a, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+                   "--pid-file=", f"--listen-address={V4_A}", "--bind-interfaces", "--port=53",
+                   "--local=/cluster.local/", f"--host-record=ledger.shop.svc.cluster.local,{cluster_ip},2")
+    def listening():
+        assert p.poll() is None, p.stderr.read()
+        return pair.run(pair.a, "ss", "-Hlun", "sport = :53", check=False).stdout.strip()
+    wait_for(listening, timeout=10, what="dnsmasq to listen")
+    pair.run(pair.b, "ip", "route", "add", f"{cluster_ip}/32", "dev", "veth-b")
+    pair.run(pair.b, "nft", "add", "table", "ip", "fmdnat")
+    pair.run(pair.b, "nft", "add", "chain", "ip", "fmdnat", "output", "{ type nat hook output priority -100; }")
+    pair.run(pair.b, "nft", "add", "rule", "ip", "fmdnat", "output", "ip", "daddr", cluster_ip, "tcp", "dport",
+             str(cluster_port), "counter", "dnat", "to", f"{V4_A}:{backend}")
+
+    def transfer(client_port: int, nbytes: int) -> None:
+        server = pair.server(pair.a, "tcp-server", V4_A, str(backend))
+        assert int(pair.nettool(pair.b, "tcp-send", cluster_ip, str(cluster_port), str(nbytes), str(client_port))) == nbytes
+        pair.finish(server)
+
+    answer = pair.run(pair.b, "dig", f"@{V4_A}", "+short", "+tries=1", "ledger.shop.svc.cluster.local", "A").stdout.split()
+    assert answer == [cluster_ip], answer
+    transfer(cport, 300_000)
+    # The DNAT rule did the work (its counter), so the bytes went to A's server.
+    rules = json.loads(pair.run(pair.b, "nft", "-j", "list", "table", "ip", "fmdnat").stdout)["nftables"]
+    counters = [e["counter"]["packets"] for x in rules if "rule" in x for e in x["rule"]["expr"] if "counter" in e]
+    assert len(counters) == 1 and counters[0] > 0, rules
+    # TTL 2 s + grace 1 s later, the name is gone: a new connection is not named by it.
+    time.sleep(3.5)
+    transfer(cport + 1, 200_000)
+
+    def bytes_of(m, peer):
+        return m.value("flowmeter_network_io_bytes_total", service="ledgercli", peer_service=peer, transport="tcp",
+                       direction="transmit")
+    def done():
+        m = fmlib.parse_exposition(scrape(pair, pair.a, port)[1])
+        return bytes_of(m, "shop/ledger") == 300_000 and bytes_of(m, "unknown") == 200_000
+    try:
+        wait_for(done, timeout=20, interval=0.5, what="the pairs' bytes")
+    finally:
+        m = fmlib.parse_exposition(scrape(pair, pair.a, port)[1])
+        seen = {dict(l).get("peer_service"): v for (n, l), v in m.samples.items()
+                if n == "flowmeter_network_io_bytes_total" and dict(l).get("service") == "ledgercli"
+                and dict(l).get("direction") == "transmit"}
+        print("ledgercli transmit bytes by peer:", seen)
+    assert bytes_of(m, "shop/ledger") == 300_000 and bytes_of(m, "unknown") == 200_000, seen
+    assert d.terminate() == 0, d.stderr
