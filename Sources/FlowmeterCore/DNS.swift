@@ -105,6 +105,9 @@ public struct DNSMessage: Sendable, Equatable {
         public var address: IPAddress16?
         /// CNAME: the name it points at.
         public var target: String?
+        public init(name: String, type: UInt16, ttl: UInt32, address: IPAddress16? = nil, target: String? = nil) {
+            self.name = name; self.type = type; self.ttl = ttl; self.address = address; self.target = target
+        }
     }
     /// The first question's name (lower case, no trailing dot; "" for the root).
     public var name: String?

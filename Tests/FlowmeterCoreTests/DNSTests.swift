@@ -109,7 +109,10 @@ import Testing
         #expect(t.take([q, q]).isEmpty)
         #expect(t.pending == 1)
         let out = t.take([r])
-        #expect(out == [DNSOutcome(key: Self.key, qtype: "AAAA", rcode: "NXDOMAIN", latency: 300e-9, timestampNanos: 400)])
+        var want = DNSOutcome(key: Self.key, qtype: "AAAA", rcode: "NXDOMAIN", latency: 300e-9, timestampNanos: 400)
+        want.name = "a.example"
+        want.truncated = true  // the response record carried no bytes
+        #expect(out == [want])
         // A second answer to it is unmatched, not counted again.
         #expect(t.take([r]).isEmpty && t.unmatched == 1)
         #expect(t.sweep(now: 10_000_000_000).isEmpty)
@@ -167,5 +170,93 @@ import Testing
         #expect(s?.latency.count == 2)
         // The server's socket is not who asked: nothing on dns -> web.
         #expect(a.pairs[ServicePair(service: "dns", peer: "web", transport: "udp")]?.dns.requests.isEmpty ?? true)
+    }
+}
+
+/// Peers named by what clients resolved: the suffix rules, the cache's TTL
+/// and bound, and the naming order (rules, local sockets, DNS, address).
+@Suite struct DNSPeerNamingTests {
+    @Test func theDefaultRuleNamesKubernetesServices() throws {
+        let n = try DNSPeerNaming(parsing: DNSPeerNaming.defaultText)
+        #expect(n.peerName("ledger.shop.svc.cluster.local") == "shop/ledger")
+        // Not a service name of that shape: used whole.
+        #expect(n.peerName("api.payments.example") == "api.payments.example")
+        #expect(n.peerName("a.b.c.svc.cluster.local") == "a.b.c.svc.cluster.local")
+        #expect(n.peerName("svc.cluster.local") == "svc.cluster.local")
+    }
+
+    @Test func rulesAreCheckedAndTriedInOrder() throws {
+        let n = try DNSPeerNaming(parsing: "corp.example={1}, Svc.Cluster.Local={2}/{1}")
+        #expect(n.peerName("billing.corp.example") == "billing")
+        #expect(n.peerName("x.y.svc.cluster.local") == "y/x")
+        #expect(throws: ValueError.self) { try DNSPeerNaming(parsing: "corp.example") }
+        #expect(throws: ValueError.self) { try DNSPeerNaming(parsing: "corp.example=fixed") }
+        #expect(throws: ValueError.self) { try DNSPeerNaming(parsing: "corp.example={0}") }
+        #expect(throws: ValueError.self) { try DNSPeerNaming(parsing: "corp.example={x}") }
+    }
+
+    static func answer(_ name: String?, _ address: IPAddress16, ttl: UInt32, at: UInt64, cgroup: UInt64 = 7) -> DNSOutcome {
+        var o = DNSOutcome(key: DNSTests.key, qtype: "A", rcode: "NOERROR", latency: 0.001, timestampNanos: at)
+        o.name = name
+        o.cgroupID = cgroup
+        o.answers = [DNSMessage.Answer(name: name ?? "", type: 1, ttl: ttl, address: address, target: nil)]
+        return o
+    }
+
+    @Test func aNameLastsItsTTLPlusTheGraceForItsClientOnly() {
+        var c = DNSNameCache(graceNanos: 1_000_000_000)
+        let ip = IPAddress16.v4(10, 96, 0, 15)
+        c.learn(Self.answer("ledger.shop.svc.cluster.local", ip, ttl: 2, at: 1_000))
+        #expect(c.name(cgroup: 7, address: ip, now: 1_000 + 2_999_999_999) == "ledger.shop.svc.cluster.local")
+        #expect(c.name(cgroup: 7, address: ip, now: 1_000 + 3_000_000_000) == nil)
+        #expect(c.name(cgroup: 8, address: ip, now: 2_000) == nil)
+        // Names off: nothing is learned.
+        c.learn(Self.answer(nil, .v4(10, 96, 0, 16), ttl: 60, at: 1_000))
+        #expect(c.count == 1)
+        c.expire(now: 4_000_000_000)
+        #expect(c.count == 0)
+    }
+
+    @Test func theCacheIsBoundedAndCountsEvictions() {
+        var c = DNSNameCache(capacity: 3, graceNanos: 0)
+        for i in 0..<5 { c.learn(Self.answer("n\(i).example", .v4(10, 0, 0, UInt8(i)), ttl: 100 + UInt32(i), at: 1)) }
+        #expect(c.count == 3 && c.evicted == 2)
+        // The ones expiring first went.
+        #expect(c.name(cgroup: 7, address: .v4(10, 0, 0, 0), now: 2) == nil)
+        #expect(c.name(cgroup: 7, address: .v4(10, 0, 0, 4), now: 2) == "n4.example")
+    }
+
+    @Test func theNamingOrderIsRulesSocketsDNSThenAddress() throws {
+        let server = IPAddress16.v4(10, 0, 0, 2), clusterIP = IPAddress16.v4(10, 96, 0, 15)
+        let resolver = ServiceResolver(
+            rules: [ServiceRule(service: "db", ports: try PortRange(parsing: "5432"))],
+            peers: [PeerRule(service: "ruled", ports: try PortRange(parsing: "9000"))])
+        var a = ServiceAggregator(
+            resolver: resolver,
+            limits: AggregationLimits(maxSeriesPerMetric: 100, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000), peerAddresses: true))
+        a.nameByDNS(try DNSPeerNaming(parsing: DNSPeerNaming.defaultText), graceNanos: 0)
+        // The client resolved every address below.
+        for ip in [clusterIP, server] { a.learn(dns: [DNSPeerNamingTests.answer("ledger.shop.svc.cluster.local", ip, ttl: 60, at: 1)]) }
+        func connect(_ id: UInt64, to remote: IPAddress16, port: UInt16, cgroup: UInt64 = 7) -> SocketEvent {
+            SocketEvent(
+                kind: .open, role: .client, family: .ipv4, ipProtocol: 6, reason: .none, socketID: id, timestampNanos: 10,
+                startNanos: 1, owner: SocketOwner(tgid: 1, pid: 1, name: "app", cgroupID: cgroup),
+                localAddress: .v4(10, 0, 0, 1), remoteAddress: remote, localPort: UInt16(40000 + id), remotePort: port,
+                srttMicros: 0, bytesSent: 0, bytesReceived: 0, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)
+        }
+        // A local server socket on 10.0.0.2:5432.
+        a.apply(
+            [SocketEvent(
+                kind: .open, role: .server, family: .ipv4, ipProtocol: 6, reason: .none, socketID: 100, timestampNanos: 5,
+                startNanos: 1, owner: SocketOwner(tgid: 2, pid: 2, name: "postgres", cgroupID: 9),
+                localAddress: server, remoteAddress: .v4(10, 0, 0, 9), localPort: 5432, remotePort: 1,
+                srttMicros: 0, bytesSent: 0, bytesReceived: 0, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)],
+            cgroupPath: { _ in nil })
+        a.apply(
+            [connect(1, to: clusterIP, port: 9000), connect(2, to: server, port: 5432), connect(3, to: clusterIP, port: 80),
+             connect(4, to: clusterIP, port: 80, cgroup: 8)], cgroupPath: { _ in nil })
+        let peers = Set(a.pairs.keys.filter { $0.service == "app" }.map(\.peer))
+        // 1: the peer rule wins; 2: the local socket; 3: the resolved name; 4: another client: its address.
+        #expect(peers == ["ruled", "db", "shop/ledger", "10.96.0.15"])
     }
 }
