@@ -85,9 +85,47 @@ static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
     __builtin_memcpy(dst + 12, &addr, 4);
 }
 
+/* The per-packet test, by direct packet access (no helper call): 1 when the
+ * packet is surely not DNS on the client's side (not TCP or UDP, or not to /
+ * from a DNS port); 0 when it may be, or when its headers are not in the
+ * linear part (on_packet then reads them with bpf_skb_load_bytes). The
+ * helper-call version cost 125-141 ns per non-DNS packet (tools/bench dns). */
+static __always_inline int surely_not_dns(struct __sk_buff *skb, int egress)
+{
+    void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    __u8 *first = data;
+    if ((void *)(first + 1) > end)
+        return 0;
+    __u32 l4;
+    __u8 proto;
+    if ((*first >> 4) == 4) {
+        struct iphdr *ih = data;
+        if ((void *)(ih + 1) > end)
+            return 0;
+        proto = ih->protocol;
+        l4 = ih->ihl * 4;
+    } else if ((*first >> 4) == 6) {
+        struct ipv6hdr *ih = data;
+        if ((void *)(ih + 1) > end)
+            return 0;
+        proto = ih->nexthdr; /* extension headers: not parsed by on_packet either */
+        l4 = sizeof(*ih);
+    } else {
+        return 1;
+    }
+    if (proto != IPPROTO_UDP_ && proto != IPPROTO_TCP_)
+        return 1;
+    __u16 *ports = data + l4;
+    if ((void *)(ports + 2) > end)
+        return 0;
+    return !is_dns_port(bpf_ntohs(egress ? ports[1] : ports[0]));
+}
+
 /* One packet of a local socket. `egress`: the socket sends it. */
 static __always_inline void on_packet(struct __sk_buff *skb, int egress)
 {
+    if (surely_not_dns(skb, egress))
+        return;
     __u32 len = skb->len;
     __u8 first;
     if (bpf_skb_load_bytes(skb, 0, &first, 1) < 0)
