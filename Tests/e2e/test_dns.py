@@ -1,6 +1,6 @@
 """DNS end to end (bpf/flowmeter_dns.bpf.c on cgroup_skb of the cgroup v2
-root): a real dnsmasq in namespace A answers dig in namespace B over UDP and
-TCP; flowmeterd counts each query once per (service pair, qtype, rcode),
+root): a real dnsmasq (and, for SERVFAIL, bind9) in namespace A answers dig
+in namespace B over UDP and TCP; flowmeterd counts each query once per (service pair, qtype, rcode),
 exactly, times it in the kernel, and turns unanswered queries into
 rcode="timeout".
 
@@ -39,6 +39,33 @@ def dnsmasq(pair, tmp_path):
         assert p.poll() is None, p.stderr.read()
         return pair.run(pair.a, "ss", "-Htln", "sport = :53", check=False).stdout.strip()
     wait_for(listening, timeout=10, what="dnsmasq to listen")
+    return p
+
+
+def named(pair, tmp_path, port: int, upstream_port: int):
+    """bind9's named in A on V4_A:port, forwarding only to an upstream on
+    V4_A:upstream_port that does not answer (nothing listens there): every
+    query it gets is SERVFAIL. Runs as root (the test's directory is root's)."""
+    d = tmp_path / "named"
+    d.mkdir()
+    (d / "named.conf").write_text(f"""options {{
+    directory "{d}";
+    pid-file none;
+    listen-on port {port} {{ {V4_A}; }};
+    listen-on-v6 {{ none; }};
+    recursion yes;
+    allow-query {{ any; }};
+    allow-recursion {{ any; }};
+    forwarders {{ {V4_A} port {upstream_port}; }};
+    forward only;
+    dnssec-validation no;
+}};
+""")
+    p = pair.popen(pair.a, "named", "-g", "-c", str(d / "named.conf"))
+    def listening():
+        assert p.poll() is None, p.stderr.read()
+        return pair.run(pair.a, "ss", "-Htln", f"sport = :{port}", check=False).stdout.strip()
+    wait_for(listening, timeout=20, what="named to listen")
     return p
 
 
@@ -97,14 +124,16 @@ def settle(pair, port, want_total: int, **labels) -> fmlib.Exposition:
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_rcodes_exact(netpair, daemons, tmp_path, transport):
     """A, AAAA, SRV, NXDOMAIN (also for a name at the 253-character limit),
-    REFUSED (UDP), and an answer of 60 records (longer than the kernel copies): each
+    REFUSED (UDP), SERVFAIL (bind9 with an upstream that does not answer), and an answer of 60 records (longer than the kernel copies): each
     query counted once under its qtype and rcode, on the pair of the client's
     service and the server's."""
     pair = netpair
     tcp = transport == "tcp"
     cport = unique_port() // 40 * 40 % 50000 + 10000
-    d, port = start(pair, daemons, tmp_path, cport)
+    named_port, upstream = unique_port(), unique_port()
+    d, port = start(pair, daemons, tmp_path, cport, f",{named_port}")
     dnsmasq(pair, tmp_path)
+    named(pair, tmp_path, named_port, upstream)
     plan = [("svc.test", "A", "NOERROR")] * 3 + [("svc.test", "AAAA", "NOERROR")] * 2 + [
         ("_http._tcp.svc.test", "SRV", "NOERROR"), ("nope.test", "A", "NXDOMAIN"), ("nope2.test", "AAAA", "NXDOMAIN"),
         ("many.test", "A", "NOERROR"), (LONG, "A", "NOERROR"), ("x" + LONG[1:], "A", "NXDOMAIN")]
@@ -116,9 +145,14 @@ def test_rcodes_exact(netpair, daemons, tmp_path, transport):
         got = dig(pair, cport + i, name, qtype, tcp)
         assert got == rcode, (name, qtype, got)
         want[(qtype, rcode)] = want.get((qtype, rcode), 0) + 1
-    m = settle(pair, port, len(plan), service="dnscli", transport=transport)
+    # SERVFAIL from bind9, whose upstream does not answer (twice: A and AAAA).
+    assert dig(pair, cport + 30, "x.example", "A", tcp, server_port=named_port) == "SERVFAIL"
+    assert dig(pair, cport + 31, "y.example", "AAAA", tcp, server_port=named_port) == "SERVFAIL"
+    m = settle(pair, port, len(plan) + 2, service="dnscli", transport=transport)
     got = dns_series(m, service="dnscli", peer_service="dnssrv", transport=transport)
     assert got == {k: float(v) for k, v in want.items()}, (got, want)
+    servfail = dns_series(m, service="dnscli", peer_service="named", transport=transport)
+    assert servfail == {("A", "SERVFAIL"): 1.0, ("AAAA", "SERVFAIL"): 1.0}, servfail
     # Every answered query was timed: one latency sample each.
     count = m.value("flowmeter_dns_latency_seconds_count", service="dnscli", peer_service="dnssrv",
                     transport=transport)
@@ -127,7 +161,8 @@ def test_rcodes_exact(netpair, daemons, tmp_path, transport):
     assert lost.get("ring") == 0 and lost.get("pending_full") == 0, lost
     assert d.terminate() == 0, d.stderr
     # The flow log: one dns record per query, with its name and answers.
-    recs = [r for r in fmlib.read_flow_log(str(tmp_path / "flows.jsonl"), kind="dns") if r.get("service") == "dnscli"]
+    recs = [r for r in fmlib.read_flow_log(str(tmp_path / "flows.jsonl"), kind="dns")
+            if r.get("service") == "dnscli" and r.get("peer_service") == "dnssrv"]
     assert sorted((r["name"], r["qtype"], r["rcode"]) for r in recs) == sorted(
         (n.lower(), q, rc) for n, q, rc in plan), recs
     assert all(r["protocol"] == transport and r["peer_service"] == "dnssrv" and r["event"] == "answer"
