@@ -168,6 +168,16 @@ import Testing
         let s = a.pairs[ServicePair(service: "web", peer: "dns", transport: "udp")]?.dns
         #expect(s?.requests == [.init(qtype: "A", rcode: "NOERROR"): 2, .init(qtype: "AAAA", rcode: "timeout"): 1])
         #expect(s?.latency.count == 2)
+        // The API's view of the pair.
+        var acc = Accounting()
+        acc.dnsCounted = true
+        acc.services = a
+        let snap = APISnapshot.make(
+            acc, context: .init(host: "h", kernel: "k", version: "v", startUnixMs: 0, intervalSeconds: 1, interfaceNames: [:]),
+            nowUnixMs: 0)
+        let web = snap.services.first { $0.service == "web" && $0.peer_service == "dns" }
+        #expect(web?.dns_requests == 3 && web?.dns_errors == 1)
+        #expect(web?.dns_p50_seconds.map { $0 > 0.0002 && $0 <= 0.0025 } == true)
         // The server's socket is not who asked: nothing on dns -> web.
         #expect(a.pairs[ServicePair(service: "dns", peer: "web", transport: "udp")]?.dns.requests.isEmpty ?? true)
     }
