@@ -15,7 +15,7 @@ import time
 
 import fmlib
 import pytest
-from conftest import IF_A, V4_A, V4_B, scrape, sh, unique_port, wait_for
+from conftest import IF_A, V4_A, V4_B, V6_A, V6_B, scrape, sh, unique_port, wait_for
 
 FAMILY = "flowmeter_dns_requests_total"
 # One name per case, served by dnsmasq (--local=/test/: other names under
@@ -31,7 +31,7 @@ def dnsmasq(pair, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("".join(f"10.1.0.{i} many.test\n" for i in range(1, 61)) + f"10.1.9.9 {LONG}\n")
     p = pair.popen(pair.a, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-                   "--pid-file=", f"--listen-address={V4_A}", "--bind-interfaces", "--port=53",
+                   "--pid-file=", f"--listen-address={V4_A},{V6_A}", "--bind-interfaces", "--port=53",
                    "--local=/test/", "--host-record=svc.test,10.1.2.4,fd00::4",
                    "--srv-host=_http._tcp.svc.test,svc.test,80", "--server=/refused.test/192.0.2.1",
                    f"--addn-hosts={hosts}", "--log-facility=-")
@@ -71,7 +71,8 @@ def named(pair, tmp_path, port: int, upstream_port: int):
 
 def dig(pair, port: int, name: str, qtype: str, tcp: bool, server: str = V4_A, server_port: int = 53) -> str:
     """One query from B with source port `port`, one try; dig's status line."""
-    args = ["dig", f"@{server}", "-p", str(server_port), "-b", f"{V4_B}#{port}", "+tries=1", "+timeout=2"]
+    source = V6_B if ":" in server else V4_B
+    args = ["dig", f"@{server}", "-p", str(server_port), "-b", f"{source}#{port}", "+tries=1", "+timeout=2"]
     if tcp:
         args.append("+tcp")
     p = pair.run(pair.b, *args, name, qtype, check=False, timeout=15)
@@ -314,3 +315,27 @@ def test_peer_named_by_resolved_name(netpair, daemons, tmp_path):
         print("ledgercli transmit bytes by peer:", seen)
     assert bytes_of(m, "shop/ledger") == 300_000 and bytes_of(m, "unknown") == 200_000, seen
     assert d.terminate() == 0, d.stderr
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_ipv6(netpair, daemons, tmp_path, transport):
+    """The same over IPv6: queries counted per rcode, timed, and the flow
+    log's addresses are B's and A's IPv6 addresses."""
+    pair = netpair
+    tcp = transport == "tcp"
+    cport = unique_port() // 40 * 40 % 50000 + 10000
+    d, port = start(pair, daemons, tmp_path, cport)
+    dnsmasq(pair, tmp_path)
+    assert dig(pair, cport, "svc.test", "AAAA", tcp, server=V6_A) == "NOERROR"
+    assert dig(pair, cport + 1, "svc.test", "A", tcp, server=V6_A) == "NOERROR"
+    assert dig(pair, cport + 2, "nope.test", "A", tcp, server=V6_A) == "NXDOMAIN"
+    m = settle(pair, port, 3, service="dnscli", transport=transport)
+    assert dns_series(m, service="dnscli", peer_service="dnssrv", transport=transport) == {
+        ("AAAA", "NOERROR"): 1.0, ("A", "NOERROR"): 1.0, ("A", "NXDOMAIN"): 1.0}
+    assert m.value("flowmeter_dns_latency_seconds_count", service="dnscli", peer_service="dnssrv",
+                   transport=transport) == 3
+    assert d.terminate() == 0, d.stderr
+    recs = [r for r in fmlib.read_flow_log(str(tmp_path / "flows.jsonl"), kind="dns") if r.get("service") == "dnscli"]
+    assert len(recs) == 3 and all(r["client_addr"] == V6_B and r["server_addr"] == V6_A for r in recs), recs
+    aaaa = [r for r in recs if r["qtype"] == "AAAA"][0]
+    assert [x["address"] for x in aaaa["answers"]] == ["fd00::4"], aaaa
