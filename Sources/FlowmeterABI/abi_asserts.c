@@ -52,6 +52,17 @@ _Static_assert(offsetof(struct fm_sock_event, bytes_received) == 112, "bytes_rec
 _Static_assert(offsetof(struct fm_sock_event, retransmits) == 120, "retransmits");
 _Static_assert(offsetof(struct fm_sock_event, err) == 132, "err");
 
+_Static_assert(sizeof(struct fm_dns_key) == 40, "fm_dns_key size");
+_Static_assert(offsetof(struct fm_dns_key, cport) == 32, "dns cport");
+_Static_assert(offsetof(struct fm_dns_key, txid) == 36, "dns txid");
+_Static_assert(offsetof(struct fm_dns_key, protocol) == 38, "dns protocol");
+_Static_assert(sizeof(struct fm_dns_event) == 592, "fm_dns_event size");
+_Static_assert(offsetof(struct fm_dns_event, key) == 8, "dns key");
+_Static_assert(offsetof(struct fm_dns_event, qdcount) == 48, "dns qdcount");
+_Static_assert(offsetof(struct fm_dns_event, copied) == 54, "dns copied");
+_Static_assert(offsetof(struct fm_dns_event, ts_ns) == 56, "dns ts_ns");
+_Static_assert(offsetof(struct fm_dns_event, cgroup_id) == 72, "dns cgroup_id");
+_Static_assert(offsetof(struct fm_dns_event, payload) == 80, "dns payload");
 _Static_assert(sizeof(struct fm_drop_key) == 56, "fm_drop_key size");
 _Static_assert(offsetof(struct fm_drop_key, daddr) == 16, "drop daddr");
 _Static_assert(offsetof(struct fm_drop_key, reason) == 32, "drop reason");

@@ -45,6 +45,14 @@ public struct KernelFeatures: Sendable {
         return row.detail.hasPrefix("skb:kfree_skb via tp_btf") ? "kfree_skb (tp_btf)" : "kfree_skb (classic tracepoint)"
     }
 
+    /// How DNS is seen, as `check` prints it.
+    public var dns: String {
+        guard let row = features.first(where: { $0.name == "dns" }), row.available else {
+            return "none: DNS is not counted"
+        }
+        return "cgroup_skb on the cgroup v2 root"
+    }
+
     /// How `--socket-updates auto` gets the counters of long-lived sockets,
     /// and the fallback, as `check` prints them.
     public var socketUpdates: String {
@@ -140,6 +148,16 @@ public enum KernelProbe {
                         : "no reasons on this kernel (enum skb_drop_reason is 5.17+): every drop is reason=\"unknown\""))
         } catch {
             add("drops", false, "\((error as? BPFError)?.summary ?? "\(error)"): packet drops are not counted")
+        }
+
+        // DNS: the cgroup_skb programs, loaded and attached to the cgroup v2
+        // root and detached at once (port 53 only for the probe).
+        do {
+            let d = try DNSPrograms(ports: [53], pendingSize: 16)
+            d.detach()
+            add("dns", true, "cgroup_skb egress and ingress on the cgroup v2 root")
+        } catch {
+            add("dns", false, "\((error as? BPFError)?.summary ?? "\(error)"): DNS is not counted")
         }
 
         // Batch map operations on a scratch hash map.

@@ -72,6 +72,16 @@ public struct FileConfig: Sendable, Equatable {
     public var persist: Bool?
     /// The bpffs directory `persist` pins under (`--pin-dir`).
     public var pinDir: String?
+    /// DNS ports, comma-separated, or "off" (`--dns-ports`).
+    public var dnsPorts: String?
+    /// Age at which an unanswered DNS query counts as a timeout (`--dns-timeout`).
+    public var dnsTimeout: FlowDuration?
+    /// Keep the names clients resolve (`--dns-names`).
+    public var dnsNames: Bool?
+    /// DNS peer-naming rules, or "off" (`--dns-peer-names`).
+    public var dnsPeerNames: String?
+    /// How long past the TTL a resolved name names its address (`--dns-name-grace`).
+    public var dnsNameGrace: FlowDuration?
     /// One of `FileConfig.logLevels` (`--log-level`).
     public var logLevel: String?
     /// Rules naming the local end of a socket; the first match wins.
@@ -134,6 +144,10 @@ public struct FileConfig: Sendable, Equatable {
     // The checks of the export settings, for the flags (the same as the file's).
     public static func checkByteSize(_ s: String) throws -> Int { try Check.byteSize(s) }
     public static func checkKeep(_ n: Int) throws -> Int { try Check.keep(n) }
+    /// The DNS ports of a `dns_ports` value; empty for "off".
+    public static func dnsPortList(_ s: String) -> [UInt16] {
+        s == "off" ? [] : s.split(separator: ",").compactMap { UInt16($0.trimmingCharacters(in: .whitespaces)) }
+    }
     public static func checkHTTPURL(_ s: String) throws -> String { try Check.httpURL(s) }
     public static func checkDestination(_ s: String) throws -> String { try Check.destination(s) }
     public static func checkObservationDomain(_ n: Int) throws -> Int { try Check.observationDomain(n) }
@@ -214,6 +228,28 @@ enum Check {
             throw ValueError("must be a power of two from \(page) to 1073741824, got \(n)")
         }
         return n
+    }
+
+    /// "off", or 1 to 16 distinct ports 1 ... 65535, comma-separated.
+    static func dnsPorts(_ s: String) throws -> String {
+        let t = s.trimmingCharacters(in: .whitespaces)
+        if t == "off" { return t }
+        let parts = t.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !parts.isEmpty, parts.count <= 16 else { throw ValueError("must be 1 to 16 ports, comma-separated, or off") }
+        for p in parts {
+            guard let n = Int(p), (1...65535).contains(n) else {
+                throw ValueError("'\(p)' is not a port (1 to 65535); give ports, comma-separated, or off")
+            }
+        }
+        return parts.joined(separator: ",")
+    }
+
+    /// "off", or SUFFIX=TEMPLATE rules (DNSPeerNaming).
+    static func dnsPeerNames(_ s: String) throws -> String {
+        let t = s.trimmingCharacters(in: .whitespaces)
+        if t == "off" { return t }
+        _ = try DNSPeerNaming(parsing: t)
+        return t
     }
 
     static func keep(_ n: Int) throws -> Int {

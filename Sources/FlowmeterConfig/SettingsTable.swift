@@ -224,6 +224,38 @@ extension Setting {
         defaultText: "/sys/fs/bpf/flowmeter",
         help: "Where --persist pins maps and TCX links (on a mounted bpf filesystem); also what `flowmeterd uninstall` removes.",
         example: "/sys/fs/bpf/flowmeter", get: { $0.pinDir.map { .text($0) } }, set: { $0.pinDir = $1.text })
+    public static let dnsPorts = Setting(
+        key: "dns_ports", flag: "dns-ports", variable: "FLOWMETER_DNS_PORTS", valueName: "ports",
+        kind: .text(expected: "ports or off", check: Check.dnsPorts), defaultValue: .text("53"), defaultText: "53",
+        help:
+            "Ports whose UDP and TCP traffic local clients send and receive is parsed as DNS (comma-separated, at most 16), or off: no DNS hook (see docs/metrics.md, DNS).",
+        example: "53,5353", get: { $0.dnsPorts.map { .text($0) } }, set: { $0.dnsPorts = $1.text })
+    public static let dnsTimeout = Setting(
+        key: "dns_timeout", flag: "dns-timeout", variable: "FLOWMETER_DNS_TIMEOUT", valueName: "duration",
+        kind: .duration, defaultValue: .duration(FlowDuration(nanoseconds: 5_000_000_000)), defaultText: "5s",
+        help:
+            "A DNS query with no answer after this long counts as rcode=\"timeout\" (checked once an interval, so it shows up to one interval later); an answer after it is not counted again.",
+        example: "2s", get: { $0.dnsTimeout.map { .duration($0) } }, set: { $0.dnsTimeout = $1.duration })
+    public static let dnsNames = Setting(
+        key: "dns_names", flag: "dns-names", variable: "FLOWMETER_DNS_NAMES", valueName: "bool",
+        kind: .bool, defaultValue: .bool(true), defaultText: "on",
+        help:
+            "Keep the names clients resolve: in the flow log's dns records (the question and the answers' names) and for naming peers. Names are personal data in some places (--no-dns-names: off; the counts stay).",
+        example: "false", get: { $0.dnsNames.map { .bool($0) } }, set: { $0.dnsNames = $1.bool })
+    public static let dnsPeerNames = Setting(
+        key: "dns_peer_names", flag: "dns-peer-names", variable: "FLOWMETER_DNS_PEER_NAMES", valueName: "rules",
+        kind: .text(expected: "SUFFIX=TEMPLATE rules or off", check: Check.dnsPeerNames),
+        defaultValue: .text(DNSPeerNaming.defaultText), defaultText: DNSPeerNaming.defaultText,
+        help:
+            "How a peer no rule and no local socket names is named by what the local client resolved to its address (for the answer's TTL plus --dns-name-grace): SUFFIX=TEMPLATE rules, comma-separated, the first whose suffix a name ends with maps the labels before it ({1} the first); a name no rule matches is used whole. off: peers are not named by DNS (also with --no-dns-names). See docs/services.md.",
+        example: "svc.cluster.local={2}/{1},corp.example={1}",
+        get: { $0.dnsPeerNames.map { .text($0) } }, set: { $0.dnsPeerNames = $1.text })
+    public static let dnsNameGrace = Setting(
+        key: "dns_name_grace", flag: "dns-name-grace", variable: "FLOWMETER_DNS_NAME_GRACE", valueName: "duration",
+        kind: .duration, defaultValue: .duration(FlowDuration(nanoseconds: 30_000_000_000)), defaultText: "30s",
+        help:
+            "How long past an answer's TTL the name a client resolved still names the address (clients keep using an address a while after its TTL).",
+        example: "1m", get: { $0.dnsNameGrace.map { .duration($0) } }, set: { $0.dnsNameGrace = $1.duration })
     public static let logLevel = Setting(
         key: "log_level", flag: "log-level", variable: "FLOWMETER_LOG_LEVEL", valueName: "level",
         kind: .oneOf(FileConfig.logLevels, expected: "a log level"), defaultValue: .text("info"), defaultText: "info",
@@ -254,8 +286,8 @@ extension Setting {
     public static let all: [Setting] = [
         interfaces, excludeInterfaces, interval, metricsListen, webConfig, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
-        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, logLevel,
-        maxSeriesPerMetric, seriesExpiry, peerAddresses,
+        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout, dnsNames, dnsPeerNames, dnsNameGrace,
+        logLevel, maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]
 
     public static func byKey(_ key: String) -> Setting? { all.first { $0.key == key } }

@@ -44,10 +44,14 @@ public struct APISnapshot: Codable, Sendable, Equatable {
         /// Packets the kernel dropped of the pair's 5-tuples (all reasons);
         /// nil without the drop hook.
         public var drops: UInt64? = nil
+        /// DNS queries the pair's clients sent (counted as they ended), those
+        /// whose rcode was not NOERROR (timeouts included), and the median
+        /// latency; nil without the DNS programs.
+        public var dns_requests: UInt64? = nil, dns_errors: UInt64? = nil, dns_p50_seconds: Double? = nil
         enum CodingKeys: String, CodingKey {
             case service, peer_service, transport, tx_bytes, rx_bytes, tx_packets, rx_packets
             case connections_opened, connections_active, connections_failed, retransmits, resets_sent, resets_received
-            case rtt_p50_seconds, rtt_p99_seconds, drops
+            case rtt_p50_seconds, rtt_p99_seconds, drops, dns_requests, dns_errors, dns_p50_seconds
         }
     }
 
@@ -143,6 +147,11 @@ public struct APISnapshot: Codable, Sendable, Equatable {
                 resets_sent: s.resets[tx], resets_received: s.resets[rx],
                 rtt_p50_seconds: quantile(0.5, s.rtt), rtt_p99_seconds: quantile(0.99, s.rtt))
             if a.dropsCounted { x.drops = s.drops.values.reduce(0, +) }
+            if a.dnsCounted {
+                x.dns_requests = s.dns.requests.values.reduce(0, +)
+                x.dns_errors = s.dns.requests.filter { $0.key.rcode != "NOERROR" }.values.reduce(0, +)
+                x.dns_p50_seconds = quantile(0.5, s.dns.latency)
+            }
             return x
         }
         // Past the cap, the busiest connections (the total is in self_metrics.sockets_tracked).

@@ -93,6 +93,10 @@ public struct Accounting: Sendable {
     public private(set) var interfaceDrops: [String: [Direction: DropsByReason]] = [:]
     /// Whether the drop program runs (the drop metrics are shown only then).
     public var dropsCounted = false
+    /// Whether the DNS program runs (the DNS metrics are shown only then).
+    public var dnsCounted = false
+    /// DNS messages and queries counted nowhere (flowmeter_dns_lost_total).
+    public var dnsLost = DNSLost()
     /// Drops neither kernel drop table had room for (counted nowhere else).
     public var dropsLost: UInt64 = 0
     /// Per service pair state, when socket telemetry runs.

@@ -94,6 +94,8 @@ public struct PairStats: Sendable, Equatable {
     public var rtt = Histogram()
     /// Packets the kernel dropped, by reason (the drop program).
     public var drops: [String: UInt64] = [:]
+    /// DNS queries local clients of the pair's service sent to the peer (the DNS program).
+    public var dns = DNSStats()
     /// CLOCK_MONOTONIC of the last record that touched the pair.
     public var lastActiveNanos: UInt64 = 0
 
@@ -240,12 +242,19 @@ public struct ServiceAggregator: Sendable {
             address: e.localAddress, port: e.localPort)
     }
 
-    private func peerService(proto: UInt8, address: IPAddress16, port: UInt16) -> String {
+    /// The peer's name. The order (docs/services.md, "Naming peers"): peer
+    /// rules, then a local socket on the address and port, then the name the
+    /// local client (`cgroup`, of a socket record at `now`) resolved to the
+    /// address, then the address (with `peerAddresses`) or "unknown".
+    private func peerService(proto: UInt8, address: IPAddress16, port: UInt16, cgroup: UInt64? = nil, now: UInt64 = 0) -> String {
         if let name = resolver.peerService(address: address, port: port) { return name }
         if address != .zero && !(address.isV4Mapped && address.lo & 0xFFFF_FFFF == 0) {
             if let known = endpoints[Endpoint(proto: proto, address: address, port: port)] { return known.service }
             let any = address.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
             if let known = endpoints[Endpoint(proto: proto, address: any, port: port)] { return known.service }
+            if let naming = dnsNaming, let cgroup, let name = dnsNames.name(cgroup: cgroup, address: address, now: now) {
+                return naming.peerName(name)
+            }
             if limits.peerAddresses { return address.description }
         }
         return "unknown"
@@ -280,7 +289,9 @@ public struct ServiceAggregator: Sendable {
         return admit(
             ServicePair(
                 service: localService(e, cgroupPath: cgroupPath),
-                peer: peerService(proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort),
+                peer: peerService(
+                    proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort, cgroup: e.owner?.cgroupID,
+                    now: e.timestampNanos),
                 transport: transport))
     }
 
@@ -523,6 +534,63 @@ public struct ServiceAggregator: Sendable {
         return nil
     }
 
+    // MARK: DNS
+
+    /// Names local clients resolved (peer naming); nil `dnsNaming`: off.
+    public private(set) var dnsNames = DNSNameCache()
+    public private(set) var dnsNaming: DNSPeerNaming?
+
+    /// Names peers by what local clients resolved from now on.
+    public mutating func nameByDNS(_ naming: DNSPeerNaming, graceNanos: UInt64, capacity: Int = 65536) {
+        dnsNaming = naming
+        dnsNames = DNSNameCache(capacity: capacity, graceNanos: graceNanos)
+    }
+
+    /// Learns the names of answered queries, before the socket records of
+    /// the same pass: a client connects right after its answer.
+    public mutating func learn(dns outcomes: [DNSOutcome]) {
+        guard dnsNaming != nil else { return }
+        for o in outcomes where o.latency != nil { dnsNames.learn(o) }
+    }
+
+    /// Counts each query once, as it ended (answered, or timed out), on the
+    /// pair of the client's socket and the server.
+    /// Returns the pair each was counted under.
+    @discardableResult
+    public mutating func apply(dns outcomes: [DNSOutcome]) -> [ServicePair?] {
+        var out: [ServicePair?] = []
+        for o in outcomes {
+            guard let transport = Self.transport(o.key.ipProtocol) else { out.append(nil); continue }
+            let p = admit(
+                ServicePair(
+                    service: clientService(o.key) ?? "unknown",
+                    peer: peerService(proto: o.key.ipProtocol, address: o.key.server, port: o.key.serverPort),
+                    transport: transport))
+            out.append(p)
+            guard var stats = pairs[p] else { continue }
+            stats.dns.requests[DNSStats.Labels(qtype: o.qtype, rcode: o.rcode), default: 0] += 1
+            if let l = o.latency { stats.dns.latency.observe(l) }
+            stats.lastActiveNanos = max(stats.lastActiveNanos, o.timestampNanos)
+            pairs[p] = stats
+        }
+        return out
+    }
+
+    /// The service of the local client that sent a query: its socket's
+    /// (connected, else unconnected), else its endpoint's. Only the
+    /// client's end is looked at: the server may be local too, and its
+    /// socket is not who asked.
+    func clientService(_ k: DNSQueryKey) -> String? {
+        let t = Tuple(proto: k.ipProtocol, local: k.client, localPort: k.clientPort, remote: k.server, remotePort: k.serverPort)
+        if let p = tuples[t]?.pair { return p.service }
+        if let p = tuples[Tuple(proto: k.ipProtocol, local: k.client, localPort: k.clientPort, remote: .zero, remotePort: 0)]?.pair {
+            return p.service
+        }
+        let any = k.client.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
+        return (endpoints[Endpoint(proto: k.ipProtocol, address: k.client, port: k.clientPort)]
+            ?? endpoints[Endpoint(proto: k.ipProtocol, address: any, port: k.clientPort)])?.service
+    }
+
     /// A scrape has rendered every current pair: from now on with their counts.
     public mutating func markExposed(_ seen: Set<ServicePair>) {
         unexposed.subtract(seen)
@@ -555,6 +623,7 @@ public struct ServiceAggregator: Sendable {
         for (t, v) in tuples {
             if let closed = v.closedAt, now > closed, now - closed >= joinGrace { tuples[t] = nil }
         }
+        dnsNames.expire(now: now)
         tuples.shrinkIfSparse()
         endpoints.shrinkIfSparse()
         sockets.shrinkIfSparse()

@@ -26,6 +26,11 @@ public enum FlowLogEncoder {
         line(FlowLogRecord.Connection(e, cgroupPath: cgroupPath, clock: clock))
     }
 
+    /// One DNS record: a query that ended (schema in docs/flow-log.md).
+    public static func encodeDNS(_ o: DNSOutcome, pair: ServicePair?, clock: ClockMapping) -> String {
+        line(FlowLogRecord.DNS(o, pair: pair, clock: clock))
+    }
+
     /// A record has only strings, integers and a fixed-point number: nothing
     /// that JSON cannot carry, so encoding cannot fail.
     static func line<T: Encodable>(_ record: T) -> String {
@@ -213,6 +218,79 @@ public enum FlowLogRecord {
                 errorNumber = e.error
             case .open:
                 break
+            }
+        }
+    }
+}
+
+extension FlowLogRecord {
+    /// A DNS query a local client sent, as it ended: answered, or timed out.
+    public struct DNS: Encodable, Sendable, Equatable {
+        public struct Answer: Encodable, Sendable, Equatable {
+            /// The owner name (absent with names off).
+            public var name: String?
+            public var type: String
+            public var ttl: UInt32
+            /// A, AAAA.
+            public var address: String?
+            /// CNAME (absent with names off).
+            public var target: String?
+        }
+        public var version = FlowLogEncoder.schemaVersion
+        public var type = "dns"
+        /// "answer" or "timeout".
+        public var event: String
+        public var time: String
+        public var protocolName: String
+        public var clientAddr: String
+        public var clientPort: UInt16
+        public var serverAddr: String
+        public var serverPort: UInt16
+        public var service: String?
+        public var peerService: String?
+        public var id: UInt16
+        /// The question's name; absent with names off (--no-dns-names).
+        public var name: String?
+        public var qtype: String
+        public var rcode: String
+        /// Query to answer, milliseconds, three decimals.
+        public var latencyMillis: WireJSON.Fragment?
+        /// The header's answer count.
+        public var answerCount: UInt16?
+        public var answers: [Answer]?
+        /// The kernel's copy ended before the message did: `answers` may lack some.
+        public var truncated: Bool?
+
+        enum CodingKeys: String, CodingKey {
+            case version, type, event, time, protocolName = "protocol"
+            case clientAddr = "client_addr", clientPort = "client_port", serverAddr = "server_addr", serverPort = "server_port"
+            case service, peerService = "peer_service", id, name, qtype, rcode, latencyMillis = "latency_ms"
+            case answerCount = "answer_count", answers, truncated
+        }
+
+        public init(_ o: DNSOutcome, pair: ServicePair?, clock: ClockMapping) {
+            event = o.rcode == DNSNames.timeout ? "timeout" : "answer"
+            time = rfc3339(nanosSinceEpoch: clock.wallNanos(monotonic: o.timestampNanos))
+            protocolName = o.key.ipProtocol == 6 ? "tcp" : "udp"
+            clientAddr = o.key.client.description
+            clientPort = o.key.clientPort
+            serverAddr = o.key.server.description
+            serverPort = o.key.serverPort
+            service = pair?.service
+            peerService = pair?.peer
+            id = o.key.txid
+            name = o.name
+            qtype = o.qtype
+            rcode = o.rcode
+            if let l = o.latency {
+                latencyMillis = .fixed(l * 1e3, decimals: 3)
+                answerCount = o.answerCount
+                answers = o.answers.map {
+                    Answer(
+                        name: $0.name.isEmpty ? nil : $0.name, type: DNSNames.qtype($0.type), ttl: $0.ttl,
+                        address: $0.address?.description, target: $0.target)
+                }
+                truncated = o.truncated
             }
         }
     }

@@ -212,12 +212,31 @@ public enum MetricCatalog {
         name: "flowmeter_tcp_rtt_seconds", kind: .histogram,
         help: "Smoothed RTT of TCP connections per service pair: one sample per connection update and one at close.")
 
+    public static let dnsRequests = Exposition.Family(
+        name: "flowmeter_dns_requests_total", kind: .counter,
+        help:
+            "DNS queries local clients sent per service pair (client's service, server), counted once each as it ended: by the question's type and the answer's rcode, or rcode=\"timeout\" when no answer came within --dns-timeout."
+    )
+    public static let dnsLatency = Exposition.Family(
+        name: "flowmeter_dns_latency_seconds", kind: .histogram,
+        help: "Seconds from a DNS query to its answer per service pair, timed in the kernel (answered queries only).")
+    public static let dnsLost = Exposition.Family(
+        name: "flowmeter_dns_lost_total", kind: .counter,
+        help:
+            "DNS messages and queries not counted, by reason: ring (the DNS ring had no room), pending_full (the kernel's pending-query table was full: its answer cannot be matched), evicted (flowmeterd's table of waiting queries was full), unmatched (an answer to no waiting query: after its timeout, or to a query sent before the start)."
+    )
+
+    public static let dnsNamesEvicted = Exposition.Family(
+        name: "flowmeter_dns_names_evicted_total", kind: .counter,
+        help:
+            "Resolved names the DNS name cache (which name each local client resolved to each address, for peer naming) let go of before they expired, because it was full.")
+
     public static let all = [
         interfaceBytes, interfacePackets, interfaceDrops, dropsLost, ringLost, flowTableEntries, insertFailures,
         records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
         exportRecords, exportLastSuccess, exportQueue,
         networkBytes, networkPackets, packetDrops, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
-        tcpResets, tcpRTT,
+        tcpResets, tcpRTT, dnsRequests, dnsLatency, dnsLost, dnsNamesEvicted,
     ]
 }
 
@@ -301,11 +320,19 @@ public enum MetricsRenderer {
             })
         add(MetricCatalog.exportQueue, exporters.map { ([("exporter", $0)], Double(a.exports[$0]!.queueLength)) })
         add(MetricCatalog.exportLastSuccess, exporters.map { ([("exporter", $0)], a.exports[$0]!.lastSuccessUnixSeconds) })
-        if let agg = a.services { out += services(agg, drops: a.dropsCounted) }
+        if a.dnsCounted {
+            let l = a.dnsLost
+            add(
+                MetricCatalog.dnsLost,
+                [("ring", l.ring), ("pending_full", l.pendingFull), ("evicted", l.evicted), ("unmatched", l.unmatched)]
+                    .map { ([("reason", $0.0)], Double($0.1)) })
+            add(MetricCatalog.dnsNamesEvicted, [([], Double(a.services?.dnsNames.evicted ?? 0))])
+        }
+        if let agg = a.services { out += services(agg, drops: a.dropsCounted, dns: a.dnsCounted) }
         return out
     }
 
-    static func services(_ agg: ServiceAggregator, drops: Bool = false) -> [MetricFamilyData] {
+    static func services(_ agg: ServiceAggregator, drops: Bool = false, dns: Bool = false) -> [MetricFamilyData] {
         var out: [MetricFamilyData] = []
         func add(_ f: Exposition.Family, _ samples: Samples) { out.append(numbers(f, samples)) }
         let sorted: [(key: ServicePair, value: PairStats)] = agg.pairs.sorted { $0.key < $1.key }
@@ -363,6 +390,25 @@ public enum MetricsRenderer {
                         labels: base(p),
                         value: .histogram(.init(bounds: s.rtt.bounds, counts: s.rtt.counts, sum: s.rtt.sum, count: s.rtt.count)))
                 }))
+        if dns {
+            // The label sets from the counts, the values as exposed (zero until a scrape saw the pair).
+            let asked = sorted.filter { !$0.value.dns.requests.isEmpty }.map { ($0.key, agg.exposed($0.key, $0.value), $0.value) }
+            add(
+                MetricCatalog.dnsRequests,
+                asked.flatMap { p, shown, raw in
+                    raw.dns.requests.keys.sorted().map {
+                        (base(p) + [("qtype", $0.qtype), ("rcode", $0.rcode)], Double(shown.dns.requests[$0] ?? 0))
+                    }
+                })
+            let lat = MetricCatalog.dnsLatency
+            out.append(
+                MetricFamilyData(
+                    name: lat.name, kind: lat.kind, help: lat.help,
+                    series: asked.map { p, s, _ in
+                        let h = s.dns.latency
+                        return .init(labels: base(p), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count)))
+                    }))
+        }
         return out
     }
 }

@@ -57,3 +57,17 @@ public protocol DropKernel: AnyObject, Sendable {
     /// Detaches the hook: nothing more is counted.
     func detach()
 }
+
+/// The DNS programs (optional: a kernel that refuses them loses DNS only).
+public protocol DNSKernel: AnyObject, Sendable {
+    func startRing()
+    func stopRing()
+    /// The DNS messages since the last take, in ring order.
+    func take() -> [DNSEvent]
+    /// Removes timed-out queries from the kernel's pending table.
+    func forget(_ keys: [DNSQueryKey])
+    /// Records the ring had no room for; queries the pending table had no room for (cumulative).
+    func lost() throws -> (ring: UInt64, pendingFull: UInt64)
+    /// Detaches the programs.
+    func detach()
+}

@@ -47,6 +47,8 @@ public final class Pipeline: Sendable {
     public let sockets: SocketKernel?
     /// The drop program, when the kernel took it.
     public let drops: DropKernel?
+    /// The DNS programs, when the kernel took them.
+    public let dns: DNSKernel?
     public let sinks: [Sink]
     /// What the pulled endpoints read.
     public let accounting: SharedAccounting
@@ -74,15 +76,24 @@ public final class Pipeline: Sendable {
         /// Per sink: passes whose consume threw, and the last error logged.
         var sinkFailures: [String: UInt64] = [:]
         var sinkLastError: [String: String] = [:]
+        /// Queries waiting for their answer (empty without the DNS programs).
+        var dns = DNSTracker(timeoutNanos: 5_000_000_000)
+        /// DNS outcomes of the last interval, counted at this one: the
+        /// client's socket record comes through another ring and may reach
+        /// the daemon a pass after its query's.
+        var dnsDeferred: [DNSOutcome] = []
     }
     private let state = Mutex(State())
 
     public init(
-        flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, sinks: [Sink], accounting: SharedAccounting,
+        flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, dns: DNSKernel? = nil,
+        dnsTimeout: FlowDuration = FlowDuration(nanoseconds: 5_000_000_000), dnsNames: Bool = true, sinks: [Sink], accounting: SharedAccounting,
         names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
         interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
     ) {
-        self.flows = flows; self.sockets = sockets; self.drops = drops; self.sinks = sinks; self.accounting = accounting
+        self.flows = flows; self.sockets = sockets; self.drops = drops; self.dns = dns; self.sinks = sinks
+        self.accounting = accounting
+        state.withLock { $0.dns = DNSTracker(timeoutNanos: dnsTimeout.nanoseconds, keepNames: dnsNames) }
         self.names = names; self.cgroupPath = cgroupPath; self.interval = interval; self.logger = logger
         self.clock = clock
         accounting.update { a in for s in sinks { a.exports[s.name] = s.stats } }
@@ -100,6 +111,7 @@ public final class Pipeline: Sendable {
     public func run() async {
         flows.startRing()
         sockets?.startRing()
+        dns?.startRing()
         var next = clock.monotonic() + interval.nanoseconds
         while !Task.isCancelled {
             let now = clock.monotonic()
@@ -124,9 +136,11 @@ public final class Pipeline: Sendable {
         flows.detach()
         sockets?.detach()
         drops?.detach()
+        dns?.detach()
         accounting.update { $0.readiness.attachment = .detached }
         flows.stopRing()
         sockets?.stopRing()
+        dns?.stopRing()
         pass(.final)
         for s in sinks { s.stop() }
         publishSinkStats()
@@ -216,6 +230,10 @@ public final class Pipeline: Sendable {
                 logger.error("socket updates failed", metadata: ["error": "\(error)"])
             }
         }
+        // DNS before the socket records: a connection opened right after its
+        // answer is then named by it (the kernel wakes the DNS reader for each
+        // record, so the answer is in).
+        let dnsEvents = dns?.take() ?? []
         let ringEvents = sockets?.takeEvents() ?? []
         let events = st.connections.apply(ringEvents, updates)
         let lostCloses = pass == .interval ? sweepLostCloses(&st) : []
@@ -244,18 +262,52 @@ public final class Pipeline: Sendable {
             }
         }
         let ownNetns = drops?.ownNetns ?? 0
+        // DNS: the messages of this pass end queries; the timeouts once an
+        // interval. Counted a pass late (see State.dnsDeferred), all at the end.
+        var dnsReady: [DNSOutcome] = []
+        var dnsLearned: [DNSOutcome] = []
+        var dnsLost: DNSLost?
+        if let dns {
+            let fresh = st.dns.take(dnsEvents)
+            dnsLearned = fresh
+            if pass != .early {
+                var timedOut = st.dns.sweep(now: clock.monotonic())
+                if pass == .final { timedOut = [] }
+                dns.forget(timedOut.map(\.key))
+                dnsReady = st.dnsDeferred
+                st.dnsDeferred = fresh + timedOut
+                if pass == .final {
+                    dnsReady += st.dnsDeferred
+                    st.dnsDeferred = []
+                }
+            } else {
+                st.dnsDeferred += fresh
+            }
+            var l = DNSLost()
+            if let k = try? dns.lost() { l.ring = k.ring; l.pendingFull = k.pendingFull }
+            l.evicted = st.dns.evicted
+            l.unmatched = st.dns.unmatched
+            dnsLost = l
+        }
         let activeConnections = pass != .early ? Array(st.connections.active.values) : nil
         var earlyFlows = st.earlyFlows
+        var dnsPairs: [ServicePair?] = []
         accounting.update { a in
             if pass != .early { a.setFlowTableEntries(entries) }
             if let counters { a.kernel = counters }
-            // Sockets first: a flow of a connection opened in this pass then finds its socket.
+            // Names clients resolved first, then sockets: a connection
+            // opened after its answer is named by it; a flow of a connection
+            // opened in this pass then finds its socket.
+            a.services?.learn(dns: dnsLearned)
             a.services?.apply(events, cgroupPath: { paths[$0] })
             a.services?.apply(lostCloses, cgroupPath: { paths[$0] })
             entryPairs = a.count(flows: table, names: names, now: now)
             // After the sockets and flows: a drop finds the socket of its 5-tuple.
             a.count(drops: dropSamples, names: names, ownNetns: ownNetns, now: now)
             if let dropsLost { a.dropsLost = dropsLost }
+            let pairs = a.services?.apply(dns: dnsReady) ?? []
+            dnsPairs = pairs.count == dnsReady.count ? pairs : Array(repeating: nil, count: dnsReady.count)
+            if let dnsLost { a.dnsLost = dnsLost }
             // The API lists this interval's flows, the largest first past its cap.
             let listed = Accounting.largestFlows(earlyFlows, batch, pair: { i in entryPairs.isEmpty ? nil : entryPairs[flowEntry(i)] })
             if pass == .early {
@@ -281,7 +333,7 @@ public final class Pipeline: Sendable {
         let shared = accounting
         return TickOutput(
             pass: pass, flows: batch, flowPairs: pairs, flowDrops: Accounting.dropsByFlow(dropSamples, ownNetns: ownNetns),
-            events: events, cgroupPaths: paths,
+            events: events, dns: Array(zip(dnsReady, dnsPairs)).map { (outcome: $0.0, pair: $0.1) }, cgroupPaths: paths,
             interfaceNames: names, clock: clock.mapping(), accounting: { shared.snapshot() })
     }
 

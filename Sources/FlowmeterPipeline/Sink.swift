@@ -13,6 +13,9 @@ public struct TickOutput: Sendable {
     public let flowDrops: [FlowKey: DropsByReason]
     /// Socket records applied to the connection table, in kernel time order.
     public let events: [SocketEvent]
+    /// DNS queries that ended this pass (answered or timed out), with the
+    /// service pair each was counted under. Empty without the DNS programs.
+    public let dns: [(outcome: DNSOutcome, pair: ServicePair?)]
     /// Cgroup paths of the events' owners, by cgroup id.
     public let cgroupPaths: [UInt64: String]
     /// Interface names by ifindex, as of this pass.
@@ -25,11 +28,12 @@ public struct TickOutput: Sendable {
 
     public init(
         pass: Pass, flows: [FlowRecord], flowPairs: [ServicePair?], flowDrops: [FlowKey: DropsByReason] = [:],
-        events: [SocketEvent],
+        events: [SocketEvent], dns: [(outcome: DNSOutcome, pair: ServicePair?)] = [],
         cgroupPaths: [UInt64: String], interfaceNames: [UInt32: String], clock: ClockMapping,
         accounting: @escaping @Sendable () -> Accounting
     ) {
         self.pass = pass; self.flows = flows; self.flowPairs = flowPairs; self.flowDrops = flowDrops; self.events = events
+        self.dns = dns
         self.cgroupPaths = cgroupPaths; self.interfaceNames = interfaceNames; self.clock = clock
         self.accounting = accounting
     }

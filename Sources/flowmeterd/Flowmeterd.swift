@@ -140,6 +140,23 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong(Setting.pinDir.flag), help: Setting.pinDir.argumentHelp, transform: Setting.pinDir.flagValue)
     var pinDir: SettingValue?
 
+    @Option(name: .customLong(Setting.dnsPorts.flag), help: Setting.dnsPorts.argumentHelp, transform: Setting.dnsPorts.flagValue)
+    var dnsPorts: SettingValue?
+
+    @Option(name: .customLong(Setting.dnsTimeout.flag), help: Setting.dnsTimeout.argumentHelp, transform: Setting.dnsTimeout.flagValue)
+    var dnsTimeout: SettingValue?
+
+    @Flag(name: .customLong(Setting.dnsNames.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.dnsNames.flagHelp))
+    var dnsNames: Bool?
+
+    @Option(
+        name: .customLong(Setting.dnsPeerNames.flag), help: Setting.dnsPeerNames.argumentHelp, transform: Setting.dnsPeerNames.flagValue)
+    var dnsPeerNames: SettingValue?
+
+    @Option(
+        name: .customLong(Setting.dnsNameGrace.flag), help: Setting.dnsNameGrace.argumentHelp, transform: Setting.dnsNameGrace.flagValue)
+    var dnsNameGrace: SettingValue?
+
     @Option(name: .customLong(Setting.logLevel.flag), help: Setting.logLevel.argumentHelp, transform: Setting.logLevel.flagValue)
     var logLevel: SettingValue?
 
@@ -182,6 +199,11 @@ struct Run: AsyncParsableCommand {
             (.stateDir, stateDir),
             (.persist, persist.map { .bool($0) }),
             (.pinDir, pinDir),
+            (.dnsPorts, dnsPorts),
+            (.dnsTimeout, dnsTimeout),
+            (.dnsNames, dnsNames.map { .bool($0) }),
+            (.dnsPeerNames, dnsPeerNames),
+            (.dnsNameGrace, dnsNameGrace),
             (.logLevel, logLevel),
             (.maxSeriesPerMetric, maxSeriesPerMetric),
             (.seriesExpiry, seriesExpiry),
@@ -296,6 +318,7 @@ struct Check: AsyncParsableCommand {
         print("  " + pad("socket hooks", w - 2) + f.socketRung)
         print("  " + pad("socket updates", w - 2) + f.socketUpdates)
         print("  " + pad("packet drops", w - 2) + f.drops)
+        print("  " + pad("dns", w - 2) + f.dns)
         let missing = f.missingMinimum
         if !missing.isEmpty {
             print("")

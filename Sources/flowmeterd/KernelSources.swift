@@ -111,3 +111,24 @@ final class DropKernelProgram: DropKernel {
 
     func detach() { programs.detach() }
 }
+
+/// The DNS programs and their ring.
+final class DNSKernelProgram: DNSKernel {
+    let programs: DNSPrograms
+    let events: RingReader<DNSEvent>
+
+    init(programs: DNSPrograms) throws {
+        self.programs = programs
+        events = try programs.reader()
+    }
+
+    func startRing() { events.start() }
+    func stopRing() { events.stop() }
+    func take() -> [DNSEvent] { events.take().records }
+    func forget(_ keys: [DNSQueryKey]) { programs.forget(keys) }
+    func lost() throws -> (ring: UInt64, pendingFull: UInt64) {
+        let c = try programs.readCounters()
+        return (c.ringLost, c.pendingFull)
+    }
+    func detach() { programs.detach() }
+}

@@ -54,6 +54,13 @@ struct Startup {
         let logLevel: Logger.Level
         let apiSocket: String
         let otlpQueueSize: Int
+        /// The DNS ports (empty: `--dns-ports off`).
+        let dnsPorts: [UInt16]
+        let dnsTimeout: FlowDuration
+        let dnsNames: Bool
+        /// How peers are named by resolved names; nil: not.
+        let dnsPeerNaming: DNSPeerNaming?
+        let dnsNameGrace: FlowDuration
 
         /// `layered` with the defaults of `Setting.all` where no layer says.
         init(_ layered: FileConfig, configPath: String?, flags: FileConfig) {
@@ -75,6 +82,11 @@ struct Startup {
             logLevel = Logger.Level(rawValue: s.logLevel!) ?? .info
             apiSocket = s.apiSocket!
             otlpQueueSize = s.otlpQueueSize!
+            dnsPorts = FileConfig.dnsPortList(s.dnsPorts!)
+            dnsTimeout = s.dnsTimeout!
+            dnsNames = s.dnsNames!
+            dnsNameGrace = s.dnsNameGrace!
+            dnsPeerNaming = s.dnsNames! && s.dnsPeerNames! != "off" ? try? DNSPeerNaming(parsing: s.dnsPeerNames!) : nil
         }
     }
 
@@ -153,6 +165,7 @@ struct Startup {
         let ring = try FlowsRing(ringFD: program.flowsRingFD)
         let sockets = try socketPrograms()
         let drops = dropPrograms()
+        let dns = dnsPrograms()
         releaseLoaderMemory()
 
         let shared = SharedAccounting()
@@ -163,7 +176,9 @@ struct Startup {
             $0.hooks =
                 [HookMode(hook: "tc", mode: tc)] + (sockets?.modes ?? [])
                 + (drops.map { [HookMode(hook: "drops", mode: $0.mode.rawValue)] } ?? [])
+                + (dns != nil ? [HookMode(hook: "dns", mode: "cgroup_skb")] : [])
             $0.dropsCounted = drops != nil
+            $0.dnsCounted = dns != nil && sockets != nil
             $0.socketTelemetry = sockets != nil
             // tc on every chosen interface, the socket hooks on their rung.
             $0.readiness.attachment = .attached
@@ -171,6 +186,9 @@ struct Startup {
                 $0.services = ServiceAggregator(
                     resolver: ServiceResolver(rules: file.services ?? [], peers: file.peers ?? []),
                     limits: file.limits)
+                if dns != nil, let naming = s.dnsPeerNaming {
+                    $0.services?.nameByDNS(naming, graceNanos: s.dnsNameGrace.nanoseconds)
+                }
             }
         }
         let reloader = signalReloader(writer: writer, shared: shared, security: security)
@@ -181,6 +199,7 @@ struct Startup {
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
             sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
             drops: drops.map { DropKernelProgram(programs: $0) },
+            dns: try dns.map { try DNSKernelProgram(programs: $0) }, dnsTimeout: s.dnsTimeout, dnsNames: s.dnsNames,
             sinks: try sinks(writer: writer), accounting: shared, names: names,
             cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
             interval: s.interval, logger: logger)
@@ -270,6 +289,22 @@ struct Startup {
         } catch {
             let line = (error as? BPFError)?.summary ?? "\(error)"
             logger.warning("packet drops are not counted: \(line)")
+            return nil
+        }
+    }
+
+    /// The DNS programs, or nil (`--dns-ports off`, or refused): optional
+    /// like every hook, so a kernel or host that refuses them loses DNS only
+    /// (one warning line).
+    func dnsPrograms() -> DNSPrograms? {
+        guard !settings.dnsPorts.isEmpty else { return nil }
+        do {
+            let d = try DNSPrograms(ports: settings.dnsPorts)
+            logger.info("DNS hook attached", metadata: ["ports": "\(settings.dnsPorts.map(String.init).joined(separator: ","))"])
+            return d
+        } catch {
+            let line = (error as? BPFError)?.summary ?? "\(error)"
+            logger.warning("DNS is not counted: \(line)")
             return nil
         }
     }

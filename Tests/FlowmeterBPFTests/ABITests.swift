@@ -126,6 +126,21 @@ import Testing
         #expect(ABI.sockEventSize == 136)
     }
 
+    /// The DNS program's key and record (bpf/flowmeter_dns.bpf.c), as Swift imports them.
+    @Test func dnsSizesAndOffsets() {
+        #expect(MemoryLayout<fm_dns_key>.size == 40)
+        #expect(MemoryLayout<fm_dns_key>.offset(of: \.cport) == 32)
+        #expect(MemoryLayout<fm_dns_key>.offset(of: \.txid) == 36)
+        #expect(MemoryLayout<fm_dns_key>.offset(of: \.protocol) == 38)
+        #expect(MemoryLayout<fm_dns_event>.size == 592)
+        #expect(MemoryLayout<fm_dns_event>.offset(of: \.key) == 8)
+        #expect(MemoryLayout<fm_dns_event>.offset(of: \.qdcount) == 48)
+        #expect(MemoryLayout<fm_dns_event>.offset(of: \.copied) == 54)
+        #expect(MemoryLayout<fm_dns_event>.offset(of: \.ts_ns) == 56)
+        #expect(MemoryLayout<fm_dns_event>.offset(of: \.cgroup_id) == 72)
+        #expect(MemoryLayout<fm_dns_event>.offset(of: \.payload) == 80)
+    }
+
     /// The drop program's key (bpf/flowmeter_drops.bpf.c), as Swift imports it.
     @Test func dropKeySizesAndOffsets() {
         #expect(MemoryLayout<fm_drop_key>.size == 56)

@@ -27,6 +27,7 @@ import Testing
         a.kernel.flowsRingLost = 7
         a.socketTelemetry = true
         a.dropsCounted = true
+        a.dnsCounted = true
         a.services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: .defaults)
         let text = MetricsRenderer.render(a, version: "9.9.9")
         for f in MetricCatalog.all {

@@ -305,8 +305,8 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
 
 def read_flow_log(path: str, kind: str | None = "flow") -> list[dict]:
-    """The records of one type ("flow" or "connection"; None: all). Every line
-    must be JSON with a known type."""
+    """The records of one type ("flow", "connection" or "dns"; None: all).
+    Every line must be JSON with a known type."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -316,7 +316,7 @@ def read_flow_log(path: str, kind: str | None = "flow") -> list[dict]:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
                 raise AssertionError(f"{path}:{n}: not JSON ({e}): {line!r}") from None
-            if r.get("type") not in ("flow", "connection"):
+            if r.get("type") not in ("flow", "connection", "dns"):
                 raise AssertionError(f"{path}:{n}: unknown record type: {line!r}")
             if kind is None or r["type"] == kind:
                 out.append(r)

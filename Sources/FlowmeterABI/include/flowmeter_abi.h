@@ -289,6 +289,78 @@ enum fm_drop_stat {
 #define FM_DROP_TABLE_SIZE 16384
 #define FM_DROP_OVERFLOW_TABLE_SIZE 4096
 
+
+/* ---- DNS (bpf/flowmeter_dns.bpf.c) ---- */
+
+/* Bytes of a DNS message each record carries at most: enough for the
+ * question of any name (255 bytes of name, 4 of type and class, 12 of
+ * header) and the first answers; the rest is left out and the record says
+ * so (FM_DNS_TRUNCATED). */
+#define FM_DNS_COPY_BYTES 512
+/* Entries of the "fm_dns_ports" array: one per port number. */
+#define FM_DNS_PORT_SLOTS 65536
+/* Default number of queries waiting for their answer at once ("fm_dns_pending"). */
+#define FM_DNS_PENDING_SIZE 16384
+/* Default size of the "fm_dns_events" ring in bytes (power of two, page multiple). */
+#define FM_DNS_RING_BYTES 1048576
+
+/* Kinds of DNS record. */
+enum fm_dns_kind {
+    FM_DNS_QUERY = 1,    /* a local client sent a query (QR 0) */
+    FM_DNS_RESPONSE = 2, /* a local client received a response (QR 1) */
+};
+
+/* fm_dns_event.flags bits. */
+enum fm_dns_flags {
+    FM_DNS_TRUNCATED = 1,   /* the message is longer than what `payload` holds
+                             * (FM_DNS_COPY_BYTES, or less of it was in the packet) */
+    FM_DNS_MATCHED = 2,     /* RESPONSE: its query was pending; latency_ns is set */
+    FM_DNS_NOT_TRACKED = 4, /* QUERY: "fm_dns_pending" was full: its answer cannot
+                             * be matched (counted in FM_DNS_STAT_PENDING_FULL) */
+    FM_DNS_REPEATED = 8,    /* QUERY: the same (flow, id) was already pending (a
+                             * retransmission): timed from the first */
+};
+
+/* Key of "fm_dns_pending": one query, from the client's side. 40 bytes. */
+struct fm_dns_key {
+    __u8 client[16]; /* the local client's address, network order, IPv4 v4-mapped */
+    __u8 server[16]; /* the server's address, same encoding */
+    __u16 cport;     /* the client's port, host order */
+    __u16 sport;     /* the server's port, host order */
+    __u16 txid;      /* the DNS transaction id, host order */
+    __u8 protocol;   /* IP protocol: 6 (TCP) or 17 (UDP) */
+    __u8 _pad;       /* explicit padding, always zero */
+};
+
+/* Record in the "fm_dns_events" ring: one DNS message a local client sent
+ * or received. 592 bytes. */
+struct fm_dns_event {
+    __u16 version;      /* FM_ABI_VERSION */
+    __u16 kind;         /* enum fm_dns_kind */
+    __u8 family;        /* enum fm_family */
+    __u8 flags;         /* enum fm_dns_flags bits */
+    __u8 rcode;         /* RESPONSE: the header's RCODE (low 4 bits of byte 3) */
+    __u8 _pad;          /* explicit padding, always zero */
+    struct fm_dns_key key; /* the flow and transaction id */
+    __u16 qdcount;      /* header: questions */
+    __u16 ancount;      /* header: answers */
+    __u16 length;       /* the whole DNS message's length (UDP: the datagram's
+                         * payload; TCP: the two-byte length prefix) */
+    __u16 copied;       /* bytes of it in `payload` (at most FM_DNS_COPY_BYTES) */
+    __u64 ts_ns;        /* CLOCK_MONOTONIC when the program saw it */
+    __u64 latency_ns;   /* RESPONSE with FM_DNS_MATCHED: since its query was sent */
+    __u64 cgroup_id;    /* cgroup v2 id of the socket (bpf_skb_cgroup_id) */
+    __u8 payload[FM_DNS_COPY_BYTES]; /* the message from its header on, `copied` bytes */
+};
+
+/* Indexes of the per-CPU "fm_dns_stats" array of __u64 counters. */
+enum fm_dns_stat {
+    FM_DNS_STAT_MESSAGES = 0,     /* DNS messages seen (queries and responses) */
+    FM_DNS_STAT_RING_LOST = 1,    /* records the "fm_dns_events" ring had no room for */
+    FM_DNS_STAT_PENDING_FULL = 2, /* queries "fm_dns_pending" had no room for */
+    FM_DNS_STAT_COUNT = 3,        /* number of entries, not a counter */
+};
+
 #ifndef __VMLINUX_H__
 /* User space only: sizeof(struct fm_flow_event) as the C compiler saw it, so the
  * Swift tests compare it with what Swift's importer made of the same struct. */

@@ -17,7 +17,7 @@ public final class FlowLogSink: Sink {
     public var stats: ExportStats { counted.withLock { $0 } }
 
     public func consume(_ out: TickOutput) {
-        if out.flows.isEmpty && out.events.isEmpty { return }
+        if out.flows.isEmpty && out.events.isEmpty && out.dns.isEmpty { return }
         var lines: [String] = []
         lines.reserveCapacity(Self.chunk)
         var sent = 0, failed = 0
@@ -43,6 +43,10 @@ public final class FlowLogSink: Sink {
         }
         for e in out.events {
             lines.append(FlowLogEncoder.encodeConnection(e, cgroupPath: e.owner.flatMap { out.cgroupPaths[$0.cgroupID] }, clock: out.clock))
+            if lines.count == Self.chunk { flush() }
+        }
+        for d in out.dns {
+            lines.append(FlowLogEncoder.encodeDNS(d.outcome, pair: d.pair, clock: out.clock))
             if lines.count == Self.chunk { flush() }
         }
         flush()
