@@ -172,6 +172,11 @@ public struct ServiceAggregator: Sendable {
         self.limits = limits
         rules += 1
     }
+    /// Names became known that were not (the runtime answered a pod
+    /// lookup): every live socket is resolved again at its next record, so
+    /// a pod named `pod:<uid>` while its lookup was pending moves to its
+    /// workload. Counters stay where they were counted.
+    public mutating func namesChanged() { rules += 1 }
     /// Bumped on each reconfigure: a socket resolved under older rules is resolved again.
     private var rules = 0
     private var resolvedUnder: [UInt64: Int] = [:]
@@ -183,7 +188,11 @@ public struct ServiceAggregator: Sendable {
 
     /// Applies socket records in the order given (the connection table's
     /// timestamp order). `cgroupPath` resolves an owner's cgroup id.
-    public mutating func apply(_ events: [SocketEvent], cgroupPath: (UInt64) -> String?) {
+    /// `pod` gives the Kubernetes identity of an owner's cgroup id, when the
+    /// runtime has named it.
+    public mutating func apply(
+        _ events: [SocketEvent], cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity? = { _ in nil }
+    ) {
         // Register every local endpoint first: a client's open usually comes
         // before the server's (the server's socket is established one ACK
         // later), and both are in the same batch.
@@ -191,7 +200,7 @@ public struct ServiceAggregator: Sendable {
         // endpoint was called (the rules may have changed since).
         for e in events where e.kind != .failed && e.kind != .close && e.family != .other && sockets[e.socketID] == nil {
             let ep = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
-            let service = localService(e, cgroupPath: cgroupPath)
+            let service = localService(e, cgroupPath: cgroupPath, pod: pod)
             var known = endpoints[ep] ?? EndpointUse(service: service, liveCount: 0, lastSeen: e.timestampNanos, serves: false)
             known.service = service
             known.lastSeen = e.timestampNanos
@@ -199,7 +208,7 @@ public struct ServiceAggregator: Sendable {
             endpoints[ep] = known
         }
         for e in events {
-            apply(e, cgroupPath: cgroupPath)
+            apply(e, cgroupPath: cgroupPath, pod: pod)
             if e.kind == .close { trimClosed() }
         }
     }
@@ -234,10 +243,10 @@ public struct ServiceAggregator: Sendable {
         }
     }
 
-    private func localService(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> String {
+    private func localService(_ e: SocketEvent, cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity?) -> String {
         resolver.localService(
             cgroupPath: e.owner.flatMap { cgroupPath($0.cgroupID) }, process: e.owner?.name,
-            address: e.localAddress, port: e.localPort)
+            address: e.localAddress, port: e.localPort, pod: e.owner.flatMap { pod($0.cgroupID) })
     }
 
     private func peerService(proto: UInt8, address: IPAddress16, port: UInt16) -> String {
@@ -275,19 +284,19 @@ public struct ServiceAggregator: Sendable {
         return allFold
     }
 
-    private mutating func resolve(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> ServicePair? {
+    private mutating func resolve(_ e: SocketEvent, cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity?) -> ServicePair? {
         guard let transport = Self.transport(e.ipProtocol) else { return nil }
         return admit(
             ServicePair(
-                service: localService(e, cgroupPath: cgroupPath),
+                service: localService(e, cgroupPath: cgroupPath, pod: pod),
                 peer: peerService(proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort),
                 transport: transport))
     }
 
-    private mutating func apply(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) {
+    private mutating func apply(_ e: SocketEvent, cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity?) {
         let now = e.timestampNanos
         if e.kind == .failed {
-            guard let p = resolve(e, cgroupPath: cgroupPath) else { return }
+            guard let p = resolve(e, cgroupPath: cgroupPath, pod: pod) else { return }
             pairs[p]?.failed[e.reason.label, default: 0] += 1
             pairs[p]?.lastActiveNanos = now
             return
@@ -296,7 +305,7 @@ public struct ServiceAggregator: Sendable {
         if let known = sockets[e.socketID], resolvedUnder[e.socketID] == rules || e.family == .other {
             t = known
         } else {
-            guard e.family != .other, let p = resolve(e, cgroupPath: cgroupPath) else { return }
+            guard e.family != .other, let p = resolve(e, cgroupPath: cgroupPath, pod: pod) else { return }
             let local = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
             let tuple = Tuple(
                 proto: e.ipProtocol, local: e.localAddress, localPort: e.localPort,
@@ -309,6 +318,8 @@ public struct ServiceAggregator: Sendable {
                 }
                 known.pair = p
                 tuples[known.tuple] = (p, nil)
+                // Its endpoint names it as a peer: by the new name from now on.
+                endpoints[known.local]?.service = p.service
                 t = known
             } else {
                 // A socket we never saw open: counted from here on only if it

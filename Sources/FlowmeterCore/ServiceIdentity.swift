@@ -5,12 +5,17 @@
 //   1. the configured `ServiceRule`s, in file order: a rule matches when it has
 //      at least one condition and every condition it gives holds (cgroup glob
 //      over the cgroup path, process glob over the process name, local port in
-//      its range, local address in its prefix). A condition whose input is
-//      unknown (nil cgroup path or process name) does not hold.
-//   2. the cgroup path: `CgroupWorkload.parse` names systemd services,
-//      containers (docker, containerd, CRI-O) and Kubernetes pods.
-//   3. the process name (comm), when known and not empty.
-//   4. "unknown".
+//      its range, local address in its prefix; for a pod the runtime named,
+//      namespace, workload and container globs and exact pod labels). A
+//      condition whose input is unknown (nil cgroup path or process name, no
+//      pod metadata yet) does not hold.
+//   2. the pod's `<namespace>/<workload>`, when the runtime named the pod
+//      (`PodIdentity`; the workload from `Workload.derive`).
+//   3. the cgroup path: `CgroupWorkload.parse` names systemd services,
+//      containers (docker, containerd, CRI-O) and Kubernetes pods (`pod:<uid>`,
+//      also while the runtime's answer is pending or when it has none).
+//   4. the process name (comm), when known and not empty.
+//   5. "unknown".
 //
 // Peer end (`ServiceResolver.peerService`): the configured `PeerRule`s in file
 // order (every condition given must hold, a rule with none never matches),
@@ -193,10 +198,14 @@ public struct ServiceResolver: Sendable {
     }
 
     /// The service of a socket's local end.
-    public func localService(cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16) -> String {
-        for rule in rules where Self.matches(rule, cgroupPath: cgroupPath, process: process, address: address, port: port) {
+    public func localService(
+        cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16, pod: PodIdentity? = nil
+    ) -> String {
+        for rule in rules
+        where Self.matches(rule, cgroupPath: cgroupPath, process: process, address: address, port: port, pod: pod) {
             return rule.service
         }
+        if let pod { return pod.service }
         if let path = cgroupPath, let workload = CgroupWorkload.parse(path) { return workload.service }
         if let process, !process.isEmpty { return process }
         return "unknown"
@@ -219,8 +228,27 @@ public struct ServiceResolver: Sendable {
         return nil
     }
 
-    static func matches(_ rule: ServiceRule, cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16) -> Bool {
+    static func matches(
+        _ rule: ServiceRule, cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16,
+        pod: PodIdentity? = nil
+    ) -> Bool {
         var given = false
+        if let pattern = rule.namespace {
+            guard let pod, globMatch(pattern, pod.metadata.namespace) else { return false }
+            given = true
+        }
+        if let pattern = rule.workload {
+            guard let pod, globMatch(pattern, pod.workload.name) else { return false }
+            given = true
+        }
+        if let pattern = rule.container {
+            guard let name = pod?.metadata.container, globMatch(pattern, name) else { return false }
+            given = true
+        }
+        if let wanted = rule.podLabels {
+            guard let pod, wanted.allSatisfy({ pod.metadata.labels[$0.key] == $0.value }) else { return false }
+            given = true
+        }
         if let pattern = rule.cgroup {
             guard let cgroupPath, globMatch(pattern, cgroupPath) else { return false }
             given = true
