@@ -97,6 +97,9 @@ public struct Accounting: Sendable {
     public var dropsLost: UInt64 = 0
     /// Per service pair state, when socket telemetry runs.
     public var services: ServiceAggregator?
+    /// Container runtime lookups of pods' names, by runtime and outcome
+    /// (empty when no runtime is configured).
+    public var metadataLookups: [LookupCount] = []
     /// What `/readyz` answers: start-up marks the programs attached, the
     /// pipeline its interval passes, reader stalls and the detach.
     public var readiness = Readiness()

@@ -54,6 +54,8 @@ public final class Pipeline: Sendable {
     /// The path of a cgroup id, or nil (a miss may rescan cgroupfs: called
     /// outside the accounting lock).
     let cgroupPath: @Sendable (UInt64) -> String?
+    /// Kubernetes identities of local pods, from the container runtime (never waits).
+    let pods: (any PodNames)?
     public let interval: FlowDuration
     let logger: Logger
     let clock: PipelineClock
@@ -71,6 +73,8 @@ public final class Pipeline: Sendable {
         var sweepStalls: UInt64 = 0
         /// Reader stalls already logged.
         var reportedStalls: (flows: UInt64, events: UInt64) = (0, 0)
+        /// The pod names' generation the services were last resolved under.
+        var podGeneration: UInt64 = 0
         /// Per sink: passes whose consume threw, and the last error logged.
         var sinkFailures: [String: UInt64] = [:]
         var sinkLastError: [String: String] = [:]
@@ -79,9 +83,10 @@ public final class Pipeline: Sendable {
 
     public init(
         flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, sinks: [Sink], accounting: SharedAccounting,
-        names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
+        names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?, pods: (any PodNames)? = nil,
         interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
     ) {
+        self.pods = pods
         self.flows = flows; self.sockets = sockets; self.drops = drops; self.sinks = sinks; self.accounting = accounting
         self.names = names; self.cgroupPath = cgroupPath; self.interval = interval; self.logger = logger
         self.clock = clock
@@ -223,6 +228,14 @@ public final class Pipeline: Sendable {
         // Cgroup paths are looked up here, outside the accounting lock.
         var paths: [UInt64: String] = [:]
         for e in events { if let id = e.owner?.cgroupID, paths[id] == nil, let p = cgroupPath(id) { paths[id] = p } }
+        // Pod identities likewise (a cache read; a miss queues a lookup and names the pod pod:<uid> for now).
+        // The generation is read first: a name that arrives during the pass is taken at the next one.
+        let podGeneration = pods?.generation ?? 0
+        let namesChanged = podGeneration != st.podGeneration
+        st.podGeneration = podGeneration
+        var identities: [UInt64: PodIdentity] = [:]
+        if let pods { for (id, p) in paths { if let i = pods.identity(cgroupPath: p) { identities[id] = i } } }
+        let lookups = pods?.lookupCounts
         let now = clock.monotonic()
         var entryPairs: [ServicePair?] = []
         let socketCounters = try? sockets?.readCounters()
@@ -250,8 +263,10 @@ public final class Pipeline: Sendable {
             if pass != .early { a.setFlowTableEntries(entries) }
             if let counters { a.kernel = counters }
             // Sockets first: a flow of a connection opened in this pass then finds its socket.
-            a.services?.apply(events, cgroupPath: { paths[$0] })
-            a.services?.apply(lostCloses, cgroupPath: { paths[$0] })
+            if namesChanged { a.services?.namesChanged() }
+            if let lookups { a.metadataLookups = lookups }
+            a.services?.apply(events, cgroupPath: { paths[$0] }, pod: { identities[$0] })
+            a.services?.apply(lostCloses, cgroupPath: { paths[$0] }, pod: { identities[$0] })
             entryPairs = a.count(flows: table, names: names, now: now)
             // After the sockets and flows: a drop finds the socket of its 5-tuple.
             a.count(drops: dropSamples, names: names, ownNetns: ownNetns, now: now)
@@ -281,7 +296,7 @@ public final class Pipeline: Sendable {
         let shared = accounting
         return TickOutput(
             pass: pass, flows: batch, flowPairs: pairs, flowDrops: Accounting.dropsByFlow(dropSamples, ownNetns: ownNetns),
-            events: events, cgroupPaths: paths,
+            events: events, cgroupPaths: paths, pods: identities,
             interfaceNames: names, clock: clock.mapping(), accounting: { shared.snapshot() })
     }
 

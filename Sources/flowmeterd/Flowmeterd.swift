@@ -142,6 +142,17 @@ struct Run: AsyncParsableCommand {
     var logLevel: SettingValue?
 
     @Option(
+        name: .customLong(Setting.containerdSocket.flag), help: Setting.containerdSocket.argumentHelp,
+        transform: Setting.containerdSocket.flagValue)
+    var containerdSocket: SettingValue?
+
+    @Flag(name: .customLong(Setting.podAppLabel.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.podAppLabel.flagHelp))
+    var podAppLabel: Bool?
+
+    @Option(name: .customLong(Setting.nodeName.flag), help: Setting.nodeName.argumentHelp, transform: Setting.nodeName.flagValue)
+    var nodeName: SettingValue?
+
+    @Option(
         name: .customLong(Setting.maxSeriesPerMetric.flag), help: Setting.maxSeriesPerMetric.argumentHelp,
         transform: Setting.maxSeriesPerMetric.flagValue)
     var maxSeriesPerMetric: SettingValue?
@@ -180,6 +191,9 @@ struct Run: AsyncParsableCommand {
             (.persist, persist.map { .bool($0) }),
             (.pinDir, pinDir),
             (.logLevel, logLevel),
+            (.containerdSocket, containerdSocket),
+            (.podAppLabel, podAppLabel.map { .bool($0) }),
+            (.nodeName, nodeName),
             (.maxSeriesPerMetric, maxSeriesPerMetric),
             (.seriesExpiry, seriesExpiry),
             (.peerAddresses, peerAddresses.map { .bool($0) }),

@@ -3,6 +3,7 @@ import FlowmeterConfig
 import FlowmeterCore
 import FlowmeterExport
 import FlowmeterPipeline
+import FlowmeterRuntime
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -54,6 +55,10 @@ struct Startup {
         let logLevel: Logger.Level
         let apiSocket: String
         let otlpQueueSize: Int
+        /// containerd's socket, nil when off.
+        let containerdSocket: String?
+        let podAppLabel: Bool
+        let nodeName: String
 
         /// `layered` with the defaults of `Setting.all` where no layer says.
         init(_ layered: FileConfig, configPath: String?, flags: FileConfig) {
@@ -75,6 +80,9 @@ struct Startup {
             logLevel = Logger.Level(rawValue: s.logLevel!) ?? .info
             apiSocket = s.apiSocket!
             otlpQueueSize = s.otlpQueueSize!
+            containerdSocket = s.containerdSocket == "off" ? nil : s.containerdSocket!
+            podAppLabel = s.podAppLabel!
+            nodeName = s.nodeName ?? ProcessInfo.processInfo.hostName
         }
     }
 
@@ -175,12 +183,13 @@ struct Startup {
         let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
         let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names, shared: shared) : nil
 
+        let pods = podDirectory()
         let pipeline = Pipeline(
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
             sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
             drops: drops.map { DropKernelProgram(programs: $0) },
             sinks: try sinks(writer: writer), accounting: shared, names: names,
-            cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
+            cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) }, pods: pods,
             interval: s.interval, logger: logger)
 
         // The metrics port is bound (CAP_NET_BIND_SERVICE below 1024) and the
@@ -193,6 +202,7 @@ struct Startup {
             .init(service: PipelineService(pipeline: pipeline)),
             .init(service: metricsServer(shared: shared, dropper: dropper)),
         ]
+        if let pods { services.append(.init(service: PodLookupService(directory: pods))) }
         if s.apiSocket != "off" {
             services.append(.init(service: try apiServer(shared: shared, names: names, dropper: dropper)))
         }
@@ -337,7 +347,7 @@ struct Startup {
     func sinks(writer: FlowLogWriter?) throws -> [Sink] {
         let file = settings.file, logger = self.logger
         var sinks: [Sink] = []
-        if let writer { sinks.append(FlowLogSink(writer: writer)) }
+        if let writer { sinks.append(FlowLogSink(writer: writer, node: settings.nodeName)) }
         if let target = file.ipfixCollector {
             let sender: IPFIXSender
             do { sender = try IPFIXSender(collector: target) } catch { throw StartupError("--ipfix-collector \(target): \(error)") }
@@ -432,6 +442,30 @@ struct Startup {
                         interfaceNames: names.snapshot()),
                     nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
             })
+    }
+}
+
+extension Startup {
+    /// The pod names from the container runtime, when socket telemetry runs
+    /// and a runtime is configured. A socket that does not exist is one
+    /// warning line: the node may not run that runtime (yet), and lookups
+    /// simply fail (counted) until it does.
+    func podDirectory() -> PodDirectory? {
+        let s = settings
+        guard s.hooks != nil, let path = s.containerdSocket else { return nil }
+        if !FileManager.default.fileExists(atPath: path) {
+            logger.warning(
+                "no containerd socket at \(path): Kubernetes pods are named pod:<uid> until it appears (containerd_socket: off to stop asking)")
+        }
+        return PodDirectory(sources: [ContainerdSource(socketPath: path)], appNameLabel: s.podAppLabel, logger: logger)
+    }
+}
+
+/// Answers the pod lookups the pipeline queues until shutdown.
+struct PodLookupService: Service {
+    let directory: PodDirectory
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await directory.run() }
     }
 }
 
