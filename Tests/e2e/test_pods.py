@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 import fmlib
-from conftest import IF_A, V4_B, scrape, unique_port, wait_for
+from conftest import IF_A, V4_B, Daemon, scrape, unique_port, wait_for
 
 IMAGE = "docker.io/library/fm-pod:test"
 CHECKOUT_UID = "7a1c2b3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -218,6 +218,27 @@ def containerd(flowmeterd, tmp_path):
         yield rt
     finally:
         rt.cleanup()
+
+
+@pytest.fixture
+def daemons(flowmeterd, tmp_path):
+    """Factory: daemons(ns, *args) starts flowmeterd in network namespace ns
+    with nsenter, not `ip netns exec` (conftest's): that remounts /sys, and the
+    daemon would not see the cgroup2 mount it reads the pods' cgroup paths
+    from. All are killed at teardown, and their stderr printed."""
+    started: list[Daemon] = []
+
+    def start(ns: str, *args: str) -> Daemon:
+        d = Daemon("nsenter", None, [f"--net=/run/netns/{ns}", flowmeterd, *args], tmp_path,
+                   f"flowmeterd-{len(started) + 1}")
+        started.append(d)
+        return d.start()
+
+    yield start
+    for d in started:
+        d.close()
+        print(f"----- {d.name} ({' '.join(d.args)}) exit {d.proc.returncode if d.proc else None} stderr -----")
+        print(d.stderr)
 
 
 def lookups(m: fmlib.Exposition, outcome: str) -> float:
