@@ -38,36 +38,44 @@ IMAGE = "docker.io/library/fm-pod:test"
 CHECKOUT_UID = "7a1c2b3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 LEDGER_UID = "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
 
-# Serves `conns` connections on PORT: reads to EOF, answers DOWN bytes.
+# Once CTL/listen exists, serves connections on PORT until killed: reads each
+# to EOF, answers a third of what it got (so each connection's sizes are the
+# client's choice). It listens only when told: a socket opened before
+# flowmeterd has no owner, nor have the connections it accepts.
 SERVER = r"""
-import socket, sys
-port, down, conns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+import os, socket, sys, time
+port, ctl = int(sys.argv[1]), sys.argv[2]
+while not os.path.exists(f"{ctl}/listen"):
+    time.sleep(0.05)
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("0.0.0.0", port)); l.listen(8); l.settimeout(120)
-for i in range(conns):
+l.bind(("0.0.0.0", port)); l.listen(8)
+while True:
     c, _ = l.accept(); c.settimeout(60)
     got = 0
     while True:
         b = c.recv(65536)
         if not b: break
         got += len(b)
-    c.sendall(b"s" * (down if i == conns - 1 else 1))
+    c.sendall(b"s" * (got // 3))
     c.close()
-    print("served", got, flush=True)
 """
 
-# Connects once per trigger file (CTL/go-N appears): sends UP bytes (1 on
-# warm-ups), reads to EOF, then writes CTL/done-N with what it got.
+# Connects once per trigger file CTL/go-TAG-N (its text: the bytes to send),
+# reads to EOF, then writes CTL/done-TAG-N with what it got.
 CLIENT = r"""
 import os, socket, sys, time
-addr, port, up, n, ctl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-for i in range(n):
-    deadline = time.time() + 120
-    while not os.path.exists(f"{ctl}/go-{i}"):
+addr, port, ctl, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+i = 0
+while True:
+    go = f"{ctl}/go-{tag}-{i}"
+    deadline = time.time() + 300
+    while not os.path.exists(go):
         assert time.time() < deadline, "no trigger"
         time.sleep(0.05)
+    time.sleep(0.05)
+    up = int(open(go).read())
     s = socket.create_connection((addr, port), timeout=30)
-    s.sendall(b"c" * (up if i == n - 1 else 1))
+    s.sendall(b"c" * up)
     s.shutdown(socket.SHUT_WR)
     got = 0
     while True:
@@ -75,7 +83,8 @@ for i in range(n):
         if not b: break
         got += len(b)
     s.close()
-    open(f"{ctl}/done-{i}", "w").write(str(got))
+    open(f"{ctl}/done-{tag}-{i}", "w").write(str(got))
+    i += 1
 """
 
 
@@ -179,7 +188,7 @@ class Pod:
         self.namespace, self.name, self.uid = namespace, name, uid
         self.qos, self.systemd, self.labels = qos, systemd, labels
         self.sandbox = container_id()
-        self.app = container_id()
+        self.apps: dict[str, str] = {}
 
     def cgroup(self, cid: str) -> str:
         if self.systemd:
@@ -193,18 +202,22 @@ class Pod:
                "io.kubernetes.pod.uid": self.uid}
         return [a for k, v in pod.items() for a in ("--label", f"{k}={v}")]
 
-    def start(self, container: str, ctl: Path, *cmd: str) -> None:
+    def start_sandbox(self) -> None:
         # The sandbox holds the pod's labels and its network namespace, as the pause container does.
         sandbox_labels = [a for k, v in self.labels.items() for a in ("--label", f"{k}={v}")]
         self.runtime.ctr("run", "-d", "--label", "io.cri-containerd.kind=sandbox", *self.kubelet_labels(),
                          *sandbox_labels, "--cgroup", self.cgroup(self.sandbox),
                          "--with-ns", f"network:/run/netns/{self.netns}", IMAGE, self.sandbox)
+
+    def start(self, container: str, ctl: Path, *cmd: str) -> None:
+        """An app container of the pod, running cmd with the host's /usr and the control directory."""
+        cid = self.apps[container] = container_id()
         self.runtime.ctr("run", "-d", "--label", "io.cri-containerd.kind=container", *self.kubelet_labels(),
                          "--label", f"io.kubernetes.container.name={container}",
-                         "--cgroup", self.cgroup(self.app), "--with-ns", f"network:/run/netns/{self.netns}",
+                         "--cgroup", self.cgroup(cid), "--with-ns", f"network:/run/netns/{self.netns}",
                          "--mount", "type=bind,src=/usr,dst=/usr,options=rbind:ro",
                          "--mount", f"type=bind,src={ctl},dst=/ctl,options=rbind:rw",
-                         IMAGE, self.app, *cmd)
+                         IMAGE, cid, *cmd)
 
 
 @pytest.fixture
@@ -251,81 +264,152 @@ def pair_bytes(m: fmlib.Exposition, service: str, peer: str, direction: str) -> 
 
 
 class Shop:
-    """The two pods, the control directory and the daemon."""
+    """The two pods (checkout: containers web and worker; ledger: ledger), the
+    control directory and the daemon."""
 
-    def __init__(self, pair, runtime: Containerd, daemons, tmp_path: Path, connections: int, up: int, down: int):
+    def __init__(self, pair, runtime: Containerd, daemons, tmp_path: Path):
         self.pair, self.runtime = pair, runtime
         self.ctl = tmp_path / "ctl"
         self.ctl.mkdir()
         self.port = unique_port()
         self.metrics_port = unique_port()
         self.flow_log = tmp_path / "flows.jsonl"
-        self.daemon = daemons(pair.a, "--interfaces", IF_A, "--interval", "1s",
-                              "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-                              "--flow-log", str(self.flow_log), "--state-dir", str(tmp_path / "state"),
-                              "--containerd-socket", runtime.socket, "--node-name", "node-a")
+        self.daemons, self.tmp = daemons, tmp_path
+        self.daemon = None
+        self.count: dict[str, int] = {}
         self.checkout = Pod(runtime, pair.a, "shop", "checkout-7c9d5b8f6d-x2x7q", CHECKOUT_UID, "burstable", True,
                             {"pod-template-hash": "7c9d5b8f6d", "app": "checkout"})
         self.ledger = Pod(runtime, pair.b, "shop", "ledger-0", LEDGER_UID, "besteffort", False,
                           {"controller-revision-hash": "ledger-5d8c7b9f4", "app": "ledger",
                            "statefulset.kubernetes.io/pod-name": "ledger-0"})
-        self.connections, self.up, self.down = connections, up, down
 
-    def start_pods(self) -> None:
+    def start_daemon(self):
+        self.daemon = self.daemons(self.pair.a, "--interfaces", IF_A, "--interval", "1s",
+                                   "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+                                   "--flow-log", str(self.flow_log), "--state-dir", str(self.tmp / "state"),
+                                   "--containerd-socket", self.runtime.socket, "--node-name", "node-a")
         self.daemon.wait_ready()
-        self.ledger.start("ledger", self.ctl, "/usr/bin/python3", "-c", SERVER, str(self.port), str(self.down),
-                          str(self.connections))
-        self.checkout.start("web", self.ctl, "/usr/bin/python3", "-c", CLIENT, V4_B, str(self.port), str(self.up),
-                            str(self.connections), "/ctl")
 
-    def connect(self, i: int) -> int:
-        """Triggers the client's connection i and waits for it to end: bytes it received."""
-        (self.ctl / f"go-{i}").write_text("")
-        done = self.ctl / f"done-{i}"
-        wait_for(done.exists, timeout=60, what=f"connection {i} of the checkout pod")
-        return int(done.read_text())
+    def start_pods(self, clients=("web",)) -> None:
+        self.ledger.start_sandbox()
+        self.checkout.start_sandbox()
+        self.ledger.start("ledger", self.ctl, "/usr/bin/python3", "-c", SERVER, str(self.port), "/ctl")
+        for c in clients:
+            self.checkout.start(c, self.ctl, "/usr/bin/python3", "-c", CLIENT, V4_B, str(self.port), "/ctl", c)
+
+    def listen(self) -> None:
+        """The ledger starts listening (after the daemon started)."""
+        (self.ctl / "listen").write_text("")
+
+    def connect(self, client: str, up: int) -> None:
+        """Client container `client` makes one connection sending `up` bytes; waits for its end."""
+        i = self.count.get(client, 0)
+        self.count[client] = i + 1
+        tmp = self.ctl / f".go-{client}-{i}"
+        tmp.write_text(str(up))
+        tmp.rename(self.ctl / f"go-{client}-{i}")
+        done = self.ctl / f"done-{client}-{i}"
+        wait_for(done.exists, timeout=60, what=f"connection {i} of the {client} container")
+        assert int(done.read_text()) == up // 3
 
     def metrics(self) -> fmlib.Exposition:
         return fmlib.parse_exposition(scrape(self.pair, self.pair.a, self.metrics_port)[1])
 
+    def wait_bytes(self, service: str, peer: str, up: int) -> fmlib.Exposition:
+        """Waits until the pair shows `up` bytes sent by service and up // 3 back, from both ends."""
+        def settled():
+            m = self.metrics()
+            return (pair_bytes(m, service, peer, "transmit") == up and pair_bytes(m, service, peer, "receive") == up // 3
+                    and pair_bytes(m, peer, service, "transmit") == up // 3 and pair_bytes(m, peer, service, "receive") == up)
+        wait_for(settled, timeout=20, interval=0.5, what=f"{up} bytes from {service} to {peer}, {up // 3} back")
+        return self.metrics()
+
+    def wait_lookups(self, outcome: str, at_least: float) -> None:
+        try:
+            wait_for(lambda: lookups(self.metrics(), outcome) >= at_least, timeout=20, interval=0.2,
+                     what=f"{at_least} lookups with outcome {outcome}")
+        except AssertionError as e:
+            body = scrape(self.pair, self.pair.a, self.metrics_port)[1]
+            raise AssertionError(f"{e}; metrics:\n" + "\n".join(
+                l for l in body.splitlines() if "lookups" in l or "network_io_bytes" in l)) from None
+
 
 def test_pods_named_by_namespace_and_workload(netpair, containerd, daemons, tmp_path):
-    up, down = 1_234_567, 345_678
-    shop = Shop(netpair, containerd, daemons, tmp_path, connections=2, up=up, down=down)
+    up = 1_234_567
+    shop = Shop(netpair, containerd, daemons, tmp_path)
+    shop.start_daemon()
     shop.start_pods()
+    shop.listen()
     # Warm-up: its sockets ask for both containers' names (pod:<uid> meanwhile).
-    assert shop.connect(0) == 1
-    wait_for(lambda: lookups(shop.metrics(), "found") >= 2, timeout=20, what="both containers looked up")
+    shop.connect("web", 1)
+    shop.wait_lookups("found", 2)
     time.sleep(1.5)  # a pass takes the new names (the generation) before the measured connection
-    assert shop.connect(1) == down
-
-    def settled():
-        m = shop.metrics()
-        return (pair_bytes(m, "shop/checkout", "shop/ledger", "transmit") == up
-                and pair_bytes(m, "shop/ledger", "shop/checkout", "transmit") == down)
-    wait_for(settled, timeout=20, interval=0.5, what="the measured connection's bytes under the workloads' names")
-    m = shop.metrics()
-    # Exact payload bytes each way, from both ends.
-    assert pair_bytes(m, "shop/checkout", "shop/ledger", "transmit") == up
-    assert pair_bytes(m, "shop/checkout", "shop/ledger", "receive") == down
-    assert pair_bytes(m, "shop/ledger", "shop/checkout", "transmit") == down
-    assert pair_bytes(m, "shop/ledger", "shop/checkout", "receive") == up
-    # The warm-up went under pod:<uid> (pending), nothing else did; no lookup failed.
+    shop.connect("web", up)
+    m = shop.wait_bytes("shop/checkout", "shop/ledger", up)
+    # No lookup failed; the warm-up went under pod:<uid> (pending), the measured one did not.
     assert lookups(m, "unavailable") == 0 and lookups(m, "error") == 0 and lookups(m, "not_found") == 0
+    assert (pair_bytes(m, f"pod:{CHECKOUT_UID}", f"pod:{LEDGER_UID}", "transmit") or 0) < up
 
     # Connection records carry the pod, container and workload.
-    wait_for(lambda: any(r.get("event") == "close" and r.get("workload") == "checkout"
-                         for r in fmlib.read_flow_log(str(shop.flow_log), kind="connection")),
+    def closes():
+        return [r for r in fmlib.read_flow_log(str(shop.flow_log), kind="connection") if r.get("event") == "close"]
+    wait_for(lambda: any(r.get("workload") == "checkout" and r.get("bytes_sent") == up for r in closes()),
              timeout=10, what="the checkout close record")
-    records = fmlib.read_flow_log(str(shop.flow_log), kind="connection")
-    client = [r for r in records if r.get("event") == "close" and r.get("workload") == "checkout"
-              and r.get("bytes_sent") == up]
-    server = [r for r in records if r.get("event") == "close" and r.get("workload") == "ledger"
-              and r.get("bytes_sent") == down]
-    assert len(client) == 1 and len(server) == 1, records
+    client = [r for r in closes() if r.get("workload") == "checkout" and r.get("bytes_sent") == up]
+    server = [r for r in closes() if r.get("workload") == "ledger" and r.get("bytes_received") == up]
+    assert len(client) == 1 and len(server) == 1, closes()
     c, s = client[0], server[0]
     assert (c["namespace"], c["pod"], c["container"], c["workload"], c["workload_kind"], c["node"]) == \
         ("shop", "checkout-7c9d5b8f6d-x2x7q", "web", "checkout", "Deployment", "node-a")
     assert (s["namespace"], s["pod"], s["container"], s["workload"], s["workload_kind"], s["node"]) == \
         ("shop", "ledger-0", "ledger", "ledger", "StatefulSet", "node-a")
-    assert s["bytes_received"] == up and c["bytes_received"] == down
+    assert s["bytes_sent"] == up // 3 and c["bytes_received"] == up // 3
+
+
+def test_runtime_down_at_start_and_killed_mid_run(netpair, containerd, daemons, tmp_path):
+    """Counting never stops for the runtime: while it is down, pods are named
+    pod:<uid> and the failures are counted; when it is back, the names are."""
+    shop = Shop(netpair, containerd, daemons, tmp_path)
+    shop.start_pods(clients=("web", "worker"))
+    checkout, ledger = f"pod:{CHECKOUT_UID}", f"pod:{LEDGER_UID}"
+
+    # Down at start: the shims keep the containers running.
+    containerd.stop()
+    shop.start_daemon()
+    shop.listen()
+    if not os.path.exists(containerd.socket):
+        assert f"no containerd socket at {containerd.socket}" in shop.daemon.stderr
+    shop.connect("web", 700_001)
+    shop.wait_lookups("unavailable", 2)
+    m = shop.wait_bytes(checkout, ledger, 700_001)
+    assert lookups(m, "found") == 0
+
+    # Back: after the retry time the next connection asks again, and names come back.
+    containerd.start()
+    time.sleep(2.5)
+    shop.connect("web", 1)
+    shop.wait_lookups("found", 2)
+    time.sleep(1.5)
+    shop.connect("web", 300_003)
+    shop.wait_bytes("shop/checkout", "shop/ledger", 300_003)
+
+    # Killed mid-run: known names stay; a container not asked about yet (worker) falls back, counted.
+    failed_before = lookups(shop.metrics(), "unavailable")
+    containerd.stop(signal.SIGKILL)
+    shop.connect("worker", 90_000)
+    shop.wait_bytes(checkout, "shop/ledger", 90_000)
+    shop.wait_lookups("unavailable", failed_before + 1)
+    shop.connect("web", 60_000)
+    shop.wait_bytes("shop/checkout", "shop/ledger", 300_003 + 60_000)
+
+    # Back again: the worker is named too.
+    containerd.start()
+    time.sleep(2.5)
+    shop.connect("worker", 1)
+    shop.wait_lookups("found", 3)
+    time.sleep(1.5)
+    shop.connect("worker", 33_000)
+    shop.wait_bytes("shop/checkout", "shop/ledger", 300_003 + 60_000 + 33_000)
+    records = [r for r in fmlib.read_flow_log(str(shop.flow_log), kind="connection")
+               if r.get("event") == "close" and r.get("bytes_sent") == 33_000]
+    assert [(r.get("container"), r.get("workload")) for r in records] == [("worker", "checkout")]
