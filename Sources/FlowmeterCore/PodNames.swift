@@ -38,4 +38,7 @@ public protocol PodNames: Sendable {
     var generation: UInt64 { get }
     /// Lookups so far, by runtime and outcome.
     var lookupCounts: [LookupCount] { get }
+    /// The addresses of this node's named pods and of the node itself, as
+    /// last read (flowmeter_endpoint_info).
+    var endpoints: [EndpointInfo] { get }
 }

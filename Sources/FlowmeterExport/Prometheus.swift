@@ -166,6 +166,11 @@ public enum MetricCatalog {
         help:
             "Lookups of a local pod's container in the container runtime (docs/kubernetes.md), by runtime (source) and outcome: found, not_found, unavailable (runtime unreachable), error. Until found, the pod is named pod:<uid>."
     )
+    public static let endpointInfo = Exposition.Family(
+        name: "flowmeter_endpoint_info", kind: .gauge,
+        help:
+            "1 for each address of this node's pods the container runtime named, and of the node itself (service node:<node>), with who holds it: for Prometheus to name peers on other nodes (deploy/prometheus, docs/kubernetes.md). Read every 5 s; a pod that is gone vanishes at the next read."
+    )
     public static let buildInfo = Exposition.Family(
         name: "flowmeter_build_info", kind: .gauge,
         help: "Build information of the running flowmeterd.")
@@ -219,7 +224,7 @@ public enum MetricCatalog {
 
     public static let all = [
         interfaceBytes, interfacePackets, interfaceDrops, dropsLost, ringLost, flowTableEntries, insertFailures,
-        records, socketsTracked, hookInfo, seriesDropped, metadataLookups, buildInfo, malformed,
+        records, socketsTracked, hookInfo, seriesDropped, metadataLookups, endpointInfo, buildInfo, malformed,
         exportRecords, exportLastSuccess, exportQueue,
         networkBytes, networkPackets, packetDrops, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
         tcpResets, tcpRTT,
@@ -297,6 +302,16 @@ public enum MetricsRenderer {
         add(
             MetricCatalog.metadataLookups,
             a.metadataLookups.map { ([("source", $0.source), ("outcome", $0.outcome.rawValue)], Double($0.count)) })
+        add(
+            MetricCatalog.endpointInfo,
+            a.endpoints.map {
+                (
+                    [
+                        ("address", $0.address), ("service", $0.service), ("namespace", $0.namespace),
+                        ("workload", $0.workload), ("pod", $0.pod), ("node", $0.node),
+                    ], 1
+                )
+            })
         add(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])
         add(MetricCatalog.buildInfo, [([("version", version)], 1)])
         let exporters = a.exports.keys.sorted()

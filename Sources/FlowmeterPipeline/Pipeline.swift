@@ -236,6 +236,7 @@ public final class Pipeline: Sendable {
         var identities: [UInt64: PodIdentity] = [:]
         if let pods { for (id, p) in paths { if let i = pods.identity(cgroupPath: p) { identities[id] = i } } }
         let lookups = pods?.lookupCounts
+        let podEndpoints = pods?.endpoints
         let now = clock.monotonic()
         var entryPairs: [ServicePair?] = []
         let socketCounters = try? sockets?.readCounters()
@@ -265,6 +266,7 @@ public final class Pipeline: Sendable {
             // Sockets first: a flow of a connection opened in this pass then finds its socket.
             if namesChanged { a.services?.namesChanged() }
             if let lookups { a.metadataLookups = lookups }
+            if let podEndpoints { a.endpoints = podEndpoints }
             a.services?.apply(events, cgroupPath: { paths[$0] }, pod: { identities[$0] })
             a.services?.apply(lostCloses, cgroupPath: { paths[$0] }, pod: { identities[$0] })
             entryPairs = a.count(flows: table, names: names, now: now)

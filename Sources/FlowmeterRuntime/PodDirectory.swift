@@ -9,6 +9,7 @@
 
 import FlowmeterCore
 import Logging
+import Foundation
 import Synchronization
 
 #if canImport(Glibc)
@@ -52,7 +53,8 @@ public final class PodDirectory: PodNames {
 
     enum Entry {
         case pending
-        case known(PodIdentity)
+        /// Named; `cgroupPath` finds its processes, and so its network namespace.
+        case known(PodIdentity, cgroupPath: String)
         /// Asked, no name; asked again after `retryAt`.
         case failed(retryAt: UInt64)
     }
@@ -64,16 +66,27 @@ public final class PodDirectory: PodNames {
         /// The last outcome logged per runtime, so a runtime going down or
         /// coming back is one log line, not one per container.
         var lastOutcome: [String: LookupOutcome] = [:]
+        /// The endpoint rows as of the last address read.
+        var endpoints: [EndpointInfo] = []
     }
     private let state = Mutex(State())
-    private let requests: AsyncStream<(containerID: String, podUID: String)>
-    private let enqueue: AsyncStream<(containerID: String, podUID: String)>.Continuation
+    private let requests: AsyncStream<(containerID: String, podUID: String, cgroupPath: String)>
+    private let enqueue: AsyncStream<(containerID: String, podUID: String, cgroupPath: String)>.Continuation
+
+    /// This node's name (flowmeter_endpoint_info's `node`).
+    let node: String
+    /// The cgroup2 mount, where a pod container's processes are listed.
+    let cgroupRoot: String?
+    /// How often the addresses of the pods and the node are read again.
+    public let addressRefreshNanos: UInt64
 
     public init(
         sources: [any PodMetadataSource], appNameLabel: Bool, retryNanos: UInt64 = 2_000_000_000,
-        forgetNanos: UInt64 = 600_000_000_000, logger: Logger,
+        forgetNanos: UInt64 = 600_000_000_000, node: String = "", cgroupRoot: String? = nil,
+        addressRefreshNanos: UInt64 = 5_000_000_000, logger: Logger,
         now: @escaping @Sendable () -> UInt64 = PodDirectory.monotonicNanos
     ) {
+        self.node = node; self.cgroupRoot = cgroupRoot; self.addressRefreshNanos = addressRefreshNanos
         self.sources = sources; self.appNameLabel = appNameLabel; self.retryNanos = retryNanos
         self.forgetNanos = forgetNanos; self.logger = logger; self.now = now
         // Unbounded is bounded by the containers on the node: each is queued
@@ -107,7 +120,7 @@ public final class PodDirectory: PodNames {
         return state.withLock { st -> PodIdentity? in
             sweep(&st, now: t)
             switch st.entries[container]?.entry {
-            case .known(let id):
+            case .known(let id, _):
                 st.entries[container]?.lastAsked = t
                 return id
             case .pending:
@@ -118,7 +131,7 @@ public final class PodDirectory: PodNames {
                 return nil
             case .failed, nil:
                 st.entries[container] = (.pending, t)
-                enqueue.yield((container, uid))
+                enqueue.yield((container, uid, cgroupPath))
                 return nil
             }
         }
@@ -132,19 +145,61 @@ public final class PodDirectory: PodNames {
         st.entries = st.entries.filter { t &- $0.value.lastAsked < forgetNanos }
     }
 
-    /// Answers the queued lookups until cancelled.
+    public var endpoints: [EndpointInfo] { state.withLock { $0.endpoints } }
+
+    /// Answers the queued lookups until cancelled (or `finish`), and reads
+    /// the addresses of the named pods and of the node every `addressRefreshNanos`.
     public func run() async {
-        for await r in requests {
-            if Task.isCancelled { break }
-            await lookup(containerID: r.containerID, podUID: r.podUID)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    self.refreshAddresses()
+                    try? await Task.sleep(nanoseconds: self.addressRefreshNanos)
+                }
+            }
+            for await r in requests {
+                if Task.isCancelled { break }
+                await lookup(containerID: r.containerID, podUID: r.podUID, cgroupPath: r.cgroupPath)
+                refreshAddresses()
+            }
+            group.cancelAll()
         }
+    }
+
+    /// Reads each named pod's addresses from the network namespace of a
+    /// process of its container (/proc/<pid>/net), and the node's from our
+    /// own. A pod whose container has no process left (it is gone) has none:
+    /// its rows vanish at this read.
+    func refreshAddresses() {
+        let known = state.withLock { st in
+            st.entries.compactMap { e -> (PodIdentity, String)? in
+                if case .known(let id, let path) = e.value.entry { return (id, path) }
+                return nil
+            }
+        }
+        var pods: [(address: String, identity: PodIdentity)] = []
+        for (id, path) in known {
+            guard let root = cgroupRoot,
+                let procs = try? String(contentsOfFile: root + path + "/cgroup.procs", encoding: .utf8),
+                let pid = procs.split(separator: "\n").first
+            else { continue }
+            for a in Self.addresses(procNet: "/proc/\(pid)/net") { pods.append((a, id)) }
+        }
+        let rows = EndpointInfo.rows(pods: pods, nodeAddresses: Self.addresses(procNet: "/proc/self/net"), node: node)
+        state.withLock { $0.endpoints = rows }
+    }
+
+    static func addresses(procNet dir: String) -> [String] {
+        let v4 = (try? String(contentsOfFile: dir + "/fib_trie", encoding: .utf8)).map { LocalAddresses.ipv4(fibTrie: $0) } ?? []
+        let v6 = (try? String(contentsOfFile: dir + "/if_inet6", encoding: .utf8)).map { LocalAddresses.ipv6(ifInet6: $0) } ?? []
+        return v4 + v6
     }
 
     /// Stops `run` after the lookup in progress.
     public func finish() { enqueue.finish() }
 
     /// Asks each runtime in turn; stores the first name, else a failure.
-    func lookup(containerID: String, podUID: String) async {
+    func lookup(containerID: String, podUID: String, cgroupPath: String = "") async {
         var identity: PodIdentity?
         for source in sources {
             let result = await source.lookup(containerID: containerID, podUID: podUID)
@@ -158,7 +213,7 @@ public final class PodDirectory: PodNames {
         state.withLock { st in
             let lastAsked = st.entries[containerID]?.lastAsked ?? t
             if let identity {
-                st.entries[containerID] = (.known(identity), lastAsked)
+                st.entries[containerID] = (.known(identity, cgroupPath: cgroupPath), lastAsked)
                 st.generation += 1
             } else {
                 st.entries[containerID] = (.failed(retryAt: t + retryNanos), lastAsked)

@@ -457,7 +457,9 @@ extension Startup {
             logger.warning(
                 "no containerd socket at \(path): Kubernetes pods are named pod:<uid> until it appears (containerd_socket: off to stop asking)")
         }
-        return PodDirectory(sources: [ContainerdSource(socketPath: path)], appNameLabel: s.podAppLabel, logger: logger)
+        return PodDirectory(
+            sources: [ContainerdSource(socketPath: path)], appNameLabel: s.podAppLabel, node: s.nodeName,
+            cgroupRoot: CgroupPaths().root, logger: logger)
     }
 }
 

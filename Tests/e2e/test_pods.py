@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 import fmlib
-from conftest import IF_A, V4_B, Daemon, scrape, unique_port, wait_for
+from conftest import IF_A, V4_A, V4_B, V6_A, V6_B, Daemon, scrape, unique_port, wait_for
 
 IMAGE = "docker.io/library/fm-pod:test"
 CHECKOUT_UID = "7a1c2b3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -254,6 +254,17 @@ def daemons(flowmeterd, tmp_path):
         print(d.stderr)
 
 
+def endpoint_rows(m: fmlib.Exposition) -> set[tuple]:
+    """flowmeter_endpoint_info's rows: (address, service, namespace, workload, pod, node)."""
+    out = set()
+    for (name, labels), v in m.samples.items():
+        if name == "flowmeter_endpoint_info":
+            assert v == 1
+            d = dict(labels)
+            out.add((d["address"], d["service"], d["namespace"], d["workload"], d["pod"], d["node"]))
+    return out
+
+
 def lookups(m: fmlib.Exposition, outcome: str) -> float:
     return m.value("flowmeter_metadata_lookups_total", source="containerd", outcome=outcome) or 0
 
@@ -364,6 +375,18 @@ def test_pods_named_by_namespace_and_workload(netpair, containerd, daemons, tmp_
     assert (s["namespace"], s["pod"], s["container"], s["workload"], s["workload_kind"], s["node"]) == \
         ("shop", "ledger-0", "ledger", "ledger", "StatefulSet", "node-a")
     assert s["bytes_sent"] == up // 3 and c["bytes_received"] == up // 3
+
+    # Every address of the named pods, read from their network namespaces;
+    # the node's (namespace A's) are the checkout pod's here, and the pod's name wins.
+    ledger_rows = {(a, "shop/ledger", "shop", "ledger", "ledger-0", "node-a") for a in (V4_B, V6_B)}
+    checkout_rows = {(a, "shop/checkout", "shop", "checkout", "checkout-7c9d5b8f6d-x2x7q", "node-a") for a in (V4_A, V6_A)}
+    wait_for(lambda: endpoint_rows(shop.metrics()) == ledger_rows | checkout_rows, timeout=15, interval=0.5,
+             what=f"endpoint_info rows {ledger_rows | checkout_rows}")
+    # A pod that goes away takes its rows with it at the next read (every 5 s).
+    shop.runtime.ctr("tasks", "kill", "-s", "KILL", shop.ledger.apps["ledger"])
+    shop.runtime.ctr("tasks", "kill", "-s", "KILL", shop.ledger.sandbox)
+    wait_for(lambda: endpoint_rows(shop.metrics()) == checkout_rows, timeout=15, interval=0.5,
+             what="the ledger's endpoint_info rows to vanish")
 
 
 def test_runtime_down_at_start_and_killed_mid_run(netpair, containerd, daemons, tmp_path):
