@@ -252,9 +252,17 @@ public struct ServiceAggregator: Sendable {
     private func peerService(proto: UInt8, address: IPAddress16, port: UInt16) -> String {
         if let name = resolver.peerService(address: address, port: port) { return name }
         if address != .zero && !(address.isV4Mapped && address.lo & 0xFFFF_FFFF == 0) {
-            if let known = endpoints[Endpoint(proto: proto, address: address, port: port)] { return known.service }
+            // A local endpoint nothing could name (a socket older than us) is
+            // as unknown as a remote peer: with peer addresses on, it gets its
+            // address too, which Prometheus can name from another flowmeterd's
+            // flowmeter_endpoint_info (docs/kubernetes.md).
+            func named(_ e: EndpointUse?) -> String? {
+                guard let e, !(limits.peerAddresses && e.service == "unknown") else { return nil }
+                return e.service
+            }
+            if let known = named(endpoints[Endpoint(proto: proto, address: address, port: port)]) { return known }
             let any = address.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
-            if let known = endpoints[Endpoint(proto: proto, address: any, port: port)] { return known.service }
+            if let known = named(endpoints[Endpoint(proto: proto, address: any, port: port)]) { return known }
             if limits.peerAddresses { return address.description }
         }
         return "unknown"

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 import fmlib
-from conftest import IF_A, V4_A, V4_B, V6_A, V6_B, Daemon, scrape, unique_port, wait_for
+from conftest import IF_A, REPO, V4_A, V4_B, V6_A, V6_B, Daemon, scrape, unique_port, wait_for
 
 IMAGE = "docker.io/library/fm-pod:test"
 CHECKOUT_UID = "7a1c2b3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -436,3 +436,107 @@ def test_runtime_down_at_start_and_killed_mid_run(netpair, containerd, daemons, 
     records = [r for r in fmlib.read_flow_log(str(shop.flow_log), kind="connection")
                if r.get("event") == "close" and r.get("bytes_sent") == 33_000]
     assert [(r.get("container"), r.get("workload")) for r in records] == [("worker", "checkout")]
+
+
+def test_peer_on_another_node_named_through_prometheus(netpair, containerd, daemons, tmp_path):
+    """Two "nodes": namespaces A and B, each with its own containerd, pod and
+    flowmeterd (its own veth, its own metrics address), scraped by a real
+    Prometheus that loads the shipped recording rules. checkout (node-a)
+    sends to ledger (node-b); node-a knows ledger only as an address, node-b
+    exports that address as shop/ledger, and the rules name the pair
+    shop/checkout -> shop/ledger.
+
+    Both "nodes" share this machine's kernel, so each flowmeterd sees the
+    other's sockets too. To make ledger an address to node-a, as it would be
+    from another kernel, ledger listens after node-b's flowmeterd started and
+    before node-a's: node-a has no owner for its sockets (a socket older than
+    it), and with series.peer_addresses such an unnamed local endpoint is
+    labelled with its address, as a remote one is."""
+    from test_services import fetch
+    import urllib.parse
+
+    runtime_b = Containerd(tmp_path / "node-b")
+    (tmp_path / "node-b").mkdir()
+    runtime_b.start()
+    prom = None
+    try:
+        runtime_b.import_image()
+        ctl = tmp_path / "ctl"
+        ctl.mkdir()
+        port, metrics_a, metrics_b, pport = unique_port(), unique_port(), unique_port(), unique_port()
+        checkout = Pod(containerd, netpair.a, "shop", "checkout-7c9d5b8f6d-x2x7q", CHECKOUT_UID, "burstable", True,
+                       {"pod-template-hash": "7c9d5b8f6d"})
+        ledger = Pod(runtime_b, netpair.b, "shop", "ledger-0", LEDGER_UID, "besteffort", False,
+                     {"controller-revision-hash": "ledger-5d8c7b9f4", "statefulset.kubernetes.io/pod-name": "ledger-0"})
+
+        def node_daemon(ns, dev, addr, mport, runtime, node):
+            d = daemons(ns, "--interfaces", dev, "--interval", "1s", "--metrics-listen", f"{addr}:{mport}",
+                        "--state-dir", str(tmp_path / f"state-{node}"), "--containerd-socket", runtime.socket,
+                        "--node-name", node, "--peer-addresses")
+            d.wait_ready()
+            return d
+
+        node_daemon(netpair.b, "veth-b", V4_B, metrics_b, runtime_b, "node-b")
+        ledger.start_sandbox()
+        ledger.start("ledger", ctl, "/usr/bin/python3", "-c", SERVER, str(port), "/ctl")
+        (ctl / "listen").write_text("")
+        # The listener is up (a connect from namespace B's own side would be
+        # counted; wait on the socket table instead).
+        wait_for(lambda: f":{port:04X}" in netpair.run(netpair.b, "cat", "/proc/net/tcp").stdout, timeout=20,
+                 what="the ledger to listen")
+        node_daemon(netpair.a, IF_A, V4_A, metrics_a, containerd, "node-a")
+        checkout.start_sandbox()
+        checkout.start("web", ctl, "/usr/bin/python3", "-c", CLIENT, V4_B, str(port), "/ctl", "web")
+
+        (tmp_path / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files: ['{REPO / 'deploy' / 'prometheus' / 'flowmeter-rules.yaml'}']\n"
+            "scrape_configs:\n  - job_name: flowmeter\n"
+            f"    static_configs:\n      - targets: ['{V4_A}:{metrics_a}', '{V4_B}:{metrics_b}']\n")
+        prom = netpair.popen(netpair.a, "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{pport}")
+
+        def query(expr):
+            try:
+                body = json.loads(fetch(netpair, f"http://127.0.0.1:{pport}/api/v1/query?"
+                                        + urllib.parse.urlencode({"query": expr}))[1])
+                return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in body["data"]["result"]}
+            except (AssertionError, ValueError, KeyError):
+                return {}
+
+        # Warm-up (checkout's lookup on node-a), then the measured connection.
+        def connect(i, up):
+            (ctl / f".go-web-{i}").write_text(str(up))
+            (ctl / f".go-web-{i}").rename(ctl / f"go-web-{i}")
+            wait_for((ctl / f"done-web-{i}").exists, timeout=60, what=f"connection {i}")
+            assert int((ctl / f"done-web-{i}").read_text()) == up // 3
+        connect(0, 1)
+        found_a = f'sum(flowmeter_metadata_lookups_total{{outcome="found",instance="{V4_A}:{metrics_a}"}})'
+        wait_for(lambda: query(found_a).get((), 0) >= 1, timeout=30, interval=0.5, what="node-a to name checkout")
+        time.sleep(1.5)
+        up = 456_789
+        connect(1, up)
+
+        # node-a's own view: checkout to an address.
+        key = lambda **kw: tuple(sorted(kw.items()))  # noqa: E731
+        raw = 'sum by (instance, service, peer_service, direction) (flowmeter_network_io_bytes_total{transport="tcp"})'
+        wait_for(lambda: query(raw).get(key(instance=f"{V4_A}:{metrics_a}", service="shop/checkout",
+                                            peer_service=V4_B, direction="transmit")) == up,
+                 timeout=30, interval=1, what="node-a's checkout -> 10.200.0.2 bytes in Prometheus")
+        # node-b's endpoint_info names the address.
+        info = query(f'flowmeter_endpoint_info{{address="{V4_B}"}}')
+        assert [dict(k)["service"] for k in info] == ["shop/ledger"] and all(dict(k)["node"] == "node-b" for k in info)
+        # The shipped rules join them: shop/checkout -> shop/ledger, exact bytes each way.
+        rule = 'flowmeter:network_io_bytes:sum{service="shop/checkout",peer_service="shop/ledger"}'
+        wait_for(lambda: query(rule).get(key(__name__="flowmeter:network_io_bytes:sum", service="shop/checkout",
+                                             peer_service="shop/ledger", transport="tcp", direction="transmit")) == up,
+                 timeout=30, interval=1, what="the recording rule to name the cross-node pair")
+        got = query(rule)
+        assert got[key(__name__="flowmeter:network_io_bytes:sum", service="shop/checkout", peer_service="shop/ledger",
+                       transport="tcp", direction="receive")] == up // 3
+        assert len(got) == 2
+    finally:
+        if prom is not None and prom.poll() is None:
+            prom.terminate()
+            prom.wait(timeout=20)
+        runtime_b.cleanup()
