@@ -74,6 +74,8 @@ public struct FileConfig: Sendable, Equatable {
     public var logLevel: String?
     /// containerd's socket for pod names ("off": never ask).
     public var containerdSocket: String?
+    /// The Docker Engine API's socket for pod names ("off": never ask).
+    public var dockerSocket: String?
     /// Name workloads by app.kubernetes.io/name first.
     public var podAppLabel: Bool?
     /// This node's name (default: the host name).

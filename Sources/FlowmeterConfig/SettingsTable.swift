@@ -250,6 +250,13 @@ extension Setting {
         help:
             "containerd's gRPC socket, asked (namespace k8s.io) who a Kubernetes pod's container is, so its sockets are named <namespace>/<workload> (docs/kubernetes.md). A path that does not exist is a warning at start; until containerd answers, pods are named pod:<uid>. Give off to never ask.",
         example: "off", get: { $0.containerdSocket.map { .text($0) } }, set: { $0.containerdSocket = $1.text })
+    public static let dockerSocket = Setting(
+        key: "docker_socket", flag: "docker-socket", variable: "FLOWMETER_DOCKER_SOCKET", valueName: "path",
+        kind: .text(expected: "a path or off", check: Check.nonEmpty),
+        defaultValue: .text("off"), defaultText: "off",
+        help:
+            "The Docker Engine API's socket (cri-dockerd's Docker, e.g. /run/docker.sock, or podman system service), asked after containerd who a Kubernetes pod's container is (docs/kubernetes.md). A path that does not exist is a warning at start.",
+        example: "/run/docker.sock", get: { $0.dockerSocket.map { .text($0) } }, set: { $0.dockerSocket = $1.text })
     public static let podAppLabel = Setting(
         key: "pod_app_label", flag: "pod-app-label", variable: "FLOWMETER_POD_APP_LABEL", valueName: "bool",
         kind: .bool, defaultValue: .bool(false), defaultText: "off",
@@ -268,7 +275,7 @@ extension Setting {
         interfaces, excludeInterfaces, interval, metricsListen, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
         flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, logLevel,
-        containerdSocket, podAppLabel, nodeName,
+        containerdSocket, dockerSocket, podAppLabel, nodeName,
         maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]
 

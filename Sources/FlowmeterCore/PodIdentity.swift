@@ -41,7 +41,10 @@ public struct PodMetadata: Sendable, Hashable {
         self.container = container[KubeletLabel.containerName].flatMap { $0.isEmpty || $0 == "POD" ? nil : $0 }
         // The runtime's own bookkeeping labels (io.kubernetes.*, io.cri-containerd.*)
         // are not the pod's; everything else on the sandbox is.
-        self.labels = sandbox.filter { !$0.key.hasPrefix("io.kubernetes.") && !$0.key.hasPrefix("io.cri-containerd.") }
+        // cri-dockerd also keeps the pod's annotations as "annotation.*" labels.
+        self.labels = sandbox.filter {
+            !$0.key.hasPrefix("io.kubernetes.") && !$0.key.hasPrefix("io.cri-containerd.") && !$0.key.hasPrefix("annotation.")
+        }
     }
 
     /// The workload that owns the pod (see `Workload.derive`).

@@ -24,7 +24,7 @@
 /// The workload a cgroup path belongs to, as far as the path alone tells.
 public struct CgroupWorkload: Sendable, Hashable {
     public enum Kind: String, Sendable {
-        case systemd, docker, containerd, crio, kubernetes
+        case systemd, docker, containerd, crio, podman, kubernetes
     }
 
     public let kind: Kind
@@ -55,6 +55,8 @@ public struct CgroupWorkload: Sendable, Hashable {
     ///   `containerd:<12>`.
     /// - `crio-<id>.scope` → `.crio`, `crio:<12>`; `crio-conmon-<id>.scope` →
     ///   `.crio`, `crio-conmon:<12>`.
+    /// - `libpod-<id>.scope`, or `libpod-<id>` (podman's cgroupfs manager) →
+    ///   `.podman`, `podman:<12>`.
     /// - A Kubernetes pod cgroup, systemd driver
     ///   (`kubepods[-burstable|-besteffort]-pod<uid with _>.slice`) or
     ///   cgroupfs driver (`kubepods/[burstable|besteffort/]pod<uid>`), with or
@@ -75,6 +77,12 @@ public struct CgroupWorkload: Sendable, Hashable {
             if let c = containerScope(name) {
                 if i > 0, let uid = podUID(parts, at: i - 1) { return pod(uid, container: c.id) }
                 return CgroupWorkload(kind: c.kind, service: "\(c.label):\(c.id.prefix(12))", containerID: c.id)
+            }
+            // podman with the cgroupfs manager: libpod-<id> below its parent.
+            if name.hasPrefix("libpod-"), isContainerID(name.dropFirst("libpod-".count)), i > 0 {
+                let id = String(name.dropFirst("libpod-".count))
+                if let uid = podUID(parts, at: i - 1) { return pod(uid, container: id) }
+                return CgroupWorkload(kind: .podman, service: "podman:\(id.prefix(12))", containerID: id)
             }
             if isContainerID(name), i > 0 {
                 if let uid = podUID(parts, at: i - 1) { return pod(uid, container: name) }
@@ -115,6 +123,7 @@ public struct CgroupWorkload: Sendable, Hashable {
             ("docker-", .docker, "docker"),
             ("cri-containerd-", .containerd, "containerd"),
             ("nerdctl-", .containerd, "containerd"),
+            ("libpod-", .podman, "podman"),
             ("crio-conmon-", .crio, "crio-conmon"),
             ("crio-", .crio, "crio"),
         ]

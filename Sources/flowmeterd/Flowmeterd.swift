@@ -146,6 +146,11 @@ struct Run: AsyncParsableCommand {
         transform: Setting.containerdSocket.flagValue)
     var containerdSocket: SettingValue?
 
+    @Option(
+        name: .customLong(Setting.dockerSocket.flag), help: Setting.dockerSocket.argumentHelp,
+        transform: Setting.dockerSocket.flagValue)
+    var dockerSocket: SettingValue?
+
     @Flag(name: .customLong(Setting.podAppLabel.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.podAppLabel.flagHelp))
     var podAppLabel: Bool?
 
@@ -192,6 +197,7 @@ struct Run: AsyncParsableCommand {
             (.pinDir, pinDir),
             (.logLevel, logLevel),
             (.containerdSocket, containerdSocket),
+            (.dockerSocket, dockerSocket),
             (.podAppLabel, podAppLabel.map { .bool($0) }),
             (.nodeName, nodeName),
             (.maxSeriesPerMetric, maxSeriesPerMetric),

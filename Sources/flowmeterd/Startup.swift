@@ -57,6 +57,8 @@ struct Startup {
         let otlpQueueSize: Int
         /// containerd's socket, nil when off.
         let containerdSocket: String?
+        /// The Docker Engine API's socket, nil when off.
+        let dockerSocket: String?
         let podAppLabel: Bool
         let nodeName: String
 
@@ -81,6 +83,7 @@ struct Startup {
             apiSocket = s.apiSocket!
             otlpQueueSize = s.otlpQueueSize!
             containerdSocket = s.containerdSocket == "off" ? nil : s.containerdSocket!
+            dockerSocket = s.dockerSocket == "off" ? nil : s.dockerSocket!
             podAppLabel = s.podAppLabel!
             nodeName = s.nodeName ?? ProcessInfo.processInfo.hostName
         }
@@ -452,13 +455,19 @@ extension Startup {
     /// simply fail (counted) until it does.
     func podDirectory() -> PodDirectory? {
         let s = settings
-        guard s.hooks != nil, let path = s.containerdSocket else { return nil }
-        if !FileManager.default.fileExists(atPath: path) {
-            logger.warning(
-                "no containerd socket at \(path): Kubernetes pods are named pod:<uid> until it appears (containerd_socket: off to stop asking)")
+        guard s.hooks != nil else { return nil }
+        var sources: [any PodMetadataSource] = []
+        for (name, key, path) in [("containerd", "containerd_socket", s.containerdSocket), ("Docker API", "docker_socket", s.dockerSocket)] {
+            guard let path else { continue }
+            if !FileManager.default.fileExists(atPath: path) {
+                logger.warning(
+                    "no \(name) socket at \(path): Kubernetes pods are named pod:<uid> until it appears (\(key): off to stop asking)")
+            }
+            sources.append(name == "containerd" ? ContainerdSource(socketPath: path) : DockerSource(socketPath: path))
         }
+        guard !sources.isEmpty else { return nil }
         return PodDirectory(
-            sources: [ContainerdSource(socketPath: path)], appNameLabel: s.podAppLabel, node: s.nodeName,
+            sources: sources, appNameLabel: s.podAppLabel, node: s.nodeName,
             cgroupRoot: CgroupPaths().root, logger: logger)
     }
 }

@@ -227,7 +227,7 @@ enum ConfigProperty {
         for (name, s) in [
             ("metrics_listen", c.metricsListen), ("flow_log", c.flowLog), ("api_socket", c.apiSocket),
             ("api_group", c.apiGroup), ("state_dir", c.stateDir), ("otlp_endpoint", c.otlpEndpoint),
-            ("ipfix_collector", c.ipfixCollector), ("containerd_socket", c.containerdSocket), ("node_name", c.nodeName),
+            ("ipfix_collector", c.ipfixCollector), ("containerd_socket", c.containerdSocket), ("docker_socket", c.dockerSocket), ("node_name", c.nodeName),
         ] {
             text(name, s)
         }

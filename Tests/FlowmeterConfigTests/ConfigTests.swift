@@ -195,7 +195,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
                 port: 53
             """
         let top =
-            "interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, log_level, containerd_socket, pod_app_label, node_name, services, peers, series"
+            "interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, log_level, containerd_socket, docker_socket, pod_app_label, node_name, services, peers, series"
         #expect(
             problems(yaml) == [
                 "f.yaml:1:1: intervall: unknown key (did you mean \"interval\"?); allowed here: \(top)",
@@ -405,7 +405,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
             #expect(
                 error.description == """
                     flowmeter.yaml:3:11: interval: '5x' is not a positive duration (examples: 500ms, 5s, 1m)
-                    flowmeter.yaml:6:1: flow_tabel_size: unknown key (did you mean "flow_table_size"?); allowed here: interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, log_level, containerd_socket, pod_app_label, node_name, services, peers, series
+                    flowmeter.yaml:6:1: flow_tabel_size: unknown key (did you mean "flow_table_size"?); allowed here: interfaces, exclude_interfaces, interval, metrics_listen, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, log_level, containerd_socket, docker_socket, pod_app_label, node_name, services, peers, series
                     flowmeter.yaml:12:12: services[1].ports: "80-70" is not a port or port range (want e.g. 5432 or 8000-8100, 1 to 65535)
                     flowmeter.yaml:14:19: series.max_per_metric: must be at least 10, got 5
                     flowmeter.yaml:16:12: log_level: "loud" is not one of trace, debug, info, notice, warning, error, critical

@@ -102,6 +102,18 @@ private func derive(_ pod: String, _ labels: [String: String], app: Bool = false
         #expect(PodMetadata(container: ["io.kubernetes.pod.name": "x"], sandbox: [:]) == nil)
     }
 
+    @Test func podmanCgroupsNameTheirPodsContainer() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        let uid = "5f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8"
+        for path in ["/kubepods/besteffort/pod\(uid)/libpod-\(id)", "/kubepods/pod\(uid)/libpod-\(id).scope"] {
+            let w = CgroupWorkload.parse(path)
+            #expect(w?.kind == .kubernetes && w?.containerID == id && w?.podUID == uid, "\(path)")
+        }
+        #expect(CgroupWorkload.parse("/machine.slice/libpod-\(id).scope")?.service == "podman:0123456789ab")
+        #expect(CgroupWorkload.parse("/libpod_parent/libpod-\(id)")?.service == "podman:0123456789ab")
+        #expect(CgroupWorkload.parse("/libpod_parent/libpod-xyz") == nil)
+    }
+
     // MARK: rules
 
     @Test func rulesMatchPodConditions() throws {

@@ -1,4 +1,5 @@
 import FlowmeterCore
+import Foundation
 import Logging
 import Synchronization
 import Testing
@@ -75,6 +76,15 @@ private let ledger = PodMetadata(
         await dir.run()
         #expect(source.asked.withLock { $0 } == 2)
         #expect(dir.identity(cgroupPath: path)?.workload == Workload(name: "ledger", kind: .statefulSet))
+    }
+
+    @Test func dockerInspectLabels() {
+        func labels(_ s: String) -> [String: String]? { DockerSource.labels(inspectJSON: Data(s.utf8)) }
+        #expect(
+            labels(#"{"Id":"x","Config":{"Labels":{"io.kubernetes.pod.name":"ledger-0","app":"ledger"}}}"#)
+                == ["io.kubernetes.pod.name": "ledger-0", "app": "ledger"])
+        #expect(labels(#"{"Config":{"Labels":null}}"#) == [:])
+        #expect(labels("not json") == nil)
     }
 
     @Test func sandboxAndContainerFromTheListAnswer() {

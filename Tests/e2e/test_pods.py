@@ -540,3 +540,120 @@ def test_peer_on_another_node_named_through_prometheus(netpair, containerd, daem
             prom.terminate()
             prom.wait(timeout=20)
         runtime_b.cleanup()
+
+
+class Podman:
+    """podman's Docker-compatible API service (`podman system service`) with
+    storage of the test's own. Root here lacks CAP_SYS_RESOURCE and podman's
+    default rlimits are above the hard limits, so containers get lower ones."""
+
+    def __init__(self, workdir: Path):
+        self.dir = Path(f"/run/fm-podman-{os.getpid()}-{unique_port()}")
+        self.dir.mkdir(parents=True)
+        self.socket = str(self.dir / "docker.sock")
+        self.base = ["podman", "--root", str(self.dir / "root"), "--runroot", str(self.dir / "run"),
+                     "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+        self.log = workdir / "podman.log"
+        self.proc = None
+        self.workdir = workdir
+
+    def podman(self, *args: str) -> str:
+        r = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)}: {r.stderr}")
+        return r.stdout.strip()
+
+    def start(self) -> "Podman":
+        rootfs = self.workdir / "podman-rootfs"
+        rootfs.mkdir()
+        shutil.copy2("/bin/busybox", rootfs / "busybox")
+        for d in ("usr", "tmp", "proc", "sys", "dev", "etc", "ctl"):
+            (rootfs / d).mkdir(exist_ok=True)
+        for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
+            (rootfs / link).symlink_to(target)
+        tar = self.workdir / "podman-rootfs.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
+        self.podman("import", str(tar), "localhost/fm-pod:test")
+        self.proc = subprocess.Popen([*self.base, "system", "service", "--time=0", f"unix://{self.socket}"],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        wait_for(lambda: os.path.exists(self.socket), timeout=20, what="podman's API socket")
+        return self
+
+    def run(self, pod: "Pod", container: str | None, ctl: Path, *cmd: str, sandbox_id: str | None = None) -> str:
+        """A container of `pod` as cri-dockerd makes them: the sandbox (container None) or an app container."""
+        labels = {"io.kubernetes.pod.name": pod.name, "io.kubernetes.pod.namespace": pod.namespace,
+                  "io.kubernetes.pod.uid": pod.uid}
+        if container is None:
+            labels |= {"io.kubernetes.docker.type": "podsandbox", **pod.labels}
+        else:
+            labels |= {"io.kubernetes.docker.type": "container", "io.kubernetes.container.name": container,
+                       "io.kubernetes.sandbox.id": sandbox_id}
+        args = ["run", "-d", "--cgroup-parent", f"/kubepods/{pod.qos}/pod{pod.uid}",
+                "--network", f"ns:/run/netns/{pod.netns}", "--ulimit", "nofile=1024:1024",
+                "--ulimit", "nproc=1024:1024", "-v", "/usr:/usr:ro", "-v", f"{ctl}:/ctl"]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        return self.podman(*args, "localhost/fm-pod:test", *(cmd or ("/busybox", "sleep", "3600")))
+
+    def cleanup(self) -> None:
+        subprocess.run([*self.base, "rm", "-af", "-t", "0"], capture_output=True, timeout=120)
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        subprocess.run([*self.base, "system", "reset", "-f"], capture_output=True, timeout=120)
+        subprocess.run(["umount", "-R", str(self.dir / "root")], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_pod_named_through_the_docker_api_of_podman(netpair, containerd, daemons, tmp_path):
+    """ledger runs under podman (cri-dockerd's labels, its sandbox named by
+    io.kubernetes.sandbox.id, cgroupfs layout libpod-<id>), checkout under
+    containerd; one flowmeterd asks both, and names the pair exactly."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed (tools/test installs it)")
+    podman = Podman(tmp_path).start()
+    try:
+        ctl = tmp_path / "ctl"
+        ctl.mkdir()
+        port, mport = unique_port(), unique_port()
+        d = daemons(netpair.a, "--interfaces", IF_A, "--interval", "1s", "--metrics-listen", f"127.0.0.1:{mport}",
+                    "--state-dir", str(tmp_path / "state"), "--containerd-socket", containerd.socket,
+                    "--docker-socket", podman.socket, "--node-name", "node-a")
+        d.wait_ready()
+        ledger = Pod(containerd, netpair.b, "shop", "ledger-0", LEDGER_UID, "besteffort", False,
+                     {"controller-revision-hash": "ledger-5d8c7b9f4", "statefulset.kubernetes.io/pod-name": "ledger-0"})
+        sandbox = podman.run(ledger, None, ctl)
+        podman.run(ledger, "ledger", ctl, "/usr/bin/python3", "-c", SERVER, str(port), "/ctl", sandbox_id=sandbox)
+        checkout = Pod(containerd, netpair.a, "shop", "checkout-7c9d5b8f6d-x2x7q", CHECKOUT_UID, "burstable", True,
+                       {"pod-template-hash": "7c9d5b8f6d"})
+        checkout.start_sandbox()
+        checkout.start("web", ctl, "/usr/bin/python3", "-c", CLIENT, V4_B, str(port), "/ctl", "web")
+        (ctl / "listen").write_text("")
+
+        def metrics():
+            return fmlib.parse_exposition(scrape(netpair, netpair.a, mport)[1])
+
+        def connect(i, up):
+            (ctl / f".go-web-{i}").write_text(str(up))
+            (ctl / f".go-web-{i}").rename(ctl / f"go-web-{i}")
+            wait_for((ctl / f"done-web-{i}").exists, timeout=60, what=f"connection {i}")
+        connect(0, 1)
+        wait_for(lambda: (metrics().value("flowmeter_metadata_lookups_total", source="docker", outcome="found") or 0) >= 1
+                 and (metrics().value("flowmeter_metadata_lookups_total", source="containerd", outcome="found") or 0) >= 1,
+                 timeout=20, interval=0.3, what="checkout named by containerd and ledger by podman's Docker API")
+        time.sleep(1.5)
+        up = 222_222
+        connect(1, up)
+
+        def settled():
+            m = metrics()
+            return (pair_bytes(m, "shop/checkout", "shop/ledger", "transmit") == up
+                    and pair_bytes(m, "shop/ledger", "shop/checkout", "transmit") == up // 3)
+        wait_for(settled, timeout=20, interval=0.5, what="the pair's bytes under the workloads' names")
+        m = metrics()
+        assert pair_bytes(m, "shop/checkout", "shop/ledger", "receive") == up // 3
+        assert pair_bytes(m, "shop/ledger", "shop/checkout", "receive") == up
+        # ledger is not containerd's: it said so, and the Docker API named it.
+        assert (m.value("flowmeter_metadata_lookups_total", source="containerd", outcome="not_found") or 0) >= 1
+    finally:
+        podman.cleanup()
