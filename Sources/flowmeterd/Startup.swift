@@ -57,6 +57,8 @@ struct Startup {
         let otlpQueueSize: Int
         /// containerd's socket, nil when off.
         let containerdSocket: String?
+        /// containerd_socket was given (not the default): its absence is then worth a warning.
+        let containerdSocketGiven: Bool
         /// The Docker Engine API's socket, nil when off.
         let dockerSocket: String?
         let podAppLabel: Bool
@@ -83,6 +85,7 @@ struct Startup {
             apiSocket = s.apiSocket!
             otlpQueueSize = s.otlpQueueSize!
             containerdSocket = s.containerdSocket == "off" ? nil : s.containerdSocket!
+            containerdSocketGiven = layered.containerdSocket != nil
             dockerSocket = s.dockerSocket == "off" ? nil : s.dockerSocket!
             podAppLabel = s.podAppLabel!
             nodeName = s.nodeName ?? ProcessInfo.processInfo.hostName
@@ -457,10 +460,17 @@ extension Startup {
         let s = settings
         guard s.hooks != nil else { return nil }
         var sources: [any PodMetadataSource] = []
-        for (name, key, path) in [("containerd", "containerd_socket", s.containerdSocket), ("Docker API", "docker_socket", s.dockerSocket)] {
+        let runtimes = [
+            ("containerd", "containerd_socket", s.containerdSocket, s.containerdSocketGiven),
+            ("Docker API", "docker_socket", s.dockerSocket, true),
+        ]
+        for (name, key, path, given) in runtimes {
             guard let path else { continue }
             if !FileManager.default.fileExists(atPath: path) {
-                logger.warning(
+                // A socket the operator named is a warning; the default one on
+                // a host without containerd loses nothing, so it is a notice.
+                logger.log(
+                    level: given ? .warning : .notice,
                     "no \(name) socket at \(path): Kubernetes pods are named pod:<uid> until it appears (\(key): off to stop asking)")
             }
             sources.append(name == "containerd" ? ContainerdSource(socketPath: path) : DockerSource(socketPath: path))
