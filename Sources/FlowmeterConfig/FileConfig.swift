@@ -84,6 +84,14 @@ public struct FileConfig: Sendable, Equatable {
     public var dnsNameGrace: FlowDuration?
     /// One of `FileConfig.logLevels` (`--log-level`).
     public var logLevel: String?
+    /// containerd's socket for pod names ("off": never ask).
+    public var containerdSocket: String?
+    /// The Docker Engine API's socket for pod names ("off": never ask).
+    public var dockerSocket: String?
+    /// Name workloads by app.kubernetes.io/name first.
+    public var podAppLabel: Bool?
+    /// This node's name (default: the host name).
+    public var nodeName: String?
     /// Rules naming the local end of a socket; the first match wins.
     public var services: [ServiceRule]?
     /// Rules naming the remote end; the first match wins.

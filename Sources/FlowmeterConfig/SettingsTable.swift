@@ -282,12 +282,40 @@ extension Setting {
         help: "Label an unknown peer with its address instead of \"unknown\", under the same cap (--no-peer-addresses: off).",
         example: "true", get: { $0.peerAddresses.map { .bool($0) } }, set: { $0.peerAddresses = $1.bool })
 
+    public static let containerdSocket = Setting(
+        key: "containerd_socket", flag: "containerd-socket", variable: "FLOWMETER_CONTAINERD_SOCKET", valueName: "path",
+        kind: .text(expected: "a path or off", check: Check.nonEmpty),
+        defaultValue: .text("/run/containerd/containerd.sock"), defaultText: "/run/containerd/containerd.sock",
+        help:
+            "containerd's gRPC socket, asked (namespace k8s.io) who a Kubernetes pod's container is, so its sockets are named <namespace>/<workload> (docs/kubernetes.md). A path that does not exist is a warning at start; until containerd answers, pods are named pod:<uid>. Give off to never ask.",
+        example: "off", get: { $0.containerdSocket.map { .text($0) } }, set: { $0.containerdSocket = $1.text })
+    public static let dockerSocket = Setting(
+        key: "docker_socket", flag: "docker-socket", variable: "FLOWMETER_DOCKER_SOCKET", valueName: "path",
+        kind: .text(expected: "a path or off", check: Check.nonEmpty),
+        defaultValue: .text("off"), defaultText: "off",
+        help:
+            "The Docker Engine API's socket (cri-dockerd's Docker, e.g. /run/docker.sock, or podman system service), asked after containerd who a Kubernetes pod's container is (docs/kubernetes.md). A path that does not exist is a warning at start.",
+        example: "/run/docker.sock", get: { $0.dockerSocket.map { .text($0) } }, set: { $0.dockerSocket = $1.text })
+    public static let podAppLabel = Setting(
+        key: "pod_app_label", flag: "pod-app-label", variable: "FLOWMETER_POD_APP_LABEL", valueName: "bool",
+        kind: .bool, defaultValue: .bool(false), defaultText: "off",
+        help:
+            "Name a pod's workload by its app.kubernetes.io/name label when it has one, before the owner derived from its labels and name (--no-pod-app-label: off).",
+        example: "true", get: { $0.podAppLabel.map { .bool($0) } }, set: { $0.podAppLabel = $1.bool })
+    public static let nodeName = Setting(
+        key: "node_name", flag: "node-name", variable: "FLOWMETER_NODE_NAME", valueName: "name",
+        kind: .text(expected: "a node name", check: Check.nonEmpty), defaultValue: nil, defaultText: "the host name",
+        help:
+            "This node's name in the flow log's pod records (node) and in flowmeter_endpoint_info; on Kubernetes give spec.nodeName (the DaemonSet does).",
+        example: "node-a", get: { $0.nodeName.map { .text($0) } }, set: { $0.nodeName = $1.text })
+
     /// Every setting, in the order of the flags in --help and the docs.
     public static let all: [Setting] = [
         interfaces, excludeInterfaces, interval, metricsListen, webConfig, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
         flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout, dnsNames, dnsPeerNames, dnsNameGrace,
-        logLevel, maxSeriesPerMetric, seriesExpiry, peerAddresses,
+        logLevel, containerdSocket, dockerSocket, podAppLabel, nodeName,
+        maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]
 
     public static func byKey(_ key: String) -> Setting? { all.first { $0.key == key } }

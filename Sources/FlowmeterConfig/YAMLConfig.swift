@@ -9,7 +9,7 @@ extension FileConfig {
     /// Top-level keys: the settings' (`Setting.all`), then the sections.
     static let topLevelKeys = Setting.all.filter { $0.section.isEmpty }.map(\.key) + ["services", "peers", "series"]
     static let seriesKeys = Setting.all.filter { $0.section == "series" }.map(\.leaf)
-    static let serviceKeys = ["name", "cgroup", "process", "ports", "cidr"]
+    static let serviceKeys = ["name", "cgroup", "process", "ports", "cidr", "namespace", "workload", "pod_label", "container"]
     static let peerKeys = ["name", "cidr", "ports"]
 
     /// Where a key that is not allowed at `path` does belong, if it belongs
@@ -357,12 +357,46 @@ struct NodeReader {
             case "process": rule.process = r.value(v, p, expected: "a glob over the process name", Check.processGlob)
             case "ports": rule.ports = r.value(v, p, expected: "a port or port range", PortRange.init(parsing:))
             case "cidr": rule.cidr = r.value(v, p, expected: "an address prefix", CIDR.init(parsing:))
+            case "namespace": rule.namespace = r.value(v, p, expected: "a glob over the pod's namespace", Check.nonEmpty)
+            case "workload": rule.workload = r.value(v, p, expected: "a glob over the pod's workload", Check.nonEmpty)
+            case "container": rule.container = r.value(v, p, expected: "a glob over the container's name", Check.nonEmpty)
+            case "pod_label": rule.podLabels = r.labels(v, p)
             default: break
             }
         }
         guard let name else { return nil }
         rule.service = name
         return rule
+    }
+
+    /// `pod_label: {key: value, ...}`: exact label values the pod must carry.
+    mutating func labels(_ node: Node, _ path: String) -> [String: String]? {
+        let expected = "a mapping of pod labels to their values (e.g. {app: checkout})"
+        guard case .mapping(let mapping) = node else {
+            report(node, path, "expected \(expected), got \(kind(node))")
+            return nil
+        }
+        var out: [String: String] = [:]
+        var ok = true
+        for (keyNode, value) in mapping {
+            guard let k = text(keyNode, path, expected: "a label name"), !k.isEmpty, !isNull(keyNode) else {
+                ok = false
+                continue
+            }
+            let p = "\(path).\(k)"
+            guard case .scalar(let v) = value, !isNull(value) else {
+                report(value, p, "expected the label's value (text), got \(kind(value))")
+                ok = false
+                continue
+            }
+            out[k] = v.string
+        }
+        guard ok else { return nil }
+        guard !out.isEmpty else {
+            report(node, path, "gives no label; give at least one, e.g. {app: checkout}")
+            return nil
+        }
+        return out
     }
 
     static func peerRule(_ r: inout NodeReader, _ node: Node, _ path: String) -> PeerRule? {

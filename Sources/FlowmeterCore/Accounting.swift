@@ -101,6 +101,11 @@ public struct Accounting: Sendable {
     public var dropsLost: UInt64 = 0
     /// Per service pair state, when socket telemetry runs.
     public var services: ServiceAggregator?
+    /// Container runtime lookups of pods' names, by runtime and outcome
+    /// (empty when no runtime is configured).
+    public var metadataLookups: [LookupCount] = []
+    /// Addresses of this node's named pods and of the node (flowmeter_endpoint_info).
+    public var endpoints: [EndpointInfo] = []
     /// What `/readyz` answers: start-up marks the programs attached, the
     /// pipeline its interval passes, reader stalls and the detach.
     public var readiness = Readiness()

@@ -174,6 +174,11 @@ public struct ServiceAggregator: Sendable {
         self.limits = limits
         rules += 1
     }
+    /// Names became known that were not (the runtime answered a pod
+    /// lookup): every live socket is resolved again at its next record, so
+    /// a pod named `pod:<uid>` while its lookup was pending moves to its
+    /// workload. Counters stay where they were counted.
+    public mutating func namesChanged() { rules += 1 }
     /// Bumped on each reconfigure: a socket resolved under older rules is resolved again.
     private var rules = 0
     private var resolvedUnder: [UInt64: Int] = [:]
@@ -185,7 +190,11 @@ public struct ServiceAggregator: Sendable {
 
     /// Applies socket records in the order given (the connection table's
     /// timestamp order). `cgroupPath` resolves an owner's cgroup id.
-    public mutating func apply(_ events: [SocketEvent], cgroupPath: (UInt64) -> String?) {
+    /// `pod` gives the Kubernetes identity of an owner's cgroup id, when the
+    /// runtime has named it.
+    public mutating func apply(
+        _ events: [SocketEvent], cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity? = { _ in nil }
+    ) {
         // Register every local endpoint first: a client's open usually comes
         // before the server's (the server's socket is established one ACK
         // later), and both are in the same batch.
@@ -193,7 +202,7 @@ public struct ServiceAggregator: Sendable {
         // endpoint was called (the rules may have changed since).
         for e in events where e.kind != .failed && e.kind != .close && e.family != .other && sockets[e.socketID] == nil {
             let ep = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
-            let service = localService(e, cgroupPath: cgroupPath)
+            let service = localService(e, cgroupPath: cgroupPath, pod: pod)
             var known = endpoints[ep] ?? EndpointUse(service: service, liveCount: 0, lastSeen: e.timestampNanos, serves: false)
             known.service = service
             known.lastSeen = e.timestampNanos
@@ -201,7 +210,7 @@ public struct ServiceAggregator: Sendable {
             endpoints[ep] = known
         }
         for e in events {
-            apply(e, cgroupPath: cgroupPath)
+            apply(e, cgroupPath: cgroupPath, pod: pod)
             if e.kind == .close { trimClosed() }
         }
     }
@@ -236,10 +245,10 @@ public struct ServiceAggregator: Sendable {
         }
     }
 
-    private func localService(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> String {
+    private func localService(_ e: SocketEvent, cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity?) -> String {
         resolver.localService(
             cgroupPath: e.owner.flatMap { cgroupPath($0.cgroupID) }, process: e.owner?.name,
-            address: e.localAddress, port: e.localPort)
+            address: e.localAddress, port: e.localPort, pod: e.owner.flatMap { pod($0.cgroupID) })
     }
 
     /// The peer's name. The order (docs/services.md, "Naming peers"): peer
@@ -249,9 +258,17 @@ public struct ServiceAggregator: Sendable {
     private func peerService(proto: UInt8, address: IPAddress16, port: UInt16, cgroup: UInt64? = nil, now: UInt64 = 0) -> String {
         if let name = resolver.peerService(address: address, port: port) { return name }
         if address != .zero && !(address.isV4Mapped && address.lo & 0xFFFF_FFFF == 0) {
-            if let known = endpoints[Endpoint(proto: proto, address: address, port: port)] { return known.service }
+            // A local endpoint nothing could name (a socket older than us) is
+            // as unknown as a remote peer: with peer addresses on, it gets its
+            // address too, which Prometheus can name from another flowmeterd's
+            // flowmeter_endpoint_info (docs/kubernetes.md).
+            func named(_ e: EndpointUse?) -> String? {
+                guard let e, !(limits.peerAddresses && e.service == "unknown") else { return nil }
+                return e.service
+            }
+            if let known = named(endpoints[Endpoint(proto: proto, address: address, port: port)]) { return known }
             let any = address.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
-            if let known = endpoints[Endpoint(proto: proto, address: any, port: port)] { return known.service }
+            if let known = named(endpoints[Endpoint(proto: proto, address: any, port: port)]) { return known }
             if let naming = dnsNaming, let cgroup, let name = dnsNames.name(cgroup: cgroup, address: address, now: now) {
                 return naming.peerName(name)
             }
@@ -284,21 +301,21 @@ public struct ServiceAggregator: Sendable {
         return allFold
     }
 
-    private mutating func resolve(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) -> ServicePair? {
+    private mutating func resolve(_ e: SocketEvent, cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity?) -> ServicePair? {
         guard let transport = Self.transport(e.ipProtocol) else { return nil }
         return admit(
             ServicePair(
-                service: localService(e, cgroupPath: cgroupPath),
+                service: localService(e, cgroupPath: cgroupPath, pod: pod),
                 peer: peerService(
                     proto: e.ipProtocol, address: e.remoteAddress, port: e.remotePort, cgroup: e.owner?.cgroupID,
                     now: e.timestampNanos),
                 transport: transport))
     }
 
-    private mutating func apply(_ e: SocketEvent, cgroupPath: (UInt64) -> String?) {
+    private mutating func apply(_ e: SocketEvent, cgroupPath: (UInt64) -> String?, pod: (UInt64) -> PodIdentity?) {
         let now = e.timestampNanos
         if e.kind == .failed {
-            guard let p = resolve(e, cgroupPath: cgroupPath) else { return }
+            guard let p = resolve(e, cgroupPath: cgroupPath, pod: pod) else { return }
             pairs[p]?.failed[e.reason.label, default: 0] += 1
             pairs[p]?.lastActiveNanos = now
             return
@@ -307,7 +324,7 @@ public struct ServiceAggregator: Sendable {
         if let known = sockets[e.socketID], resolvedUnder[e.socketID] == rules || e.family == .other {
             t = known
         } else {
-            guard e.family != .other, let p = resolve(e, cgroupPath: cgroupPath) else { return }
+            guard e.family != .other, let p = resolve(e, cgroupPath: cgroupPath, pod: pod) else { return }
             let local = Endpoint(proto: e.ipProtocol, address: e.localAddress, port: e.localPort)
             let tuple = Tuple(
                 proto: e.ipProtocol, local: e.localAddress, localPort: e.localPort,
@@ -320,6 +337,8 @@ public struct ServiceAggregator: Sendable {
                 }
                 known.pair = p
                 tuples[known.tuple] = (p, nil)
+                // Its endpoint names it as a peer: by the new name from now on.
+                endpoints[known.local]?.service = p.service
                 t = known
             } else {
                 // A socket we never saw open: counted from here on only if it

@@ -5,12 +5,17 @@
 //   1. the configured `ServiceRule`s, in file order: a rule matches when it has
 //      at least one condition and every condition it gives holds (cgroup glob
 //      over the cgroup path, process glob over the process name, local port in
-//      its range, local address in its prefix). A condition whose input is
-//      unknown (nil cgroup path or process name) does not hold.
-//   2. the cgroup path: `CgroupWorkload.parse` names systemd services,
-//      containers (docker, containerd, CRI-O) and Kubernetes pods.
-//   3. the process name (comm), when known and not empty.
-//   4. "unknown".
+//      its range, local address in its prefix; for a pod the runtime named,
+//      namespace, workload and container globs and exact pod labels). A
+//      condition whose input is unknown (nil cgroup path or process name, no
+//      pod metadata yet) does not hold.
+//   2. the pod's `<namespace>/<workload>`, when the runtime named the pod
+//      (`PodIdentity`; the workload from `Workload.derive`).
+//   3. the cgroup path: `CgroupWorkload.parse` names systemd services,
+//      containers (docker, containerd, CRI-O) and Kubernetes pods (`pod:<uid>`,
+//      also while the runtime's answer is pending or when it has none).
+//   4. the process name (comm), when known and not empty.
+//   5. "unknown".
 //
 // Peer end (`ServiceResolver.peerService`): the configured `PeerRule`s in file
 // order (every condition given must hold, a rule with none never matches),
@@ -19,7 +24,7 @@
 /// The workload a cgroup path belongs to, as far as the path alone tells.
 public struct CgroupWorkload: Sendable, Hashable {
     public enum Kind: String, Sendable {
-        case systemd, docker, containerd, crio, kubernetes
+        case systemd, docker, containerd, crio, podman, kubernetes
     }
 
     public let kind: Kind
@@ -50,6 +55,8 @@ public struct CgroupWorkload: Sendable, Hashable {
     ///   `containerd:<12>`.
     /// - `crio-<id>.scope` → `.crio`, `crio:<12>`; `crio-conmon-<id>.scope` →
     ///   `.crio`, `crio-conmon:<12>`.
+    /// - `libpod-<id>.scope`, or `libpod-<id>` (podman's cgroupfs manager) →
+    ///   `.podman`, `podman:<12>`.
     /// - A Kubernetes pod cgroup, systemd driver
     ///   (`kubepods[-burstable|-besteffort]-pod<uid with _>.slice`) or
     ///   cgroupfs driver (`kubepods/[burstable|besteffort/]pod<uid>`), with or
@@ -70,6 +77,12 @@ public struct CgroupWorkload: Sendable, Hashable {
             if let c = containerScope(name) {
                 if i > 0, let uid = podUID(parts, at: i - 1) { return pod(uid, container: c.id) }
                 return CgroupWorkload(kind: c.kind, service: "\(c.label):\(c.id.prefix(12))", containerID: c.id)
+            }
+            // podman with the cgroupfs manager: libpod-<id> below its parent.
+            if name.hasPrefix("libpod-"), isContainerID(name.dropFirst("libpod-".count)), i > 0 {
+                let id = String(name.dropFirst("libpod-".count))
+                if let uid = podUID(parts, at: i - 1) { return pod(uid, container: id) }
+                return CgroupWorkload(kind: .podman, service: "podman:\(id.prefix(12))", containerID: id)
             }
             if isContainerID(name), i > 0 {
                 if let uid = podUID(parts, at: i - 1) { return pod(uid, container: name) }
@@ -110,6 +123,7 @@ public struct CgroupWorkload: Sendable, Hashable {
             ("docker-", .docker, "docker"),
             ("cri-containerd-", .containerd, "containerd"),
             ("nerdctl-", .containerd, "containerd"),
+            ("libpod-", .podman, "podman"),
             ("crio-conmon-", .crio, "crio-conmon"),
             ("crio-", .crio, "crio"),
         ]
@@ -193,10 +207,14 @@ public struct ServiceResolver: Sendable {
     }
 
     /// The service of a socket's local end.
-    public func localService(cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16) -> String {
-        for rule in rules where Self.matches(rule, cgroupPath: cgroupPath, process: process, address: address, port: port) {
+    public func localService(
+        cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16, pod: PodIdentity? = nil
+    ) -> String {
+        for rule in rules
+        where Self.matches(rule, cgroupPath: cgroupPath, process: process, address: address, port: port, pod: pod) {
             return rule.service
         }
+        if let pod { return pod.service }
         if let path = cgroupPath, let workload = CgroupWorkload.parse(path) { return workload.service }
         if let process, !process.isEmpty { return process }
         return "unknown"
@@ -219,8 +237,27 @@ public struct ServiceResolver: Sendable {
         return nil
     }
 
-    static func matches(_ rule: ServiceRule, cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16) -> Bool {
+    static func matches(
+        _ rule: ServiceRule, cgroupPath: String?, process: String?, address: IPAddress16, port: UInt16,
+        pod: PodIdentity? = nil
+    ) -> Bool {
         var given = false
+        if let pattern = rule.namespace {
+            guard let pod, globMatch(pattern, pod.metadata.namespace) else { return false }
+            given = true
+        }
+        if let pattern = rule.workload {
+            guard let pod, globMatch(pattern, pod.workload.name) else { return false }
+            given = true
+        }
+        if let pattern = rule.container {
+            guard let name = pod?.metadata.container, globMatch(pattern, name) else { return false }
+            given = true
+        }
+        if let wanted = rule.podLabels {
+            guard let pod, wanted.allSatisfy({ pod.metadata.labels[$0.key] == $0.value }) else { return false }
+            given = true
+        }
         if let pattern = rule.cgroup {
             guard let cgroupPath, globMatch(pattern, cgroupPath) else { return false }
             given = true

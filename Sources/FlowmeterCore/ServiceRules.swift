@@ -87,9 +87,21 @@ public struct ServiceRule: Sendable, Hashable {
     public var ports: PortRange?
     /// The socket's local address.
     public var cidr: CIDR?
+    /// Glob over the pod's namespace (a Kubernetes pod the runtime named).
+    public var namespace: String?
+    /// Glob over the workload derived from the pod (`Workload.derive`).
+    public var workload: String?
+    /// Labels the pod must carry, each with exactly this value.
+    public var podLabels: [String: String]?
+    /// Glob over the container's name in the pod spec.
+    public var container: String?
 
-    public init(service: String, cgroup: String? = nil, process: String? = nil, ports: PortRange? = nil, cidr: CIDR? = nil) {
+    public init(
+        service: String, cgroup: String? = nil, process: String? = nil, ports: PortRange? = nil, cidr: CIDR? = nil,
+        namespace: String? = nil, workload: String? = nil, podLabels: [String: String]? = nil, container: String? = nil
+    ) {
         self.service = service; self.cgroup = cgroup; self.process = process; self.ports = ports; self.cidr = cidr
+        self.namespace = namespace; self.workload = workload; self.podLabels = podLabels; self.container = container
     }
 }
 

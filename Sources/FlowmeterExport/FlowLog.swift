@@ -22,8 +22,12 @@ public enum FlowLogEncoder {
     }
 
     /// One connection record (schema in README, "Flow log").
-    public static func encodeConnection(_ e: SocketEvent, cgroupPath: String?, clock: ClockMapping) -> String {
-        line(FlowLogRecord.Connection(e, cgroupPath: cgroupPath, clock: clock))
+    /// `pod`: the owner's Kubernetes identity, when the runtime named it;
+    /// `node`: written with it.
+    public static func encodeConnection(
+        _ e: SocketEvent, cgroupPath: String?, clock: ClockMapping, pod: PodIdentity? = nil, node: String? = nil
+    ) -> String {
+        line(FlowLogRecord.Connection(e, cgroupPath: cgroupPath, clock: clock, pod: pod, node: node))
     }
 
     /// One DNS record: a query that ended (schema in docs/flow-log.md).
@@ -149,6 +153,14 @@ public enum FlowLogRecord {
         public var process: String?
         public var cgroupID: UInt64?
         public var cgroupPath: String?
+        /// The owner's Kubernetes pod, when the container runtime named it
+        /// (docs/kubernetes.md); left out while the lookup is pending.
+        public var namespace: String?
+        public var pod: String?
+        public var container: String?
+        public var workload: String?
+        public var workloadKind: String?
+        public var node: String?
         /// Close and update.
         public var bytesSent: UInt64?
         public var bytesReceived: UInt64?
@@ -167,12 +179,13 @@ public enum FlowLogRecord {
             case version, type, event, time, protocolName = "protocol", family, role
             case localAddr = "local_addr", localPort = "local_port", remoteAddr = "remote_addr", remotePort = "remote_port"
             case pid, tid, process, cgroupID = "cgroup_id", cgroupPath = "cgroup_path"
+            case namespace, pod, container, workload, workloadKind = "workload_kind", node
             case bytesSent = "bytes_sent", bytesReceived = "bytes_received", srttMicros = "srtt_us", retransmits
             case resetsSent = "resets_sent", resetsReceived = "resets_received", durationMillis = "duration_ms"
             case reason, errorNumber = "errno"
         }
 
-        public init(_ e: SocketEvent, cgroupPath: String?, clock: ClockMapping) {
+        public init(_ e: SocketEvent, cgroupPath: String?, clock: ClockMapping, pod: PodIdentity? = nil, node: String? = nil) {
             event =
                 switch e.kind {
                 case .open: "open";
@@ -199,6 +212,14 @@ public enum FlowLogRecord {
                 process = owner.name
                 cgroupID = owner.cgroupID
                 self.cgroupPath = cgroupPath
+            }
+            if let pod {
+                namespace = pod.metadata.namespace
+                self.pod = pod.metadata.pod
+                container = pod.metadata.container
+                workload = pod.workload.name
+                workloadKind = pod.workload.kind.rawValue
+                self.node = node
             }
             switch e.kind {
             case .close, .update:

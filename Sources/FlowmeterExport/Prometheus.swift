@@ -161,6 +161,16 @@ public enum MetricCatalog {
     public static let seriesDropped = Exposition.Family(
         name: "flowmeter_series_dropped_total", kind: .counter,
         help: "Series not created because a cardinality cap was reached.")
+    public static let metadataLookups = Exposition.Family(
+        name: "flowmeter_metadata_lookups_total", kind: .counter,
+        help:
+            "Lookups of a local pod's container in the container runtime (docs/kubernetes.md), by runtime (source) and outcome: found, not_found, unavailable (runtime unreachable), error. Until found, the pod is named pod:<uid>."
+    )
+    public static let endpointInfo = Exposition.Family(
+        name: "flowmeter_endpoint_info", kind: .gauge,
+        help:
+            "1 for each address of this node's pods the container runtime named, and of the node itself (service node:<node>), with who holds it: for Prometheus to name peers on other nodes (deploy/prometheus, docs/kubernetes.md). Read every 5 s; a pod that is gone vanishes at the next read."
+    )
     public static let buildInfo = Exposition.Family(
         name: "flowmeter_build_info", kind: .gauge,
         help: "Build information of the running flowmeterd.")
@@ -233,7 +243,7 @@ public enum MetricCatalog {
 
     public static let all = [
         interfaceBytes, interfacePackets, interfaceDrops, dropsLost, ringLost, flowTableEntries, insertFailures,
-        records, socketsTracked, hookInfo, seriesDropped, buildInfo, malformed,
+        records, socketsTracked, hookInfo, seriesDropped, metadataLookups, endpointInfo, buildInfo, malformed,
         exportRecords, exportLastSuccess, exportQueue,
         networkBytes, networkPackets, packetDrops, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
         tcpResets, tcpRTT, dnsRequests, dnsLatency, dnsLost, dnsNamesEvicted,
@@ -308,6 +318,19 @@ public enum MetricsRenderer {
         }
         add(MetricCatalog.hookInfo, a.hooks.map { ([("hook", $0.hook), ("mode", $0.mode)], 1) })
         add(MetricCatalog.seriesDropped, [([], Double(a.services?.seriesDropped ?? 0))])
+        add(
+            MetricCatalog.metadataLookups,
+            a.metadataLookups.map { ([("source", $0.source), ("outcome", $0.outcome.rawValue)], Double($0.count)) })
+        add(
+            MetricCatalog.endpointInfo,
+            a.endpoints.map {
+                (
+                    [
+                        ("address", $0.address), ("service", $0.service), ("namespace", $0.namespace),
+                        ("workload", $0.workload), ("pod", $0.pod), ("node", $0.node),
+                    ], 1
+                )
+            })
         add(MetricCatalog.malformed, [([], Double(a.kernel.malformedPackets))])
         add(MetricCatalog.buildInfo, [([("version", version)], 1)])
         let exporters = a.exports.keys.sorted()

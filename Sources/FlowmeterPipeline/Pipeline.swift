@@ -56,6 +56,8 @@ public final class Pipeline: Sendable {
     /// The path of a cgroup id, or nil (a miss may rescan cgroupfs: called
     /// outside the accounting lock).
     let cgroupPath: @Sendable (UInt64) -> String?
+    /// Kubernetes identities of local pods, from the container runtime (never waits).
+    let pods: (any PodNames)?
     public let interval: FlowDuration
     let logger: Logger
     let clock: PipelineClock
@@ -73,6 +75,8 @@ public final class Pipeline: Sendable {
         var sweepStalls: UInt64 = 0
         /// Reader stalls already logged.
         var reportedStalls: (flows: UInt64, events: UInt64) = (0, 0)
+        /// The pod names' generation the services were last resolved under.
+        var podGeneration: UInt64 = 0
         /// Per sink: passes whose consume threw, and the last error logged.
         var sinkFailures: [String: UInt64] = [:]
         var sinkLastError: [String: String] = [:]
@@ -88,9 +92,10 @@ public final class Pipeline: Sendable {
     public init(
         flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, dns: DNSKernel? = nil,
         dnsTimeout: FlowDuration = FlowDuration(nanoseconds: 5_000_000_000), dnsNames: Bool = true, sinks: [Sink], accounting: SharedAccounting,
-        names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?,
+        names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?, pods: (any PodNames)? = nil,
         interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
     ) {
+        self.pods = pods
         self.flows = flows; self.sockets = sockets; self.drops = drops; self.dns = dns; self.sinks = sinks
         self.accounting = accounting
         state.withLock { $0.dns = DNSTracker(timeoutNanos: dnsTimeout.nanoseconds, keepNames: dnsNames) }
@@ -241,6 +246,15 @@ public final class Pipeline: Sendable {
         // Cgroup paths are looked up here, outside the accounting lock.
         var paths: [UInt64: String] = [:]
         for e in events { if let id = e.owner?.cgroupID, paths[id] == nil, let p = cgroupPath(id) { paths[id] = p } }
+        // Pod identities likewise (a cache read; a miss queues a lookup and names the pod pod:<uid> for now).
+        // The generation is read first: a name that arrives during the pass is taken at the next one.
+        let podGeneration = pods?.generation ?? 0
+        let namesChanged = podGeneration != st.podGeneration
+        st.podGeneration = podGeneration
+        var identities: [UInt64: PodIdentity] = [:]
+        if let pods { for (id, p) in paths { if let i = pods.identity(cgroupPath: p) { identities[id] = i } } }
+        let lookups = pods?.lookupCounts
+        let podEndpoints = pods?.endpoints
         let now = clock.monotonic()
         var entryPairs: [ServicePair?] = []
         let socketCounters = try? sockets?.readCounters()
@@ -298,9 +312,12 @@ public final class Pipeline: Sendable {
             // Names clients resolved first, then sockets: a connection
             // opened after its answer is named by it; a flow of a connection
             // opened in this pass then finds its socket.
+            if namesChanged { a.services?.namesChanged() }
+            if let lookups { a.metadataLookups = lookups }
+            if let podEndpoints { a.endpoints = podEndpoints }
             a.services?.learn(dns: dnsLearned)
-            a.services?.apply(events, cgroupPath: { paths[$0] })
-            a.services?.apply(lostCloses, cgroupPath: { paths[$0] })
+            a.services?.apply(events, cgroupPath: { paths[$0] }, pod: { identities[$0] })
+            a.services?.apply(lostCloses, cgroupPath: { paths[$0] }, pod: { identities[$0] })
             entryPairs = a.count(flows: table, names: names, now: now)
             // After the sockets and flows: a drop finds the socket of its 5-tuple.
             a.count(drops: dropSamples, names: names, ownNetns: ownNetns, now: now)
@@ -334,6 +351,7 @@ public final class Pipeline: Sendable {
         return TickOutput(
             pass: pass, flows: batch, flowPairs: pairs, flowDrops: Accounting.dropsByFlow(dropSamples, ownNetns: ownNetns),
             events: events, dns: Array(zip(dnsReady, dnsPairs)).map { (outcome: $0.0, pair: $0.1) }, cgroupPaths: paths,
+            pods: identities,
             interfaceNames: names, clock: clock.mapping(), accounting: { shared.snapshot() })
     }
 

@@ -18,6 +18,8 @@ public struct TickOutput: Sendable {
     public let dns: [(outcome: DNSOutcome, pair: ServicePair?)]
     /// Cgroup paths of the events' owners, by cgroup id.
     public let cgroupPaths: [UInt64: String]
+    /// Kubernetes identities of the events' owners the runtime has named, by cgroup id.
+    public let pods: [UInt64: PodIdentity]
     /// Interface names by ifindex, as of this pass.
     public let interfaceNames: [UInt32: String]
     /// Monotonic to wall clock, read once for the pass.
@@ -29,9 +31,10 @@ public struct TickOutput: Sendable {
     public init(
         pass: Pass, flows: [FlowRecord], flowPairs: [ServicePair?], flowDrops: [FlowKey: DropsByReason] = [:],
         events: [SocketEvent], dns: [(outcome: DNSOutcome, pair: ServicePair?)] = [],
-        cgroupPaths: [UInt64: String], interfaceNames: [UInt32: String], clock: ClockMapping,
+        cgroupPaths: [UInt64: String], pods: [UInt64: PodIdentity] = [:], interfaceNames: [UInt32: String], clock: ClockMapping,
         accounting: @escaping @Sendable () -> Accounting
     ) {
+        self.pods = pods
         self.pass = pass; self.flows = flows; self.flowPairs = flowPairs; self.flowDrops = flowDrops; self.events = events
         self.dns = dns
         self.cgroupPaths = cgroupPaths; self.interfaceNames = interfaceNames; self.clock = clock

@@ -161,6 +161,22 @@ struct Run: AsyncParsableCommand {
     var logLevel: SettingValue?
 
     @Option(
+        name: .customLong(Setting.containerdSocket.flag), help: Setting.containerdSocket.argumentHelp,
+        transform: Setting.containerdSocket.flagValue)
+    var containerdSocket: SettingValue?
+
+    @Option(
+        name: .customLong(Setting.dockerSocket.flag), help: Setting.dockerSocket.argumentHelp,
+        transform: Setting.dockerSocket.flagValue)
+    var dockerSocket: SettingValue?
+
+    @Flag(name: .customLong(Setting.podAppLabel.flag), inversion: .prefixedNo, help: ArgumentHelp(Setting.podAppLabel.flagHelp))
+    var podAppLabel: Bool?
+
+    @Option(name: .customLong(Setting.nodeName.flag), help: Setting.nodeName.argumentHelp, transform: Setting.nodeName.flagValue)
+    var nodeName: SettingValue?
+
+    @Option(
         name: .customLong(Setting.maxSeriesPerMetric.flag), help: Setting.maxSeriesPerMetric.argumentHelp,
         transform: Setting.maxSeriesPerMetric.flagValue)
     var maxSeriesPerMetric: SettingValue?
@@ -205,6 +221,10 @@ struct Run: AsyncParsableCommand {
             (.dnsPeerNames, dnsPeerNames),
             (.dnsNameGrace, dnsNameGrace),
             (.logLevel, logLevel),
+            (.containerdSocket, containerdSocket),
+            (.dockerSocket, dockerSocket),
+            (.podAppLabel, podAppLabel.map { .bool($0) }),
+            (.nodeName, nodeName),
             (.maxSeriesPerMetric, maxSeriesPerMetric),
             (.seriesExpiry, seriesExpiry),
             (.peerAddresses, peerAddresses.map { .bool($0) }),

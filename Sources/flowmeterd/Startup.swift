@@ -3,6 +3,7 @@ import FlowmeterConfig
 import FlowmeterCore
 import FlowmeterExport
 import FlowmeterPipeline
+import FlowmeterRuntime
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -61,6 +62,14 @@ struct Startup {
         /// How peers are named by resolved names; nil: not.
         let dnsPeerNaming: DNSPeerNaming?
         let dnsNameGrace: FlowDuration
+        /// containerd's socket, nil when off.
+        let containerdSocket: String?
+        /// containerd_socket was given (not the default): its absence is then worth a warning.
+        let containerdSocketGiven: Bool
+        /// The Docker Engine API's socket, nil when off.
+        let dockerSocket: String?
+        let podAppLabel: Bool
+        let nodeName: String
 
         /// `layered` with the defaults of `Setting.all` where no layer says.
         init(_ layered: FileConfig, configPath: String?, flags: FileConfig) {
@@ -87,6 +96,11 @@ struct Startup {
             dnsNames = s.dnsNames!
             dnsNameGrace = s.dnsNameGrace!
             dnsPeerNaming = s.dnsNames! && s.dnsPeerNames! != "off" ? try? DNSPeerNaming(parsing: s.dnsPeerNames!) : nil
+            containerdSocket = s.containerdSocket == "off" ? nil : s.containerdSocket!
+            containerdSocketGiven = layered.containerdSocket != nil
+            dockerSocket = s.dockerSocket == "off" ? nil : s.dockerSocket!
+            podAppLabel = s.podAppLabel!
+            nodeName = s.nodeName ?? ProcessInfo.processInfo.hostName
         }
     }
 
@@ -195,13 +209,14 @@ struct Startup {
         let names = InterfaceNames(Dictionary(chosen.map { ($0.ifindex, $0.name) }, uniquingKeysWith: { a, _ in a }))
         let links = s.followInterfaces ? follow(selection, attacher: attacher, names: names, shared: shared) : nil
 
+        let pods = podDirectory()
         let pipeline = Pipeline(
             flows: TCKernel(program: program, ring: ring, attacher: attacher, links: links, pins: s.pins, logger: logger),
             sockets: try sockets.map { try SocketKernelPrograms(programs: $0) },
             drops: drops.map { DropKernelProgram(programs: $0) },
             dns: try dns.map { try DNSKernelProgram(programs: $0) }, dnsTimeout: s.dnsTimeout, dnsNames: s.dnsNames,
             sinks: try sinks(writer: writer), accounting: shared, names: names,
-            cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) },
+            cgroupPath: { [cgroups = CgroupPaths()] in cgroups.path(of: $0) }, pods: pods,
             interval: s.interval, logger: logger)
 
         // The metrics port is bound (CAP_NET_BIND_SERVICE below 1024) and the
@@ -214,6 +229,7 @@ struct Startup {
             .init(service: PipelineService(pipeline: pipeline)),
             .init(service: metricsServer(shared: shared, dropper: dropper, security: security)),
         ]
+        if let pods { services.append(.init(service: PodLookupService(directory: pods))) }
         if s.apiSocket != "off" {
             services.append(.init(service: try apiServer(shared: shared, names: names, dropper: dropper)))
         }
@@ -389,7 +405,7 @@ struct Startup {
     func sinks(writer: FlowLogWriter?) throws -> [Sink] {
         let file = settings.file, logger = self.logger
         var sinks: [Sink] = []
-        if let writer { sinks.append(FlowLogSink(writer: writer)) }
+        if let writer { sinks.append(FlowLogSink(writer: writer, node: settings.nodeName)) }
         if let target = file.ipfixCollector {
             let sender: IPFIXSender
             do { sender = try IPFIXSender(collector: target) } catch { throw StartupError("--ipfix-collector \(target): \(error)") }
@@ -497,6 +513,45 @@ struct Startup {
                         interfaceNames: names.snapshot()),
                     nowUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
             })
+    }
+}
+
+extension Startup {
+    /// The pod names from the container runtime, when socket telemetry runs
+    /// and a runtime is configured. A socket that does not exist is one
+    /// warning line: the node may not run that runtime (yet), and lookups
+    /// simply fail (counted) until it does.
+    func podDirectory() -> PodDirectory? {
+        let s = settings
+        guard s.hooks != nil else { return nil }
+        var sources: [any PodMetadataSource] = []
+        let runtimes = [
+            ("containerd", "containerd_socket", s.containerdSocket, s.containerdSocketGiven),
+            ("Docker API", "docker_socket", s.dockerSocket, true),
+        ]
+        for (name, key, path, given) in runtimes {
+            guard let path else { continue }
+            if !FileManager.default.fileExists(atPath: path) {
+                // A socket the operator named is a warning; the default one on
+                // a host without containerd loses nothing, so it is a notice.
+                logger.log(
+                    level: given ? .warning : .notice,
+                    "no \(name) socket at \(path): Kubernetes pods are named pod:<uid> until it appears (\(key): off to stop asking)")
+            }
+            sources.append(name == "containerd" ? ContainerdSource(socketPath: path) : DockerSource(socketPath: path))
+        }
+        guard !sources.isEmpty else { return nil }
+        return PodDirectory(
+            sources: sources, appNameLabel: s.podAppLabel, node: s.nodeName,
+            cgroupRoot: CgroupPaths().root, logger: logger)
+    }
+}
+
+/// Answers the pod lookups the pipeline queues until shutdown.
+struct PodLookupService: Service {
+    let directory: PodDirectory
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await directory.run() }
     }
 }
 

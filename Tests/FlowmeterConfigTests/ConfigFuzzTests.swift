@@ -227,7 +227,7 @@ enum ConfigProperty {
         for (name, s) in [
             ("metrics_listen", c.metricsListen), ("web_config", c.webConfig), ("flow_log", c.flowLog), ("api_socket", c.apiSocket),
             ("api_group", c.apiGroup), ("state_dir", c.stateDir), ("otlp_endpoint", c.otlpEndpoint),
-            ("ipfix_collector", c.ipfixCollector),
+            ("ipfix_collector", c.ipfixCollector), ("containerd_socket", c.containerdSocket), ("docker_socket", c.dockerSocket), ("node_name", c.nodeName),
         ] {
             text(name, s)
         }
@@ -248,7 +248,15 @@ enum ConfigProperty {
             ports(r.ports)
             text("cgroup", r.cgroup)
             text("process", r.process)
-            if r.cgroup == nil && r.process == nil && r.ports == nil && r.cidr == nil { v.append("service rule without a condition") }
+            text("namespace", r.namespace)
+            text("workload", r.workload)
+            text("container", r.container)
+            if r.podLabels?.isEmpty == true { v.append("pod_label with no label") }
+            if r.cgroup == nil && r.process == nil && r.ports == nil && r.cidr == nil && r.namespace == nil
+                && r.workload == nil && r.podLabels == nil && r.container == nil
+            {
+                v.append("service rule without a condition")
+            }
         }
         for r in c.peers ?? [] {
             ruleName(r.service)

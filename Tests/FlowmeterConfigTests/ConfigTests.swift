@@ -195,14 +195,14 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
                 port: 53
             """
         let top =
-            "interfaces, exclude_interfaces, interval, metrics_listen, web_config, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, dns_ports, dns_timeout, dns_names, dns_peer_names, dns_name_grace, log_level, services, peers, series"
+            "interfaces, exclude_interfaces, interval, metrics_listen, web_config, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, dns_ports, dns_timeout, dns_names, dns_peer_names, dns_name_grace, log_level, containerd_socket, docker_socket, pod_app_label, node_name, services, peers, series"
         #expect(
             problems(yaml) == [
                 "f.yaml:1:1: intervall: unknown key (did you mean \"interval\"?); allowed here: \(top)",
                 "f.yaml:3:1: colour: unknown key; allowed here: \(top)",
                 "f.yaml:5:3: series.max_series: unknown key; allowed here: max_per_metric, expiry, peer_addresses",
-                "f.yaml:7:5: services[0]: service rule \"a\" has no condition; give at least one of cgroup, process, ports, cidr",
-                "f.yaml:8:5: services[0].proces: unknown key (did you mean \"process\"?); allowed here: name, cgroup, process, ports, cidr",
+                "f.yaml:7:5: services[0]: service rule \"a\" has no condition; give at least one of cgroup, process, ports, cidr, namespace, workload, pod_label, container",
+                "f.yaml:8:5: services[0].proces: unknown key (did you mean \"process\"?); allowed here: name, cgroup, process, ports, cidr, namespace, workload, pod_label, container",
                 "f.yaml:10:5: peers[0]: peer rule \"b\" has no condition; give at least one of cidr, ports",
                 "f.yaml:11:5: peers[0].port: unknown key (did you mean \"ports\"?); allowed here: name, cidr, ports",
             ])
@@ -240,7 +240,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
             ("services: checkout", "f.yaml:1:11: services: expected a list of service rules (each \"- name: ...\"), got \"checkout\""),
             (
                 "services: [checkout]",
-                "f.yaml:1:12: services[0]: expected a service rule (name and at least one of cgroup, process, ports, cidr), got \"checkout\""
+                "f.yaml:1:12: services[0]: expected a service rule (name and at least one of cgroup, process, ports, cidr, namespace, workload, pod_label, container), got \"checkout\""
             ),
             ("peers: [[a]]", "f.yaml:1:9: peers[0]: expected a peer rule (name and at least one of cidr, ports), got a list"),
             ("peers:\n  - name: p\n    ports: [80, 443]", "f.yaml:3:12: peers[0].ports: expected a port or port range, got a list"),
@@ -305,6 +305,16 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
                 "services:\n  - name: s\n    process: systemd-resolved",
                 "f.yaml:3:14: services[0].process: \"systemd-resolved\" never matches: process names (comm) are at most 15 characters; use \"systemd-resolve\" or a glob"
             ),
+            ("services:\n  - name: s\n    namespace: \"\"", "f.yaml:3:16: services[0].namespace: must not be empty"),
+            (
+                "services:\n  - name: s\n    pod_label: tier",
+                "f.yaml:3:16: services[0].pod_label: expected a mapping of pod labels to their values (e.g. {app: checkout}), got \"tier\""
+            ),
+            ("services:\n  - name: s\n    pod_label: {}", "f.yaml:3:16: services[0].pod_label: gives no label; give at least one, e.g. {app: checkout}"),
+            (
+                "services:\n  - name: s\n    pod_label: {tier: [a]}",
+                "f.yaml:3:23: services[0].pod_label.tier: expected the label's value (text), got a list"
+            ),
             (
                 "services:\n  - name: s\n    cgroup: system.slice/x.service",
                 "f.yaml:3:13: services[0].cgroup: \"system.slice/x.service\" never matches: cgroup paths start with \"/\" (e.g. /system.slice/system.slice/x.service)"
@@ -312,6 +322,12 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
         ] as [(String, String)])
     func badValue(yaml: String, problem: String) {
         #expect(problems(yaml) == [problem])
+    }
+
+    @Test func podConditions() throws {
+        let yaml = "services:\n  - name: front\n    namespace: shop\n    workload: \"web-*\"\n    container: nginx\n    pod_label: {tier: frontend, team: \"7\"}\n"
+        let rule = try #require(try FileConfig.parse(yaml: yaml, source: "f.yaml").services?.first)
+        #expect(rule == ServiceRule(service: "front", namespace: "shop", workload: "web-*", podLabels: ["tier": "frontend", "team": "7"], container: "nginx"))
     }
 
     @Test func longProcessGlobIsFine() throws {
@@ -344,9 +360,9 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
         #expect(
             problems(yaml) == [
                 "f.yaml:2:5: services[0]: a service rule needs a name",
-                "f.yaml:3:5: services[1]: service rule \"lonely\" has no condition; give at least one of cgroup, process, ports, cidr",
+                "f.yaml:3:5: services[1]: service rule \"lonely\" has no condition; give at least one of cgroup, process, ports, cidr, namespace, workload, pod_label, container",
                 "f.yaml:4:5: services[2]: a service rule needs a name",
-                "f.yaml:4:5: services[2]: service rule has no condition; give at least one of cgroup, process, ports, cidr",
+                "f.yaml:4:5: services[2]: service rule has no condition; give at least one of cgroup, process, ports, cidr, namespace, workload, pod_label, container",
                 "f.yaml:5:11: services[3].name: must not be empty",
                 "f.yaml:7:11: services[4].name: \"check out\" may only contain A-Z a-z 0-9 _ . : / @ -",
                 "f.yaml:9:11: services[5].name: expected a name, got a list",
@@ -389,7 +405,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
             #expect(
                 error.description == """
                     flowmeter.yaml:3:11: interval: '5x' is not a positive duration (examples: 500ms, 5s, 1m)
-                    flowmeter.yaml:6:1: flow_tabel_size: unknown key (did you mean "flow_table_size"?); allowed here: interfaces, exclude_interfaces, interval, metrics_listen, web_config, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, dns_ports, dns_timeout, dns_names, dns_peer_names, dns_name_grace, log_level, services, peers, series
+                    flowmeter.yaml:6:1: flow_tabel_size: unknown key (did you mean "flow_table_size"?); allowed here: interfaces, exclude_interfaces, interval, metrics_listen, web_config, flow_log, flow_log_max_size, flow_log_keep, otlp_endpoint, otlp_queue_size, ipfix_collector, ipfix_observation_domain, api_socket, api_group, flow_table_size, flows_ring_size, tc_mode, hooks, socket_updates, follow_interfaces, state_dir, persist, pin_dir, dns_ports, dns_timeout, dns_names, dns_peer_names, dns_name_grace, log_level, containerd_socket, docker_socket, pod_app_label, node_name, services, peers, series
                     flowmeter.yaml:12:12: services[1].ports: "80-70" is not a port or port range (want e.g. 5432 or 8000-8100, 1 to 65535)
                     flowmeter.yaml:14:19: series.max_per_metric: must be at least 10, got 5
                     flowmeter.yaml:16:12: log_level: "loud" is not one of trace, debug, info, notice, warning, error, critical
@@ -411,7 +427,7 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
         #expect(c.metricsListen == "0.0.0.0:9810")
         #expect(c.tcMode == "auto" && c.hooks == "auto" && c.logLevel == "info")
         #expect(c.followInterfaces == true && c.stateDir == "/run/flowmeter")
-        #expect(c.services?.map(\.service) == ["checkout", "postgres"])
+        #expect(c.services?.map(\.service) == ["checkout", "postgres", "shop-frontend"])
         #expect(c.services?[1].ports == PortRange(lower: 5432, upper: 5432))
         #expect(c.peers?.map(\.service) == ["kube-dns", "internal-http"])
         #expect(c.limits == .defaults)

@@ -86,6 +86,28 @@ import Testing
         #expect(b.pairs[ServicePair(service: "checkout", peer: "192.0.2.1", transport: "udp")] != nil)
     }
 
+    @Test func anUnnamedLocalEndpointIsAnAddressWithPeerAddresses() {
+        // The server's socket has no owner (it is older than us) and no rule names it.
+        var srv = Self.ev(.open, id: 1, ts: 1, serverEnd: true)
+        srv.owner = nil
+        let cli = Self.ev(.open, id: 2, ts: 2)
+        let plain = ServiceResolver(rules: [], peers: [])
+        var a = ServiceAggregator(resolver: plain, limits: Self.limits())
+        a.apply([srv, cli], cgroupPath: { _ in nil })
+        #expect(a.pairs[ServicePair(service: "checkout", peer: "unknown", transport: "tcp")] != nil)
+        var b = ServiceAggregator(resolver: plain, limits: Self.limits(peerAddresses: true))
+        b.apply([srv, cli], cgroupPath: { _ in nil })
+        #expect(b.pairs[ServicePair(service: "checkout", peer: srv.localAddress.description, transport: "tcp")] != nil)
+        // A named local endpoint still names its peer.
+        var named = Self.ev(.open, id: 3, ts: 3, serverEnd: true)
+        named.localPort = 6000
+        var c = ServiceAggregator(resolver: plain, limits: Self.limits(peerAddresses: true))
+        var cli2 = Self.ev(.open, id: 4, ts: 4, remotePort: 6000)
+        cli2.socketID = 4
+        c.apply([named, cli2], cgroupPath: { _ in nil })
+        #expect(c.pairs[ServicePair(service: "checkout", peer: "postgres", transport: "tcp")] != nil)
+    }
+
     @Test func pairsPastTheCapFoldIntoOther() {
         var a = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: Self.limits(cap: 2, peerAddresses: true))
         for i in 0..<5 {

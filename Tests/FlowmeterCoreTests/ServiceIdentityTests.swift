@@ -124,7 +124,6 @@ private func ip(_ s: String) -> IPAddress16 { IPAddress16(text: s)! }
         "/user.slice/user-1000.slice/session-3.scope",
         "/user.slice/user-1000.slice/user@1000.service/app.slice/app-firefox-1234.scope",
         "/system.slice/.service",
-        "/machine.slice/libpod-\(idA).scope",
         // bad container ids
         "/system.slice/docker-\(idA.uppercased()).scope",
         "/system.slice/docker-\(idA.dropLast()).scope",

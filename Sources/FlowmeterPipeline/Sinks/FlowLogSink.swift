@@ -12,7 +12,10 @@ public final class FlowLogSink: Sink {
     /// thousand records, and all their lines at once were 30 MB.
     static let chunk = 4096
 
-    public init(writer: FlowLogWriter) { self.writer = writer }
+    /// The node a connection record of a Kubernetes pod names (`node`).
+    let node: String?
+
+    public init(writer: FlowLogWriter, node: String? = nil) { self.writer = writer; self.node = node }
 
     public var stats: ExportStats { counted.withLock { $0 } }
 
@@ -42,7 +45,10 @@ public final class FlowLogSink: Sink {
             if lines.count == Self.chunk { flush() }
         }
         for e in out.events {
-            lines.append(FlowLogEncoder.encodeConnection(e, cgroupPath: e.owner.flatMap { out.cgroupPaths[$0.cgroupID] }, clock: out.clock))
+            lines.append(
+                FlowLogEncoder.encodeConnection(
+                    e, cgroupPath: e.owner.flatMap { out.cgroupPaths[$0.cgroupID] }, clock: out.clock,
+                    pod: e.owner.flatMap { out.pods[$0.cgroupID] }, node: node))
             if lines.count == Self.chunk { flush() }
         }
         for d in out.dns {
