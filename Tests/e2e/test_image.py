@@ -13,11 +13,12 @@ cannot drift apart: host network, PID and UTS namespaces; the capabilities
 the securityContext adds and no others (bounding, effective and permitted;
 none inheritable or ambient); no_new_privs (allowPrivilegeEscalation: false);
 a read-only root; and each hostPath volume bind-mounted where the pod mounts
-it, read-only where it says so. Two hostPaths are redirected: /run/flowmeter
-to a directory of the test's own (the node's is not ours to touch), and
-/sys/fs/cgroup to this machine's cgroup2 mount (here a hybrid hierarchy puts
-it at /sys/fs/cgroup/unified; on a node with the unified hierarchy it is
-/sys/fs/cgroup itself).
+it, read-only where it says so. Three hostPaths are redirected: /run/flowmeter
+to a directory of the test's own (the node's is not ours to touch),
+/run/containerd to an empty one (a node without containerd; test_pods.py
+tests the names a containerd gives), and /sys/fs/cgroup to this machine's
+cgroup2 mount (here a hybrid hierarchy puts it at /sys/fs/cgroup/unified; on a
+node with the unified hierarchy it is /sys/fs/cgroup itself).
 
 "Host network" in the OCI spec means no network namespace of the container's
 own: the container shares runc's. runc is started inside test namespace A
@@ -50,6 +51,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -313,6 +315,10 @@ class Container:
         self.run_dir = workdir / f"run-{n}"  # the container's /run/flowmeter
         self.bundle.mkdir()
         self.run_dir.mkdir(mode=0o755)
+        # The container's /run/containerd: an empty directory, as on a node
+        # without containerd (the daemon then names pods pod:<uid>).
+        self.containerd_dir = workdir / f"containerd-{n}"
+        self.containerd_dir.mkdir(mode=0o711)
         self.cgroups_path = f"/{self.id}"
         self.spec = self.make_spec(unpacked, args, caps)
         # Paths hidden from the container (runc mounts /dev/null over a file).
@@ -334,6 +340,13 @@ class Container:
         proc["args"] = proc["args"] + args
         proc["terminal"] = False
         proc["env"] = [e for e in proc["env"] if not e.startswith("TERM=")]
+        # The pod's variables, the downward API's spec.nodeName as this host's name.
+        for e in container.get("env", []):
+            if "value" in e:
+                proc["env"].append(f"{e['name']}={e['value']}")
+            else:
+                assert e["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}, e
+                proc["env"].append(f"{e['name']}={socket.gethostname()}")
         proc["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps,
                                 "inheritable": [], "ambient": []}
         proc["noNewPrivileges"] = sc.get("allowPrivilegeEscalation") is False
@@ -353,7 +366,8 @@ class Container:
         spec["linux"]["cgroupsPath"] = self.cgroups_path
         # The pod's volumes where the pod mounts them, over umoci's defaults.
         volumes = {v["name"]: v for v in pod["volumes"]}
-        redirect = {"/run/flowmeter": str(self.run_dir), "/sys/fs/cgroup": cgroup2_root()}
+        redirect = {"/run/flowmeter": str(self.run_dir), "/sys/fs/cgroup": cgroup2_root(),
+                    "/run/containerd": str(self.containerd_dir)}
         targets = set()
         mounts = []
         for vm in container["volumeMounts"]:
@@ -365,7 +379,7 @@ class Container:
             opts = ["rbind", "rprivate", "nosuid", "nodev", "noexec"] + (["ro"] if vm.get("readOnly") else [])
             mounts.append({"destination": vm["mountPath"], "type": "bind", "source": src, "options": opts})
             targets.add(vm["mountPath"])
-        for need in ("/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup", "/run/flowmeter"):
+        for need in ("/sys/fs/bpf", "/sys/kernel/tracing", "/sys/fs/cgroup", "/run/flowmeter", "/run/containerd"):
             assert need in targets, f"the DaemonSet does not mount {need}"
         spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in targets] + mounts
         return spec
@@ -400,6 +414,7 @@ class Container:
         assert p.returncode == 0 or "does not exist" in p.stderr, p.stderr
         shutil.rmtree(self.bundle, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        shutil.rmtree(self.containerd_dir, ignore_errors=True)
 
 
 @pytest.fixture
