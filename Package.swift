@@ -21,6 +21,16 @@ let package = Package(
         // The protobuf runtime of the generated OTLP types, and its protoc
         // plugin (protoc-gen-swift) that tools/generate-otlp builds and runs.
         .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        // OTLP transports: HTTP/protobuf over async-http-client, gRPC over
+        // grpc-swift 2 and its HTTP/2 NIO transport, TLS from swift-nio-ssl.
+        // grpc-swift-protobuf also brings protoc-gen-grpc-swift-2, which
+        // tools/generate-otlp runs for the MetricsService stub.
+        .package(url: "https://github.com/swift-server/async-http-client", exact: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/grpc/grpc-swift-2", exact: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", exact: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", exact: "2.4.1"),
     ],
     targets: [
         // libbpf from the system (Debian libbpf-dev), plus static-inline shims
@@ -59,14 +69,28 @@ let package = Package(
         // FlowmeterExportTests checks that they are current.
         .target(
             name: "FlowmeterOTLPProto",
-            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ]
         ),
+        // zlib (Debian zlib1g-dev, already linked for libbpf) for gzip of the
+        // OTLP/HTTP body.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(
             name: "FlowmeterExport",
             dependencies: [
-                "FlowmeterCore", "FlowmeterOTLPProto",
+                "FlowmeterCore", "FlowmeterOTLPProto", "CZlib",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
