@@ -32,6 +32,10 @@ public final class OTLPHTTPTransport: OTLPTransport {
         // No redirects: a 3xx is the collector's misconfiguration, and
         // following one could carry the auth header elsewhere.
         config.redirectConfiguration = .disallow
+        // A refused or failed connection fails the attempt at once (the pool
+        // would otherwise retry it until the timeout): the pusher's backoff,
+        // which honours the collector's Retry-After, decides when to try again.
+        config.connectionPool.retryConnectionEstablishment = false
         client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: config)
         var h = HTTPHeaders()
         h.add(name: "Content-Type", value: "application/x-protobuf")
