@@ -39,8 +39,21 @@ public final class OTLPGRPCTransport: OTLPTransport {
         } else {
             security = .plaintext
         }
+        // An IP literal is its own target: given to the DNS resolver it would
+        // also become the TLS SNI name, which TLS forbids for addresses (the
+        // certificate is then checked against the address itself).
+        let host = settings.endpoint.host, port = settings.endpoint.port
+        let target: any ResolvableTarget
+        var v4 = in_addr(), v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 {
+            target = .ipv4(address: host, port: port)
+        } else if inet_pton(AF_INET6, host, &v6) == 1 {
+            target = .ipv6(address: host, port: port)
+        } else {
+            target = .dns(host: host, port: port)
+        }
         let transport = try HTTP2ClientTransport.Posix(
-            target: .dns(host: settings.endpoint.host, port: settings.endpoint.port),
+            target: target,
             transportSecurity: security,
             config: .defaults { c in
                 c.compression.algorithm = settings.gzip ? .gzip : .none
