@@ -101,10 +101,24 @@ def otlp_unit(name: str) -> str:
     return "By" if base.endswith("_bytes") else "s" if base.endswith("_seconds") else "1"
 
 
-def check_interop(raw: bytes, exposition: fmlib.Exposition, started_ns: tuple[int, int]) -> int:
+def families_of(exposition: fmlib.Exposition) -> dict[str, set]:
+    """Family name -> the label sets of its series (histograms without le)."""
+    families: dict[str, set] = {}
+    for (name, labels) in exposition.samples:
+        fam = name
+        if fam not in exposition.types:
+            fam = name.rsplit("_", 1)[0]  # _bucket, _sum, _count
+        if exposition.types[fam] == "histogram":
+            labels = frozenset((k, v) for k, v in labels if k != "le")
+        families.setdefault(fam, set()).add(labels)
+    return families
+
+
+def check_interop(raw: bytes, before: fmlib.Exposition, after: fmlib.Exposition, started_ns: tuple[int, int]) -> int:
     """Decodes one recorded request with the official classes and checks it
-    field by field against the families of /metrics: every family with
-    series is one metric with the mapped name and unit, and the kind and
+    field by field against the families of /metrics, scraped just before and
+    just after it was made: every family with series is one metric with the
+    mapped name and unit, the HELP as description, and the kind and
     temporality of its type; every series is one data point with the labels
     as string attributes; every point starts when the daemon started.
     Returns the number of points checked."""
@@ -116,20 +130,21 @@ def check_interop(raw: bytes, exposition: fmlib.Exposition, started_ns: tuple[in
     assert {kv.key for kv in rm.resource.attributes} == {"service.name", "service.version", "host.name"}
     sm = rm.scope_metrics[0]
     assert sm.scope.name == "flowmeterd" and sm.scope.version
-    families: dict[str, set] = {}
-    for (name, labels) in exposition.samples:
-        fam = name
-        if fam not in exposition.types:
-            fam = name.rsplit("_", 1)[0]  # _bucket, _sum, _count
-        if exposition.types[fam] == "histogram":
-            labels = frozenset((k, v) for k, v in labels if k != "le")
-        families.setdefault(fam, set()).add(labels)
+    def otlp_name(f):
+        return (f[:-6] if f.endswith("_total") else f).replace("_", ".")
+    fam_before, families = families_of(before), families_of(after)
     by_name = {m.name: m for m in sm.metrics}
-    expected_names = {(f[:-6] if f.endswith("_total") else f).replace("_", ".") for f in families}
-    assert set(by_name) == expected_names, (set(by_name) ^ expected_names)
+    # A family may get its first series between the two scrapes (a first
+    # packet drop, say); none disappears in that time.
+    assert {otlp_name(f) for f in fam_before} <= set(by_name) <= {otlp_name(f) for f in families}, (
+        set(by_name) ^ {otlp_name(f) for f in fam_before})
+    exposition = after
     points = 0
-    for fam, label_sets in families.items():
-        m = by_name[(fam[:-6] if fam.endswith("_total") else fam).replace("_", ".")]
+    for fam in families:
+        if otlp_name(fam) not in by_name:
+            continue
+        label_sets = families[fam]
+        m = by_name[otlp_name(fam)]
         assert m.unit == otlp_unit(fam), (fam, m.unit)
         assert m.description == exposition.helps[fam], fam
         t = exposition.types[fam]
@@ -156,7 +171,7 @@ def check_interop(raw: bytes, exposition: fmlib.Exposition, started_ns: tuple[in
         # for the loopback TCP of scrapes and exports themselves; the label
         # sets of families without per-pair series are the same.
         if not fam.startswith(("flowmeter_network", "flowmeter_tcp", "flowmeter_packet_drops", "flowmeter_export")):
-            assert attrs == label_sets, (fam, attrs ^ label_sets)
+            assert attrs == label_sets == fam_before.get(fam, label_sets), (fam, attrs ^ label_sets)
     return points
 
 
@@ -211,10 +226,12 @@ def test_otlp_over_mtls_with_header_gzip_outage_and_interop(proto, netpair, daem
     # Interop sample: the last recorded request, decoded with the official
     # classes, against the families of a scrape taken with it.
     n = len(list(rec.iterdir()))
-    exposition = scrape(pair, mport)
+    before = scrape(pair, mport)
     wait_for(lambda: len(list(rec.iterdir())) >= n + 2, timeout=10, what="a recorded export after the scrape")
     newest = max(rec.iterdir(), key=lambda f: int(f.stem.split("-")[1]))
-    assert check_interop(newest.read_bytes(), exposition, tuple(started_ns)) > 20
+    raw = newest.read_bytes()
+    after = scrape(pair, mport)
+    assert check_interop(raw, before, after, tuple(started_ns)) > 20
 
     # Outage: sends fail and are counted, the queue keeps the newest, the rest are dropped.
     received_before = len(rx.requests)
