@@ -113,7 +113,8 @@ public enum OTLPHeaders {
     /// An entry for an error message: the key, never the value (it may be a token).
     static func redactedEntry(_ entry: String) -> String {
         let key = entry.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
-        return entry.contains("=") ? "\(key)=<value>" : "header entry '\(key.prefix(40))'"
+        // Without '=' the whole entry may be a value ("authorization Bearer ..."): none of it is shown.
+        return entry.contains("=") ? "\(key)=<value>" : "a header entry without '=' (\(entry.count) characters)"
     }
 
     /// Layers header lists: later lists win per name (flags over the file,

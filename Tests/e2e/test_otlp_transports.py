@@ -360,3 +360,31 @@ def test_docs_otlp_examples_run(name, netpair, daemons, tmp_path):
     assert SECRET not in d.stderr
     assert d.terminate() == 0, d.stderr
     rx.stop()
+
+
+@pytest.mark.parametrize("case", ["missing-ca", "not-pem", "cert-without-key", "ca-with-http", "grpc-path", "bad-otel-headers"])
+def test_otlp_bad_settings_stop_the_start(case, netpair, flowmeterd, tmp_path):
+    """A bad OTLP setting stops the start with a message naming the flag or
+    variable and the problem; a header's value is never echoed."""
+    pki = make_pki(tmp_path)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    env, args, want = [], [], ""
+    https = "https://127.0.0.1:4318/v1/metrics"
+    if case == "missing-ca":
+        args, want = ["--otlp-endpoint", https, "--otlp-ca-file", str(tmp_path / "nosuch.pem")], "--otlp-ca-file"
+    elif case == "not-pem":
+        args, want = ["--otlp-endpoint", https, "--otlp-ca-file", str(junk)], "not a PEM certificate file"
+    elif case == "cert-without-key":
+        args, want = ["--otlp-endpoint", https, "--otlp-client-cert", pki["client"]], "go together"
+    elif case == "ca-with-http":
+        args, want = ["--otlp-endpoint", "http://127.0.0.1:4318/v1/metrics", "--otlp-ca-file", pki["ca"]], "need an https:// endpoint"
+    elif case == "grpc-path":
+        args, want = ["--otlp-protocol", "grpc", "--otlp-endpoint", "http://127.0.0.1:4317/v1/metrics"], "a gRPC endpoint takes no path"
+    else:
+        env, args, want = ["env", f"OTEL_EXPORTER_OTLP_HEADERS=authorization {SECRET}"], ["--otlp-endpoint", https], "OTEL_EXPORTER_OTLP_HEADERS"
+    p = netpair.run(netpair.a, *env, flowmeterd, "--interfaces", IF_A, "--hooks", "off", *args,
+                    "--metrics-listen", f"127.0.0.1:{unique_port()}", "--state-dir", str(tmp_path / "state"), check=False)
+    assert p.returncode != 0, p.stderr
+    assert want in p.stderr, p.stderr
+    assert SECRET not in p.stderr
