@@ -48,8 +48,20 @@ public struct FileConfig: Sendable, Equatable {
     public var flowLogMaxSize: Int?
     /// Rotated flow logs kept (FILE.1 ... FILE.N).
     public var flowLogKeep: Int?
-    /// OTLP/HTTP metrics endpoint, e.g. http://collector:4318/v1/metrics.
+    /// OTLP metrics endpoint, e.g. http://collector:4318/v1/metrics.
     public var otlpEndpoint: String?
+    /// `OTLPProtocol` raw value (`--otlp-protocol`).
+    public var otlpProtocol: String?
+    /// `key=value` headers, normalized (`--otlp-header`).
+    public var otlpHeaders: [String]?
+    /// TLS files for the OTLP endpoint.
+    public var otlpCAFile: String?
+    public var otlpClientCert: String?
+    public var otlpClientKey: String?
+    /// One of `FileConfig.otlpCompressions`.
+    public var otlpCompression: String?
+    /// Per export attempt (`--otlp-timeout`).
+    public var otlpTimeout: FlowDuration?
     /// IPFIX collector, HOST:PORT (UDP).
     public var ipfixCollector: String?
     /// IPFIX observation domain id.
@@ -162,6 +174,8 @@ public struct FileConfig: Sendable, Equatable {
 
     // MARK: Allowed values (the same as the flags')
 
+    /// `--otlp-compression` values.
+    public static let otlpCompressions = ["none", "gzip"]
     /// `--tc-mode` values (FlowmeterBPF's `TCMode`).
     public static let tcModes = ["auto", "tcx", "clsact"]
     /// `--hooks` values (FlowmeterBPF's `HookRequest`, plus `off`).
@@ -265,18 +279,21 @@ enum Check {
         return n
     }
 
-    /// An http:// URL with a host (OTLP/HTTP). No TLS: flowmeterd pushes to a
-    /// collector or agent on the node or its network, which forwards over TLS.
+    /// An http:// or https:// URL with a host (OTLP, either transport;
+    /// whether a path is allowed depends on the protocol, checked at start).
     static func httpURL(_ s: String) throws -> String {
         let t = s.trimmed
-        if t.hasPrefix("https://") {
-            throw ValueError(
-                "\(quoted(s)): https is not supported; push to a local OpenTelemetry Collector over http:// and let it forward over TLS")
-        }
-        guard t.hasPrefix("http://"), t.dropFirst(7).split(separator: "/").first.map({ !$0.isEmpty }) == true else {
-            throw ValueError("\(quoted(s)) is not an http:// URL (e.g. http://127.0.0.1:4318/v1/metrics)")
+        do { _ = try OTLPEndpoint(parsing: t) } catch {
+            throw ValueError("\(error) (e.g. http://127.0.0.1:4318/v1/metrics)")
         }
         return t
+    }
+
+    /// One `key=value` OTLP header, normalized (key lower-cased, value
+    /// percent-decoded); never echoes the value (it may be a token).
+    static func header(_ s: String) throws -> String {
+        let (k, v) = try OTLPHeaders.parse(s)
+        return "\(k)=\(v)"
     }
 
     /// HOST:PORT or [V6]:PORT with a host (a destination, not a listen address).

@@ -18,6 +18,8 @@ public enum SettingValue: Sendable, Equatable {
 
     var text: String? { if case .text(let v) = self { v } else { nil } }
     var names: [String]? { if case .names(let v) = self { v } else { nil } }
+    /// The list of a `.names` value (a repeated flag's values are joined with it).
+    public var nameList: [String]? { names }
     var integer: Int? { if case .integer(let v) = self { v } else { nil } }
     var bool: Bool? { if case .bool(let v) = self { v } else { nil } }
     var duration: FlowDuration? { if case .duration(let v) = self { v } else { nil } }
@@ -28,6 +30,10 @@ public struct Setting: Sendable {
     public enum Kind: Sendable {
         /// Interface names or globs: a YAML list; comma-separated in a flag or variable.
         case names
+        /// `key=value` request headers (OTLP): a YAML list (or one
+        /// comma-separated string); a flag is repeated; a variable is comma-separated (OTEL_EXPORTER_OTLP_HEADERS'
+        /// format, values percent-encoded). Kept normalized as `.names`.
+        case headers
         /// Text, checked (`expected` says what it should be, for YAML's type errors).
         case text(expected: String, check: @Sendable (String) throws -> String)
         /// One of a fixed list (`expected` names it, for YAML's type errors).
@@ -73,6 +79,7 @@ public struct Setting: Sendable {
     public func parse(_ text: String) throws -> SettingValue {
         switch kind {
         case .names: return .names(InterfaceSelection.patterns(text))
+        case .headers: return .names(try OTLPHeaders.parseList(text).map { "\($0.0)=\($0.1)" })
         case .text(_, let check): return .text(try check(text))
         case .oneOf(let allowed, _): return .text(try Check.oneOf(text, allowed))
         case .duration: return .duration(try Check.duration(text))
@@ -138,7 +145,7 @@ extension Setting {
         key: "otlp_endpoint", flag: "otlp-endpoint", variable: "FLOWMETER_OTLP_ENDPOINT", valueName: "url",
         kind: .text(expected: "a URL", check: Check.httpURL), defaultValue: nil, defaultText: "off",
         help:
-            "Push the metrics every interval to this OTLP/HTTP endpoint (protobuf, cumulative; http:// only, see docs/exporting.md), e.g. http://127.0.0.1:4318/v1/metrics.",
+            "Push the metrics every interval to this OTLP endpoint (cumulative; see docs/exporting.md): http:// or https:// (TLS), e.g. http://127.0.0.1:4318/v1/metrics for http/protobuf (the path defaults to /v1/metrics), https://collector:4317 for grpc (no path).",
         example: "http://127.0.0.1:4318/v1/metrics",
         get: { $0.otlpEndpoint.map { .text($0) } }, set: { $0.otlpEndpoint = $1.text })
     public static let otlpQueueSize = Setting(
@@ -147,6 +154,46 @@ extension Setting {
         help:
             "OTLP requests kept while the endpoint is unreachable (retried with exponential backoff, 0.5 s to 30 s), 1 to 10000; past it the oldest is dropped and counted.",
         example: "64", get: { $0.otlpQueueSize.map { .integer($0) } }, set: { $0.otlpQueueSize = $1.integer })
+    public static let otlpProtocol = Setting(
+        key: "otlp_protocol", flag: "otlp-protocol", variable: "FLOWMETER_OTLP_PROTOCOL", valueName: "protocol",
+        kind: .oneOf(OTLPProtocol.allCases.map(\.rawValue), expected: "an OTLP protocol"),
+        defaultValue: .text(OTLPProtocol.httpProtobuf.rawValue), defaultText: "http/protobuf",
+        help: "OTLP transport: http/protobuf (a POST of the protobuf request, as the OpenTelemetry specification recommends) or grpc (MetricsService/Export over HTTP/2).",
+        example: "grpc", get: { $0.otlpProtocol.map { .text($0) } }, set: { $0.otlpProtocol = $1.text })
+    public static let otlpHeaders = Setting(
+        key: "otlp_headers", flag: "otlp-header", variable: "FLOWMETER_OTLP_HEADERS", valueName: "key=value",
+        kind: .headers, defaultValue: nil, defaultText: "none",
+        help:
+            "A header sent with every OTLP request (gRPC metadata), e.g. authorization=Bearer%20TOKEN; repeat the flag for more (a list in the file; comma-separated in the variable, values percent-encoded). OTEL_EXPORTER_OTLP_HEADERS and OTEL_EXPORTER_OTLP_METRICS_HEADERS are read too, under these. Values are never logged.",
+        example: "x-scope-orgid=tenant1",
+        get: { $0.otlpHeaders.map { .names($0) } }, set: { $0.otlpHeaders = $1.names })
+    public static let otlpCAFile = Setting(
+        key: "otlp_ca_file", flag: "otlp-ca-file", variable: "FLOWMETER_OTLP_CA_FILE", valueName: "path",
+        kind: .text(expected: "a path", check: Check.nonEmpty), defaultValue: nil, defaultText: "the system's roots",
+        help: "PEM file of the CA certificates that sign the collector's certificate (https:// endpoints).",
+        example: "/etc/flowmeter/collector-ca.pem",
+        get: { $0.otlpCAFile.map { .text($0) } }, set: { $0.otlpCAFile = $1.text })
+    public static let otlpClientCert = Setting(
+        key: "otlp_client_cert", flag: "otlp-client-cert", variable: "FLOWMETER_OTLP_CLIENT_CERT", valueName: "path",
+        kind: .text(expected: "a path", check: Check.nonEmpty), defaultValue: nil, defaultText: "none",
+        help: "PEM client certificate (chain) for mTLS to the collector; needs --otlp-client-key.",
+        example: "/etc/flowmeter/client.pem",
+        get: { $0.otlpClientCert.map { .text($0) } }, set: { $0.otlpClientCert = $1.text })
+    public static let otlpClientKey = Setting(
+        key: "otlp_client_key", flag: "otlp-client-key", variable: "FLOWMETER_OTLP_CLIENT_KEY", valueName: "path",
+        kind: .text(expected: "a path", check: Check.nonEmpty), defaultValue: nil, defaultText: "none",
+        help: "PEM private key of --otlp-client-cert.", example: "/etc/flowmeter/client-key.pem",
+        get: { $0.otlpClientKey.map { .text($0) } }, set: { $0.otlpClientKey = $1.text })
+    public static let otlpCompression = Setting(
+        key: "otlp_compression", flag: "otlp-compression", variable: "FLOWMETER_OTLP_COMPRESSION", valueName: "method",
+        kind: .oneOf(FileConfig.otlpCompressions, expected: "a compression"), defaultValue: .text("none"), defaultText: "none",
+        help: "Compress OTLP requests: gzip (Content-Encoding: gzip over HTTP; gRPC's message compression) or none.",
+        example: "gzip", get: { $0.otlpCompression.map { .text($0) } }, set: { $0.otlpCompression = $1.text })
+    public static let otlpTimeout = Setting(
+        key: "otlp_timeout", flag: "otlp-timeout", variable: "FLOWMETER_OTLP_TIMEOUT", valueName: "duration",
+        kind: .duration, defaultValue: .duration(FlowDuration(nanoseconds: 10_000_000_000)), defaultText: "10s",
+        help: "How long one OTLP export attempt may take (connecting, TLS and the answer); past it the attempt fails and is retried.",
+        example: "5s", get: { $0.otlpTimeout.map { .duration($0) } }, set: { $0.otlpTimeout = $1.duration })
     public static let ipfixCollector = Setting(
         key: "ipfix_collector", flag: "ipfix-collector", variable: "FLOWMETER_IPFIX_COLLECTOR", valueName: "host:port",
         kind: .text(expected: "HOST:PORT", check: Check.destination), defaultValue: nil, defaultText: "off",
@@ -312,7 +359,8 @@ extension Setting {
     /// Every setting, in the order of the flags in --help and the docs.
     public static let all: [Setting] = [
         interfaces, excludeInterfaces, interval, metricsListen, webConfig, flowLog, flowLogMaxSize, flowLogKeep,
-        otlpEndpoint, otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
+        otlpEndpoint, otlpProtocol, otlpHeaders, otlpCAFile, otlpClientCert, otlpClientKey, otlpCompression, otlpTimeout,
+        otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
         flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout, dnsNames, dnsPeerNames, dnsNameGrace,
         logLevel, containerdSocket, dockerSocket, podAppLabel, nodeName,
         maxSeriesPerMetric, seriesExpiry, peerAddresses,

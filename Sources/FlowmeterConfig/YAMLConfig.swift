@@ -219,6 +219,24 @@ struct NodeReader {
     }
 
     /// A list of interface names or globs.
+    /// A list of `key=value` headers, each checked (values never echoed).
+    mutating func headers(_ node: Node, _ path: String) -> [String]? {
+        if case .scalar = node {
+            return value(node, path, expected: "key=value headers") { t in
+                try OTLPHeaders.parseList(t).map { "\($0.0)=\($0.1)" }
+            }
+        }
+        guard case .sequence(let items) = node else {
+            report(node, path, "expected a list of key=value headers (e.g. [\"x-scope-orgid=tenant1\"]), got \(kind(node))")
+            return nil
+        }
+        var out: [String] = [], ok = true
+        for (i, item) in items.enumerated() {
+            if let h = value(item, "\(path)[\(i)]", expected: "a key=value header", Check.header) { out.append(h) } else { ok = false }
+        }
+        return ok ? out : nil
+    }
+
     mutating func patterns(_ node: Node, _ path: String) -> [String]? {
         guard case .sequence(let items) = node else {
             report(node, path, "expected a list of interface names or globs (e.g. [\"eth*\", \"veth*\"]), got \(kind(node))")
@@ -285,6 +303,7 @@ struct NodeReader {
         let value: SettingValue?
         switch s.kind {
         case .names: value = patterns(v, path).map { .names($0) }
+        case .headers: value = headers(v, path).map { .names($0) }
         case .text(let expected, let check): value = self.value(v, path, expected: expected, check).map { .text($0) }
         // `hooks: off` is YAML's false; its text is still "off".
         case .oneOf(let allowed, let expected):

@@ -42,6 +42,9 @@ public struct ExportStats: Sendable, Equatable {
     public var lastSuccessUnixSeconds: Double = 0
     /// Waiting to be sent (OTLP's queue); 0 for exporters that send at once.
     public var queueLength = 0
+    /// Data points the receiver refused in accepted requests (OTLP's
+    /// partial_success); nil for exporters without such answers.
+    public var rejectedPoints: UInt64?
     public init() {}
 }
 

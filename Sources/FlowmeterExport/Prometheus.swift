@@ -186,6 +186,9 @@ public enum MetricCatalog {
     public static let exportQueue = Exposition.Family(
         name: "flowmeter_export_queue_length", kind: .gauge,
         help: "Records waiting in each exporter's queue (OTLP requests not yet delivered; 0 for exporters that send at once).")
+    public static let exportRejectedPoints = Exposition.Family(
+        name: "flowmeter_export_rejected_points_total", kind: .counter,
+        help: "Data points an OTLP collector refused in requests it accepted (partial_success.rejected_data_points).")
     public static let exportLastSuccess = Exposition.Family(
         name: "flowmeter_export_last_success_timestamp_seconds", kind: .gauge,
         help: "Unix time of each exporter's last successful send (0 before the first).")
@@ -244,7 +247,7 @@ public enum MetricCatalog {
     public static let all = [
         interfaceBytes, interfacePackets, interfaceDrops, dropsLost, ringLost, flowTableEntries, insertFailures,
         records, socketsTracked, hookInfo, seriesDropped, metadataLookups, endpointInfo, buildInfo, malformed,
-        exportRecords, exportLastSuccess, exportQueue,
+        exportRecords, exportRejectedPoints, exportLastSuccess, exportQueue,
         networkBytes, networkPackets, packetDrops, tcpOpened, tcpFailed, tcpActive, tcpRetransmits,
         tcpResets, tcpRTT, dnsRequests, dnsLatency, dnsLost, dnsNamesEvicted,
     ]
@@ -341,6 +344,9 @@ public enum MetricsRenderer {
                 return [("queued", x.queued), ("sent", x.sent), ("failed", x.failed), ("dropped", x.dropped)]
                     .map { ([("exporter", name), ("outcome", $0.0)], Double($0.1)) }
             })
+        add(
+            MetricCatalog.exportRejectedPoints,
+            exporters.compactMap { n in a.exports[n]!.rejectedPoints.map { ([("exporter", n)], Double($0)) } })
         add(MetricCatalog.exportQueue, exporters.map { ([("exporter", $0)], Double(a.exports[$0]!.queueLength)) })
         add(MetricCatalog.exportLastSuccess, exporters.map { ([("exporter", $0)], a.exports[$0]!.lastSuccessUnixSeconds) })
         if a.dnsCounted {

@@ -2,35 +2,6 @@ import FlowmeterCore
 import Foundation
 import Synchronization
 
-/// A destination given as http://HOST[:PORT]/PATH.
-public struct HTTPEndpoint: Sendable, Equatable, CustomStringConvertible {
-    public let host: String
-    public let port: UInt16
-    public let path: String
-    public var description: String { "http://\(host.contains(":") ? "[\(host)]" : host):\(port)\(path)" }
-
-    public init(parsing url: String) throws {
-        guard url.hasPrefix("http://") else { throw ValueError("\(url): only http:// is supported") }
-        let rest = url.dropFirst(7)
-        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
-        let authority = String(rest[..<slash])
-        path = slash == rest.endIndex ? "/v1/metrics" : String(rest[slash...])
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { throw ValueError("\(url): unclosed [ in the host") }
-            host = String(authority[authority.index(after: authority.startIndex)..<close])
-            let after = authority[authority.index(after: close)...]
-            port = after.hasPrefix(":") ? UInt16(after.dropFirst()) ?? 0 : 80
-        } else if let colon = authority.lastIndex(of: ":") {
-            host = String(authority[..<colon])
-            port = UInt16(authority[authority.index(after: colon)...]) ?? 0
-        } else {
-            host = authority
-            port = 80
-        }
-        guard !host.isEmpty, port != 0 else { throw ValueError("\(url): needs a host and a valid port") }
-    }
-}
-
 /// Connected sockets to a HOST:PORT (getaddrinfo, every address tried).
 enum Dial {
     static func connect(host: String, port: UInt16, type: Int32, timeoutSeconds: Int) throws -> Int32 {
@@ -60,72 +31,42 @@ enum Dial {
     }
 }
 
-/// One blocking HTTP/1.1 POST (Connection: close). Plain HTTP only: the
-/// exporter talks to a collector on the node or its network. Returns the
-/// status code.
-enum HTTPPost {
-    static func post(_ e: HTTPEndpoint, contentType: String, body: [UInt8], timeoutSeconds: Int = 10) throws -> Int {
-        let fd = try Dial.connect(host: e.host, port: e.port, type: Int32(SOCK_STREAM.rawValue), timeoutSeconds: timeoutSeconds)
-        defer { close(fd) }
-        let hostHeader = e.host.contains(":") ? "[\(e.host)]:\(e.port)" : "\(e.host):\(e.port)"
-        var req = Array(
-            "POST \(e.path) HTTP/1.1\r\nHost: \(hostHeader)\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\nUser-Agent: flowmeterd/\(FlowmeterVersion.current)\r\nConnection: close\r\n\r\n"
-                .utf8)
-        req += body
-        var off = 0
-        while off < req.count {
-            let w = req.withUnsafeBytes { send(fd, $0.baseAddress! + off, req.count - off, Int32(MSG_NOSIGNAL)) }
-            if w < 0 {
-                if errno == EINTR { continue }
-                throw ValueError("send to \(e): \(String(cString: strerror(errno)))")
-            }
-            off += w
-        }
-        // The status line is all we need; read until it is complete.
-        var head: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while !head.contains(0x0A) {
-            let r = recv(fd, &buf, buf.count, 0)
-            if r < 0 && errno == EINTR { continue }
-            guard r > 0 else { throw ValueError("no response from \(e)\(r < 0 ? ": " + String(cString: strerror(errno)) : "")") }
-            head += buf[0..<r]
-        }
-        let line = String(decoding: head.prefix { $0 != 0x0D && $0 != 0x0A }, as: UTF8.self)
-        let parts = line.split(separator: " ")
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/"), let code = Int(parts[1]) else {
-            throw ValueError("bad response from \(e): \(line)")
-        }
-        return code
-    }
-}
-
 /// Pushes OTLP metrics on a thread of its own: a bounded queue of export
 /// requests, retried with exponential backoff while the collector is down.
 /// Requests carry cumulative values, so when the queue is full the oldest is
 /// dropped (a newer one carries everything it had); every drop is counted.
+/// The transport (HTTP/protobuf or gRPC) is asynchronous; this thread waits
+/// for each attempt, so one request is in flight at a time, in order.
 public final class OTLPPusher: @unchecked Sendable {
     public struct Counters: Sendable, Equatable {
         /// Requests handed over (enqueued), sent, failed attempts, dropped.
         public var queued: UInt64 = 0, sent: UInt64 = 0, failed: UInt64 = 0, dropped: UInt64 = 0
+        /// Data points receivers refused in requests they accepted (partial_success).
+        public var rejectedPoints: UInt64 = 0
         public var lastSuccessUnixSeconds: Double = 0
         /// Requests waiting (the one being sent included).
         public var queueLength = 0
     }
 
-    public let endpoint: HTTPEndpoint
     public let capacity: Int
+    let transport: any OTLPTransport
     private let minBackoff: Double, maxBackoff: Double
     private let state: Mutex<(queue: [[UInt8]], counters: Counters, running: Bool)>
     private let wake = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let onError: @Sendable (String) -> Void
+    private let onPartial: @Sendable (Int64, String) -> Void
 
+    /// `onError` hears every failed attempt (and every rejected request);
+    /// `onPartial` every accepted request with refused points.
     public init(
-        endpoint: HTTPEndpoint, capacity: Int = 16, minBackoffSeconds: Double = 0.5, maxBackoffSeconds: Double = 30,
-        onError: @escaping @Sendable (String) -> Void = { _ in }
+        transport: any OTLPTransport, capacity: Int = 16, minBackoffSeconds: Double = 0.5, maxBackoffSeconds: Double = 30,
+        onError: @escaping @Sendable (String) -> Void = { _ in },
+        onPartial: @escaping @Sendable (Int64, String) -> Void = { _, _ in }
     ) {
-        self.endpoint = endpoint; self.capacity = max(1, capacity)
-        self.minBackoff = minBackoffSeconds; self.maxBackoff = maxBackoffSeconds; self.onError = onError
+        self.transport = transport; self.capacity = max(1, capacity)
+        self.minBackoff = minBackoffSeconds; self.maxBackoff = maxBackoffSeconds
+        self.onError = onError; self.onPartial = onPartial
         state = Mutex(([], Counters(), true))
         let t = Thread { [self] in loop() }
         t.name = "flowmeter-otlp"
@@ -161,9 +102,23 @@ public final class OTLPPusher: @unchecked Sendable {
         _ = finished.wait(timeout: .now() + timeout)
     }
 
+    /// One attempt, waited for on this (non-cooperative) thread.
+    private func attempt(_ body: [UInt8]) -> OTLPOutcome {
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<OTLPOutcome?>(nil)
+        let transport = self.transport
+        Task {
+            let r = await transport.send(body)
+            result.withLock { $0 = r }
+            done.signal()
+        }
+        done.wait()
+        return result.withLock { $0! }
+    }
+
     private func loop() {
         var backoff = minBackoff
-        while true {
+        sending: while true {
             let next: [UInt8]? = state.withLock { $0.queue.first }
             let running = state.withLock { $0.running }
             guard let body = next else {
@@ -171,29 +126,54 @@ public final class OTLPPusher: @unchecked Sendable {
                 _ = wake.wait(timeout: .now() + 1)
                 continue
             }
-            do {
-                let code = try HTTPPost.post(endpoint, contentType: "application/x-protobuf", body: body)
-                guard (200..<300).contains(code) else { throw ValueError("HTTP \(code)") }
+            switch attempt(body) {
+            case .accepted(let rejected, let message):
                 state.withLock { s in
                     if !s.queue.isEmpty { s.queue.removeFirst() }
                     s.counters.sent += 1
+                    s.counters.rejectedPoints += UInt64(rejected)
                     s.counters.lastSuccessUnixSeconds = Date().timeIntervalSince1970
                 }
+                if rejected > 0 || !message.isEmpty { onPartial(rejected, message) }
                 backoff = minBackoff
-            } catch {
+            case .reject(let why):
+                // Sending it again cannot succeed: a failed attempt, and the
+                // request is dropped (its values reach the collector with the
+                // next request, should that one be accepted).
+                state.withLock { s in
+                    if !s.queue.isEmpty { s.queue.removeFirst() }
+                    s.counters.failed += 1
+                    s.counters.dropped += 1
+                }
+                onError("the collector rejected the request (not retried): \(why)")
+                if !running { continue }
+                _ = wake.wait(timeout: .now() + backoff)
+                backoff = min(maxBackoff, backoff * 2)
+            case .retry(let why, let after):
                 state.withLock { $0.counters.failed += 1 }
-                onError("\(error)")
+                onError(after.map { "\(why) (retrying after \($0) s, as the collector asked)" } ?? why)
                 if !running {
                     state.withLock { s in
                         s.counters.dropped += UInt64(s.queue.count); s.queue.removeAll()
                     }
-                    break
+                    break sending
                 }
-                // Sleep, but wake early to stop.
-                _ = wake.wait(timeout: .now() + backoff)
+                // Sleep (at least as long as the collector asked), but wake early to stop.
+                let wait = max(backoff, after ?? 0)
+                let deadline = Date().addingTimeInterval(wait)
+                while Date() < deadline, state.withLock({ $0.running }) {
+                    _ = wake.wait(timeout: .now() + deadline.timeIntervalSinceNow)
+                }
                 backoff = min(maxBackoff, backoff * 2)
             }
         }
+        let transport = self.transport
+        let closed = DispatchSemaphore(value: 0)
+        Task {
+            await transport.shutdown()
+            closed.signal()
+        }
+        _ = closed.wait(timeout: .now() + 2)
         finished.signal()
     }
 }

@@ -281,12 +281,22 @@ let usage = """
            flowmeter-bench ring [ROUNDS] --producer OUT/ring_producer.bpf.o --c-consumer OUT/ring_consumer
                                 [--records N] [--cpu C] [--only abcd]
            flowmeter-bench flowlog [ROUNDS] [--records N]
+           flowmeter-bench otlp SERIES ROUNDS HTTP_PORT GRPC_PORT TLS_HTTP_PORT TLS_GRPC_PORT CA_FILE
       ring: bash bench/build.sh OUT builds both; ROUNDS default 15; N a multiple of 65536,
       default 1048576; C the CPU to pin to (default the last); --only runs some variants (profiling)
       flowlog: the flow log's encoder, Codable against the former hand-written one (no root needed);
       ROUNDS default 15, N records default 100000
+      otlp: CPU per OTLP export, the former hand-written POST against the library transports
+      (receivers on those loopback ports; tools/bench otlp starts them)
 
     """
+// OTLP export cost: no root, no kernel.
+if args.first == "otlp" {
+    do { try OTLPBench.run(Array(args.dropFirst())) } catch {
+        FileHandle.standardError.write(Data("flowmeter-bench: \(error)\n".utf8)); exit(1)
+    }
+    exit(0)
+}
 // The flow log's encoding needs neither root nor the kernel.
 if args.first == "flowlog" {
     var rest = Array(args.dropFirst())

@@ -91,6 +91,37 @@ struct Run: AsyncParsableCommand {
     var otlpEndpoint: SettingValue?
 
     @Option(
+        name: .customLong(Setting.otlpProtocol.flag), help: Setting.otlpProtocol.argumentHelp, transform: Setting.otlpProtocol.flagValue)
+    var otlpProtocol: SettingValue?
+
+    /// Repeatable: each occurrence adds headers.
+    @Option(
+        name: .customLong(Setting.otlpHeaders.flag), help: Setting.otlpHeaders.argumentHelp, transform: Setting.otlpHeaders.flagValue)
+    var otlpHeader: [SettingValue] = []
+
+    @Option(
+        name: .customLong(Setting.otlpCAFile.flag), help: Setting.otlpCAFile.argumentHelp, transform: Setting.otlpCAFile.flagValue)
+    var otlpCAFile: SettingValue?
+
+    @Option(
+        name: .customLong(Setting.otlpClientCert.flag), help: Setting.otlpClientCert.argumentHelp,
+        transform: Setting.otlpClientCert.flagValue)
+    var otlpClientCert: SettingValue?
+
+    @Option(
+        name: .customLong(Setting.otlpClientKey.flag), help: Setting.otlpClientKey.argumentHelp, transform: Setting.otlpClientKey.flagValue)
+    var otlpClientKey: SettingValue?
+
+    @Option(
+        name: .customLong(Setting.otlpCompression.flag), help: Setting.otlpCompression.argumentHelp,
+        transform: Setting.otlpCompression.flagValue)
+    var otlpCompression: SettingValue?
+
+    @Option(
+        name: .customLong(Setting.otlpTimeout.flag), help: Setting.otlpTimeout.argumentHelp, transform: Setting.otlpTimeout.flagValue)
+    var otlpTimeout: SettingValue?
+
+    @Option(
         name: .customLong(Setting.otlpQueueSize.flag), help: Setting.otlpQueueSize.argumentHelp, transform: Setting.otlpQueueSize.flagValue)
     var otlpQueueSize: SettingValue?
 
@@ -201,6 +232,13 @@ struct Run: AsyncParsableCommand {
             (.flowLogMaxSize, flowLogMaxSize),
             (.flowLogKeep, flowLogKeep),
             (.otlpEndpoint, otlpEndpoint),
+            (.otlpProtocol, otlpProtocol),
+            (.otlpHeaders, otlpHeader.isEmpty ? nil : .names(otlpHeader.flatMap { $0.nameList ?? [] })),
+            (.otlpCAFile, otlpCAFile),
+            (.otlpClientCert, otlpClientCert),
+            (.otlpClientKey, otlpClientKey),
+            (.otlpCompression, otlpCompression),
+            (.otlpTimeout, otlpTimeout),
             (.otlpQueueSize, otlpQueueSize),
             (.ipfixCollector, ipfixCollector),
             (.ipfixObservationDomain, ipfixObservationDomain),

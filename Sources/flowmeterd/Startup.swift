@@ -419,11 +419,29 @@ struct Startup {
             logger.info("exporting IPFIX", metadata: ["collector": "\(target)", "observation_domain": "\(domain)"])
         }
         if let url = file.otlpEndpoint {
-            let endpoint: HTTPEndpoint
-            do { endpoint = try HTTPEndpoint(parsing: url) } catch { throw StartupError("--otlp-endpoint: \(error)") }
+            let proto = OTLPProtocol(rawValue: file.otlpProtocol!) ?? .httpProtobuf
+            let endpoint: OTLPEndpoint
+            do { endpoint = try OTLPEndpoint(parsing: url, for: proto) } catch { throw StartupError("--otlp-endpoint: \(error)") }
+            // Headers: OTEL_EXPORTER_OTLP_HEADERS, then ..._METRICS_HEADERS,
+            // then --otlp-header (flags over FLOWMETER_OTLP_HEADERS over the file); later wins per name.
+            var headerLists: [[(String, String)]]
+            do { headerLists = try OTLPTransportSettings.otelHeaders(ProcessInfo.processInfo.environment) } catch {
+                throw StartupError("environment: \(error)")
+            }
+            headerLists.append(
+                (file.otlpHeaders ?? []).map { e in
+                    let kv = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                    return (String(kv[0]), kv.count > 1 ? String(kv[1]) : "")
+                })
+            let transportSettings = OTLPTransportSettings(
+                proto: proto, endpoint: endpoint, headers: OTLPHeaders.merge(headerLists),
+                caFile: file.otlpCAFile, clientCertFile: file.otlpClientCert, clientKeyFile: file.otlpClientKey,
+                gzip: file.otlpCompression == "gzip", timeoutSeconds: Double(file.otlpTimeout!.nanoseconds) / 1e9)
+            let transport: any OTLPTransport
+            do { transport = try transportSettings.makeTransport() } catch { throw StartupError("OTLP: \(error)") }
             let errors = Mutex<String?>(nil)
             let pusher = OTLPPusher(
-                endpoint: endpoint, capacity: settings.otlpQueueSize,
+                transport: transport, capacity: settings.otlpQueueSize,
                 onError: { e in
                     // One line per kind of failure, not one per retry.
                     let new = errors.withLock { last in
@@ -432,6 +450,11 @@ struct Startup {
                     if new {
                         logger.warning("OTLP push failed; retrying with backoff", metadata: ["endpoint": "\(endpoint)", "error": "\(e)"])
                     }
+                },
+                onPartial: { rejected, message in
+                    logger.warning(
+                        "the OTLP collector accepted a request in part",
+                        metadata: ["endpoint": "\(endpoint)", "rejected_data_points": "\(rejected)", "message": "\(message)"])
                 })
             var host = [CChar](repeating: 0, count: 256)
             gethostname(&host, host.count)
@@ -444,7 +467,15 @@ struct Startup {
                     ],
                     version: FlowmeterVersion.current,
                     startUnixNanos: UInt64(Date().timeIntervalSince1970 * 1e9)))
-            logger.info("pushing OTLP metrics", metadata: ["endpoint": "\(endpoint)", "queue": "\(settings.otlpQueueSize)"])
+            logger.info(
+                "pushing OTLP metrics",
+                metadata: [
+                    "endpoint": "\(endpoint)", "protocol": "\(proto.rawValue)", "queue": "\(settings.otlpQueueSize)",
+                    "compression": "\(file.otlpCompression!)", "timeout": "\(file.otlpTimeout!)",
+                    // Names only where the value is a secret (authorization, ...).
+                    "headers": "\(OTLPHeaders.forLog(transportSettings.headers))",
+                    "tls": "\(endpoint.tls ? (file.otlpClientCert != nil ? "mtls" : "tls") : "off")",
+                ])
         }
         return sinks
     }

@@ -211,28 +211,20 @@ import Testing
         #expect(try String(contentsOfFile: path, encoding: .utf8) == "after\n")
     }
 
-    @Test func httpEndpoints() throws {
-        let e = try HTTPEndpoint(parsing: "http://collector:4318/v1/metrics")
-        #expect(e.host == "collector" && e.port == 4318 && e.path == "/v1/metrics")
-        let d = try HTTPEndpoint(parsing: "http://[::1]:4318")
+    @Test func otlpEndpoints() throws {
+        let e = try OTLPEndpoint(parsing: "http://collector:4318/v1/metrics")
+        #expect(e.host == "collector" && e.port == 4318 && e.path == "/v1/metrics" && !e.tls)
+        let d = try OTLPEndpoint(parsing: "http://[::1]:4318")
         #expect(d.host == "::1" && d.port == 4318 && d.path == "/v1/metrics" && d.description == "http://[::1]:4318/v1/metrics")
-        #expect(try HTTPEndpoint(parsing: "http://h").port == 80)
-        #expect(throws: ValueError.self) { try HTTPEndpoint(parsing: "https://h:1/") }
-        #expect(throws: ValueError.self) { try HTTPEndpoint(parsing: "http://h:99999/") }
-        #expect(throws: ValueError.self) { try HTTPEndpoint(parsing: "http://:80/") }
-    }
-
-    @Test func otlpQueueDropsTheOldestAndCountsIt() throws {
-        // Port 1 on loopback: connection refused at once, so every send fails.
-        let p = OTLPPusher(
-            endpoint: try HTTPEndpoint(parsing: "http://127.0.0.1:1/v1/metrics"), capacity: 2,
-            minBackoffSeconds: 5, maxBackoffSeconds: 5)
-        for i in 0..<5 { p.enqueue([UInt8(i)]) }
-        let c = p.counters
-        #expect(c.queued == 5 && c.dropped == 3 && c.queueLength == 2 && c.sent == 0)
-        p.stop(timeout: 10)
-        let end = p.counters
-        // On stop, what could not be delivered is dropped too: nothing is left unaccounted.
-        #expect(end.queued == end.sent + end.dropped && end.queueLength == 0 && end.failed >= 1)
+        #expect(try OTLPEndpoint(parsing: "http://h").port == 80)
+        let t = try OTLPEndpoint(parsing: "https://h")
+        #expect(t.tls && t.port == 443 && t.description == "https://h:443/v1/metrics")
+        let g = try OTLPEndpoint(parsing: "https://collector:4317", for: .grpc)
+        #expect(g.tls && g.port == 4317 && g.path == "")
+        #expect(throws: ValueError.self) { try OTLPEndpoint(parsing: "https://collector:4317/v1/metrics", for: .grpc) }
+        #expect(throws: ValueError.self) { try OTLPEndpoint(parsing: "ftp://h:1/") }
+        #expect(throws: ValueError.self) { try OTLPEndpoint(parsing: "http://h:99999/") }
+        #expect(throws: ValueError.self) { try OTLPEndpoint(parsing: "http://:80/") }
+        #expect(throws: ValueError.self) { try OTLPEndpoint(parsing: "https://user:pw@h/") }
     }
 }

@@ -4,7 +4,8 @@ import Testing
 /// The OTLP types in Sources/FlowmeterOTLPProto are generated from the
 /// vendored opentelemetry-proto files (proto/) and committed. This regenerates
 /// them into a temporary folder with tools/generate-otlp (protoc from Debian's
-/// protobuf-compiler, protoc-gen-swift of the pinned swift-protobuf) and
+/// protobuf-compiler, protoc-gen-swift of the pinned swift-protobuf,
+/// protoc-gen-grpc-swift-2 of the pinned grpc-swift-protobuf) and
 /// compares, so a .proto update, a swift-protobuf update or a hand edit
 /// without regenerating fails here.
 @Suite struct OTLPGeneratedTests {
@@ -12,16 +13,17 @@ import Testing
         .deletingLastPathComponent()
     static let generated = repo.appendingPathComponent("Sources/FlowmeterOTLPProto")
 
-    /// protoc-gen-swift: $PROTOC_GEN_SWIFT, or beside the test executable in
-    /// the build's bin folder (`swift build --product protoc-gen-swift`; tools/test builds it).
-    static func plugin() throws -> String {
-        if let p = ProcessInfo.processInfo.environment["PROTOC_GEN_SWIFT"], !p.isEmpty { return p }
+    /// A protoc plugin (protoc-gen-swift, protoc-gen-grpc-swift-2): $`variable`,
+    /// or beside the test executable in the build's bin folder
+    /// (`swift build --product NAME`; tools/test builds both).
+    static func plugin(_ name: String, variable: String) throws -> String {
+        if let p = ProcessInfo.processInfo.environment[variable], !p.isEmpty { return p }
         let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        let candidate = exe.deletingLastPathComponent().appendingPathComponent("protoc-gen-swift").path
+        let candidate = exe.deletingLastPathComponent().appendingPathComponent(name).path
         guard FileManager.default.isExecutableFile(atPath: candidate) else {
             throw Failure(
-                "no protoc-gen-swift at \(candidate): build it with `swift build --product protoc-gen-swift` "
-                    + "(tools/test does), or set PROTOC_GEN_SWIFT")
+                "no \(name) at \(candidate): build it with `swift build --product \(name)` "
+                    + "(tools/test does), or set \(variable)")
         }
         return candidate
     }
@@ -48,7 +50,8 @@ import Testing
         p.executableURL = Self.repo.appendingPathComponent("tools/generate-otlp")
         p.arguments = ["--out", tmp.path]
         var env = ProcessInfo.processInfo.environment
-        env["PROTOC_GEN_SWIFT"] = try Self.plugin()
+        env["PROTOC_GEN_SWIFT"] = try Self.plugin("protoc-gen-swift", variable: "PROTOC_GEN_SWIFT")
+        env["PROTOC_GEN_GRPC_SWIFT"] = try Self.plugin("protoc-gen-grpc-swift-2", variable: "PROTOC_GEN_GRPC_SWIFT")
         p.environment = env
         let errors = Pipe()
         p.standardError = errors
@@ -59,7 +62,8 @@ import Testing
 
         let fresh = try Self.swiftFiles(tmp)
         let committed = try Self.swiftFiles(Self.generated)
-        #expect(fresh.count == 4)
+        // The four message files and the MetricsService client stub.
+        #expect(fresh.count == 5)
         #expect(
             Set(committed.keys) == Set(fresh.keys),
             "Sources/FlowmeterOTLPProto has \(committed.keys.sorted()), tools/generate-otlp makes \(fresh.keys.sorted())")

@@ -2,7 +2,7 @@ import FlowmeterCore
 import FlowmeterExport
 import Foundation
 
-/// OTLP/HTTP metrics: the cumulative metrics once per interval (not per
+/// OTLP metrics (HTTP/protobuf or gRPC, `OTLPPusher`'s transport): the cumulative metrics once per interval (not per
 /// early pass), built from the same metric families as /metrics.
 public final class OTLPSink: Sink {
     public let name = "otlp"
@@ -23,6 +23,7 @@ public final class OTLPSink: Sink {
         s.queued = c.queued; s.sent = c.sent; s.failed = c.failed; s.dropped = c.dropped
         s.lastSuccessUnixSeconds = c.lastSuccessUnixSeconds
         s.queueLength = c.queueLength
+        s.rejectedPoints = c.rejectedPoints
         return s
     }
 
