@@ -176,7 +176,7 @@ static __always_inline void on_packet(struct __sk_buff *skb, int egress)
     if (!is_dns_port(egress ? pdst : psrc))
         return;
 
-    __u32 msg; /* offset of the DNS header */
+    __u32 msg;  /* offset of the DNS header */
     __u32 mlen; /* the message's length as its framing says */
     if (proto == IPPROTO_UDP_) {
         msg = l4off + 8;

@@ -158,7 +158,8 @@ extension Setting {
         key: "otlp_protocol", flag: "otlp-protocol", variable: "FLOWMETER_OTLP_PROTOCOL", valueName: "protocol",
         kind: .oneOf(OTLPProtocol.allCases.map(\.rawValue), expected: "an OTLP protocol"),
         defaultValue: .text(OTLPProtocol.httpProtobuf.rawValue), defaultText: "http/protobuf",
-        help: "OTLP transport: http/protobuf (a POST of the protobuf request, as the OpenTelemetry specification recommends) or grpc (MetricsService/Export over HTTP/2).",
+        help:
+            "OTLP transport: http/protobuf (a POST of the protobuf request, as the OpenTelemetry specification recommends) or grpc (MetricsService/Export over HTTP/2).",
         example: "grpc", get: { $0.otlpProtocol.map { .text($0) } }, set: { $0.otlpProtocol = $1.text })
     public static let otlpHeaders = Setting(
         key: "otlp_headers", flag: "otlp-header", variable: "FLOWMETER_OTLP_HEADERS", valueName: "key=value",
@@ -361,7 +362,8 @@ extension Setting {
         interfaces, excludeInterfaces, interval, metricsListen, webConfig, flowLog, flowLogMaxSize, flowLogKeep,
         otlpEndpoint, otlpProtocol, otlpHeaders, otlpCAFile, otlpClientCert, otlpClientKey, otlpCompression, otlpTimeout,
         otlpQueueSize, ipfixCollector, ipfixObservationDomain, apiSocket, apiGroup,
-        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout, dnsNames, dnsPeerNames, dnsNameGrace,
+        flowTableSize, flowsRingSize, tcMode, hooks, socketUpdates, followInterfaces, stateDir, persist, pinDir, dnsPorts, dnsTimeout,
+        dnsNames, dnsPeerNames, dnsNameGrace,
         logLevel, containerdSocket, dockerSocket, podAppLabel, nodeName,
         maxSeriesPerMetric, seriesExpiry, peerAddresses,
     ]

@@ -62,7 +62,8 @@ public struct OTLPEndpoint: Sendable, Equatable, CustomStringConvertible {
             path = given.isEmpty ? "/v1/metrics" : given
         case .grpc:
             guard given.isEmpty || given == "/" else {
-                throw ValueError("\(url): a gRPC endpoint takes no path (the method is opentelemetry.proto.collector.metrics.v1.MetricsService/Export)")
+                throw ValueError(
+                    "\(url): a gRPC endpoint takes no path (the method is opentelemetry.proto.collector.metrics.v1.MetricsService/Export)")
             }
             path = ""
         }

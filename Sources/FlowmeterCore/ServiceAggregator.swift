@@ -606,7 +606,8 @@ public struct ServiceAggregator: Sendable {
             return p.service
         }
         let any = k.client.isV4Mapped ? IPAddress16.v4(0, 0, 0, 0) : .zero
-        return (endpoints[Endpoint(proto: k.ipProtocol, address: k.client, port: k.clientPort)]
+        return
+            (endpoints[Endpoint(proto: k.ipProtocol, address: k.client, port: k.clientPort)]
             ?? endpoints[Endpoint(proto: k.ipProtocol, address: any, port: k.clientPort)])?.service
     }
 

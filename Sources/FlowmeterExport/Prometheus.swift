@@ -242,7 +242,8 @@ public enum MetricCatalog {
     public static let dnsNamesEvicted = Exposition.Family(
         name: "flowmeter_dns_names_evicted_total", kind: .counter,
         help:
-            "Resolved names the DNS name cache (which name each local client resolved to each address, for peer naming) let go of before they expired, because it was full.")
+            "Resolved names the DNS name cache (which name each local client resolved to each address, for peer naming) let go of before they expired, because it was full."
+    )
 
     public static let all = [
         interfaceBytes, interfacePackets, interfaceDrops, dropsLost, ringLost, flowTableEntries, insertFailures,
@@ -435,7 +436,8 @@ public enum MetricsRenderer {
                     name: lat.name, kind: lat.kind, help: lat.help,
                     series: asked.map { p, s, _ in
                         let h = s.dns.latency
-                        return .init(labels: base(p), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count)))
+                        return .init(
+                            labels: base(p), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count)))
                     }))
         }
         return out

@@ -91,7 +91,8 @@ public final class Pipeline: Sendable {
 
     public init(
         flows: FlowKernel, sockets: SocketKernel?, drops: DropKernel? = nil, dns: DNSKernel? = nil,
-        dnsTimeout: FlowDuration = FlowDuration(nanoseconds: 5_000_000_000), dnsNames: Bool = true, sinks: [Sink], accounting: SharedAccounting,
+        dnsTimeout: FlowDuration = FlowDuration(nanoseconds: 5_000_000_000), dnsNames: Bool = true, sinks: [Sink],
+        accounting: SharedAccounting,
         names: InterfaceNames, cgroupPath: @escaping @Sendable (UInt64) -> String?, pods: (any PodNames)? = nil,
         interval: FlowDuration, logger: Logger, clock: PipelineClock = .system
     ) {

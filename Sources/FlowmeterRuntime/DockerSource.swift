@@ -60,7 +60,9 @@ public final class DockerSource: PodMetadataSource {
             let body = try await response.body.collect(upTo: 4 << 20)
             switch response.status.code {
             case 200:
-                guard let l = Self.labels(inspectJSON: Data(body.readableBytesView)) else { return .failed(.error("unreadable inspect answer")) }
+                guard let l = Self.labels(inspectJSON: Data(body.readableBytesView)) else {
+                    return .failed(.error("unreadable inspect answer"))
+                }
                 return .labels(l)
             case 404: return .notFound
             default: return .failed(.error("HTTP \(response.status.code)"))

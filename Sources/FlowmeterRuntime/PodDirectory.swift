@@ -8,8 +8,8 @@
 // again every `retryNanos`, not once per socket record.
 
 import FlowmeterCore
-import Logging
 import Foundation
+import Logging
 import Synchronization
 
 #if canImport(Glibc)
@@ -236,10 +236,12 @@ public final class PodDirectory: PodNames {
             logger.info("container runtime does not know a pod's container; it stays pod:<uid>", metadata: ["runtime": "\(source)"])
         case .unavailable(let why):
             logger.notice(
-                "container runtime unreachable; pods stay named pod:<uid> until it answers", metadata: ["runtime": "\(source)", "error": "\(why)"])
+                "container runtime unreachable; pods stay named pod:<uid> until it answers",
+                metadata: ["runtime": "\(source)", "error": "\(why)"])
         case .error(let why):
             logger.notice(
-                "container runtime lookup failed; pods stay named pod:<uid> until it answers", metadata: ["runtime": "\(source)", "error": "\(why)"])
+                "container runtime lookup failed; pods stay named pod:<uid> until it answers",
+                metadata: ["runtime": "\(source)", "error": "\(why)"])
         }
     }
 }

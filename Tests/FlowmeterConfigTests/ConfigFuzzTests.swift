@@ -216,7 +216,7 @@ enum ConfigProperty {
         if let h = c.hooks, !FileConfig.hookRequests.contains(h) { v.append("hooks \(h)") }
         if let u = c.socketUpdates, !FileConfig.socketUpdateRequests.contains(u) { v.append("socket_updates \(u)") }
         if let l = c.logLevel, !FileConfig.logLevels.contains(l) { v.append("log_level \(l)") }
-        if let u = c.otlpEndpoint, !u.hasPrefix("http://") { v.append("otlp_endpoint \(u)") }
+        if let u = c.otlpEndpoint, !u.hasPrefix("http://"), !u.hasPrefix("https://") { v.append("otlp_endpoint \(u)") }
         if let d = c.ipfixCollector {
             if let a = try? ListenAddress(parsing: d) {
                 if a.port == 0 { v.append("ipfix_collector port 0") }
@@ -227,7 +227,8 @@ enum ConfigProperty {
         for (name, s) in [
             ("metrics_listen", c.metricsListen), ("web_config", c.webConfig), ("flow_log", c.flowLog), ("api_socket", c.apiSocket),
             ("api_group", c.apiGroup), ("state_dir", c.stateDir), ("otlp_endpoint", c.otlpEndpoint),
-            ("ipfix_collector", c.ipfixCollector), ("containerd_socket", c.containerdSocket), ("docker_socket", c.dockerSocket), ("node_name", c.nodeName),
+            ("ipfix_collector", c.ipfixCollector), ("containerd_socket", c.containerdSocket), ("docker_socket", c.dockerSocket),
+            ("node_name", c.nodeName),
         ] {
             text(name, s)
         }

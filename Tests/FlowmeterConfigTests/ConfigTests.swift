@@ -310,7 +310,10 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
                 "services:\n  - name: s\n    pod_label: tier",
                 "f.yaml:3:16: services[0].pod_label: expected a mapping of pod labels to their values (e.g. {app: checkout}), got \"tier\""
             ),
-            ("services:\n  - name: s\n    pod_label: {}", "f.yaml:3:16: services[0].pod_label: gives no label; give at least one, e.g. {app: checkout}"),
+            (
+                "services:\n  - name: s\n    pod_label: {}",
+                "f.yaml:3:16: services[0].pod_label: gives no label; give at least one, e.g. {app: checkout}"
+            ),
             (
                 "services:\n  - name: s\n    pod_label: {tier: [a]}",
                 "f.yaml:3:23: services[0].pod_label.tier: expected the label's value (text), got a list"
@@ -325,9 +328,14 @@ func seconds(_ s: UInt64) -> FlowDuration { FlowDuration(nanoseconds: s * 1_000_
     }
 
     @Test func podConditions() throws {
-        let yaml = "services:\n  - name: front\n    namespace: shop\n    workload: \"web-*\"\n    container: nginx\n    pod_label: {tier: frontend, team: \"7\"}\n"
+        let yaml =
+            "services:\n  - name: front\n    namespace: shop\n    workload: \"web-*\"\n    container: nginx\n    pod_label: {tier: frontend, team: \"7\"}\n"
         let rule = try #require(try FileConfig.parse(yaml: yaml, source: "f.yaml").services?.first)
-        #expect(rule == ServiceRule(service: "front", namespace: "shop", workload: "web-*", podLabels: ["tier": "frontend", "team": "7"], container: "nginx"))
+        #expect(
+            rule
+                == ServiceRule(
+                    service: "front", namespace: "shop", workload: "web-*", podLabels: ["tier": "frontend", "team": "7"], container: "nginx"
+                ))
     }
 
     @Test func longProcessGlobIsFine() throws {

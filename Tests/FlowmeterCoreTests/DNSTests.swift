@@ -67,7 +67,8 @@ import Testing
     }
 
     @Test func namesAtTheLimitAndPastIt() {
-        let longest = [String](repeating: String(repeating: "a", count: 63), count: 3).joined(separator: ".") + "."
+        let longest =
+            [String](repeating: String(repeating: "a", count: 63), count: 3).joined(separator: ".") + "."
             + String(repeating: "b", count: 61)  // 253 characters, 255 bytes on the wire
         #expect(longest.count == 253)
         #expect(DNSParser.parse(Self.query(longest, type: 28)).name == longest)
@@ -150,7 +151,8 @@ import Testing
             ], peers: [])
         var a = ServiceAggregator(
             resolver: resolver,
-            limits: AggregationLimits(maxSeriesPerMetric: 100, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000), peerAddresses: false))
+            limits: AggregationLimits(
+                maxSeriesPerMetric: 100, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000), peerAddresses: false))
         // Both ends are local: the client's socket and the server's.
         func udp(_ id: UInt64, local: IPAddress16, lport: UInt16, server: Bool) -> SocketEvent {
             SocketEvent(
@@ -159,7 +161,9 @@ import Testing
                 localAddress: local, remoteAddress: .zero, localPort: lport, remotePort: 0, srttMicros: 0,
                 bytesSent: 0, bytesReceived: 0, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)
         }
-        a.apply([udp(1, local: .v4(10, 0, 0, 1), lport: 40000, server: false), udp(2, local: .v4(10, 0, 0, 2), lport: 53, server: true)], cgroupPath: { _ in nil })
+        a.apply(
+            [udp(1, local: .v4(10, 0, 0, 1), lport: 40000, server: false), udp(2, local: .v4(10, 0, 0, 2), lport: 53, server: true)],
+            cgroupPath: { _ in nil })
         a.apply(dns: [
             DNSOutcome(key: Self.key, qtype: "A", rcode: "NOERROR", latency: 0.002, timestampNanos: 5),
             DNSOutcome(key: Self.key, qtype: "A", rcode: "NOERROR", latency: 0.0002, timestampNanos: 6),
@@ -243,7 +247,8 @@ import Testing
             peers: [PeerRule(service: "ruled", ports: try PortRange(parsing: "9000"))])
         var a = ServiceAggregator(
             resolver: resolver,
-            limits: AggregationLimits(maxSeriesPerMetric: 100, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000), peerAddresses: true))
+            limits: AggregationLimits(maxSeriesPerMetric: 100, seriesExpiry: FlowDuration(nanoseconds: 60_000_000_000), peerAddresses: true)
+        )
         a.nameByDNS(try DNSPeerNaming(parsing: DNSPeerNaming.defaultText), graceNanos: 0)
         // The client resolved every address below.
         for ip in [clusterIP, server] { a.learn(dns: [DNSPeerNamingTests.answer("ledger.shop.svc.cluster.local", ip, ttl: 60, at: 1)]) }
@@ -256,15 +261,19 @@ import Testing
         }
         // A local server socket on 10.0.0.2:5432.
         a.apply(
-            [SocketEvent(
-                kind: .open, role: .server, family: .ipv4, ipProtocol: 6, reason: .none, socketID: 100, timestampNanos: 5,
-                startNanos: 1, owner: SocketOwner(tgid: 2, pid: 2, name: "postgres", cgroupID: 9),
-                localAddress: server, remoteAddress: .v4(10, 0, 0, 9), localPort: 5432, remotePort: 1,
-                srttMicros: 0, bytesSent: 0, bytesReceived: 0, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)],
+            [
+                SocketEvent(
+                    kind: .open, role: .server, family: .ipv4, ipProtocol: 6, reason: .none, socketID: 100, timestampNanos: 5,
+                    startNanos: 1, owner: SocketOwner(tgid: 2, pid: 2, name: "postgres", cgroupID: 9),
+                    localAddress: server, remoteAddress: .v4(10, 0, 0, 9), localPort: 5432, remotePort: 1,
+                    srttMicros: 0, bytesSent: 0, bytesReceived: 0, retransmits: 0, resetsSent: 0, resetsReceived: 0, error: 0)
+            ],
             cgroupPath: { _ in nil })
         a.apply(
-            [connect(1, to: clusterIP, port: 9000), connect(2, to: server, port: 5432), connect(3, to: clusterIP, port: 80),
-             connect(4, to: clusterIP, port: 80, cgroup: 8)], cgroupPath: { _ in nil })
+            [
+                connect(1, to: clusterIP, port: 9000), connect(2, to: server, port: 5432), connect(3, to: clusterIP, port: 80),
+                connect(4, to: clusterIP, port: 80, cgroup: 8),
+            ], cgroupPath: { _ in nil })
         let peers = Set(a.pairs.keys.filter { $0.service == "app" }.map(\.peer))
         // 1: the peer rule wins; 2: the local socket; 3: the resolved name; 4: another client: its address.
         #expect(peers == ["ruled", "db", "shop/ledger", "10.96.0.15"])

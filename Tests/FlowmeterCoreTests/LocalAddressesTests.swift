@@ -49,8 +49,10 @@ import Testing
             node: "n1")
         #expect(
             rows == [
-                EndpointInfo(address: "10.0.0.5", service: "shop/ledger", namespace: "shop", workload: "ledger", pod: "ledger-0", node: "n1"),
-                EndpointInfo(address: "192.168.1.2", service: "shop/ledger", namespace: "shop", workload: "ledger", pod: "ledger-0", node: "n1"),
+                EndpointInfo(
+                    address: "10.0.0.5", service: "shop/ledger", namespace: "shop", workload: "ledger", pod: "ledger-0", node: "n1"),
+                EndpointInfo(
+                    address: "192.168.1.2", service: "shop/ledger", namespace: "shop", workload: "ledger", pod: "ledger-0", node: "n1"),
                 EndpointInfo(address: "192.168.1.1", service: "node:n1", namespace: "", workload: "", pod: "", node: "n1"),
             ])
     }

@@ -94,7 +94,8 @@ private func derive(_ pod: String, _ labels: [String: String], app: Bool = false
         ]
         let m = try #require(PodMetadata(container: container, sandbox: sandbox))
         #expect(m.namespace == "shop" && m.pod == "ledger-0" && m.container == "ledger")
-        #expect(m.labels == ["controller-revision-hash": "ledger-6b8d9f", "statefulset.kubernetes.io/pod-name": "ledger-0", "app": "ledger"])
+        #expect(
+            m.labels == ["controller-revision-hash": "ledger-6b8d9f", "statefulset.kubernetes.io/pod-name": "ledger-0", "app": "ledger"])
         #expect(PodIdentity(metadata: m, appNameLabel: false).service == "shop/ledger")
         // The sandbox alone has no container name.
         #expect(PodMetadata(container: sandbox, sandbox: sandbox)?.container == nil)

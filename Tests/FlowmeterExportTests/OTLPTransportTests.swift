@@ -36,7 +36,8 @@ import Testing
     }
 
     @Test func grpcCodes() {
-        #expect(OTLPOutcome.grpc(code: 14, message: "down", retryInfoSeconds: nil) == .retry("gRPC UNAVAILABLE: down", retryAfterSeconds: nil))
+        #expect(
+            OTLPOutcome.grpc(code: 14, message: "down", retryInfoSeconds: nil) == .retry("gRPC UNAVAILABLE: down", retryAfterSeconds: nil))
         #expect(OTLPOutcome.grpc(code: 4, message: "", retryInfoSeconds: 2) == .retry("gRPC DEADLINE_EXCEEDED", retryAfterSeconds: 2))
         // RESOURCE_EXHAUSTED is retried only with RetryInfo.
         #expect(OTLPOutcome.grpc(code: 8, message: "", retryInfoSeconds: nil) == .reject("gRPC RESOURCE_EXHAUSTED"))

@@ -89,11 +89,19 @@ private let ledger = PodMetadata(
 
     @Test func sandboxAndContainerFromTheListAnswer() {
         let sandbox = (
-            id: "aa", labels: ["io.cri-containerd.kind": "sandbox", KubeletLabel.podName: "ledger-0",
-                KubeletLabel.podNamespace: "shop", KubeletLabel.podUID: uid, "app": "ledger"])
+            id: "aa",
+            labels: [
+                "io.cri-containerd.kind": "sandbox", KubeletLabel.podName: "ledger-0",
+                KubeletLabel.podNamespace: "shop", KubeletLabel.podUID: uid, "app": "ledger",
+            ]
+        )
         let container = (
-            id: cid, labels: ["io.cri-containerd.kind": "container", KubeletLabel.podName: "ledger-0",
-                KubeletLabel.podNamespace: "shop", KubeletLabel.podUID: uid, KubeletLabel.containerName: "ledger"])
+            id: cid,
+            labels: [
+                "io.cri-containerd.kind": "container", KubeletLabel.podName: "ledger-0",
+                KubeletLabel.podNamespace: "shop", KubeletLabel.podUID: uid, KubeletLabel.containerName: "ledger",
+            ]
+        )
         let m = ContainerdSource.metadata(containerID: cid, among: [sandbox, container])
         #expect(m?.container == "ledger" && m?.labels == ["app": "ledger"])
         #expect(ContainerdSource.metadata(containerID: "bb", among: [sandbox, container]) == nil)

@@ -42,7 +42,8 @@ public struct OTLPTransportSettings: Sendable {
     public func loadTLS() throws -> (roots: [NIOSSLCertificate]?, chain: [NIOSSLCertificate], key: NIOSSLPrivateKey?) {
         guard endpoint.tls else {
             if caFile != nil || clientCertFile != nil || clientKeyFile != nil {
-                throw ValueError("--otlp-ca-file, --otlp-client-cert and --otlp-client-key need an https:// endpoint (\(endpoint) is plain http)")
+                throw ValueError(
+                    "--otlp-ca-file, --otlp-client-cert and --otlp-client-key need an https:// endpoint (\(endpoint) is plain http)")
             }
             return (nil, [], nil)
         }
@@ -77,10 +78,12 @@ enum TransportError {
     static func describe(_ error: any Error, endpoint: OTLPEndpoint) -> String {
         let text = String(describing: error)
         if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate verify failed") {
-            return "TLS handshake with \(endpoint.hostForURL):\(endpoint.port) failed: the collector's certificate is not signed by a trusted CA (system roots, or --otlp-ca-file) [\(text)]"
+            return
+                "TLS handshake with \(endpoint.hostForURL):\(endpoint.port) failed: the collector's certificate is not signed by a trusted CA (system roots, or --otlp-ca-file) [\(text)]"
         }
         if text.contains("hostname") && text.contains("mismatch") || text.contains("unableToValidateCertificate") {
-            return "TLS handshake with \(endpoint.hostForURL):\(endpoint.port) failed: the certificate does not name \(endpoint.host) [\(text)]"
+            return
+                "TLS handshake with \(endpoint.hostForURL):\(endpoint.port) failed: the certificate does not name \(endpoint.host) [\(text)]"
         }
         if text.contains("handshakeFailed") || text.contains("SSL") || text.contains("TLS") {
             return "TLS handshake with \(endpoint.hostForURL):\(endpoint.port) failed: \(text)"
