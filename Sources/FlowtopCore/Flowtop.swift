@@ -43,10 +43,11 @@
 //     flows:      IF, TREND, DIR, PROTO, TOTAL, SERVICE
 //     processes:  TOTAL, CONNS, PID
 //     interfaces: TREND, TOTAL, RX pkt/s, TX pkt/s
-//   At 80 columns this drops DROPS, RTT p50, RESETS, RETRANS, TREND (and DNS
-//   p50, DNS/s) from services and IF, TREND from flows (a flow's endpoints
-//   matter more than its sparkline). A line that still does not fit is cut at
-//   the width. The DNS columns (DNS/s, DNS ERR, DNS p50) are there only when
+//   At 80 columns this drops DROPS, RTT p50, RESETS, RETRANS, TREND from
+//   services (with DNS also DNS p50, DNS/s and FAILED: DNS ERR takes FAILED's
+//   place) and IF, TREND from flows (a flow's endpoints matter more than its
+//   sparkline). A line that still does not fit is cut at the width. The DNS
+//   columns (DNS/s, DNS ERR, DNS p50) are there only when
 //   the daemon counts DNS (the newest snapshot's pairs carry dns_requests):
 //   DNS/s is requests per second over the window, DNS ERR the share of the
 //   window's requests that failed (rcode not NOERROR, timeouts included; "-"
@@ -78,9 +79,9 @@
 //   RATE), largest first.
 // - Filter: `/` opens a prompt (prefilled with the current filter). Enter
 //   applies (empty: no filter), Esc cancels. `name=value`, with name a column
-//   name of some view (the lowercase title; p50, p99, txpkt, rxpkt, if, dns, dnserr, dnsp50), keeps
-//   rows whose cell in that column contains value, case-insensitive; a name
-//   the current view lacks matches nothing. Anything else keeps rows with a
+//   name of some view (the lowercase title; p50, p99, txpkt, rxpkt, if, dns,
+//   dnserr, dnsp50), keeps rows whose cell in that column contains value,
+//   case-insensitive; a name the current view lacks matches nothing. Anything else keeps rows with a
 //   cell containing the text. One filter for all views.
 // - Esc closes the help, else leaves a drill-down (back to the services view,
 //   selection and filter as they were), else clears the filter. Switching

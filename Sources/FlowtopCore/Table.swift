@@ -75,7 +75,7 @@ public enum View: Int, CaseIterable, Sendable {
                 // DNS of the pair's clients (the DNS programs; hidden without them, see Column.dns):
                 // requests per second, the share of them that failed (rcode other than NOERROR,
                 // timeouts included), p50 latency. The error share is the health signal, so it
-                // stays longest: at 80 columns it is the one DNS column left.
+                // stays longest: at 80 columns it is the one DNS column left (FAILED gives way).
                 ColumnSpec(.dnsRate, "DNS/s", "n", ["dns"], right: true, min: 6, drop: 6, numeric: true),
                 ColumnSpec(.dnsErrors, "DNS ERR", "E", ["dnserr"], right: true, min: 7, drop: 8, numeric: true),
                 ColumnSpec(.dnsP50, "DNS p50", "M", ["dnsp50"], right: true, min: 7, drop: 1, numeric: true),
