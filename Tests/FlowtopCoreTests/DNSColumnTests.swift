@@ -38,8 +38,10 @@ extension FlowtopCoreTests {
         let titles = render(Fixture.state(.services, history: h), h, width: 250, height: 12).lines[2]
         let words = titles.split(separator: " ").map(String.init)
         #expect(words.suffix(7) == ["DROPS", "DNS/s", "DNS", "ERR", "DNS", "p50", "TREND"])
-        #expect(plainTable(.services, h, state: Fixture.state(.services, history: h)).hasPrefix(
-            "SERVICE                                   PEER      PROTO        TX/s       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99  DROPS  DNS/s  DNS ERR  DNS p50\n"))
+        #expect(
+            plainTable(.services, h, state: Fixture.state(.services, history: h)).hasPrefix(
+                "SERVICE                                   PEER      PROTO        TX/s       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99  DROPS  DNS/s  DNS ERR  DNS p50\n"
+            ))
         // Other views never have them.
         for v in [View.flows, .processes, .interfaces] {
             #expect(v.columns(for: h.latest) == v.columns)
