@@ -250,7 +250,7 @@ enum Table {
                 let requests = h.serviceIncrease(pair, window: w) { $0.dns_requests ?? 0 }
                 let errors = h.serviceIncrease(pair, window: w) { $0.dns_errors ?? 0 }
                 let rate = h.serviceCounterRate(pair, window: w) { $0.dns_requests ?? 0 }
-                row.set(.dnsRate, Format.perSecond(rate), .number(rate))
+                row.set(.dnsRate, Format.lowRate(rate), .number(rate))
                 // The share of the window's requests; none in the window: no share ("-").
                 let share = requests > 0 ? Double(min(errors, requests)) / Double(requests) : nil
                 row.set(.dnsErrors, Format.share(share), .number(share ?? -1))

@@ -26,6 +26,18 @@ extension FlowtopCoreTests {
         #expect(Format.share(-1) == "0%")
     }
 
+    @Test func lowRateFormat() {
+        #expect(Format.lowRate(0) == "0")
+        #expect(Format.lowRate(-1) == "0")
+        #expect(Format.lowRate(.nan) == "0")
+        #expect(Format.lowRate(0.025) == "<0.1")  // one query in 40 s
+        #expect(Format.lowRate(0.4) == "0.4")
+        #expect(Format.lowRate(9.94) == "9.9")
+        #expect(Format.lowRate(9.96) == "10")
+        #expect(Format.lowRate(20) == "20")
+        #expect(Format.lowRate(1234) == "1.2K")
+    }
+
     @Test func dnsColumnsHiddenWithoutTheDNSPrograms() {
         // The main fixture has no DNS counters (nil in every pair): no DNS column anywhere.
         let plain = render(Fixture.state(.services), Fixture.history, width: 250, height: 12)
