@@ -38,13 +38,21 @@
 //   rest fits at their minimum widths; what is left over widens the flexible
 //   columns (names, flows, the trend) round-robin. Never dropped: the name
 //   column(s) and the rates. Orders:
-//     services:   RTT p50, RESETS, RETRANS, TREND, FAILED, RTT p99, PROTO, CONNS, PEER
+//     services:   DROPS, DNS p50, RTT p50, RESETS, RETRANS, TREND, DNS/s, FAILED,
+//                 DNS ERR, RTT p99, PROTO, CONNS, PEER
 //     flows:      IF, TREND, DIR, PROTO, TOTAL, SERVICE
 //     processes:  TOTAL, CONNS, PID
 //     interfaces: TREND, TOTAL, RX pkt/s, TX pkt/s
-//   At 80 columns this drops RTT p50, RESETS, RETRANS, TREND from services
-//   and IF, TREND from flows (a flow's endpoints matter more than its
-//   sparkline). A line that still does not fit is cut at the width.
+//   At 80 columns this drops DROPS, RTT p50, RESETS, RETRANS, TREND from
+//   services (with DNS also DNS p50, DNS/s and FAILED: DNS ERR takes FAILED's
+//   place) and IF, TREND from flows (a flow's endpoints matter more than its
+//   sparkline). A line that still does not fit is cut at the width. The DNS
+//   columns (DNS/s, DNS ERR, DNS p50) are there only when
+//   the daemon counts DNS (the newest snapshot's pairs carry dns_requests):
+//   DNS/s is requests per second over the window, DNS ERR the share of the
+//   window's requests that failed (rcode not NOERROR, timeouts included; "-"
+//   with no request in the window; a warning while errors grew), DNS p50 the
+//   daemon's median latency.
 // - Screen: line 0 host, kernel, hooks, uptime; line 1 the view (and the
 //   pair drilled into), PAUSED, the filter, then traffic in and out (all
 //   interfaces), active flows, lost records, window, units (modes first, so
@@ -60,7 +68,8 @@
 //   b bytes/bits; p pause; ? help (any key closes it); q quit. Sort keys
 //   (case-sensitive; q p w b ? / and digits are never sort keys):
 //     services:   s SERVICE, e PEER, o PROTO, t TX/s, r RX/s, c CONNS,
-//                 f FAILED, x RETRANS, k RESETS, m RTT p50, l RTT p99
+//                 f FAILED, x RETRANS, k RESETS, m RTT p50, l RTT p99,
+//                 d DROPS, n DNS/s, E DNS ERR, M DNS p50
 //     flows:      f FLOW, i IF, o PROTO, s SERVICE, d DIR, r RATE, a TOTAL
 //     processes:  i PID, n PROCESS, c CONNS, t TX/s, r RX/s, a TOTAL
 //     interfaces: n NAME, t TX/s, r RX/s, T TX pkt/s, R RX pkt/s, a TOTAL
@@ -70,9 +79,9 @@
 //   RATE), largest first.
 // - Filter: `/` opens a prompt (prefilled with the current filter). Enter
 //   applies (empty: no filter), Esc cancels. `name=value`, with name a column
-//   name of some view (the lowercase title; p50, p99, txpkt, rxpkt, if), keeps
-//   rows whose cell in that column contains value, case-insensitive; a name
-//   the current view lacks matches nothing. Anything else keeps rows with a
+//   name of some view (the lowercase title; p50, p99, txpkt, rxpkt, if, dns,
+//   dnserr, dnsp50), keeps rows whose cell in that column contains value,
+//   case-insensitive; a name the current view lacks matches nothing. Anything else keeps rows with a
 //   cell containing the text. One filter for all views.
 // - Esc closes the help, else leaves a drill-down (back to the services view,
 //   selection and filter as they were), else clears the filter. Switching

@@ -41,8 +41,33 @@ public enum Format {
     /// A per-second count without unit (packets/s): "0", "999", "1.0K".
     public static func perSecond(_ v: Double) -> String { si(v, unit: "", space: false) }
 
+    /// A low per-second rate (DNS queries): one decimal below 10 ("0.4",
+    /// "2.5"), then as perSecond ("12", "1.2K"); a rate above 0 that rounds to
+    /// 0.0 is "<0.1" (one query in a 40 s window is 0.025/s, not nothing).
+    public static func lowRate(_ v: Double) -> String {
+        guard v.isFinite, v > 0 else { return "0" }
+        let tenths = Int((min(v, 1e6) * 10).rounded())
+        if tenths < 1 { return "<0.1" }
+        if tenths < 100 { return "\(tenths / 10).\(tenths % 10)" }
+        return perSecond(v)
+    }
+
     /// A counter: exact below 100000, then "123.5K", "1.2M".
     public static func count(_ n: UInt64) -> String { n < 100_000 ? String(n) : si(Double(n), unit: "", space: false) }
+
+    /// A share (0...1) as a percentage: "0%", "<0.1%", "8.3%" below 10%, then
+    /// whole "12%", "100%"; nil (nothing to share) is "-". Only exactly 0 is
+    /// "0%" and only exactly 1 is "100%": one failure in many is never hidden.
+    public static func share(_ fraction: Double?) -> String {
+        guard let f = fraction, f.isFinite else { return "-" }
+        let p = min(max(0, f), 1) * 100
+        if p == 0 { return "0%" }
+        if p >= 100 { return "100%" }
+        let tenths = Int((p * 10).rounded())
+        if tenths < 1 { return "<0.1%" }
+        if tenths < 100 { return "\(tenths / 10).\(tenths % 10)%" }
+        return "\(min(99, Int(p.rounded())))%"
+    }
 
     /// An RTT in seconds: "87µs", "999µs", "1.00ms", "12.5ms", "250ms", "1.25s";
     /// nil (no samples) is "-". Three significant digits from 1 ms up.

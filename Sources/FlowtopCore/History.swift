@@ -203,6 +203,14 @@ public struct History: Sendable, Equatable {
         increase(seconds) { $0.service(pair).map(counter) }?.0 ?? 0
     }
 
+    /// Per second over the window of one of a pair's counters.
+    public func serviceCounterRate(
+        _ pair: ServicePair, window seconds: Int,
+        _ counter: (APISnapshot.Service) -> UInt64
+    ) -> Double {
+        rate(seconds) { $0.service(pair).map(counter) }
+    }
+
     /// L3 bytes per second of an interface.
     public func interfaceRate(_ name: String, window seconds: Int) -> Rate {
         rate(seconds, tx: { $0.interface(name)?.tx_bytes }, rx: { $0.interface(name)?.rx_bytes })

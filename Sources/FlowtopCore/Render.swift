@@ -44,7 +44,7 @@ public func render(_ state: UIState, _ history: History, width: Int, height: Int
     if state.showHelp {
         body = helpLines(state.view, width: w)
     } else {
-        let cols = layout(state.view.columns, rows, width: w)
+        let cols = layout(state.view.columns(for: shown.latest), rows, width: w)
         body = [columnTitles(cols, state.sort(for: state.view))]
         let visible = max(0, h - 4)
         if let sel = state.selectedIndex(rows), visible > 0 {
@@ -89,7 +89,7 @@ public func render(_ state: UIState, _ history: History, width: Int, height: Int
 /// spaces; a title line, the rows, each line ending in a newline.
 public func plainTable(_ view: View, _ history: History, state: UIState) -> String {
     let rows = Table.rows(view, state.shown(history), state)
-    let specs = view.columns.filter { $0.column != .trend }
+    let specs = view.columns(for: state.shown(history).latest).filter { $0.column != .trend }
     let widths = specs.map { s in rows.reduce(Text.width(s.title)) { max($0, Text.width($1.cells[s.column] ?? "")) } }
     func line(_ cells: [String]) -> String {
         let text = zip(zip(specs, widths), cells).map { sw, cell in

@@ -4,6 +4,12 @@ import FlowmeterCore
 public enum Column: String, Sendable, CaseIterable {
     case service, peer, proto, tx, rx, conns, failed, retrans, resets, rttP50, rttP99, trend
     case flow, iface, dir, rate, total, pid, process, name, txPackets, rxPackets, drops
+    case dnsRate, dnsErrors, dnsP50
+
+    /// The services view's DNS columns: shown only when the daemon counts DNS
+    /// (its snapshot's pairs carry `dns_requests`), so a daemon without the DNS
+    /// programs costs no width.
+    static let dns: Set<Column> = [.dnsRate, .dnsErrors, .dnsP50]
 }
 
 /// How a view shows one column.
@@ -54,19 +60,26 @@ public enum View: Int, CaseIterable, Sendable {
         case .services:
             [
                 ColumnSpec(.service, "SERVICE", "s", ["service"], min: 10, max: 40),
-                ColumnSpec(.peer, "PEER", "e", ["peer"], min: 10, max: 40, drop: 9),
-                ColumnSpec(.proto, "PROTO", "o", ["proto"], min: 5, drop: 7),
+                ColumnSpec(.peer, "PEER", "e", ["peer"], min: 10, max: 40, drop: 12),
+                ColumnSpec(.proto, "PROTO", "o", ["proto"], min: 5, drop: 10),
                 ColumnSpec(.tx, "TX/s", "t", ["tx"], right: true, min: 10, numeric: true),
                 ColumnSpec(.rx, "RX/s", "r", ["rx"], right: true, min: 10, numeric: true),
-                ColumnSpec(.conns, "CONNS", "c", ["conns"], right: true, min: 5, drop: 8, numeric: true),
-                ColumnSpec(.failed, "FAILED", "f", ["failed"], right: true, min: 6, drop: 5, numeric: true),
-                ColumnSpec(.retrans, "RETRANS", "x", ["retrans"], right: true, min: 7, drop: 3, numeric: true),
-                ColumnSpec(.resets, "RESETS", "k", ["resets"], right: true, min: 6, drop: 2, numeric: true),
-                ColumnSpec(.rttP50, "RTT p50", "m", ["p50", "rttp50"], right: true, min: 7, drop: 1, numeric: true),
-                ColumnSpec(.rttP99, "RTT p99", "l", ["p99", "rttp99"], right: true, min: 7, drop: 6, numeric: true),
+                ColumnSpec(.conns, "CONNS", "c", ["conns"], right: true, min: 5, drop: 11, numeric: true),
+                ColumnSpec(.failed, "FAILED", "f", ["failed"], right: true, min: 6, drop: 7, numeric: true),
+                ColumnSpec(.retrans, "RETRANS", "x", ["retrans"], right: true, min: 7, drop: 4, numeric: true),
+                ColumnSpec(.resets, "RESETS", "k", ["resets"], right: true, min: 6, drop: 3, numeric: true),
+                ColumnSpec(.rttP50, "RTT p50", "m", ["p50", "rttp50"], right: true, min: 7, drop: 2, numeric: true),
+                ColumnSpec(.rttP99, "RTT p99", "l", ["p99", "rttp99"], right: true, min: 7, drop: 9, numeric: true),
                 // Packets the kernel dropped (the drop hook); the first column a narrow terminal gives up.
                 ColumnSpec(.drops, "DROPS", "d", ["drops"], right: true, min: 5, drop: 0, numeric: true),
-                ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 4),
+                // DNS of the pair's clients (the DNS programs; hidden without them, see Column.dns):
+                // requests per second, the share of them that failed (rcode other than NOERROR,
+                // timeouts included), p50 latency. The error share is the health signal, so it
+                // stays longest: at 80 columns it is the one DNS column left (FAILED gives way).
+                ColumnSpec(.dnsRate, "DNS/s", "n", ["dns"], right: true, min: 6, drop: 6, numeric: true),
+                ColumnSpec(.dnsErrors, "DNS ERR", "E", ["dnserr"], right: true, min: 7, drop: 8, numeric: true),
+                ColumnSpec(.dnsP50, "DNS p50", "M", ["dnsp50"], right: true, min: 7, drop: 1, numeric: true),
+                ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 5),
             ]
         case .flows:
             [
@@ -100,6 +113,13 @@ public enum View: Int, CaseIterable, Sendable {
                 ColumnSpec(.trend, "TREND", nil, [], min: 8, max: 30, drop: 1),
             ]
         }
+    }
+
+    /// The columns shown for a snapshot: all but the DNS columns when the
+    /// daemon does not count DNS (no pair carries `dns_requests`).
+    public func columns(for snapshot: APISnapshot?) -> [ColumnSpec] {
+        let dns = snapshot?.services.contains { $0.dns_requests != nil } ?? false
+        return dns ? columns : columns.filter { !Column.dns.contains($0.column) }
     }
 
     /// The sort a view starts with: its tx (flows: rate) column, largest first.
@@ -226,6 +246,20 @@ enum Table {
             row.set(.rttP99, Format.rtt(x.rtt_p99_seconds), .number(x.rtt_p99_seconds ?? -1))
             row.set(.drops, x.drops.map(Format.count) ?? "-", .number(Double(x.drops ?? 0)))
             if h.serviceIncrease(pair, window: w, { $0.drops ?? 0 }) > 0 { row.warnings.insert(.drops) }
+            if x.dns_requests != nil {
+                let requests = h.serviceIncrease(pair, window: w) { $0.dns_requests ?? 0 }
+                let errors = h.serviceIncrease(pair, window: w) { $0.dns_errors ?? 0 }
+                let rate = h.serviceCounterRate(pair, window: w) { $0.dns_requests ?? 0 }
+                row.set(.dnsRate, Format.lowRate(rate), .number(rate))
+                // The share of the window's requests; none in the window: no share ("-").
+                let share = requests > 0 ? Double(min(errors, requests)) / Double(requests) : nil
+                row.set(.dnsErrors, Format.share(share), .number(share ?? -1))
+                if errors > 0 { row.warnings.insert(.dnsErrors) }
+            } else {
+                row.set(.dnsRate, "-", .number(-1))
+                row.set(.dnsErrors, "-", .number(-1))
+            }
+            row.set(.dnsP50, Format.rtt(x.dns_p50_seconds), .number(x.dns_p50_seconds ?? -1))
             if h.serviceIncrease(pair, window: w, \.connections_failed) > 0 { row.warnings.insert(.failed) }
             if h.serviceIncrease(pair, window: w, \.retransmits) > 0 { row.warnings.insert(.retrans) }
             if h.serviceIncrease(pair, window: w, { $0.resets_sent &+ $0.resets_received }) > 0 {

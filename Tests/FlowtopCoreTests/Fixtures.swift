@@ -153,6 +153,31 @@ enum Fixture {
 
     static var history: History { History((0...4).map(node)) }
 
+    /// The main fixture with the DNS programs on (every pair carries DNS
+    /// counters): checkout asks coredns 20 names a second, 2 of them fail from
+    /// snapshot 3 on (a SERVFAIL burst); payments-api asked 5 a while ago, all
+    /// failed, none within the window; the others ask nothing.
+    static func dnsNode(_ i: Int) -> APISnapshot {
+        var s = node(i)
+        let n = UInt64(i)
+        for j in s.services.indices {
+            s.services[j].dns_requests = 0
+            s.services[j].dns_errors = 0
+        }
+        s.services.append(
+            service("checkout", "coredns", "udp", tx: 1_000 + n * 800, rx: 2_000 + n * 1_600))
+        let k = s.services.count - 1
+        s.services[k].dns_requests = 100 + n * 20
+        s.services[k].dns_errors = i >= 3 ? (n - 2) * 2 : 0
+        s.services[k].dns_p50_seconds = 0.00125
+        s.services[2].dns_requests = 5
+        s.services[2].dns_errors = 5
+        s.services[2].dns_p50_seconds = 2.0
+        return s
+    }
+
+    static var dnsHistory: History { History((0...4).map(dnsNode)) }
+
     static func screen(_ state: UIState = UIState(), _ h: History = history, _ w: Int, _ ht: Int) -> String {
         render(state, h, width: w, height: ht).lines.joined(separator: "\n")
     }

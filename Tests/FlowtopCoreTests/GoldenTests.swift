@@ -376,4 +376,53 @@ extension FlowtopCoreTests {
                     Tab view  w window  b bits  / filter  ? help  q quit                                                                                                                                                    |
                     """))
     }
+
+    // MARK: With the DNS programs (Fixture.dnsHistory)
+
+    static func dnsGolden(_ width: Int, _ height: Int) -> String {
+        let h = Fixture.dnsHistory
+        let m = render(Fixture.state(.services, history: h), h, width: width, height: height)
+        #expect(m.lines.count == height && m.lines.allSatisfy { Text.width($0) == width })
+        return m.lines.joined(separator: "\n")
+    }
+
+    @Test func goldenServicesWithDNS80x12() {
+        #expect(
+            Self.dnsGolden(80, 12)
+                == Self.framed(
+                    """
+                    flowtop  web-1  kernel 6.18.0-amd64  hooks: tc=tcx sock=fentry  up 1h02m        |
+                    services  in 2.5 MB/s  out 1.3 MB/s  flows 7  lost 3  window 2s  B/s            |
+                    SERVICE         PEER       PROTO       TX/s▼       RX/s  CONNS  RTT p99  DNS ERR|
+                    checkout        postgres   tcp    400.0 KB/s   1.2 MB/s     12   3.10ms        -|
+                    checkout        frontend   tcp    250.0 KB/s  90.0 KB/s     40   47.5ms        -|
+                    payments-api    unknown    tcp      5.0 KB/s   3.0 KB/s      1    1.25s        -|
+                    sshd            unknown    tcp      3.0 KB/s   1.0 KB/s      1        -        -|
+                    coredns         unknown    udp       800 B/s   1.2 KB/s      0        -        -|
+                    checkout        coredns    udp       800 B/s   1.6 KB/s      0        -      10%|
+                    pod:3f2a9c1e-7… checkout   tcp         0 B/s      0 B/s      3    999µs        -|
+                                                                                                    |
+                    Tab view  w window  b bits  / filter  ? help  q quit                            |
+                    """))
+    }
+
+    @Test func goldenServicesWithDNS200x12() {
+        #expect(
+            Self.dnsGolden(200, 12)
+                == Self.framed(
+                    """
+                    flowtop  web-1  kernel 6.18.0-amd64  hooks: tc=tcx sock=fentry  up 1h02m                                                                                                                                |
+                    services  in 2.5 MB/s  out 1.3 MB/s  flows 7  lost 3  window 2s  B/s                                                                                                                                    |
+                    SERVICE                                  PEER       PROTO       TX/s▼       RX/s  CONNS  FAILED  RETRANS  RESETS  RTT p50  RTT p99  DROPS  DNS/s  DNS ERR  DNS p50 TREND                                |
+                    checkout                                 postgres   tcp    400.0 KB/s   1.2 MB/s     12       0        4       0    420µs   3.10ms      7      0        -        -                           ████       |
+                    checkout                                 frontend   tcp    250.0 KB/s  90.0 KB/s     40       2        0       1   1.20ms   47.5ms      0      0        -        -                           ▆▆▄█       |
+                    payments-api                             unknown    tcp      5.0 KB/s   3.0 KB/s      1       9        0       4   85.0ms    1.25s      0      0        -    2.00s                           ████       |
+                    sshd                                     unknown    tcp      3.0 KB/s   1.0 KB/s      1       0        0       0        -        -      0      0        -        -                           ▁▁██       |
+                    coredns                                  unknown    udp       800 B/s   1.2 KB/s      0       0        0       0        -        -      0      0        -        -                           ████       |
+                    checkout                                 coredns    udp       800 B/s   1.6 KB/s      0       0        0       0        -        -      0     20      10%   1.25ms                           ████       |
+                    pod:3f2a9c1e-7b4d-4e0f-9a1b-2c3d4e5f6a7b checkout   tcp         0 B/s      0 B/s      3       0        0       0     87µs    999µs      0      0        -        -                           ▁▁▁▁       |
+                                                                                                                                                                                                                            |
+                    Tab view  w window  b bits  / filter  ? help  q quit                                                                                                                                                    |
+                    """))
+    }
 }

@@ -192,6 +192,69 @@ def test_flowtop_live_in_tmux(netpair, daemons, tmp_path):
     echo.kill()
 
 
+def test_flowtop_dns_columns(netpair, daemons, tmp_path):
+    """The services view's DNS columns against real queries: dig in B asks a
+    dnsmasq in A 3 names it has and 1 it has not (NXDOMAIN), from source
+    ports a rule names dnscli; the dnscli → dnssrv row shows a DNS rate, a
+    25% error share and a p50 latency. A daemon with --dns-ports off has no
+    DNS columns."""
+    from test_dns import dig, dnsmasq
+
+    pair = netpair
+    sock = str(tmp_path / "api.sock")
+    cport = unique_port()
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(f"services:\n  - name: dnscli\n    ports: {cport}-{cport + 9}\n"
+                   "  - name: dnssrv\n    ports: 53\n")
+    d = daemons(pair.a, "--config", str(cfg), "--interfaces", IF_A, "--interval", "1s",
+                "--metrics-listen", f"127.0.0.1:{unique_port()}", "--api-socket", sock,
+                "--dns-ports", "53", "--state-dir", str(tmp_path / "state")).wait_ready()
+    assert "DNS hook attached" in d.stderr, d.stderr
+    server = dnsmasq(pair, tmp_path)
+
+    p = Pane(f"fmtopdns{os.getpid()}", 200, 20)
+    try:
+        p.type(f"{FLOWTOP} --socket {sock}; echo EXIT=$?")
+        p.key("Enter")
+        p.wait(r"^SERVICE\s+PEER")
+        p.key("w")
+        p.key("w")
+        p.wait(r"window 40s")
+        got = [dig(pair, cport + i, name, "A", False)
+               for i, name in enumerate(["svc.test", "svc.test", "svc.test", "nope.test"])]
+        assert got == ["NOERROR", "NOERROR", "NOERROR", "NXDOMAIN"], got
+        # SERVICE PEER PROTO TX/s RX/s CONNS FAILED RETRANS RESETS RTT p50 RTT p99 DROPS, then DNS.
+        row = (r"^dnscli\s+dnssrv\s+udp\s+(?:\S+ \S+\s+){2}(?:\S+\s+){7}"
+               r"(?P<rate><0\.1|\d+\.\d|[1-9]\d*)\s+(?P<share>25%)\s+(?P<p50>\d[\d.]*(?:µs|ms))\b")
+        s = p.wait(row, timeout=20)
+        # (The DNS columns come with the first service pair: the snapshot's pairs carry the DNS counters.)
+        assert re.search(r"^SERVICE\s+PEER.*DNS/s\s+DNS ERR\s+DNS p50", s, re.M), s
+        m = re.search(row, s, re.M)
+        assert m, s
+        # E sorts by the error share, largest first: the pair with errors on top.
+        p.key("E")
+        s = p.wait(r"DNS ERR▼")
+        lines = s.splitlines()
+        top = lines[next(i for i, l in enumerate(lines) if l.startswith("SERVICE")) + 1]
+        assert top.startswith("dnscli "), s
+        p.key("q")
+        p.wait(r"EXIT=0")
+    finally:
+        p.close()
+    server.kill()
+    d.terminate()
+
+    # Without the DNS programs (--dns-ports off): no DNS column, even in --once's full table.
+    sock2 = str(tmp_path / "api2.sock")
+    daemons(pair.a, "--config", str(cfg), "--interfaces", IF_A, "--interval", "1s",
+            "--metrics-listen", f"127.0.0.1:{unique_port()}", "--api-socket", sock2,
+            "--dns-ports", "off", "--state-dir", str(tmp_path / "state2")).wait_ready()
+    out = subprocess.run([FLOWTOP, "--socket", sock2, "--once"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    title = out.stdout.splitlines()[0]
+    assert title.startswith("SERVICE") and title.endswith("DROPS") and "DNS" not in title, out.stdout
+
+
 def test_flowtop_once_and_errors(netpair, daemons, tmp_path):
     pair = netpair
     sock = str(tmp_path / "api.sock")
