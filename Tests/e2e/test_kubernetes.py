@@ -218,7 +218,16 @@ def test_daemonset(base):
     assert set(mounts) == set(volumes), (mounts, volumes)
     host = {v["hostPath"]["path"]: mounts[n]["mountPath"] for n, v in volumes.items() if "hostPath" in v}
     assert host == {"/sys/fs/bpf": "/sys/fs/bpf", "/sys/kernel/tracing": "/sys/kernel/tracing",
-                    "/sys/fs/cgroup": "/sys/fs/cgroup", "/run/flowmeter": "/run/flowmeter"}, host
+                    "/sys/fs/cgroup": "/sys/fs/cgroup", "/run/flowmeter": "/run/flowmeter",
+                    "/run/containerd": "/run/containerd"}, host
+    # containerd's socket directory, which the default containerd_socket is in
+    # (pods named <namespace>/<workload>); created if missing, read-only.
+    containerd = next(v for v in volumes.values() if v.get("hostPath", {}).get("path") == "/run/containerd")
+    assert containerd["hostPath"]["type"] == "DirectoryOrCreate", containerd
+    example = (REPO / "config" / "flowmeter.example.yaml").read_text()
+    assert re.search(r"^containerd_socket: /run/containerd/[^/\s]+$", example, re.M), "containerd_socket moved"
+    # The node's name for pod records and flowmeter_endpoint_info.
+    assert {"name": "FLOWMETER_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"], c["env"]
     # Written: the API socket and clsact record, and the pins of --persist.
     writable = {"/run/flowmeter", "/sys/fs/bpf"}
     assert all(m.get("readOnly") for m in mounts.values() if m["mountPath"] not in writable), mounts
