@@ -167,7 +167,8 @@ let package = Package(
         // Benchmarks (tools/bench), most of them on the real kernel; not part of the tests.
         .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterExport"]),
 
-        // The seeded generator and bounded property-test runs the test targets share.
+        // What the test targets share: the seeded generator and bounded
+        // property-test runs, and the freshness check of generated code.
         .target(name: "FlowmeterTestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "FlowmeterCoreTests", dependencies: ["FlowmeterCore", "FlowmeterTestSupport"]),
         .testTarget(name: "FlowtopCoreTests", dependencies: ["FlowtopCore", "FlowmeterCore"]),
@@ -194,7 +195,7 @@ let package = Package(
             ]),
         .testTarget(
             name: "FlowmeterRuntimeTests",
-            dependencies: ["FlowmeterRuntime", "FlowmeterCore", "FlowmeterContainerdProto"]),
+            dependencies: ["FlowmeterRuntime", "FlowmeterCore", "FlowmeterContainerdProto", "FlowmeterTestSupport"]),
         .testTarget(
             name: "FlowmeterBPFTests",
             dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterABI", "FlowmeterTestSupport"]),
