@@ -57,6 +57,23 @@ public final class OTLPPusher: @unchecked Sendable {
     private let onError: @Sendable (String) -> Void
     private let onPartial: @Sendable (Int64, String) -> Void
 
+    /// What two failure messages must share to be "the same failure" for a
+    /// log that says each kind once: the message without its bracketed
+    /// library detail and without a collector-given retry delay. Those vary
+    /// between attempts of one failure (grpc-swift's first attempt adds
+    /// "Channel is in a transient failure state", a Retry-After may change),
+    /// and a log keyed on the whole text said one fault twice.
+    public static func failureKind(_ message: String) -> String {
+        var out = "", depth = 0
+        for c in message {
+            if c == "[" { depth += 1; continue }
+            if c == "]" { depth = max(0, depth - 1); continue }
+            if depth == 0 { out.append(c) }
+        }
+        if let r = out.range(of: " (retrying after ") { out = String(out[..<r.lowerBound]) }
+        return out.trimmingCharacters(in: .whitespaces)
+    }
+
     /// `onError` hears every failed attempt (and every rejected request);
     /// `onPartial` every accepted request with refused points.
     public init(

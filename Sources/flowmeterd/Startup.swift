@@ -444,8 +444,9 @@ struct Startup {
                 transport: transport, capacity: settings.otlpQueueSize,
                 onError: { e in
                     // One line per kind of failure, not one per retry.
+                    let kind = OTLPPusher.failureKind(e)
                     let new = errors.withLock { last in
-                        defer { last = e }; return last != e
+                        defer { last = kind }; return last != kind
                     }
                     if new {
                         logger.warning("OTLP push failed; retrying with backoff", metadata: ["endpoint": "\(endpoint)", "error": "\(e)"])

@@ -11,6 +11,21 @@ import Testing
 /// gzip, and the pusher's queue and counting over a scripted transport (a
 /// fake only here, for the pure logic; the e2e tests use real receivers).
 @Suite struct OTLPTransportTests {
+    /// The two messages CI saw for one wrong-CA fault (grpc-swift adds a
+    /// sentence to the first attempt's detail) are one kind; a different
+    /// cause, or a changed endpoint, is another.
+    @Test func failureKindIgnoresLibraryDetailAndRetryDelay() {
+        let summary = "gRPC UNAVAILABLE: TLS handshake with 127.0.0.1:1 failed: the collector's certificate is not signed by a trusted CA"
+        let first = summary + " [unavailable: \"Channel is in a transient failure state. The server closed\" (cause: \"x\")]"
+        let second = summary + " [unavailable: \"The server closed\" (cause: \"x\")]"
+        #expect(OTLPPusher.failureKind(first) == OTLPPusher.failureKind(second))
+        #expect(OTLPPusher.failureKind(first) == summary)
+        #expect(OTLPPusher.failureKind("HTTP 503 (retrying after 3 s, as the collector asked)") == "HTTP 503")
+        #expect(OTLPPusher.failureKind("HTTP 503 (retrying after 9 s, as the collector asked)") == OTLPPusher.failureKind("HTTP 503"))
+        #expect(OTLPPusher.failureKind("HTTP 503") != OTLPPusher.failureKind("HTTP 400: bad [x]"))
+        #expect(OTLPPusher.failureKind(summary) != OTLPPusher.failureKind(summary.replacingOccurrences(of: ":1 ", with: ":2 ")))
+    }
+
     @Test func httpStatuses() throws {
         #expect(OTLPOutcome.http(status: 200, retryAfter: nil, body: []) == .accepted(rejectedPoints: 0, message: ""))
         var r = Opentelemetry_Proto_Collector_Metrics_V1_ExportMetricsServiceResponse()

@@ -187,12 +187,18 @@ def test_events_ring_overflow_is_counted_exactly(netpair, daemons, tmp_path):
             text = f.read()
         # Whole lines only: the daemon may be writing the last one.
         recs = [json.loads(l) for l in text[:text.rfind("\n") + 1].splitlines() if '"type":"connection"' in l]
-        mine = [r for r in recs if sport in (r.get("local_port"), r.get("remote_port"))]
+        # By the server's port on each end's side: the churn's clients take
+        # ephemeral ports from the range unique_port() hands out, so one of them
+        # can have had sport as its *local* port (CI saw that record, reset and
+        # empty, taken for this connection).
+        mine = [r for r in recs
+                if (r.get("role") == "client" and r.get("remote_port") == sport)
+                or (r.get("role") == "server" and r.get("local_port") == sport)]
         return mine if sum(r["event"] == "close" for r in mine) == 2 else None
     mine = wait_for(logged, timeout=10, interval=0.3, what="the new connection's records in the flow log")
     assert sorted(r["event"] for r in mine) == ["close", "close", "open", "open"], mine
     client_close = next(r for r in mine if r["event"] == "close" and r["remote_port"] == sport)
-    assert client_close["bytes_sent"] == 1000, client_close
+    assert client_close["bytes_sent"] == 1000, json.dumps(mine, indent=1)
     lost_published, received_published = published()
 
     # The exact count. On SIGTERM the daemon detaches the hooks first (nothing
