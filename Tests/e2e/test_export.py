@@ -12,51 +12,14 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import fmlib
 from conftest import IF_A, NETTOOL, V4_B, V6_B, unique_port, wait_for
 
-RECEIVER = r"""
-import http.server, json, sys
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as svc
-port = int(sys.argv[1])
-
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        req = svc.ExportMetricsServiceRequest.FromString(body)
-        out = {"path": self.path, "ctype": self.headers["Content-Type"], "resource": {}, "metrics": {}, "time": 0}
-        for rm in req.resource_metrics:
-            out["resource"] = {kv.key: kv.value.string_value for kv in rm.resource.attributes}
-            for sm in rm.scope_metrics:
-                out["scope"] = sm.scope.name
-                for m in sm.metrics:
-                    kind = m.WhichOneof("data")
-                    pts = []
-                    if kind in ("sum", "gauge"):
-                        for p in getattr(m, kind).data_points:
-                            pts.append([{a.key: a.value.string_value for a in p.attributes}, p.as_double])
-                            out["time"] = max(out["time"], p.time_unix_nano)
-                    elif kind == "histogram":
-                        for p in m.histogram.data_points:
-                            pts.append([{a.key: a.value.string_value for a in p.attributes}, p.count])
-                    extra = {}
-                    if kind == "sum":
-                        extra = {"temporality": m.sum.aggregation_temporality, "monotonic": m.sum.is_monotonic}
-                    out["metrics"][m.name] = {"kind": kind, "unit": m.unit, "points": pts, **extra}
-        print(json.dumps(out), flush=True)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *a):
-        pass
-
-s = http.server.HTTPServer(("127.0.0.1", port), H)
-print("ready", flush=True)
-s.serve_forever()
-"""
+# The OTLP receiver of every OTLP test (HTTP and gRPC, TLS, scripted answers):
+# opentelemetry-proto's classes, grpcio for gRPC.
+RECEIVER = str(Path(__file__).with_name("otlp_receiver.py"))
 
 
 def scrape(pair, port):
@@ -65,23 +28,30 @@ def scrape(pair, port):
 
 
 class Receiver:
-    """The OTLP receiver in namespace A: one JSON line per request it decoded."""
+    """otlp_receiver.py in namespace A: one JSON object per line it printed
+    (a decoded request, or a scripted or refused answer)."""
 
-    def __init__(self, pair, port):
-        self.pair, self.port, self.requests = pair, port, []
+    def __init__(self, pair, proto: str, port: int, *args: str):
+        self.pair, self.port, self.args, self.lines = pair, port, ["--proto", proto, "--port", str(port), *args], []
         self.start()
 
     def start(self):
-        self.proc = self.pair.popen(self.pair.a, "python3", "-c", RECEIVER, str(self.port))
-        assert self.proc.stdout.readline().strip() == "ready"
+        self.proc = self.pair.popen(self.pair.a, "python3", RECEIVER, *self.args)
+        line = self.proc.stdout.readline().strip()
+        assert line == "ready", (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
         os.set_blocking(self.proc.stdout.fileno(), False)
 
-    def poll(self):
+    def poll(self) -> list[dict]:
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                return self.requests
-            self.requests.append(json.loads(line))
+                return self.lines
+            self.lines.append(json.loads(line))
+
+    @property
+    def requests(self) -> list[dict]:
+        """The decoded export requests only."""
+        return [r for r in self.poll() if "metrics" in r]
 
     def stop(self):
         self.poll()
@@ -93,7 +63,7 @@ class Receiver:
 def test_otlp_push_matches_metrics_and_survives_a_receiver_outage(netpair, daemons, tmp_path):
     pair = netpair
     mport, rport, queue = unique_port(), unique_port(), 2
-    rx = Receiver(pair, rport)
+    rx = Receiver(pair, "http", rport)
     d = daemons(pair.a, "--interfaces", IF_A, "--interval", "500ms", "--metrics-listen", f"127.0.0.1:{mport}",
                 "--otlp-endpoint", f"http://127.0.0.1:{rport}/v1/metrics", "--otlp-queue-size", str(queue),
                 "--state-dir", str(tmp_path / "state")).wait_ready()
@@ -101,13 +71,13 @@ def test_otlp_push_matches_metrics_and_survives_a_receiver_outage(netpair, daemo
     echo = pair.popen(pair.b, "python3", NETTOOL, "udp-echo", V4_B, str(echo_port), "3")
     assert echo.stdout.readline().strip() == "ready"
     pair.nettool(pair.a, "udp-client", V4_B, str(echo_port), "1000,2000,3000")
-    wait_for(lambda: len(rx.poll()) >= 3, timeout=20, what="OTLP requests")
+    wait_for(lambda: len(rx.requests) >= 3, timeout=20, what="OTLP requests")
 
     # After the traffic settles, the last push carries exactly what /metrics shows.
     def same():
         m = scrape(pair, mport)
         time.sleep(1.2)   # two more pushes
-        last = rx.poll()[-1]
+        last = rx.requests[-1]
         want = {}
         for (name, labels), v in m.samples.items():
             # The scrapes and pushes themselves are TCP on loopback and move
@@ -122,7 +92,7 @@ def test_otlp_push_matches_metrics_and_survives_a_receiver_outage(netpair, daemo
             print("DIFF want-got", {k: v for k, v in want.items() if got.get(k) != v}, "got-want", {k: v for k, v in got.items() if want.get(k) != v})
         return ok, (want, got)
     wait_for(lambda: same()[0], timeout=20, interval=0.2, what="the OTLP values to equal /metrics")
-    last = rx.poll()[-1]
+    last = rx.requests[-1]
     assert last["path"] == "/v1/metrics" and last["ctype"] == "application/x-protobuf"
     assert last["resource"]["service.name"] == "flowmeterd" and last["resource"]["host.name"] == os.uname().nodename
     assert last["resource"]["service.version"], last["resource"]
@@ -136,7 +106,7 @@ def test_otlp_push_matches_metrics_and_survives_a_receiver_outage(netpair, daemo
     assert sorted((p[0]["peer_service"], p[1]) for p in udp) == [("python3", 6000.0), ("unknown", 6000.0)], udp
 
     # Receiver down: sends fail, the queue keeps the newest requests, the rest are dropped.
-    received_before = len(rx.poll())
+    received_before = len(rx.requests)
     rx.stop()
     down_at = time.time_ns()
     time.sleep(4)
@@ -146,7 +116,7 @@ def test_otlp_push_matches_metrics_and_survives_a_receiver_outage(netpair, daemo
     assert mid.value("flowmeter_export_queue_length", exporter="otlp") == queue
     up_at = time.time_ns()
     rx.start()
-    wait_for(lambda: sum(1 for r in rx.poll() if r["time"] > up_at) >= 3, timeout=30, what="export to resume")
+    wait_for(lambda: sum(1 for r in rx.requests if r["time"] > up_at) >= 3, timeout=30, what="export to resume")
     # At most the queue's worth of requests made while the receiver was down
     # arrive (newer ones push them out while the sender backs off).
     survivors = [r for r in rx.requests if down_at < r["time"] < up_at]

@@ -17,9 +17,8 @@ import pytest
 
 import fmlib
 from conftest import IF_A, NETTOOL, V4_B, unique_port, wait_for
-from test_export import scrape
+from test_export import Receiver, scrape
 
-RECEIVER = str(Path(__file__).with_name("otlp_receiver.py"))
 SECRET = "s3cret-token-42"
 
 
@@ -45,36 +44,6 @@ def make_pki(d: Path) -> dict[str, str]:
         openssl("x509", "-req", "-in", csr, "-CA", p["ca"], "-CAkey", p["ca_key"], "-CAcreateserial", "-days", "2",
                 "-extfile", str(extfile), "-out", p[name])
     return p
-
-
-class Receiver:
-    """otlp_receiver.py in namespace A: one JSON object per line it printed."""
-
-    def __init__(self, pair, proto: str, port: int, *args: str):
-        self.pair, self.port, self.args, self.lines = pair, port, ["--proto", proto, "--port", str(port), *args], []
-        self.start()
-
-    def start(self):
-        self.proc = self.pair.popen(self.pair.a, "python3", RECEIVER, *self.args)
-        line = self.proc.stdout.readline().strip()
-        assert line == "ready", (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
-        os.set_blocking(self.proc.stdout.fileno(), False)
-
-    def poll(self) -> list[dict]:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                return self.lines
-            self.lines.append(json.loads(line))
-
-    @property
-    def requests(self) -> list[dict]:
-        return [r for r in self.poll() if "metrics" in r]
-
-    def stop(self):
-        self.poll()
-        self.proc.kill()
-        self.proc.wait()
 
 
 def equal_to_metrics(pair, mport, rx) -> bool:
