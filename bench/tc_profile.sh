@@ -18,7 +18,7 @@ mkdir -p "$out"
 echo 1 >/proc/sys/net/core/bpf_jit_kallsyms
 perf record -q -e cpu-clock -F 10000 -g -o "$out/tc_profile.data" -- \
     "$out/tc_loop" "$obj" "$secs" "$case" "$out/tc_profile.jit" | tee "$out/tc_profile.txt"
-median=$(sed -n 's/.*median \([0-9]*\) ns.*/\1/p' "$out/tc_profile.txt")
+median=$(sed -n 's/.*median \([0-9]*\) ns per run.*/\1/p' "$out/tc_profile.txt" | tail -1)
 perf script -i "$out/tc_profile.data" -F ip,sym,symoff 2>/dev/null >"$out/tc_profile.samples"
 objdump -D -b binary -m i386:x86-64 --no-show-raw-insn "$out/tc_profile.jit" >"$out/tc_profile.jit.s"
 python3 - "$out" "$median" <<'PY'
