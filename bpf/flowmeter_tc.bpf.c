@@ -95,7 +95,66 @@ struct fm_parsed {
     __u64 bytes;
     __u32 segs;
     __u8 tcp_flags;
+    /* Set by the direct pass when a header was not in the linear data:
+     * the packet is then parsed again with bpf_skb_load_bytes. */
+    __u8 not_linear;
 };
+
+/* Offsets past this are not read directly (the verifier needs a bound on a
+ * variable packet offset; real headers end far before it). */
+#define FM_DIRECT_MAX_OFF 1024
+/* Every buffer fm_load copies into (its lengths are all even). */
+#define FM_ALIGNED __attribute__((aligned(4)))
+
+/* Copies `len` bytes at `off` of the packet to `to`. The parser runs in two
+ * passes, chosen by the constant `direct` (__always_inline makes two copies):
+ * the direct pass copies straight from the linear data (skb->data ..
+ * data_end), and a header that is not all there (paged data, e.g. after some
+ * drivers' GRO, or a packet cut short) sets `not_linear` and fails the load;
+ * then account() parses the packet again from scratch with
+ * bpf_skb_load_bytes, which reads paged data too. Both read the same bytes,
+ * so the answer does not depend on the pass. Two whole passes rather than a
+ * fallback at each load: a fallback per load rejoined the direct path with
+ * different register bounds at each of the up to 14 loads, and the verifier
+ * walked 57,750 instructions (a second more at load) instead of 1,643.
+ *
+ * Why: bpf_skb_load_bytes was a quarter of the existing-flow cost (three
+ * calls, each a helper call and a memcpy call with its rep-movsb start-up;
+ * every return costs more under the SRSO "safe RET" mitigation of this
+ * machine kind: docs/benchmarks.md, "Where the tc program's time goes").
+ * `len` is a constant at every call site, so the copy is a few loads and
+ * stores. */
+static __always_inline long fm_load(struct __sk_buff *skb, struct fm_parsed *parsed, const int direct, __u32 off,
+                                   void *to, const __u32 len)
+{
+    if (!direct)
+        return bpf_skb_load_bytes(skb, off, to, len);
+    __u8 *data = (__u8 *)(long)skb->data;
+    __u8 *end = (__u8 *)(long)skb->data_end;
+    if (off <= FM_DIRECT_MAX_OFF) {
+        __u8 *p = data + off;
+        if (p + len <= end) {
+            /* Word copies: clang lowers a memcpy from a byte pointer into
+             * single-byte loads. Packet loads may be unaligned (x86 and
+             * arm64 allow it, and the verifier checks packet alignment only
+             * where the architecture needs it); every destination is a
+             * 4-byte-aligned stack buffer (FM_ALIGNED), as stack stores
+             * must be aligned. */
+            if (len % 4 == 0) {
+#pragma unroll
+                for (__u32 i = 0; i < len / 4; i++)
+                    ((__u32 *)to)[i] = ((const __u32 *)p)[i];
+            } else {
+#pragma unroll
+                for (__u32 i = 0; i < len / 2; i++)
+                    ((__u16 *)to)[i] = ((const __u16 *)p)[i];
+            }
+            return 0;
+        }
+    }
+    parsed->not_linear = 1;
+    return -1;
+}
 
 static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
 {
@@ -107,12 +166,13 @@ static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
 
 /* Parses L4 at l4off (l3end = end of the IP datagram). Fills ports/flags and
  * returns the L4 header length counted in every GSO segment (0 if none). */
-static __always_inline __u32 parse_l4(struct __sk_buff *skb, struct fm_parsed *p, __u32 l4off, __u32 l3end)
+static __always_inline __u32 parse_l4(struct __sk_buff *skb, struct fm_parsed *p, const int direct, __u32 l4off,
+                                      __u32 l3end)
 {
     __u8 proto = p->key.protocol;
     if (proto == IPPROTO_TCP_) {
-        struct tcphdr th;
-        if (l4off + sizeof(th) > l3end || bpf_skb_load_bytes(skb, l4off, &th, sizeof(th)) < 0)
+        struct tcphdr th FM_ALIGNED;
+        if (l4off + sizeof(th) > l3end || fm_load(skb, p, direct, l4off, &th, sizeof(th)) < 0)
             goto truncated;
         __u32 doff = th.doff * 4;
         if (doff < sizeof(th) || l4off + doff > l3end)
@@ -124,8 +184,8 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, struct fm_parsed *p
         return doff;
     }
     if (proto == IPPROTO_UDP_) {
-        struct udphdr uh;
-        if (l4off + sizeof(uh) > l3end || bpf_skb_load_bytes(skb, l4off, &uh, sizeof(uh)) < 0)
+        struct udphdr uh FM_ALIGNED;
+        if (l4off + sizeof(uh) > l3end || fm_load(skb, p, direct, l4off, &uh, sizeof(uh)) < 0)
             goto truncated;
         p->key.sport = bpf_ntohs(uh.source);
         p->key.dport = bpf_ntohs(uh.dest);
@@ -133,8 +193,8 @@ static __always_inline __u32 parse_l4(struct __sk_buff *skb, struct fm_parsed *p
     }
     if ((proto == IPPROTO_ICMP_ && p->key.family == FM_FAMILY_IPV4) ||
         (proto == IPPROTO_ICMPV6_ && p->key.family == FM_FAMILY_IPV6)) {
-        __u8 tc[4]; /* type, code, checksum */
-        if (l4off + sizeof(tc) > l3end || bpf_skb_load_bytes(skb, l4off, tc, sizeof(tc)) < 0)
+        __u8 tc[4] FM_ALIGNED; /* type, code, checksum */
+        if (l4off + sizeof(tc) > l3end || fm_load(skb, p, direct, l4off, tc, sizeof(tc)) < 0)
             goto truncated;
         p->key.dport = ((__u16)tc[0] << 8) | tc[1];
         return 0;
@@ -161,15 +221,15 @@ static __always_inline void mark_malformed(struct fm_parsed *p, __u16 ethertype)
 /* The parser. Mirrored, rule for rule, by the Swift reference parser in
  * Tests/FlowmeterBPFTests/ReferenceParser.swift; the differential test holds the
  * two to the same answer on random and mutated packets. */
-static __always_inline void parse(struct __sk_buff *skb, struct fm_parsed *p)
+static __always_inline void parse(struct __sk_buff *skb, struct fm_parsed *p, const int direct)
 {
     __u32 len = skb->len;
     __u32 off = ETH_HLEN;
-    __be16 h_proto;
+    __be16 h_proto FM_ALIGNED;
 
     p->segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
 
-    if (len < ETH_HLEN || bpf_skb_load_bytes(skb, 12, &h_proto, sizeof(h_proto)) < 0) {
+    if (len < ETH_HLEN || fm_load(skb, p, direct, 12, &h_proto, sizeof(h_proto)) < 0) {
         mark_malformed(p, 0);
         p->bytes = 0;
         return;
@@ -180,8 +240,8 @@ static __always_inline void parse(struct __sk_buff *skb, struct fm_parsed *p)
     for (int i = 0; i < FM_MAX_VLAN_TAGS; i++) {
         if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
             break;
-        struct fm_vlan_hdr vh;
-        if (bpf_skb_load_bytes(skb, off, &vh, sizeof(vh)) < 0) {
+        struct fm_vlan_hdr vh FM_ALIGNED;
+        if (fm_load(skb, p, direct, off, &vh, sizeof(vh)) < 0) {
             mark_malformed(p, proto);
             p->bytes = len - off;
             return;
@@ -193,8 +253,8 @@ static __always_inline void parse(struct __sk_buff *skb, struct fm_parsed *p)
     __u32 l3avail = len - off;
     __u32 l3len, l4off, l4hdr;
     if (proto == ETH_P_IP) {
-        struct iphdr ih;
-        if (bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)) < 0)
+        struct iphdr ih FM_ALIGNED;
+        if (fm_load(skb, p, direct, off, &ih, sizeof(ih)) < 0)
             goto malformed;
         __u32 ihl = ih.ihl * 4;
         __u32 tot = bpf_ntohs(ih.tot_len);
@@ -216,11 +276,11 @@ static __always_inline void parse(struct __sk_buff *skb, struct fm_parsed *p)
             p->key.flags |= FM_KEY_FRAGMENT;
             l4hdr = 0;
         } else {
-            l4hdr = parse_l4(skb, p, l4off, off + l3len);
+            l4hdr = parse_l4(skb, p, direct, l4off, off + l3len);
         }
     } else if (proto == ETH_P_IPV6) {
-        struct ipv6hdr ih;
-        if (bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)) < 0)
+        struct ipv6hdr ih FM_ALIGNED;
+        if (fm_load(skb, p, direct, off, &ih, sizeof(ih)) < 0)
             goto malformed;
         if (ih.version != 6)
             goto malformed;
@@ -243,8 +303,8 @@ static __always_inline void parse(struct __sk_buff *skb, struct fm_parsed *p)
         for (int i = 0; i < FM_MAX_IPV6_EXT; i++) {
             if (nh != IPV6_HOPOPTS && nh != IPV6_ROUTING && nh != IPV6_DSTOPTS && nh != IPV6_FRAGMENT)
                 break;
-            __u8 ext[4]; /* next header, length, and (fragment) offset+flags */
-            if (l4off + 8 > l3end || bpf_skb_load_bytes(skb, l4off, ext, sizeof(ext)) < 0) {
+            __u8 ext[4] FM_ALIGNED; /* next header, length, and (fragment) offset+flags */
+            if (l4off + 8 > l3end || fm_load(skb, p, direct, l4off, ext, sizeof(ext)) < 0) {
                 p->key.flags |= FM_KEY_L4_TRUNCATED;
                 done = 1;
                 break;
@@ -267,7 +327,7 @@ static __always_inline void parse(struct __sk_buff *skb, struct fm_parsed *p)
         if (done || nh == IPV6_HOPOPTS || nh == IPV6_ROUTING || nh == IPV6_DSTOPTS || nh == IPV6_FRAGMENT)
             l4hdr = 0; /* truncated, a fragment, or more extension headers than we walk */
         else
-            l4hdr = parse_l4(skb, p, l4off, l3end);
+            l4hdr = parse_l4(skb, p, direct, l4off, l3end);
     } else {
         p->key.family = FM_FAMILY_OTHER;
         p->key.dport = proto;
@@ -287,26 +347,69 @@ malformed:
     p->bytes = l3avail;
 }
 
+/* The coarse clock's last reading on this CPU and the jiffy it was read in
+ * (packet_time). Per CPU: no atomics, and each CPU keeps its own. */
+struct fm_clock {
+    __u64 jiffies; /* jiffies64 when `ns` was read (0: never; jiffies never is 0) */
+    __u64 ns;      /* bpf_ktime_get_coarse_ns() then */
+};
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct fm_clock);
+} fm_clock SEC(".maps");
+
 /* The packet's timestamp. bpf_ktime_get_ns() was a third of the per-packet
  * cost (107 ns against 70 ns with the coarse clock, flowmeter-bench tc on a
  * TSC guest), and flow records only need their first and last packet to the
  * millisecond (IPFIX flowStart/EndMilliseconds, the flow log). The coarse clock
  * is CLOCK_MONOTONIC_COARSE: the same clock read at the last tick, so at most
- * one jiffy behind. Kernels before 5.11 lack the helper; the CO-RE check turns
- * into a constant at load time and the verifier drops the branch it cannot
- * take, so those kernels get the precise clock. */
+ * one jiffy behind.
+ *
+ * The coarse clock moves only at a tick, and a tick first advances jiffies,
+ * which bpf_jiffies64() reads without a call (the verifier inlines it on
+ * 64-bit JITs). So each CPU keeps its last reading with its jiffy and reads
+ * the clock again only once jiffies moved: one helper call per CPU per tick
+ * instead of one per packet (the call, with its nested calls, was about 8 ns
+ * of the existing-flow packet: docs/benchmarks.md). A reading taken after
+ * jiffies moved but before the tick updated the clock (a window of
+ * microseconds) still shows the old value; it is not kept, so the next
+ * packet reads again. The one case left: a CPU that saw no packet for a
+ * whole tick and then reads inside that window keeps a value one tick old
+ * for the rest of the tick, so a timestamp may be two jiffies behind, rarely.
+ *
+ * Kernels before 5.11 lack the coarse helper; the CO-RE check turns into a
+ * constant at load time and the verifier drops the branch it cannot take, so
+ * those kernels get the precise clock at every packet. */
 static __always_inline __u64 packet_time(void)
 {
-    if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_ktime_get_coarse_ns))
+    if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_ktime_get_coarse_ns))
+        return bpf_ktime_get_ns();
+    __u32 zero = 0;
+    struct fm_clock *c = bpf_map_lookup_elem(&fm_clock, &zero);
+    if (!c)
         return bpf_ktime_get_coarse_ns();
-    return bpf_ktime_get_ns();
+    __u64 j = bpf_jiffies64();
+    if (c->jiffies == j)
+        return c->ns;
+    __u64 ns = bpf_ktime_get_coarse_ns();
+    if (ns != c->ns) {
+        c->jiffies = j;
+        c->ns = ns;
+    }
+    return ns;
 }
 
 static __always_inline void account(struct __sk_buff *skb, __u8 direction)
 {
     struct fm_parsed p;
     __builtin_memset(&p, 0, sizeof(p));
-    parse(skb, &p);
+    parse(skb, &p, 1);
+    if (p.not_linear) {
+        __builtin_memset(&p, 0, sizeof(p));
+        parse(skb, &p, 0);
+    }
     p.key.ifindex = skb->ifindex;
     p.key.direction = direction;
     if (p.key.flags & FM_KEY_MALFORMED)

@@ -145,13 +145,22 @@ public final class BPFObjectFile: @unchecked Sendable {
     public func mapFD(_ name: String) throws -> Int32 { try object.mapFD(named: name) }
 
     /// Runs a socket-buffer program (tc) `count` times on `packet` with
-    /// BPF_PROG_TEST_RUN. Returns its last verdict and the kernel-measured
-    /// average run time.
-    public func testRun(_ program: String, packet: [UInt8], repeat count: Int32 = 1) throws -> (verdict: Int32, nanoseconds: UInt32) {
+    /// BPF_PROG_TEST_RUN, as if it arrived on `ifindex` (0: no context is
+    /// passed, the kernel's default). Returns its last verdict and the
+    /// kernel-measured average run time.
+    public func testRun(
+        _ program: String, packet: [UInt8], ifindex: UInt32 = 0, repeat count: Int32 = 1
+    ) throws -> (verdict: Int32, nanoseconds: UInt32) {
         let fd = try object.programFD(named: program)
         var retval: UInt32 = 0, duration: UInt32 = 0
+        var ctx = __sk_buff()
+        ctx.ifindex = ifindex
         let r = packet.withUnsafeBytes { p in
-            fm_prog_test_run(fd, p.baseAddress, UInt32(p.count), nil, 0, count, &retval, &duration)
+            withUnsafeBytes(of: &ctx) { c in
+                fm_prog_test_run(
+                    fd, p.baseAddress, UInt32(p.count), ifindex == 0 ? nil : c.baseAddress,
+                    ifindex == 0 ? 0 : UInt32(c.count), count, &retval, &duration)
+            }
         }
         if r != 0 { throw BPFError("test run of \(program)", errno: -r) }
         return (Int32(bitPattern: retval), duration)

@@ -72,8 +72,9 @@ struct fm_flow_stats {
                           * packets (IPv6: payload length + 40); FAMILY_OTHER: frame length
                           * after the link-layer header(s) */
     __u64 first_seen_ns; /* CLOCK_MONOTONIC of the first packet, read at the last tick
-                          * (bpf_ktime_get_coarse_ns: up to one jiffy behind; kernels
-                          * before 5.11: bpf_ktime_get_ns) */
+                          * (bpf_ktime_get_coarse_ns, read once per CPU per jiffy: up to
+                          * one jiffy behind, rarely two; kernels before 5.11:
+                          * bpf_ktime_get_ns) */
     __u64 last_seen_ns;  /* CLOCK_MONOTONIC of the latest packet, the same clock */
     __u8 tcp_flags;      /* OR of the TCP flag bytes seen (FIN=0x01 ... CWR=0x80) */
     __u8 _pad[7];        /* explicit padding, always zero */
