@@ -50,4 +50,27 @@ static __always_inline void fm_ringbuf_submit(void *ring, void *record)
     bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
+/* As fm_ringbuf_submit, for a record of `size` bytes, but past a quarter of
+ * the ring it wakes the reader only when this record crosses an eighth of the
+ * ring (the quarter, three eighths, half, ...), not for every record. A reader
+ * that lags (a loaded machine, a debug build) keeps the ring past a quarter,
+ * and then fm_ringbuf_submit sent one self-IPI per record: under connection
+ * churn on a loaded 2-CPU VM that was 45% of the state-change program's
+ * samples (perf, irq_work_queue -> native_apic_msr_write; docs/benchmarks.md,
+ * "Where a connection's BPF time goes"). A reader asleep is still woken
+ * before the ring grows by another eighth, so a burst cannot fill the ring
+ * while it sleeps: at the latest at seven eighths. Records other CPUs reserve
+ * at the same moment may hide a crossing from both submitters; the next
+ * eighth, or the reader's poll timeout, wakes it then. */
+static __always_inline void fm_ringbuf_submit_stepped(void *ring, void *record, __u64 size)
+{
+    __u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+    __u64 eighth = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 8;
+    /* The record with its 8-byte header, rounded up to 8 as the kernel does. */
+    __u64 used = (size + 8 + 7) & ~7ULL;
+    __u64 before = avail > used ? avail - used : 0;
+    __u64 wake = eighth && avail >= 2 * eighth && avail / eighth != before / eighth;
+    bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 #endif

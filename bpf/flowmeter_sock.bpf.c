@@ -113,7 +113,7 @@ struct {
 } fm_listeners SEC(".maps");
 
 /* The socket records (struct fm_sock_event) for the daemon, submitted with
- * fm_ringbuf_submit. */
+ * fm_ringbuf_submit_stepped. */
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, FM_DEFAULT_EVENTS_RING_BYTES);
@@ -144,6 +144,19 @@ struct {
     __type(value, __u64);
 } fm_udp_send_stash SEC(".maps");
 
+/* How a body reads the socket. The fentry and tp_btf twins get the socket as a
+ * BTF pointer, which the verifier lets a program load from directly (it turns
+ * each load into an exception-protected one, PROBE_MEM): a load each. The
+ * kprobe and classic tracepoint twins, and the updates (which hold the socket
+ * as a number, the table's key), may only copy through bpf_probe_read_kernel,
+ * a helper call per field (BPF_CORE_READ). Under connection churn those calls
+ * were most of the state-change program's time (docs/benchmarks.md, "Where a
+ * connection's BPF time goes"). `direct` is a constant at every call site and
+ * the bodies are __always_inline, so each twin compiles one branch only: the
+ * kprobe twins never carry a direct load the verifier would refuse. Both
+ * branches name the same fields with CO-RE relocations. */
+#define SK_READ(direct, sk, field) ((direct) ? (sk)->field : BPF_CORE_READ(sk, field))
+
 static __always_inline void owner_now(struct fm_owner *o)
 {
     __u64 id = bpf_get_current_pid_tgid();
@@ -156,38 +169,55 @@ static __always_inline void owner_now(struct fm_owner *o)
     BPF_CORE_READ_STR_INTO(&o->comm, task, group_leader, comm);
 }
 
-static __always_inline void listener_key(struct sock *sk, struct fm_listener_key *k)
+static __always_inline void listener_key(struct sock *sk, struct fm_listener_key *k, int direct)
 {
     __builtin_memset(k, 0, sizeof(*k));
-    k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-    k->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+    if (direct)
+        k->netns = sk->__sk_common.skc_net.net->ns.inum;
+    else
+        k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+    k->port = SK_READ(direct, sk, __sk_common.skc_num);
 }
 
 /* Addresses and ports of the socket into the event (IPv4 v4-mapped). */
-static __always_inline void fill_addrs(struct sock *sk, struct fm_sock_event *e)
+static __always_inline void fill_addrs(struct sock *sk, struct fm_sock_event *e, int direct)
 {
-    __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    __u16 family = SK_READ(direct, sk, __sk_common.skc_family);
     __builtin_memset(e->saddr, 0, sizeof(e->saddr));
     __builtin_memset(e->daddr, 0, sizeof(e->daddr));
     if (family == AF_INET) {
-        __u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-        __u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+        __u32 s = SK_READ(direct, sk, __sk_common.skc_rcv_saddr);
+        __u32 d = SK_READ(direct, sk, __sk_common.skc_daddr);
         e->saddr[10] = e->saddr[11] = 0xff;
         e->daddr[10] = e->daddr[11] = 0xff;
         __builtin_memcpy(e->saddr + 12, &s, 4);
         __builtin_memcpy(e->daddr + 12, &d, 4);
         e->family = FM_FAMILY_IPV4;
     } else {
-        BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-        BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+        if (direct) {
+            /* Element by element: a load must fit one member of the BTF type. */
+            __u32 *s = (__u32 *)e->saddr, *d = (__u32 *)e->daddr;
+            s[0] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+            s[1] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+            s[2] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+            s[3] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+            d[0] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[0];
+            d[1] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[1];
+            d[2] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[2];
+            d[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
+        } else {
+            BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+            BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+        }
         e->family = FM_FAMILY_IPV6;
     }
-    e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-    e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+    e->sport = SK_READ(direct, sk, __sk_common.skc_num);
+    e->dport = __builtin_bswap16(SK_READ(direct, sk, __sk_common.skc_dport));
 }
 
 /* Counters so far into the event: UDP from our state, TCP from tcp_sock. */
-static __always_inline void fill_counters(struct sock *sk, struct fm_sock_state *st, struct fm_sock_event *e)
+static __always_inline void fill_counters(struct sock *sk, struct fm_sock_state *st, struct fm_sock_event *e,
+                                          int direct)
 {
     if (e->protocol == IPPROTO_UDP_) {
         if (st) {
@@ -196,20 +226,34 @@ static __always_inline void fill_counters(struct sock *sk, struct fm_sock_state 
         }
         return;
     }
-    struct tcp_sock *tp = (struct tcp_sock *)sk;
-    e->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-    __u64 received = BPF_CORE_READ(tp, bytes_received);
+    __u64 received;
+    if (direct) {
+        /* The verifier types the pointer as struct sock; tcp_sock's fields
+         * lie beyond it, so the cast goes through the kernel's checked one. */
+        struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+        if (!tp)
+            return;
+        e->bytes_sent = tp->bytes_sent - tp->bytes_retrans;
+        received = tp->bytes_received;
+        e->srtt_us = tp->srtt_us >> 3;
+        e->retransmits = tp->total_retrans;
+    } else {
+        struct tcp_sock *tp = (struct tcp_sock *)sk;
+        e->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
+        received = BPF_CORE_READ(tp, bytes_received);
+        e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+        e->retransmits = BPF_CORE_READ(tp, total_retrans);
+    }
+    /* A bitfield before 6.5 (a byte after): one probed read on every rung. */
     if ((BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) & RCV_SHUTDOWN_) && received > 0)
         received -= 1;
     e->bytes_received = received;
-    e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-    e->retransmits = BPF_CORE_READ(tp, total_retrans);
 }
 
 /* The record for a socket; sk may be NULL (the cgroup hook cannot read it):
  * then addresses stay zero and the daemon has them from the open. */
 static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct sock *sk, __u16 kind, __u8 protocol,
-                                       struct fm_sock_state *st)
+                                       struct fm_sock_state *st, int direct)
 {
     __builtin_memset(e, 0, sizeof(*e));
     e->version = FM_ABI_VERSION;
@@ -225,9 +269,9 @@ static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct
         e->resets_received = st->resets_received;
     }
     if (sk) {
-        fill_addrs(sk, e);
+        fill_addrs(sk, e, direct);
         if (kind == FM_SOCK_CLOSE || kind == FM_SOCK_UPDATE)
-            fill_counters(sk, st, e);
+            fill_counters(sk, st, e, direct);
     } else if (st && protocol == IPPROTO_UDP_) {
         e->bytes_sent = st->udp_bytes_sent;
         e->bytes_received = st->udp_bytes_received;
@@ -237,7 +281,7 @@ static __always_inline void fill_event(struct fm_sock_event *e, __u64 id, struct
 }
 
 static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_state *st, __u8 reason, __u32 err,
-                                 __u32 inferred_resets_sent)
+                                 __u32 inferred_resets_sent, int direct)
 {
     fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_ATTEMPTED);
     struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -245,30 +289,40 @@ static __always_inline void emit(struct sock *sk, __u16 kind, struct fm_sock_sta
         fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_LOST);
         return;
     }
-    fill_event(e, (__u64)(unsigned long)sk, sk, kind, st ? st->protocol : IPPROTO_TCP_, st);
+    fill_event(e, (__u64)(unsigned long)sk, sk, kind, st ? st->protocol : IPPROTO_TCP_, st, direct);
     e->reason = reason;
     e->err = err;
     e->resets_sent += inferred_resets_sent;
-    fm_ringbuf_submit(&events, e);
+    fm_ringbuf_submit_stepped(&events, e, sizeof(*e));
 }
 
 /* A socket starts listening (process context): remember who owns the port. */
-static __always_inline void on_listen(struct sock *sk)
+static __always_inline void on_listen(struct sock *sk, int direct)
 {
     struct fm_listener_key k;
     struct fm_owner o;
     __builtin_memset(&o, 0, sizeof(o));
-    listener_key(sk, &k);
+    listener_key(sk, &k, direct);
     owner_now(&o);
     bpf_map_update_elem(&fm_listeners, &k, &o, BPF_ANY);
 }
 
-/* The state-change body, shared by the three twins. */
-static __always_inline void on_state(struct sock *sk, int old, int new)
+/* The transitions the state-change body acts on; every other one (FIN_WAIT1,
+ * FIN_WAIT2, CLOSE_WAIT, LAST_ACK, SYN_RECV, TIME_WAIT, CLOSING) needs nothing.
+ * Half of a TCP connection's ten state changes (five per end under churn,
+ * tools/bench churn) are of the second kind, so every twin tests the new state,
+ * which its hook hands over as an argument, before it reads the socket. */
+static __always_inline int state_wanted(int new)
 {
-    if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP_)
+    return new == ST_SYN_SENT || new == ST_ESTABLISHED || new == ST_CLOSE || new == ST_LISTEN;
+}
+
+/* The state-change body, shared by the three twins (new: state_wanted). */
+static __always_inline void on_state(struct sock *sk, int old, int new, int direct)
+{
+    if (!sk || SK_READ(direct, sk, sk_protocol) != IPPROTO_TCP_)
         return;
-    __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    __u16 family = SK_READ(direct, sk, __sk_common.skc_family);
     if (family != AF_INET && family != AF_INET6)
         return;
     __u64 id = (__u64)(unsigned long)sk;
@@ -285,53 +339,57 @@ static __always_inline void on_state(struct sock *sk, int old, int new)
         return;
     }
     if (new == ST_LISTEN) {
-        on_listen(sk);
+        on_listen(sk, direct);
         return;
     }
     if (new == ST_ESTABLISHED) {
-        struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
         if (old == ST_SYN_RECV) {
+            /* An accepted socket: its state is new, so it is built here, the
+             * OPEN written from it, and then it is stored once, marked opened
+             * (an UPDATE can only follow an OPEN already on the ring). */
             struct fm_sock_state ns;
             __builtin_memset(&ns, 0, sizeof(ns));
             struct fm_listener_key k;
-            listener_key(sk, &k);
+            listener_key(sk, &k, direct);
             struct fm_owner *o = bpf_map_lookup_elem(&fm_listeners, &k);
             if (o)
                 ns.owner = *o;
             ns.role = FM_ROLE_SERVER;
             ns.protocol = IPPROTO_TCP_;
             ns.start_ns = bpf_ktime_get_ns();
+            emit(sk, FM_SOCK_OPEN, &ns, 0, 0, 0, direct);
+            ns.sport = k.port;
+            ns.opened = 1;
             if (bpf_map_update_elem(&fm_socks, &id, &ns, BPF_ANY))
                 fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_TABLE_FULL);
-            st = bpf_map_lookup_elem(&fm_socks, &id);
+            return;
         }
-        emit(sk, FM_SOCK_OPEN, st, 0, 0, 0);
+        struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
+        emit(sk, FM_SOCK_OPEN, st, 0, 0, 0, direct);
         if (st) {
-            st->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+            st->sport = SK_READ(direct, sk, __sk_common.skc_num);
             st->opened = 1;
         }
         return;
     }
-    if (new != ST_CLOSE)
-        return;
-
+    /* new == ST_CLOSE */
     if (old == ST_LISTEN) {
         struct fm_listener_key k;
-        listener_key(sk, &k);
+        listener_key(sk, &k, direct);
         bpf_map_delete_elem(&fm_listeners, &k);
         return;
     }
     struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
-    __u32 err = BPF_CORE_READ(sk, sk_err);
+    __u32 err = SK_READ(direct, sk, sk_err);
     if (old == ST_SYN_SENT) {
         __u8 reason = err == ECONNREFUSED_                            ? FM_FAIL_REFUSED
                       : err == ETIMEDOUT_                             ? FM_FAIL_TIMEOUT
                       : (err == EHOSTUNREACH_ || err == ENETUNREACH_) ? FM_FAIL_UNREACHABLE
                                                                       : FM_FAIL_OTHER;
-        emit(sk, FM_SOCK_FAILED, st, reason, err, 0);
+        emit(sk, FM_SOCK_FAILED, st, reason, err, 0, direct);
     } else if (old != ST_SYN_RECV && old != ST_CLOSE) {
         __u32 abort = (old == ST_ESTABLISHED || old == ST_CLOSE_WAIT) && err == 0;
-        emit(sk, FM_SOCK_CLOSE, st, 0, err, abort);
+        emit(sk, FM_SOCK_CLOSE, st, 0, err, abort, direct);
     }
     if (st)
         bpf_map_delete_elem(&fm_socks, &id);
@@ -356,11 +414,11 @@ static __always_inline void on_reset(struct sock *sk, int sent)
 
 /* ---- UDP */
 
-static __always_inline int is_udp_inet(struct sock *sk, __u16 want_family)
+static __always_inline int is_udp_inet(struct sock *sk, __u16 want_family, int direct)
 {
-    if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP_)
+    if (!sk || SK_READ(direct, sk, sk_protocol) != IPPROTO_UDP_)
         return 0;
-    __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    __u16 family = SK_READ(direct, sk, __sk_common.skc_family);
     if (want_family)
         return family == want_family;
     return family == AF_INET || family == AF_INET6;
@@ -369,7 +427,7 @@ static __always_inline int is_udp_inet(struct sock *sk, __u16 want_family)
 /* Payload crossed a UDP socket in process context (len: bytes, <= 0 none).
  * The first time sees the socket open: the caller owns it, and a socket that
  * sends first is the client of its exchange, one that receives first the server. */
-static __always_inline void on_udp_bytes(struct sock *sk, long len, int sent)
+static __always_inline void on_udp_bytes(struct sock *sk, long len, int sent, int direct)
 {
     if (len <= 0)
         return;
@@ -382,12 +440,12 @@ static __always_inline void on_udp_bytes(struct sock *sk, long len, int sent)
         ns.role = sent ? FM_ROLE_CLIENT : FM_ROLE_SERVER;
         ns.protocol = IPPROTO_UDP_;
         ns.start_ns = bpf_ktime_get_ns();
-        ns.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+        ns.sport = SK_READ(direct, sk, __sk_common.skc_num);
         ns.opened = 1;
         /* NOEXIST: of two threads meeting a new socket at once, one opens it. */
         long r = bpf_map_update_elem(&fm_socks, &id, &ns, BPF_NOEXIST);
         if (r == 0)
-            emit(sk, FM_SOCK_OPEN, &ns, 0, 0, 0);
+            emit(sk, FM_SOCK_OPEN, &ns, 0, 0, 0, direct);
         else if (r != -17 /* EEXIST */)
             fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_TABLE_FULL);
         st = bpf_map_lookup_elem(&fm_socks, &id);
@@ -402,13 +460,13 @@ static __always_inline void on_udp_bytes(struct sock *sk, long len, int sent)
         __atomic_fetch_add(&st->udp_bytes_received, (__u64)len, __ATOMIC_RELAXED);
 }
 
-static __always_inline void on_udp_close(struct sock *sk)
+static __always_inline void on_udp_close(struct sock *sk, int direct)
 {
     __u64 id = (__u64)(unsigned long)sk;
     struct fm_sock_state *st = bpf_map_lookup_elem(&fm_socks, &id);
     if (!st || st->protocol != IPPROTO_UDP_)
         return;
-    emit(sk, FM_SOCK_CLOSE, st, 0, 0, 0);
+    emit(sk, FM_SOCK_CLOSE, st, 0, 0, 0, direct);
     bpf_map_delete_elem(&fm_socks, &id);
 }
 
@@ -438,7 +496,7 @@ static __always_inline __u64 update_for(__u64 key, struct fm_sock_state *st, str
     struct sock *sk = (struct sock *)(unsigned long)key;
     if (st->protocol == IPPROTO_TCP_ && !tcp_alive(sk))
         return 0;
-    fill_event(e, key, sk, FM_SOCK_UPDATE, st->protocol, st);
+    fill_event(e, key, sk, FM_SOCK_UPDATE, st->protocol, st, 0);
     __u64 total = e->bytes_sent + e->bytes_received;
     if (total == st->reported)
         return 0;
@@ -510,15 +568,16 @@ _Static_assert(FM_UPDATE_RUN_KEYS == 12, "fm_updates_run reads one context slot 
 SEC("fentry/tcp_set_state")
 int BPF_PROG(fm_state_fentry, struct sock *sk, int state)
 {
-    on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+    if (state_wanted(state))
+        on_state(sk, sk->__sk_common.skc_state, state, 1);
     return 0;
 }
 
 SEC("fentry/inet_csk_listen_start")
 int BPF_PROG(fm_listen_fentry, struct sock *sk)
 {
-    if (BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP_)
-        on_listen(sk);
+    if (sk->sk_protocol == IPPROTO_TCP_)
+        on_listen(sk, 1);
     return 0;
 }
 
@@ -539,16 +598,16 @@ int BPF_PROG(fm_reset_tx_fentry, struct sock *sk)
 SEC("fexit/udp_sendmsg")
 int BPF_PROG(fm_udp_send_fexit, struct sock *sk, struct msghdr *msg, size_t len, int ret)
 {
-    if (is_udp_inet(sk, AF_INET))
-        on_udp_bytes(sk, ret, 1);
+    if (is_udp_inet(sk, AF_INET, 1))
+        on_udp_bytes(sk, ret, 1, 1);
     return 0;
 }
 
 SEC("fexit/udpv6_sendmsg")
 int BPF_PROG(fm_udp6_send_fexit, struct sock *sk, struct msghdr *msg, size_t len, int ret)
 {
-    if (is_udp_inet(sk, AF_INET6))
-        on_udp_bytes(sk, ret, 1);
+    if (is_udp_inet(sk, AF_INET6, 1))
+        on_udp_bytes(sk, ret, 1, 1);
     return 0;
 }
 
@@ -557,22 +616,22 @@ int BPF_PROG(fm_udp6_send_fexit, struct sock *sk, struct msghdr *msg, size_t len
 SEC("fentry/skb_consume_udp")
 int BPF_PROG(fm_udp_recv_fentry, struct sock *sk, struct sk_buff *skb, int len)
 {
-    if (is_udp_inet(sk, 0))
-        on_udp_bytes(sk, len, 0);
+    if (is_udp_inet(sk, 0, 1))
+        on_udp_bytes(sk, len, 0, 1);
     return 0;
 }
 
 SEC("fentry/udp_destroy_sock")
 int BPF_PROG(fm_udp_close_fentry, struct sock *sk)
 {
-    on_udp_close(sk);
+    on_udp_close(sk, 1);
     return 0;
 }
 
 SEC("fentry/udpv6_destroy_sock")
 int BPF_PROG(fm_udp6_close_fentry, struct sock *sk)
 {
-    on_udp_close(sk);
+    on_udp_close(sk, 1);
     return 0;
 }
 
@@ -580,7 +639,8 @@ int BPF_PROG(fm_udp6_close_fentry, struct sock *sk)
 SEC("kprobe/tcp_set_state")
 int BPF_KPROBE(fm_state_kprobe, struct sock *sk, int state)
 {
-    on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state);
+    if (state_wanted(state))
+        on_state(sk, BPF_CORE_READ(sk, __sk_common.skc_state), state, 0);
     return 0;
 }
 
@@ -588,7 +648,7 @@ SEC("kprobe/inet_csk_listen_start")
 int BPF_KPROBE(fm_listen_kprobe, struct sock *sk)
 {
     if (BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP_)
-        on_listen(sk);
+        on_listen(sk, 0);
     return 0;
 }
 
@@ -608,7 +668,7 @@ int BPF_KPROBE(fm_reset_tx_kprobe, struct sock *sk)
 
 static __always_inline void udp_send_stash(struct sock *sk, __u16 family)
 {
-    if (!is_udp_inet(sk, family))
+    if (!is_udp_inet(sk, family, 0))
         return;
     __u64 tid = bpf_get_current_pid_tgid();
     __u64 v = (__u64)(unsigned long)sk;
@@ -628,7 +688,7 @@ static __always_inline void udp_send_return(long ret, __u16 family)
     if (BPF_CORE_READ(sk, __sk_common.skc_family) != family)
         return;
     bpf_map_delete_elem(&fm_udp_send_stash, &tid);
-    on_udp_bytes(sk, ret, 1);
+    on_udp_bytes(sk, ret, 1, 0);
 }
 
 SEC("kprobe/udp_sendmsg")
@@ -662,22 +722,22 @@ int BPF_KRETPROBE(fm_udp6_send_kretprobe, int ret)
 SEC("kprobe/skb_consume_udp")
 int BPF_KPROBE(fm_udp_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
 {
-    if (is_udp_inet(sk, 0))
-        on_udp_bytes(sk, len, 0);
+    if (is_udp_inet(sk, 0, 0))
+        on_udp_bytes(sk, len, 0, 0);
     return 0;
 }
 
 SEC("kprobe/udp_destroy_sock")
 int BPF_KPROBE(fm_udp_close_kprobe, struct sock *sk)
 {
-    on_udp_close(sk);
+    on_udp_close(sk, 0);
     return 0;
 }
 
 SEC("kprobe/udpv6_destroy_sock")
 int BPF_KPROBE(fm_udp6_close_kprobe, struct sock *sk)
 {
-    on_udp_close(sk);
+    on_udp_close(sk, 0);
     return 0;
 }
 
@@ -685,7 +745,8 @@ int BPF_KPROBE(fm_udp6_close_kprobe, struct sock *sk)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(fm_state_tp_btf, struct sock *sk, int oldstate, int newstate)
 {
-    on_state(sk, oldstate, newstate);
+    if (state_wanted(newstate))
+        on_state(sk, oldstate, newstate, 1);
     return 0;
 }
 
@@ -707,16 +768,16 @@ int BPF_PROG(fm_reset_tx_tp_btf, struct sock *sk)
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(fm_udp_send_tp_btf, struct sock *sk, int ret, int flags)
 {
-    if (is_udp_inet(sk, 0))
-        on_udp_bytes(sk, ret, 1);
+    if (is_udp_inet(sk, 0, 1))
+        on_udp_bytes(sk, ret, 1, 1);
     return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(fm_udp_recv_tp_btf, struct sock *sk, int ret, int flags)
 {
-    if (!(flags & (MSG_PEEK_ | MSG_ERRQUEUE_)) && is_udp_inet(sk, 0))
-        on_udp_bytes(sk, ret, 0);
+    if (!(flags & (MSG_PEEK_ | MSG_ERRQUEUE_)) && is_udp_inet(sk, 0, 1))
+        on_udp_bytes(sk, ret, 0, 1);
     return 0;
 }
 
@@ -737,8 +798,8 @@ int fm_udp_close_cgroup(struct bpf_sock *ctx)
     fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_ATTEMPTED);
     struct fm_sock_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (e) {
-        fill_event(e, id, 0, FM_SOCK_CLOSE, IPPROTO_UDP_, st);
-        fm_ringbuf_submit(&events, e);
+        fill_event(e, id, 0, FM_SOCK_CLOSE, IPPROTO_UDP_, st, 0);
+        fm_ringbuf_submit_stepped(&events, e, sizeof(*e));
     } else {
         fm_stat_inc(&fm_sock_stats, FM_SOCK_STAT_EVENTS_LOST);
     }
@@ -750,7 +811,10 @@ int fm_udp_close_cgroup(struct bpf_sock *ctx)
 SEC("tracepoint/sock/inet_sock_set_state")
 int fm_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 {
-    on_state((struct sock *)BPF_CORE_READ(ctx, skaddr), BPF_CORE_READ(ctx, oldstate), BPF_CORE_READ(ctx, newstate));
+    /* The tracepoint's own fields are the context: plain loads. */
+    int newstate = ctx->newstate;
+    if (state_wanted(newstate))
+        on_state((struct sock *)ctx->skaddr, ctx->oldstate, newstate, 0);
     return 0;
 }
 
@@ -783,8 +847,8 @@ SEC("tracepoint/sock/sock_send_length")
 int fm_udp_send_tp(struct trace_event_raw_sock_msg_length *ctx)
 {
     struct sock *sk = (struct sock *)BPF_CORE_READ(ctx, sk);
-    if (is_udp_inet(sk, 0))
-        on_udp_bytes(sk, BPF_CORE_READ(ctx, ret), 1);
+    if (is_udp_inet(sk, 0, 0))
+        on_udp_bytes(sk, BPF_CORE_READ(ctx, ret), 1, 0);
     return 0;
 }
 
@@ -792,8 +856,8 @@ SEC("tracepoint/sock/sock_recv_length")
 int fm_udp_recv_tp(struct trace_event_raw_sock_msg_length *ctx)
 {
     struct sock *sk = (struct sock *)BPF_CORE_READ(ctx, sk);
-    if (!(BPF_CORE_READ(ctx, flags) & (MSG_PEEK_ | MSG_ERRQUEUE_)) && is_udp_inet(sk, 0))
-        on_udp_bytes(sk, BPF_CORE_READ(ctx, ret), 0);
+    if (!(BPF_CORE_READ(ctx, flags) & (MSG_PEEK_ | MSG_ERRQUEUE_)) && is_udp_inet(sk, 0, 0))
+        on_udp_bytes(sk, BPF_CORE_READ(ctx, ret), 0, 0);
     return 0;
 }
 
