@@ -1544,8 +1544,9 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"iperf, churn: the configurations each round runs (default {','.join(CONFIGS)}; "
                          "baseline and flowmeterd are required)")
-    ap.add_argument("--figures", help="append each figure (tools/bench_results.py ids, per-round samples) as a "
-                                      "JSON line to this file; tools/bench collects them into out/bench/results.json")
+    ap.add_argument("--figures", default=os.environ.get("BENCH_FIGURES") or None, help="append each figure (tools/bench_results.py ids, per-round samples) as a "
+                                      "JSON line to this file (default $BENCH_FIGURES); tools/bench collects them into "
+                                      "out/bench/results.json")
     ap.add_argument("--client-procs", type=int, default=3, help="churn: client processes (default 3)")
     ap.add_argument("--server-procs", type=int, default=2, help="churn: server processes (default 2)")
     ap.add_argument("--flows", type=int, default=100_000, help="memory: active flows (default 100000)")
