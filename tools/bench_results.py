@@ -332,6 +332,10 @@ def main(argv=None) -> int:
             tmp = res.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(doc, indent=2) + "\n")
             tmp.replace(res)
+            for fid, e in figs.items():
+                if e["target"]:
+                    print(f"target {fid} {e['target']}: {e['value']:.4g}{'' if e['unit'] == 'x' else ' ' + e['unit']}, "
+                          f"{e['verdict']}")
             print(f"{res}: {len(figs)} figures recorded"
                   + (f", {len(doc['figures']) - len(figs)} kept from earlier runs" if old else ""))
         elif a.cmd == "compare":
