@@ -80,6 +80,13 @@ FIGURES: dict[str, Figure] = {
     "memory.idle_rss_mib": _f("MiB", "lower", "idle RSS, default flags (dynamic build)", ("<=", 30.0)),
     "memory.flows_100k_rss_mib": _f("MiB", "lower", "RSS with 100,000 active flows", ("<=", 150.0)),
     "idle.rss_mib": _f("MiB", "lower", "idle RSS of --flowmeterd (tools/bench idle)"),
+    # tools/bench drops (tools/bench_drops.sh) and dns (tools/bench_dns.sh): bpf_stats run_time_ns / run_cnt
+    "drops.ns_per_drop": _f("ns", "lower", "drop program per dropped packet"),
+    "dns.tc_on_off_ratio": _f("x", "lower", "tc ingress program per packet, DNS programs on / off", ("<=", 1.05)),
+    "dns.egress_ns_per_packet": _f("ns", "lower", "fm_dns_egress on a non-DNS packet"),
+    "dns.ingress_ns_per_packet": _f("ns", "lower", "fm_dns_ingress on a non-DNS packet"),
+    "dns.egress_ns_per_query": _f("ns", "lower", "fm_dns_egress per DNS query"),
+    "dns.ingress_ns_per_query": _f("ns", "lower", "fm_dns_ingress per DNS answer"),
     # tools/bench iperf: per-round values, configurations interleaved
     "iperf.baseline_gbps": _f("Gbit/s", "higher", "iperf3 without a collector"),
     "iperf.flowmeterd_ratio": _f("x", "higher", "throughput with flowmeterd (drop and DNS hooks on) / baseline",
