@@ -64,9 +64,11 @@ Subcommands (root only; each prints a plain-text table, --json dumps the raw num
 
 Deployment. tc attaches by interface name inside the daemon's own network namespace, so
 no single daemon can reach both ends of a veth pair between two namespaces. Each
-namespace therefore runs one flowmeterd on its veth end: A's with socket hooks (they are
-tracepoints, host-wide: one set sees the sockets of both namespaces, as one daemon per
-node would), B's with --hooks off, so no socket event is handled twice. Every packet thus
+namespace therefore runs one flowmeterd on its veth end: A's with socket and DNS hooks
+(tracepoints and the root cgroup, host-wide: one set sees the sockets of both namespaces,
+as one daemon per node would), B's with --hooks off --dns-ports off, so no socket event
+or DNS packet is handled twice. The drop hook (a host-wide tracepoint) has no switch, so
+both daemons' drop programs run for every dropped packet. Every packet thus
 meets four tc programs (egress of one end, ingress of the other, both ways), as it would
 on a node that watches both containers' veths. Collector CPU is the sum of both daemons.
 softflowd and pmacctd get the same two vantage points. Daemons run with --interval 1s (five times
@@ -896,8 +898,13 @@ class Collectors:
             da = Daemon(self.scope, self.args.flowmeterd, self.a,
                         daemon_args(self.tmp, f"a{self.n}", IF_A, "--interval", "1s", *extra, config=self.config),
                         f"flowmeterd-a{self.n}", self.tmp).start()
+            # B's daemon is there for its tc programs only: socket and DNS hooks
+            # are host-wide (tracepoints, the root cgroup), so A's see both
+            # namespaces' sockets, and B's would run them a second time. (The
+            # drop hook is host-wide too and has no switch: both daemons' run.)
             db = Daemon(self.scope, self.args.flowmeterd, self.b,
-                        daemon_args(self.tmp, f"b{self.n}", IF_B, "--interval", "1s", "--hooks", "off", *extra),
+                        daemon_args(self.tmp, f"b{self.n}", IF_B, "--interval", "1s", "--hooks", "off",
+                                    "--dns-ports", "off"),
                         f"flowmeterd-b{self.n}", self.tmp).start()
             da.ready()
             db.ready()
