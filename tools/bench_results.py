@@ -134,6 +134,11 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def _num(x: float) -> str:
+    """4 significant digits, without an exponent for large numbers."""
+    return f"{x:.4g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
 def verdict(fig: Figure, value: float | None) -> str | None:
     """'met', 'not met by X unit', or None without a target or a value."""
     if fig.target is None or value is None:
@@ -142,7 +147,7 @@ def verdict(fig: Figure, value: float | None) -> str | None:
     ok = value >= limit if op == ">=" else value <= limit
     if ok:
         return "met"
-    return f"not met by {abs(value - limit):.4g}" + (fig.unit if fig.unit == "x" else f" {fig.unit}")
+    return f"not met by {_num(abs(value - limit))}" + (fig.unit if fig.unit == "x" else f" {fig.unit}")
 
 
 def summarize(fid: str, samples: list[float] | None = None, value: float | None = None,
@@ -226,8 +231,6 @@ def compare(old: dict, new: dict) -> dict:
     return {"rows": rows, "only_old": sorted(set(of) - set(nf)), "only_new": sorted(set(nf) - set(of))}
 
 
-def _num(x: float) -> str:
-    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:,.0f}"
 
 
 def format_compare(c: dict, old_name: str = "old", new_name: str = "new") -> str:
@@ -341,7 +344,7 @@ def main(argv=None) -> int:
             tmp.replace(res)
             for fid, e in figs.items():
                 if e["target"]:
-                    print(f"target {fid} {e['target']}: {e['value']:.4g}{'' if e['unit'] == 'x' else ' ' + e['unit']}, "
+                    print(f"target {fid} {e['target']}: {_num(e['value'])}{'' if e['unit'] == 'x' else ' ' + e['unit']}, "
                           f"{e['verdict']}")
             print(f"{res}: {len(figs)} figures recorded"
                   + (f", {len(doc['figures']) - len(figs)} kept from earlier runs" if old else ""))
