@@ -167,8 +167,11 @@ def test_tree_cpu_counts_a_child():
         child.wait()
 
 
-def test_baseline_is_valid_and_says_where_each_figure_came_from():
-    base = json.loads((REPO / "bench" / "baseline.json").read_text())
+@pytest.mark.parametrize("name", ["baseline.json", "previous-round.json"])
+def test_baselines_are_valid_and_say_where_each_figure_came_from(name):
+    """bench/baseline.json: tools/bench on main's code with spreads;
+    bench/previous-round.json: the earlier round's single figures."""
+    base = json.loads((REPO / "bench" / name).read_text())
     assert base["schema"] == br.SCHEMA
     assert len(base["figures"]) >= 20
     for fid, e in base["figures"].items():
@@ -178,8 +181,10 @@ def test_baseline_is_valid_and_says_where_each_figure_came_from():
         assert 0 <= e["run"] < len(base["runs"]), fid
         if e["spread"] is None:
             assert e.get("note"), f"{fid}: a figure without a spread says where it came from"
+        else:
+            assert e["spread"]["min"] <= e["spread"]["median"] <= e["spread"]["max"], fid
     for r in base["runs"]:
-        assert r.get("date") and r.get("commit") and r.get("source")
+        assert r.get("date") and r.get("commit") and r.get("kernel") and "loadavg" in r
     c = br.compare(base, base)
     assert c["rows"] and all(r["direction"] == "same" for r in c["rows"])
 
