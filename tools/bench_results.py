@@ -234,7 +234,8 @@ def compare(old: dict, new: dict) -> dict:
 
 
 def format_compare(c: dict, old_name: str = "old", new_name: str = "new") -> str:
-    lines = [f"{'figure':<36}{old_name[-14:]:>14} -> {new_name[-14:]:<14}{'change':>9}  {'':<7} target"]
+    lines = [f"old: {old_name}", f"new: {new_name}",
+             f"{'figure':<36}{'old':>14} -> {'new':<14}{'change':>9}  {'':<7} target"]
     for r in c["rows"]:
         ch = "n/a" if r["change_pct"] is None else f"{r['change_pct']:+.1f}%"
         how = r["direction"] + (" (in old spread)" if r["within_old_spread"] and r["direction"] != "same" else "")
