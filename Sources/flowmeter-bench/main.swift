@@ -49,10 +49,11 @@ func emitFigure(_ id: String, samples: [Double], value: Double? = nil) {
     var obj: [String: Any] = ["id": id, "samples": samples]
     if let value { obj["value"] = value }
     guard let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]),
-        let fh = FileHandle(forWritingAtPath: path) ?? {
-            FileManager.default.createFile(atPath: path, contents: nil)
-            return FileHandle(forWritingAtPath: path)
-        }()
+        let fh = FileHandle(forWritingAtPath: path)
+            ?? {
+                FileManager.default.createFile(atPath: path, contents: nil)
+                return FileHandle(forWritingAtPath: path)
+            }()
     else {
         FileHandle.standardError.write(Data("flowmeter-bench: cannot write figure \(id) to \(path)\n".utf8))
         return
