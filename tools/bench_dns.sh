@@ -15,6 +15,8 @@
 # per query and fm_dns_ingress per answer (parse, pending table, ring record).
 # Usage (root): tools/bench_dns.sh FLOWMETERD [N] [ROUNDS] [Q]  (tools/bench dns)
 set -euo pipefail
+# Where tools/bench_results.py is (the figure ids), for the Python below.
+export BENCH_TOOLS="$(cd "$(dirname "$0")" && pwd)"
 bin="$1" n="${2:-200000}" rounds="${3:-3}" q="${4:-5000}"
 a="fmbench-a-$$" b="fmbench-b-$$" state="$(mktemp -d)" port=19988
 old="$(sysctl -n kernel.bpf_stats_enabled)"
@@ -136,4 +138,14 @@ d = json.loads(sys.argv[2])
 print(f"DNS, {q} queries one at a time:")
 print(f"  fm_dns_egress: {d.get('fm_dns_egress', 0):.1f} ns per query")
 print(f"  fm_dns_ingress: {d.get('fm_dns_ingress', 0):.1f} ns per answer")
+# Kept in out/bench/results.json when tools/bench sets BENCH_FIGURES.
+import os
+sys.path.insert(0, os.environ.get("BENCH_TOOLS", "tools"))
+import bench_results as br
+fig = os.environ.get("BENCH_FIGURES")
+br.emit(fig, "dns.tc_on_off_ratio", [a / b for a, b in zip(on, off)], statistics.median(on) / statistics.median(off))
+br.emit(fig, "dns.egress_ns_per_packet", eg)
+br.emit(fig, "dns.ingress_ns_per_packet", ig)
+br.emit(fig, "dns.egress_ns_per_query", [d.get("fm_dns_egress", 0)])
+br.emit(fig, "dns.ingress_ns_per_query", [d.get("fm_dns_ingress", 0)])
 PY

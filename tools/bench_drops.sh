@@ -5,6 +5,8 @@
 # program over the blast, and the daemon's count against the rule's.
 # Usage (root): tools/bench_drops.sh FLOWMETERD [N]  (tools/bench drops [N])
 set -euo pipefail
+# Where tools/bench_results.py is (the figure ids), for the Python below.
+export BENCH_TOOLS="$(cd "$(dirname "$0")" && pwd)"
 bin="$1" n="${2:-200000}"
 a="fmbench-a-$$" b="fmbench-b-$$" state="$(mktemp -d)" port=19987
 old="$(sysctl -n kernel.bpf_stats_enabled)"
@@ -43,6 +45,12 @@ import json, sys
 b, a = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 cnt, ns = a.get("run_cnt", 0) - b.get("run_cnt", 0), a.get("run_time_ns", 0) - b.get("run_time_ns", 0)
 print(f"{a['name']} ({a['type']}): {cnt} runs, {ns} ns: {ns / max(cnt, 1):.0f} ns per dropped packet")
+# Kept in out/bench/results.json when tools/bench sets BENCH_FIGURES.
+import os
+sys.path.insert(0, os.environ.get("BENCH_TOOLS", "tools"))
+import bench_results as br
+if cnt:
+    br.emit(os.environ.get("BENCH_FIGURES"), "drops.ns_per_drop", [ns / cnt])
 PY
 echo "nft rule: $(ip netns exec "$a" nft list table inet fmbench | grep -o 'packets [0-9]*')"
 ip netns exec "$a" python3 -c "

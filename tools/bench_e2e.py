@@ -3,15 +3,23 @@
 
     python3 tools/bench_e2e.py SUBCOMMAND --flowmeterd PATH [options] [--json FILE]
 
-Subcommands (root only; each prints a plain-text table, --json dumps the raw numbers):
+Subcommands (root only; each prints a plain-text table, --json dumps the raw numbers,
+--figures appends the kept figures as JSON lines for tools/bench_results.py):
 
   iperf    End-to-end overhead (item 4). Two namespaces A and B joined by a veth pair;
            iperf3 TCP from A to B, --rounds rounds of --seconds each, per round one run
-           of every configuration in an order rotated from round to round:
-             baseline    no collector;
-             flowmeterd  one flowmeterd per namespace (see "Deployment" below);
-             softflowd   one softflowd per namespace on the same veth ends, exporting
-                         NetFlow to a port nobody listens on.
+           of every configuration (--configs) in an order rotated from round to round:
+             baseline          no collector;
+             flowmeterd        one flowmeterd per namespace (see "Deployment" below), with
+                               its defaults: drop and DNS hooks on;
+             flowmeterd-nodns  the same with --dns-ports off (flowmeterd has no switch
+                               for the drop hook; it runs only for dropped packets, and
+                               its runs show in the bpf_stats tables);
+             softflowd         one softflowd per namespace on the same veth ends, exporting
+                               NetFlow to a port nobody listens on;
+             pmacctd           one pmacctd per namespace on the same veth ends (libpcap),
+                               aggregating on src/dst host, port and protocol in its print
+                               plugin, which writes the flows to a CSV file every second.
            Per configuration: median Gbit/s and median of the per-round ratios to that
            round's baseline; retransmits; data-path CPU per GB and its ratio to the
            baseline's; the collectors' own CPU per GB (utime+stime from /proc/PID/stat);
@@ -31,17 +39,20 @@ Subcommands (root only; each prints a plain-text table, --json dumps the raw num
            come out above 1. Both ratios are printed with their verdicts. One extra
            flowmeterd run with kernel.bpf_stats_enabled=1 (restored afterwards), outside
            the comparison, prints the BPF programs' own time per GB.
-           Targets: flowmeterd >= 0.95x baseline, and ahead of softflowd.
+           Targets (tools/bench_results.py): flowmeterd >= 0.98x baseline, and ahead of
+           the peers.
   churn    Short TCP connections (items 5 and 2). A forking Python client in A opens,
            writes 32 bytes, reads them back and closes as fast as it can against a
-           forking server in B, for --churn-seconds with flowmeterd running (one daemon
-           for the whole phase, so its memory at the end is that of the whole run),
-           between two baseline phases of half that length each. Reports connections/s,
-           the rate ratio, daemon CPU seconds per 10,000 connections, records lost on the
-           events and flows rings (target 0), RSS at the end, the connections the daemon
-           counted against the client's own count, and with kernel.bpf_stats_enabled=1
-           (restored afterwards) the run count and ns per run of each of the daemons'
-           programs.
+           forking server in B: --churn-rounds rounds, per round one phase of
+           --churn-seconds for every configuration (as for iperf, the order rotated),
+           collectors started afresh for each phase. Reports per configuration the
+           median connections/s, the median of the per-round ratios to that round's
+           baseline, the collectors' own CPU seconds per 10,000 connections; for every
+           flowmeterd phase the records lost on the events and flows rings (target 0) and
+           the connections daemon A counted against the client's own count; RSS at the
+           end of the last flowmeterd phase; and, in one more flowmeterd phase with
+           kernel.bpf_stats_enabled=1 (restored afterwards), the run count and ns per run
+           of each of the daemons' programs.
   memory   Resident memory (item 6): idle with the default flags, idle with a table big
            enough for --flows, and while --flows distinct UDP 5-tuples go through a veth
            the daemon watches, once the daemon reports them in its table (median of 5
@@ -53,12 +64,14 @@ Subcommands (root only; each prints a plain-text table, --json dumps the raw num
 
 Deployment. tc attaches by interface name inside the daemon's own network namespace, so
 no single daemon can reach both ends of a veth pair between two namespaces. Each
-namespace therefore runs one flowmeterd on its veth end: A's with socket hooks (they are
-tracepoints, host-wide: one set sees the sockets of both namespaces, as one daemon per
-node would), B's with --hooks off, so no socket event is handled twice. Every packet thus
+namespace therefore runs one flowmeterd on its veth end: A's with socket and DNS hooks
+(tracepoints and the root cgroup, host-wide: one set sees the sockets of both namespaces,
+as one daemon per node would), B's with --hooks off --dns-ports off, so no socket event
+or DNS packet is handled twice. The drop hook (a host-wide tracepoint) has no switch, so
+both daemons' drop programs run for every dropped packet. Every packet thus
 meets four tc programs (egress of one end, ingress of the other, both ways), as it would
 on a node that watches both containers' veths. Collector CPU is the sum of both daemons.
-softflowd gets the same two vantage points. Daemons run with --interval 1s (five times
+softflowd and pmacctd get the same two vantage points. Daemons run with --interval 1s (five times
 the default's evictions: the verification below waits for one, and it costs more, not
 less). Offloads stay at the veth defaults (TSO/GSO on), as on a real node.
 
@@ -66,13 +79,14 @@ What is checked, so that a run cannot silently measure nothing: iperf3's JSON mu
 bytes; flowmeterd's interface counters on both ends must reach at least the payload
 iperf3 reported (L3 bytes: payload plus headers) and its socket-hook payload bytes for
 the iperf3 client must match iperf3's to 1%; softflowd must have processed packets;
-the churn client must have completed connections and the daemon must count them as
-opened (client and server ends); the memory run waits for the daemon's
+pmacctd's print plugin must have written packets; the churn client must have completed
+connections and the daemon must count them as opened (client and server ends); the memory run waits for the daemon's
 flowmeter_flow_table_entries to reach the number of flows sent.
 
 Durations on the development machine (2 vCPUs, shared with other builds at load 6-11):
-startup 7 s, memory 25 s, iperf 100 s (5 rounds x 3 configurations x 5 s, one cost run,
-starts and verification), churn 66 s (15 + 30 + 15 s of traffic plus settling); all 3.5 min.
+startup 7 s, memory 25 s, iperf about 3 min (5 rounds x 5 configurations x 5 s, one cost
+run, starts and verification), churn about 4 min (3 rounds x 5 configurations x 10 s, one
+cost phase, settling); all about 8 min.
 
 Everything created (namespaces, processes, the temporary directory, the sysctl
 kernel.bpf_stats_enabled) is removed or restored on exit, also on Ctrl-C, SIGTERM or an
@@ -97,6 +111,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_results as br  # noqa: E402  (figure ids, targets, results.json)
 
 PID = os.getpid()
 PREFIX = "fmbe"  # namespaces: fmbe-<role>-<pid>
@@ -596,8 +613,12 @@ def bench_startup(args, scope: Scope, tmp: Path) -> dict:
         print(f"{i:<8}" + "".join(f"{r[k]:>{w}.3f}" for k, w in zip(keys, (14, 16, 17, 16))))
     print(f"{'median':<8}" + "".join(f"{med[k]:>{w}.3f}" for k, w in zip(keys, (14, 16, 17, 16))))
     t = med["first_metrics_answer"]
-    print(f"target: loaded, attached and answering <= 1 s: {t:.3f} s, {fmt_target(t <= 1.0, f'{t - 1.0:.3f} s')}")
-    return {"starts": rows, "median": med, "target_met": t <= 1.0}
+    fig = br.FIGURES["startup.first_answer_s"]
+    print(f"target: loaded, attached and answering {fig.target[0]} {fig.target[1]:g} s: {t:.3f} s, {br.verdict(fig, t)}")
+    for fid, key in (("startup.tc_attached_s", "tc_attached"), ("startup.hooks_attached_s", "socket_hooks_attached"),
+                     ("startup.first_answer_s", "first_metrics_answer")):
+        br.emit(args.figures, fid, [r[key] for r in rows])
+    return {"starts": rows, "median": med, "target_met": br.verdict(fig, t) == "met"}
 
 
 # ---------------------------------------------------------------------------
@@ -633,6 +654,7 @@ def bench_idle(args, scope: Scope, tmp: Path) -> dict:
         r = result[b]
         print(f"  {r['median_mib']:6.1f} MiB (anon {r['anon_median_mib']:5.1f} MiB)  x{r['median_mib'] / base:.2f}  "
               f"{r['file_bytes'] / 2**20:6.1f} MiB file  {b}")
+    br.emit(args.figures, "idle.rss_mib", result[binaries[0]]["samples"])
     return {"binaries": result}
 
 
@@ -737,17 +759,21 @@ def bench_memory(args, scope: Scope, tmp: Path) -> dict:
     d.stop()
 
     idle, loaded = result["idle_default_mib"], result["loaded_mib"]
-    idle_ok, loaded_ok = idle <= 40, loaded <= 150
+    idle_fig, loaded_fig = br.FIGURES["memory.idle_rss_mib"], br.FIGURES["memory.flows_100k_rss_mib"]
+    idle_ok, loaded_ok = br.verdict(idle_fig, idle) == "met", br.verdict(loaded_fig, loaded) == "met"
+    br.emit(args.figures, "memory.idle_rss_mib", result["idle_default_samples"])
+    if n == 100_000:
+        br.emit(args.figures, "memory.flows_100k_rss_mib", result["loaded_samples"])
     print("\nflowmeterd resident memory (VmRSS, median of 5 samples 1 s apart)")
     print(f"{'state':<62}{'RSS':>10}  {'anon':>9}  {'files':>9}  target")
     parts = lambda k: f"{result[k]['RssAnon']:>5.1f} MiB  {result[k]['RssFile']:>5.1f} MiB  "
     print(f"{'idle, default flags (flow table ' + str(result['default_flow_table_size']) + ')':<62}{idle:>6.1f} MiB  "
           f"{parts('idle_default_parts')}"
-          f"<= 40 MiB: {fmt_target(idle_ok, f'{idle - 40:.1f} MiB')}")
+          f"{idle_fig.target[0]} {idle_fig.target[1]:g} MiB: {br.verdict(idle_fig, idle)}")
     print(f"{'idle, --flow-table-size ' + str(table):<62}{result['idle_big_table_mib']:>6.1f} MiB")
     print(f"{f'{n:,} active flows (--flow-table-size {table}, interval 5s)':<62}{loaded:>6.1f} MiB  "
           f"{parts('loaded_parts')}"
-          + (f"<= 150 MiB: {fmt_target(loaded_ok, f'{loaded - 150:.1f} MiB')}" if n >= 100_000
+          + (f"<= 150 MiB: {br.verdict(loaded_fig, loaded)}" if n >= 100_000
              else "(the 150 MiB target is for 100,000 flows)"))
     print(f"daemon's flowmeter_flow_table_entries {result['flow_table_entries']:,.0f} (sent {n:,} distinct UDP 5-tuples, "
           f"one pass every {cycle:.2f} s), insert failures {result['insert_failures']:.0f}, "
@@ -763,28 +789,122 @@ def bench_memory(args, scope: Scope, tmp: Path) -> dict:
 # iperf (item 4)
 
 
+# The configurations an iperf or churn round runs, in this order (rotated from
+# round to round). "flowmeterd" is the default daemon: socket, drop and DNS
+# hooks on. "flowmeterd-nodns" differs only by --dns-ports off (flowmeterd has
+# no switch for the drop hook; it runs only for dropped packets, and its run
+# count is in the bpf_stats tables). softflowd and pmacctd are the peers.
+CONFIGS = ["baseline", "flowmeterd", "flowmeterd-nodns", "softflowd", "pmacctd"]
+FLOWMETERD_CONFIGS = {"flowmeterd": (), "flowmeterd-nodns": ("--dns-ports", "off")}
+PEER_TOOLS = {"softflowd": ("softflowd", "softflowctl"), "pmacctd": ("pmacctd",)}
+
+
+def parse_configs(text: str) -> list[str]:
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in CONFIGS]
+    if bad:
+        raise BenchError(f"--configs: unknown {', '.join(bad)} (known: {', '.join(CONFIGS)})")
+    if "baseline" not in chosen or "flowmeterd" not in chosen:
+        raise BenchError("--configs must include baseline and flowmeterd (every ratio is against the baseline)")
+    return [c for c in CONFIGS if c in chosen]
+
+
+def config_key(config: str) -> str:
+    """The configuration as it appears in figure ids (tools/bench_results.py)."""
+    return config.replace("-", "_")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """pid and its live descendants (pmacctd forks a plugin process, and the
+    print plugin forks a writer at every refresh)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of pid and its live descendants, plus cutime + cstime of
+    each (the children they reaped): a process's CPU is counted once, alive or
+    reaped, so the difference of two readings is what the tree used between them."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
+
+
+PMACCTD_CONF = """\
+! pmacctd on one veth end, for tools/bench_e2e.py: flows aggregated on the
+! 5-tuple by the print plugin, purged to a CSV file every second (a collector
+! that aggregates and exports, as softflowd and flowmeterd do).
+daemonize: false
+pcap_interface: {dev}
+aggregate: src_host, dst_host, src_port, dst_port, proto
+plugins: print
+print_refresh_time: 1
+print_output: csv
+print_output_file: {out}
+print_output_file_append: true
+logfile: {log}
+"""
+
+
+def pmacctd_counted(out: Path) -> dict:
+    """Packets, bytes and rows pmacctd's print plugin wrote (all refreshes)."""
+    packets = nbytes = rows = 0
+    if out.exists():
+        header = None
+        for line in out.read_text().splitlines():
+            cols = line.split(",")
+            if cols and cols[0] == "SRC_IP":
+                header = cols
+                continue
+            if header and len(cols) == len(header):
+                rows += 1
+                packets += int(cols[header.index("PACKETS")])
+                nbytes += int(cols[header.index("BYTES")])
+    return {"packets": packets, "bytes": nbytes, "rows": rows}
+
+
 class Collectors:
     """Starts and stops one configuration's collectors on both veth ends."""
 
-    def __init__(self, args, scope: Scope, tmp: Path, a: str, b: str):
+    def __init__(self, args, scope: Scope, tmp: Path, a: str, b: str, services: str):
         self.args, self.scope, self.tmp, self.a, self.b = args, scope, tmp, a, b
         self.n = 0
-        cfg = tmp / "iperf.yaml"
-        # Names the iperf3 client's sockets, so its payload bytes can be told
-        # apart from anything else on the host the (host-wide) hooks see.
-        cfg.write_text(f"services:\n  - name: bench-iperf-server\n    ports: {IPERF_PORT}\n"
-                       "  - name: bench-iperf-client\n    process: iperf3\n")
+        cfg = tmp / "collectors.yaml"
+        # Names the traffic's sockets on daemon A (its hooks are host-wide), so
+        # its counts can be told apart from anything else on the host.
+        cfg.write_text(services)
         self.config = cfg
 
     def start(self, config: str) -> dict:
         self.n += 1
-        run = {"config": config, "daemons": [], "softflowd": []}
-        if config == "flowmeterd":
+        run = {"config": config, "daemons": [], "softflowd": [], "pmacctd": []}
+        if config in FLOWMETERD_CONFIGS:
+            extra = FLOWMETERD_CONFIGS[config]
             da = Daemon(self.scope, self.args.flowmeterd, self.a,
-                        daemon_args(self.tmp, f"a{self.n}", IF_A, "--interval", "1s", config=self.config),
+                        daemon_args(self.tmp, f"a{self.n}", IF_A, "--interval", "1s", *extra, config=self.config),
                         f"flowmeterd-a{self.n}", self.tmp).start()
+            # B's daemon is there for its tc programs only: socket and DNS hooks
+            # are host-wide (tracepoints, the root cgroup), so A's see both
+            # namespaces' sockets, and B's would run them a second time. (The
+            # drop hook is host-wide too and has no switch: both daemons' run.)
             db = Daemon(self.scope, self.args.flowmeterd, self.b,
-                        daemon_args(self.tmp, f"b{self.n}", IF_B, "--interval", "1s", "--hooks", "off"),
+                        daemon_args(self.tmp, f"b{self.n}", IF_B, "--interval", "1s", "--hooks", "off",
+                                    "--dns-ports", "off"),
                         f"flowmeterd-b{self.n}", self.tmp).start()
             da.ready()
             db.ready()
@@ -802,17 +922,73 @@ class Collectors:
                     if p.poll() is not None or time.monotonic() > deadline:
                         raise BenchError(f"softflowd did not start (exit {p.poll()})")
                     time.sleep(0.02)
+        elif config == "pmacctd":
+            for ns, dev in ((self.a, IF_A), (self.b, IF_B)):
+                base = self.tmp / f"pm-{dev}-{self.n}"
+                conf, out, log = base.with_suffix(".conf"), base.with_suffix(".csv"), base.with_suffix(".log")
+                conf.write_text(PMACCTD_CONF.format(dev=dev, out=out, log=log))
+                p = spawn(self.scope, ns, ["pmacctd", "-f", str(conf)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                run["pmacctd"].append((p, out, log))
+            for p, out, log in run["pmacctd"]:
+                # Up when the capture is open ("link type") and the plugin has its cache.
+                deadline = time.monotonic() + 10
+                while True:
+                    text = log.read_text() if log.exists() else ""
+                    if "link type is" in text and "cache entries=" in text:
+                        break
+                    if p.poll() is not None or time.monotonic() > deadline:
+                        raise BenchError(f"pmacctd did not start (exit {p.poll()}): {text[-500:]}")
+                    time.sleep(0.02)
         return run
 
     @staticmethod
     def pids(run: dict) -> list[int]:
-        return [d.pid for d in run["daemons"]] + [p.pid for p, _ in run["softflowd"]]
+        return ([d.pid for d in run["daemons"]] + [p.pid for p, _ in run["softflowd"]]
+                + [p.pid for p, _, _ in run["pmacctd"]])
+
+    @staticmethod
+    def cpu(run: dict) -> list[float]:
+        """Each collector's CPU seconds so far (its process tree)."""
+        return [tree_cpu_seconds(p) for p in Collectors.pids(run)]
 
     def stop(self, run: dict) -> None:
         for d in run["daemons"]:
             d.stop()
         for p, _ in run["softflowd"]:
             stop_process(p)
+        for p, _, _ in run["pmacctd"]:
+            kids = tree_pids(p.pid)[1:]
+            stop_process(p)
+            # The plugin follows its core; one that did not is ours to end, by pid.
+            time.sleep(0.2)
+            for k in kids:
+                try:
+                    if Path(f"/proc/{k}/comm").read_text().startswith("pmacctd"):  # not a reused pid
+                        os.kill(k, signal.SIGKILL)
+                except (OSError, ProcessLookupError):
+                    pass
+
+    @staticmethod
+    def verify_peers(run: dict) -> dict | list | None:
+        """softflowd's or pmacctd's own counts; an error if one saw nothing."""
+        if run["softflowd"]:
+            v = [softflowd_stats(ctl) for _, ctl in run["softflowd"]]
+            if any(not s["packets"] for s in v):
+                raise BenchError(f"softflowd processed no packets: {v}")
+            return v
+        if run["pmacctd"]:
+            # The print plugin writes once a second (print_refresh_time).
+            deadline = time.monotonic() + 3
+            while True:
+                v = [pmacctd_counted(out) for _, out, _ in run["pmacctd"]]
+                if all(s["packets"] for s in v) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            if any(not s["packets"] for s in v):
+                raise BenchError(f"pmacctd's print plugin wrote no packets: {v}")
+            return v
+        return None
 
 
 def softflowd_stats(ctl: Path) -> dict:
@@ -888,7 +1064,8 @@ def verify_flowmeterd_iperf(run: dict, r: dict) -> dict:
 
 
 def bench_iperf(args, scope: Scope, tmp: Path) -> dict:
-    need_tools("ip", "nsenter", "ss", "iperf3", "softflowd", "softflowctl", "bpftool")
+    configs = parse_configs(args.configs)
+    need_tools("ip", "nsenter", "ss", "iperf3", "bpftool", *[t for c in configs for t in PEER_TOOLS.get(c, ())])
     a, b = make_pair(scope)
     server = spawn(scope, b, ["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -897,39 +1074,37 @@ def bench_iperf(args, scope: Scope, tmp: Path) -> dict:
         if server.poll() is not None or time.monotonic() > deadline:
             raise BenchError("iperf3 server did not start")
         time.sleep(0.05)
-    col = Collectors(args, scope, tmp, a, b)
-    configs = ["baseline", "flowmeterd", "softflowd"]
+    col = Collectors(args, scope, tmp, a, b,
+                     f"services:\n  - name: bench-iperf-server\n    ports: {IPERF_PORT}\n"
+                     "  - name: bench-iperf-client\n    process: iperf3\n")
     runs = []
     pin = () if args.cpu < 0 else ("-A", f"{args.cpu},{args.cpu}")
     softirq_threads = ksoftirqd_pids(args.cpu)
     iperf_once(a, 1, pin)  # warm-up: caches, the server's first accept
     for rnd in range(args.rounds):
-        order = configs[rnd % 3:] + configs[:rnd % 3]
-        for config in order:
+        k = rnd % len(configs)
+        for config in configs[k:] + configs[:k]:
             run = col.start(config)
             try:
                 time.sleep(0.5)
-                pids = Collectors.pids(run)
-                c0 = [proc_cpu_seconds(p) for p in pids]
+                c0 = Collectors.cpu(run)
                 s0 = system_busy_seconds()
                 k0 = sum(proc_cpu_seconds(p) for p in softirq_threads)
                 r = iperf_once(a, args.seconds, pin)
                 k1 = sum(proc_cpu_seconds(p) for p in softirq_threads)
                 s1 = system_busy_seconds()
-                c1 = [proc_cpu_seconds(p) for p in pids]
+                c1 = Collectors.cpu(run)
                 r.update(round=rnd, config=config, collector_cpu=sum(c1) - sum(c0),
                          collector_cpu_each=[y - x for x, y in zip(c0, c1)], system_cpu=s1 - s0,
                          ksoftirqd_cpu=k1 - k0, datapath_cpu=r["iperf_cpu"] + k1 - k0)
-                if config == "flowmeterd":
+                if config in FLOWMETERD_CONFIGS:
                     r["verify"] = verify_flowmeterd_iperf(run, r)
-                elif config == "softflowd":
-                    r["verify"] = [softflowd_stats(ctl) for _, ctl in run["softflowd"]]
-                    if any(not s["packets"] for s in r["verify"]):
-                        raise BenchError(f"softflowd processed no packets: {r['verify']}")
+                else:
+                    r["verify"] = Collectors.verify_peers(run)
             finally:
                 col.stop(run)
             runs.append(r)
-            print(f"  round {rnd + 1} {config:<11} {r['gbps']:7.2f} Gbit/s  collector CPU {r['collector_cpu']:5.2f} s  "
+            print(f"  round {rnd + 1} {config:<17} {r['gbps']:7.2f} Gbit/s  collector CPU {r['collector_cpu']:5.2f} s  "
                   f"system CPU {r['system_cpu']:5.2f} s", file=sys.stderr)
 
     # One more flowmeterd run, outside the comparison (the statistics cost two
@@ -955,51 +1130,68 @@ def bench_iperf(args, scope: Scope, tmp: Path) -> dict:
     bpf_per_gb = sum(p["run_time_ns"] for p in bpf_progs) / 1e9 / costed_gb
 
     base = {x["round"]: x for x in runs if x["config"] == "baseline"}
-    summary = {}
+    summary, per_round = {}, {}
     for config in configs:
         rs = [x for x in runs if x["config"] == config]
         gb = [x["bytes"] / 1e9 for x in rs]
+        per_round[config] = {
+            "gbps": [x["gbps"] for x in rs],
+            "ratio": [x["gbps"] / base[x["round"]]["gbps"] for x in rs],
+            "collector_cpu_per_gb": [x["collector_cpu"] / g for x, g in zip(rs, gb)],
+            "cost_ratio": [base[x["round"]]["datapath_cpu"] / base[x["round"]]["bytes"]
+                           / (x["datapath_cpu"] / x["bytes"]) for x in rs],
+        }
         summary[config] = {
-            "gbps": median([x["gbps"] for x in rs]),
+            "gbps": median(per_round[config]["gbps"]),
             "gbps_min": min(x["gbps"] for x in rs), "gbps_max": max(x["gbps"] for x in rs),
-            "ratio": median([x["gbps"] / base[x["round"]]["gbps"] for x in rs]),
-            "collector_cpu_per_gb": median([x["collector_cpu"] / g for x, g in zip(rs, gb)]),
+            "ratio": median(per_round[config]["ratio"]),
+            "collector_cpu_per_gb": median(per_round[config]["collector_cpu_per_gb"]),
             "system_cpu_per_gb": median([x["system_cpu"] / g for x, g in zip(rs, gb)]),
             "datapath_cpu_per_gb": median([x["datapath_cpu"] / g for x, g in zip(rs, gb)]),
-            "cost_ratio": median([base[x["round"]]["datapath_cpu"] / base[x["round"]]["bytes"]
-                                  / (x["datapath_cpu"] / x["bytes"]) for x in rs]),
+            "cost_ratio": median(per_round[config]["cost_ratio"]),
             "retransmits": median([x["retransmits"] or 0 for x in rs]),
         }
-    fm, sf = summary["flowmeterd"], summary["softflowd"]
-    ok_ratio = fm["ratio"] >= 0.95
-    ok_ahead = fm["gbps"] > sf["gbps"]
-    ok_cost = fm["cost_ratio"] >= 0.95
-    ok_cost_ahead = fm["cost_ratio"] > sf["cost_ratio"]
+    fm = summary["flowmeterd"]
     where = "unpinned" if args.cpu < 0 else f"client and server on CPU {args.cpu}"
     print(f"\niperf3 TCP A -> B over a veth pair ({where}), {args.rounds} rounds x {args.seconds} s, "
           f"configurations rotated each round; medians")
-    print(f"{'':<12}{'':>8}{'':>15}{'vs':>10}{'':>9}{'data-path':>11}{'baseline /':>12}{'collector':>11}{'all CPUs':>10}")
-    print(f"{'config':<12}{'Gbit/s':>8}{'min..max':>15}{'baseline':>10}{'retrans':>9}{'CPU s/GB':>11}"
+    print(f"{'':<18}{'':>8}{'':>15}{'vs':>10}{'':>9}{'data-path':>11}{'baseline /':>12}{'collector':>11}{'all CPUs':>10}")
+    print(f"{'config':<18}{'Gbit/s':>8}{'min..max':>15}{'baseline':>10}{'retrans':>9}{'CPU s/GB':>11}"
           f"{'this cost':>12}{'CPU s/GB':>11}{'s/GB':>10}")
     for config in configs:
         x = summary[config]
         cpu = "-" if config == "baseline" else f"{x['collector_cpu_per_gb']:.4f}"
-        print(f"{config:<12}{x['gbps']:>8.2f}{x['gbps_min']:>7.2f}..{x['gbps_max']:<6.2f}{x['ratio']:>9.3f}x"
+        print(f"{config:<18}{x['gbps']:>8.2f}{x['gbps_min']:>7.2f}..{x['gbps_max']:<6.2f}{x['ratio']:>9.3f}x"
               f"{x['retransmits']:>9.0f}{x['datapath_cpu_per_gb']:>11.4f}{x['cost_ratio']:>11.3f}x{cpu:>11}"
               f"{x['system_cpu_per_gb']:>10.4f}")
-    short, behind = 0.95 - fm["ratio"], sf["gbps"] - fm["gbps"]
-    cost_short, cost_behind = 0.95 - fm["cost_ratio"], sf["cost_ratio"] - fm["cost_ratio"]
-    print(f"target flowmeterd >= 0.95x baseline, throughput: {fm['ratio']:.3f}x, {fmt_target(ok_ratio, f'{short:.3f}x')}; "
-          f"CPU per GB: {fm['cost_ratio']:.3f}x, {fmt_target(ok_cost, f'{cost_short:.3f}x')}")
-    print(f"target flowmeterd ahead of softflowd, throughput: {fm['gbps']:.2f} vs {sf['gbps']:.2f} Gbit/s, "
-          f"{fmt_target(ok_ahead, f'{behind:.2f} Gbit/s')}; CPU per GB: {fm['cost_ratio']:.3f}x vs "
-          f"{sf['cost_ratio']:.3f}x, {fmt_target(ok_cost_ahead, f'{cost_behind:.3f}x')}")
+    print("flowmeterd: drop and DNS hooks on (the defaults); flowmeterd-nodns: --dns-ports off (the drop hook has no\n"
+          "switch; it runs only for dropped packets, see its runs below).")
+    ratio_v = br.verdict(br.FIGURES["iperf.flowmeterd_ratio"], fm["ratio"])
+    cost_v = br.verdict(br.FIGURES["iperf.flowmeterd_cost_ratio"], fm["cost_ratio"])
+    print(f"target flowmeterd {br.FIGURES['iperf.flowmeterd_ratio'].target[0]} "
+          f"{br.FIGURES['iperf.flowmeterd_ratio'].target[1]}x baseline, throughput: {fm['ratio']:.3f}x, {ratio_v}; "
+          f"CPU per GB (target {br.FIGURES['iperf.flowmeterd_cost_ratio'].target[1]}x): {fm['cost_ratio']:.3f}x, {cost_v}")
+    ahead = {}
+    for peer in ("softflowd", "pmacctd"):
+        if peer not in summary:
+            continue
+        sf = summary[peer]
+        ahead[peer] = {"throughput": fm["gbps"] > sf["gbps"], "cost": fm["cost_ratio"] > sf["cost_ratio"],
+                       "own_cpu": fm["collector_cpu_per_gb"] < sf["collector_cpu_per_gb"]}
+        behind = "%.2f Gbit/s" % (sf["gbps"] - fm["gbps"])
+        cost_behind = "%.3fx" % (sf["cost_ratio"] - fm["cost_ratio"])
+        print(f"target flowmeterd ahead of {peer}, throughput: {fm['gbps']:.2f} vs {sf['gbps']:.2f} Gbit/s, "
+              f"{fmt_target(ahead[peer]['throughput'], behind)}; data-path CPU per GB: "
+              f"{fm['cost_ratio']:.3f}x vs {sf['cost_ratio']:.3f}x, "
+              f"{fmt_target(ahead[peer]['cost'], cost_behind)}; own CPU per GB: "
+              f"{fm['collector_cpu_per_gb']:.4f} vs {sf['collector_cpu_per_gb']:.4f} s")
     print("data-path CPU: iperf3 client + server utime+stime (their JSON) + ksoftirqd, per GB of payload. Ticks in\n"
           "softirq count to the task they interrupted (no IRQ time accounting here), so this includes the BPF\n"
           "programs and the packet-socket copies; 'baseline / this cost' is the throughput a CPU-bound path would\n"
           "keep. Throughput itself also depends on how much CPU iperf3 gets, which on a shared machine swings more\n"
-          "than any collector costs. Collector CPU: the collectors' own processes (both ends), BPF not included.\n"
-          "All CPUs: the machine's busy time per GB, including whatever else ran meanwhile.")
+          "than any collector costs. Collector CPU: the collectors' own processes (both ends; pmacctd's core, plugin\n"
+          "and the plugin's writers), BPF not included. All CPUs: the machine's busy time per GB, including whatever\n"
+          "else ran meanwhile.")
     base_dp = summary["baseline"]["datapath_cpu_per_gb"]
     print(f"\nflowmeterd's BPF programs in one more run with kernel.bpf_stats_enabled=1 ({costed['gbps']:.2f} Gbit/s, "
           f"{costed_gb:.2f} GB): {bpf_per_gb:.4f} CPU s per GB = {bpf_per_gb / base_dp * 100:.1f}% of the "
@@ -1008,17 +1200,32 @@ def bench_iperf(args, scope: Scope, tmp: Path) -> dict:
     for p in sorted(bpf_progs, key=lambda p: (p["daemon"], -p["runs"])):
         print(f"{p['daemon']:<7}{p['name']:<21}{p['runs']:>12,}{p['runs'] / costed_gb:>12,.0f}{p['ns_per_run']:>9.0f}"
               f"{p['run_time_ns'] / 1e6 / costed_gb:>9.2f}")
-    fr = [x for x in runs if x["config"] == "flowmeterd"]
+    fr = [x for x in runs if x["config"] in FLOWMETERD_CONFIGS]
     v = fr[-1]["verify"]
     print(f"check (last flowmeterd run): iperf3 payload {v['iperf_payload']:,} B; flowmeterd L3 {IF_A} transmit "
           f"{v['l3_tx_a']:,.0f} B, {IF_B} receive {v['l3_rx_b']:,.0f} B; socket-hook payload {v['payload_hooks']:,.0f} B; "
           f"lost records {max(x['verify']['events_lost'] + x['verify']['flows_lost'] for x in fr):.0f} (any run)")
-    sv = [x for x in runs if x["config"] == "softflowd"][-1]["verify"]
-    print(f"check (last softflowd run): packets processed {IF_A} {sv[0]['packets']:,}, {IF_B} {sv[1]['packets']:,}; "
-          f"libpcap drops {sv[0]['pcap_dropped']}, {sv[1]['pcap_dropped']}")
-    res = {"runs": runs, "summary": summary,
-           "targets_met": {"ratio": ok_ratio, "ahead_of_softflowd": ok_ahead, "cost_ratio": ok_cost,
-                           "cost_ahead_of_softflowd": ok_cost_ahead},
+    if "softflowd" in configs:
+        sv = [x for x in runs if x["config"] == "softflowd"][-1]["verify"]
+        print(f"check (last softflowd run): packets processed {IF_A} {sv[0]['packets']:,}, {IF_B} {sv[1]['packets']:,}; "
+              f"libpcap drops {sv[0]['pcap_dropped']}, {sv[1]['pcap_dropped']}")
+    if "pmacctd" in configs:
+        last = [x for x in runs if x["config"] == "pmacctd"][-1]
+        pv = last["verify"]
+        print(f"check (last pmacctd run): its print plugin wrote {IF_A} {pv[0]['packets']:,} packets, "
+              f"{pv[0]['bytes']:,} B; {IF_B} {pv[1]['packets']:,} packets, {pv[1]['bytes']:,} B "
+              f"(iperf3 payload {last['sent_bytes']:,} B; L3 bytes include headers)")
+    emit = lambda fid, xs, value=None: br.emit(args.figures, fid, xs, value)
+    emit("iperf.baseline_gbps", per_round["baseline"]["gbps"])
+    for config in configs[1:]:
+        key = config_key(config)
+        emit(f"iperf.{key}_ratio", per_round[config]["ratio"])
+        emit(f"iperf.{key}_cpu_s_per_gb", per_round[config]["collector_cpu_per_gb"])
+        if config in FLOWMETERD_CONFIGS:
+            emit(f"iperf.{key}_cost_ratio", per_round[config]["cost_ratio"])
+    emit("iperf.bpf_cpu_s_per_gb", [bpf_per_gb])
+    res = {"runs": runs, "summary": summary, "configs": configs,
+           "targets_met": {"ratio": ratio_v == "met", "cost_ratio": cost_v == "met", "ahead": ahead},
            "bpf_cost_run": {"iperf": costed, "programs": bpf_progs, "bpf_cpu_seconds_per_gb": bpf_per_gb}}
     note_foreign(res)
     return res
@@ -1139,8 +1346,42 @@ def settled_metrics(d: Daemon, key, timeout: float = 20) -> list:
         m = nxt
 
 
+def verify_churn(run: dict, n: int) -> dict:
+    """What daemon A counted of the n connections the client made in one
+    phase, its lost records (both daemons) and its RSS at the end."""
+    da, db = run["daemons"]
+
+    def opened(m):
+        return (msum(m, "flowmeter_tcp_connections_opened_total", service="churn-client", role="client"),
+                msum(m, "flowmeter_tcp_connections_opened_total", service="churn-server", role="server"))
+    m = settled_metrics(da, opened)
+    mb = db.metrics()
+    cli, srv = opened(m)
+    events_lost = msum(m, "flowmeter_ringbuf_lost_records_total", ring="events")
+    flows_lost = (msum(m, "flowmeter_ringbuf_lost_records_total", ring="flows")
+                  + msum(mb, "flowmeter_ringbuf_lost_records_total", ring="flows"))
+    v = {"opened_client": cli, "opened_server": srv, "events_lost": events_lost, "flows_lost": flows_lost,
+         "rss_a_mib": rss_kib(da.pid) / 1024, "rss_b_mib": rss_kib(db.pid) / 1024}
+    # A lost open event is a connection not counted; a lost close is not.
+    missing = (n - cli) + (n - srv)
+    if missing > events_lost:
+        others = {}
+        for name, labels, val in m:
+            if name == "flowmeter_tcp_connections_opened_total" and val and \
+                    (labels.get("service"), labels.get("role")) not in (("churn-client", "client"), ("churn-server", "server")):
+                k = f"{labels.get('service')}/{labels.get('peer_service')}/{labels.get('role')}"
+                others[k] = others.get(k, 0) + val
+        v["other_opened"] = others
+    if not (cli > 0 and srv > 0 and cli <= n and srv <= n and missing <= events_lost + 0.01 * n):
+        # Kept and reported: the rates measured are still what they are.
+        v["error"] = (f"flowmeterd counted {cli:.0f}/{srv:.0f} opened connections of the client's {n} "
+                      f"with {events_lost:.0f} events lost")
+    return v
+
+
 def bench_churn(args, scope: Scope, tmp: Path) -> dict:
-    need_tools("ip", "nsenter", "bpftool")
+    configs = parse_configs(args.configs)
+    need_tools("ip", "nsenter", "bpftool", *[t for c in configs for t in PEER_TOOLS.get(c, ())])
     a, b = make_pair(scope)
     # Ports for the client: a wide range, and TIME_WAIT ports reused after a
     # second (timestamps on), or the client would run out of them at a few
@@ -1152,111 +1393,141 @@ def bench_churn(args, scope: Scope, tmp: Path) -> dict:
     if read_line(server, 10).strip() != "ready":
         raise BenchError("churn server did not start")
     procs = args.client_procs
-    half = args.churn_seconds / 2
+    col = Collectors(args, scope, tmp, a, b,
+                     f"services:\n  - name: churn-server\n    ports: {CHURN_PORT}\n"
+                     "  - name: churn-client\n    process: fmchurn-cli\n")
     churn_phase(a, 1, procs, scope)  # warm-up
 
-    before = churn_phase(a, half, procs, scope)
-    print(f"  baseline (before) {before['rate']:8.0f} conn/s", file=sys.stderr)
+    phases = []
+    for rnd in range(args.churn_rounds):
+        k = rnd % len(configs)
+        for config in configs[k:] + configs[:k]:
+            run = col.start(config)
+            try:
+                time.sleep(0.5)
+                c0 = Collectors.cpu(run)
+                s0 = system_busy_seconds()
+                r = churn_phase(a, args.churn_seconds, procs, scope)
+                s1 = system_busy_seconds()
+                c1 = Collectors.cpu(run)
+                r.update(round=rnd, config=config, collector_cpu=sum(c1) - sum(c0),
+                         collector_cpu_each=[y - x for x, y in zip(c0, c1)], system_cpu=s1 - s0)
+                if config in FLOWMETERD_CONFIGS:
+                    r["verify"] = verify_churn(run, r["connections"])
+                else:
+                    r["verify"] = Collectors.verify_peers(run)
+            finally:
+                col.stop(run)
+            phases.append(r)
+            print(f"  round {rnd + 1} {config:<17} {r['rate']:8.0f} conn/s  collector CPU {r['collector_cpu']:5.2f} s",
+                  file=sys.stderr)
 
-    cfg = tmp / "churn.yaml"
-    cfg.write_text(f"services:\n  - name: churn-server\n    ports: {CHURN_PORT}\n"
-                   "  - name: churn-client\n    process: fmchurn-cli\n")
+    # One more flowmeterd phase with kernel.bpf_stats_enabled=1, outside the
+    # comparison (the statistics add two clock reads per program run): each
+    # program's runs and time per connection.
     stats = Scope("bpf_stats")
     try:
         Sysctl(stats, "kernel.bpf_stats_enabled", "1")
-        da = Daemon(scope, args.flowmeterd, a, daemon_args(tmp, "churn-a", IF_A, "--interval", "1s", config=cfg),
-                    "flowmeterd-churn-a", tmp).start()
-        db = Daemon(scope, args.flowmeterd, b, daemon_args(tmp, "churn-b", IF_B, "--interval", "1s", "--hooks", "off"),
-                    "flowmeterd-churn-b", tmp).start()
-        da.ready()
-        db.ready()
-        time.sleep(1)
-        ids = {"a": daemon_prog_ids(da.pid), "b": daemon_prog_ids(db.pid)}
-        all_ids = set().union(*ids.values())
-        p0 = bpf_prog_stats(all_ids)
-        c0 = [da.cpu(), db.cpu()]
-        s0 = system_busy_seconds()
-        with_fm = churn_phase(a, args.churn_seconds, procs, scope)
-        s1 = system_busy_seconds()
-        c1 = [da.cpu(), db.cpu()]
-        p1 = bpf_prog_stats(all_ids)
-        foreign = foreign_socket_hooks(all_ids)
+        run = col.start("flowmeterd")
+        try:
+            time.sleep(0.5)
+            da, db = run["daemons"]
+            ids = {"a": daemon_prog_ids(da.pid), "b": daemon_prog_ids(db.pid)}
+            all_ids = set().union(*ids.values())
+            p0 = bpf_prog_stats(all_ids)
+            costed = churn_phase(a, args.churn_seconds, procs, scope)
+            p1 = bpf_prog_stats(all_ids)
+            foreign = foreign_socket_hooks(all_ids)
+        finally:
+            col.stop(run)
     finally:
         stats.close()
-    print(f"  flowmeterd        {with_fm['rate']:8.0f} conn/s", file=sys.stderr)
-
-    def opened(m):
-        return (msum(m, "flowmeter_tcp_connections_opened_total", service="churn-client", role="client"),
-                msum(m, "flowmeter_tcp_connections_opened_total", service="churn-server", role="server"))
-    m = settled_metrics(da, opened)
-    rss = rss_kib(da.pid) / 1024
-    rss_b = rss_kib(db.pid) / 1024
-    mb = db.metrics()
-    da.stop()
-    db.stop()
-
-    after = churn_phase(a, half, procs, scope)
-    print(f"  baseline (after)  {after['rate']:8.0f} conn/s", file=sys.stderr)
     server.stdin.close()
     server.wait(timeout=15)
-
-    n = with_fm["connections"]
-    base_rate = (before["connections"] + after["connections"]) / (before["seconds"] + after["seconds"])
-    cli, srv = opened(m)
-    events_lost = msum(m, "flowmeter_ringbuf_lost_records_total", ring="events")
-    flows_lost = (msum(m, "flowmeter_ringbuf_lost_records_total", ring="flows")
-                  + msum(mb, "flowmeter_ringbuf_lost_records_total", ring="flows"))
-    cpu_a, cpu_b = c1[0] - c0[0], c1[1] - c0[1]
     progs = prog_deltas(ids, p0, p1)
-    result = {"client_procs": procs, "server_procs": args.server_procs, "before": before, "with_flowmeterd": with_fm,
-              "after": after, "baseline_rate": base_rate, "ratio": with_fm["rate"] / base_rate,
-              "daemon_cpu_a": cpu_a, "daemon_cpu_b": cpu_b, "system_cpu": s1 - s0,
-              "events_lost": events_lost, "flows_lost": flows_lost, "rss_a_mib": rss, "rss_b_mib": rss_b,
-              "opened_client": cli, "opened_server": srv, "programs": progs, "foreign_socket_hooks": foreign}
+    nc = costed["connections"]
 
-    print(f"\nTCP connection churn A -> B ({procs} client processes, {args.server_procs} server processes; "
-          f"connect, 32 bytes each way, close)")
-    print(f"{'phase':<22}{'seconds':>8}{'connections':>13}{'conn/s':>9}{'errors':>8}")
-    for name, r in (("baseline (before)", before), ("flowmeterd", with_fm), ("baseline (after)", after)):
-        print(f"{name:<22}{r['seconds']:>8.1f}{r['connections']:>13,}{r['rate']:>9.0f}{r['errors']:>8}")
-    print(f"rate with flowmeterd vs baseline (both halves): {result['ratio']:.3f}x")
-    per10k = lambda x: x / n * 10_000
-    print(f"flowmeterd CPU per 10,000 connections: {per10k(cpu_a + cpu_b):.3f} s "
-          f"(A, tc + socket hooks: {per10k(cpu_a):.3f} s; B, tc only: {per10k(cpu_b):.3f} s); "
-          f"whole machine {per10k(s1 - s0):.2f} s")
-    print(f"lost records: events ring {events_lost:.0f}, flows ring {flows_lost:.0f}; "
-          f"target 0: {fmt_target(events_lost + flows_lost == 0, f'{events_lost + flows_lost:.0f} records')}")
-    print(f"RSS at the end: A {rss:.1f} MiB, B {rss_b:.1f} MiB")
-    # A lost open event is a connection not counted; a lost close is not.
-    missing = (n - cli) + (n - srv)
-    consistent = cli > 0 and srv > 0 and cli <= n and srv <= n and missing <= events_lost + 0.01 * n
-    print(f"connections: client made {n:,}; flowmeterd counted opened {cli:,.0f} as client, {srv:,.0f} as server"
-          + ("" if missing == 0 else f"; {missing:,.0f} ends not counted, {events_lost:,.0f} events lost"))
-    if missing > events_lost:
-        others = {}
-        for name, labels, v in m:
-            if name == "flowmeter_tcp_connections_opened_total" and v and \
-                    (labels.get("service"), labels.get("role")) not in (("churn-client", "client"), ("churn-server", "server")):
-                k = f"{labels.get('service')}/{labels.get('peer_service')}/{labels.get('role')}"
-                others[k] = others.get(k, 0) + v
-        result["other_opened"] = others
-        print("  opened under other labels (this daemon sees the whole host): "
-              + (", ".join(f"{k} {v:.0f}" for k, v in sorted(others.items())) or "none"))
-    print(f"\nBPF programs during the flowmeterd phase (kernel.bpf_stats_enabled=1; {n:,} connections)")
+    base = {x["round"]: x for x in phases if x["config"] == "baseline"}
+    per_round, summary = {}, {}
+    for config in configs:
+        rs = [x for x in phases if x["config"] == config]
+        per_round[config] = {"rate": [x["rate"] for x in rs],
+                             "ratio": [x["rate"] / base[x["round"]]["rate"] for x in rs],
+                             "cpu_per_10k": [x["collector_cpu"] / x["connections"] * 10_000 for x in rs],
+                             "system_per_10k": [x["system_cpu"] / x["connections"] * 10_000 for x in rs]}
+        summary[config] = {k: median(v) for k, v in per_round[config].items()}
+        summary[config].update(rate_min=min(per_round[config]["rate"]), rate_max=max(per_round[config]["rate"]),
+                               errors=sum(x["errors"] for x in rs))
+    fr = [x for x in phases if x["config"] in FLOWMETERD_CONFIGS]
+    lost = sum(x["verify"]["events_lost"] + x["verify"]["flows_lost"] for x in fr)
+    last = [x for x in phases if x["config"] == "flowmeterd"][-1]
+
+    print(f"\nTCP connection churn A -> B ({procs} client processes, {args.server_procs} server processes; connect, "
+          f"32 bytes each way, close), {args.churn_rounds} rounds x {args.churn_seconds:g} s, configurations rotated "
+          "each round; medians")
+    print(f"{'config':<18}{'conn/s':>9}{'min..max':>17}{'vs baseline':>13}{'own CPU s':>11}{'all CPUs s':>12}{'errors':>8}")
+    print(f"{'':<18}{'':>9}{'':>17}{'':>13}{'per 10k':>11}{'per 10k':>12}")
+    for config in configs:
+        x = summary[config]
+        cpu = "-" if config == "baseline" else f"{x['cpu_per_10k']:.3f}"
+        print(f"{config:<18}{x['rate']:>9.0f}{x['rate_min']:>8.0f}..{x['rate_max']:<7.0f}{x['ratio']:>12.3f}x{cpu:>11}"
+              f"{x['system_per_10k']:>12.2f}{x['errors']:>8}")
+    print("flowmeterd: drop and DNS hooks on (the defaults); flowmeterd-nodns: --dns-ports off (the drop hook has no\n"
+          "switch; its runs are in the table below). Own CPU: the collectors' processes on both ends (pmacctd's core,\n"
+          "plugin and writers), BPF not included.")
+    fm = summary["flowmeterd"]
+    rv = br.verdict(br.FIGURES["churn.flowmeterd_ratio"], fm["ratio"])
+    print(f"target rate with flowmeterd {br.FIGURES['churn.flowmeterd_ratio'].target[0]} "
+          f"{br.FIGURES['churn.flowmeterd_ratio'].target[1]}x of no collector: {fm['ratio']:.3f}x, {rv}")
+    lv = br.verdict(br.FIGURES["churn.lost_records"], lost)
+    print(f"lost records over the {len(fr)} flowmeterd phases (events and flows rings): {lost:.0f}; target 0: {lv}")
+    v = last["verify"]
+    print(f"RSS at the end of the last flowmeterd phase: A {v['rss_a_mib']:.1f} MiB, B {v['rss_b_mib']:.1f} MiB")
+    bad = [x for x in fr if "error" in x["verify"]]
+    for x in fr:
+        n, xv = x["connections"], x["verify"]
+        missing = (n - xv["opened_client"]) + (n - xv["opened_server"])
+        print(f"connections, round {x['round'] + 1} {x['config']}: client made {n:,}; flowmeterd counted opened "
+              f"{xv['opened_client']:,.0f} as client, {xv['opened_server']:,.0f} as server"
+              + ("" if missing == 0 else f"; {missing:,.0f} ends not counted, {xv['events_lost']:,.0f} events lost")
+              + ("" if "other_opened" not in xv else "; opened under other labels (this daemon sees the whole host): "
+                 + (", ".join(f"{k} {c:.0f}" for k, c in sorted(xv["other_opened"].items())) or "none")))
+    for peer in ("softflowd", "pmacctd"):
+        if peer in configs:
+            pv = [x for x in phases if x["config"] == peer][-1]["verify"]
+            print(f"check (last {peer} phase): packets {IF_A} {pv[0]['packets']:,}, {IF_B} {pv[1]['packets']:,}"
+                  + (f"; flows written {pv[0]['rows']:,}, {pv[1]['rows']:,}" if peer == "pmacctd" else ""))
+    print(f"\nBPF programs in one more flowmeterd phase with kernel.bpf_stats_enabled=1 ({nc:,} connections, "
+          f"{costed['rate']:.0f} conn/s)")
     print(f"{'daemon':<7}{'program':<21}{'type':<14}{'runs':>12}{'runs/conn':>11}{'ns/run':>9}{'ns/conn':>10}")
     for p in sorted(progs, key=lambda p: (p["daemon"], -p["runs"])):
         npr = f"{p['ns_per_run']:.0f}" if p["ns_per_run"] else "-"
-        print(f"{p['daemon']:<7}{p['name']:<21}{p['type']:<14}{p['runs']:>12,}{p['runs'] / n:>11.2f}{npr:>9}"
-              f"{p['run_time_ns'] / n:>10.0f}")
+        print(f"{p['daemon']:<7}{p['name']:<21}{p['type']:<14}{p['runs']:>12,}{p['runs'] / nc:>11.2f}{npr:>9}"
+              f"{p['run_time_ns'] / nc:>10.0f}")
     total = sum(p["run_time_ns"] for p in progs)
-    print(f"all programs: {total / n:.0f} ns of BPF per connection ({total / 1e9:.2f} CPU s over the phase)")
+    print(f"all programs: {total / nc:.0f} ns of BPF per connection ({total / 1e9:.2f} CPU s over the phase)")
+    state = [p for p in progs if p["daemon"] == "a" and p["name"].startswith("fm_state") and p["runs"]]
+    state_ns = (sum(p["run_time_ns"] for p in state) / sum(p["runs"] for p in state)) if state else None
     if foreign:
         print(f"note: {len(foreign)} socket-hook programs of another flowmeterd on this host ran on these "
               f"connections as well, in every phase ({', '.join(sorted(set(foreign)))})")
-    if not consistent:
-        # Printed and kept: the numbers above are still what was measured.
-        result["error"] = (f"flowmeterd counted {cli:.0f}/{srv:.0f} opened connections of the client's {n} "
-                           f"with {events_lost:.0f} events lost")
+
+    emit = lambda fid, xs, value=None: br.emit(args.figures, fid, xs, value)
+    emit("churn.baseline_rate", per_round["baseline"]["rate"])
+    for config in configs[1:]:
+        key = config_key(config)
+        emit(f"churn.{key}_ratio", per_round[config]["ratio"])
+        emit(f"churn.{key}_cpu_s_per_10k", per_round[config]["cpu_per_10k"])
+    emit("churn.lost_records", [x["verify"]["events_lost"] + x["verify"]["flows_lost"] for x in fr], lost)
+    emit("churn.bpf_ns_per_connection", [total / nc])
+    if state_ns is not None:
+        emit("churn.state_change_ns_per_run", [state_ns])
+    emit("churn.rss_end_mib", [v["rss_a_mib"]])
+    result = {"client_procs": procs, "server_procs": args.server_procs, "configs": configs, "phases": phases,
+              "summary": summary, "lost_records": lost, "bpf_cost_phase": costed, "programs": progs,
+              "state_change_ns_per_run": state_ns, "foreign_socket_hooks": foreign}
+    if bad:
+        result["error"] = "; ".join(f"round {x['round'] + 1} {x['config']}: {x['verify']['error']}" for x in bad)
         print(f"bench_e2e churn: FAILED: {result['error']}", file=sys.stderr)
     return result
 
@@ -1274,7 +1545,15 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5, help="iperf: seconds per run (default 5)")
     ap.add_argument("--cpu", type=int, default=1,
                     help="iperf: the CPU iperf3's client and server share (default 1; -1: not pinned)")
-    ap.add_argument("--churn-seconds", type=float, default=30, help="churn: seconds with flowmeterd (default 30)")
+    ap.add_argument("--churn-seconds", type=float, default=10,
+                    help="churn: seconds per phase, one phase per configuration and round (default 10)")
+    ap.add_argument("--churn-rounds", type=int, default=3, help="churn: rounds (default 3)")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"iperf, churn: the configurations each round runs (default {','.join(CONFIGS)}; "
+                         "baseline and flowmeterd are required)")
+    ap.add_argument("--figures", default=os.environ.get("BENCH_FIGURES") or None, help="append each figure (tools/bench_results.py ids, per-round samples) as a "
+                                      "JSON line to this file (default $BENCH_FIGURES); tools/bench collects them into "
+                                      "out/bench/results.json")
     ap.add_argument("--client-procs", type=int, default=3, help="churn: client processes (default 3)")
     ap.add_argument("--server-procs", type=int, default=2, help="churn: server processes (default 2)")
     ap.add_argument("--flows", type=int, default=100_000, help="memory: active flows (default 100000)")
@@ -1292,6 +1571,14 @@ def main() -> int:
         print(f"bench_e2e: no flowmeterd at {args.flowmeterd} (swift build -c release --product flowmeterd)",
               file=sys.stderr)
         return 1
+    try:
+        parse_configs(args.configs)
+    except BenchError as e:
+        print(f"bench_e2e: {e}", file=sys.stderr)
+        return 2
+    if args.rounds < 1 or args.churn_rounds < 1 or args.seconds < 1 or args.churn_seconds <= 0:
+        print("bench_e2e: --rounds, --churn-rounds, --seconds and --churn-seconds must be positive", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     remove_stale_namespaces()
