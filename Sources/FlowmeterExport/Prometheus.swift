@@ -498,11 +498,21 @@ public enum MetricsRenderer {
         // each series' labels are one array made at its final size, and the
         // series go straight into their family: concatenating label arrays
         // and mapping samples into series cost three or four allocations a
-        // series (`flowmeter-bench scrape`).
+        // series (`flowmeter-bench scrape`). The pairs are read by index:
+        // a (pair, PairStats) tuple copied per family and pair retained and
+        // released every array and dictionary in PairStats each time.
         var out: [MetricFamilyData] = []
         let sorted: [(key: ServicePair, value: PairStats)] = agg.pairs.sorted { $0.key < $1.key }
-        let pairs: [(ServicePair, PairStats)] = sorted.map { ($0.key, agg.exposed($0.key, $0.value)) }
-        let tcp = pairs.filter { $0.0.transport == "tcp" }
+        // As exposed (zero until a scrape saw the pair): copied only for the
+        // few new pairs, and the TCP pairs are indices, because each copy of
+        // a PairStats retains every array and dictionary in it.
+        var pairs = sorted
+        if !agg.unexposed.isEmpty {
+            for i in pairs.indices where agg.unexposed.contains(pairs[i].key) {
+                pairs[i].value = agg.exposed(pairs[i].key, pairs[i].value)
+            }
+        }
+        let tcp = pairs.indices.filter { pairs[$0].key.transport == "tcp" }
         /// A pair's labels, then `extra` if given.
         func labels(_ p: ServicePair, _ extra: (String, String)? = nil) -> [(String, String)] {
             var l: [(String, String)] = []
@@ -525,13 +535,13 @@ public enum MetricsRenderer {
         let directions: [Direction] = [.transmit, .receive]
         let roles: [(String, Int)] = [("client", 0), ("server", 1)]
         family(MetricCatalog.networkBytes, capacity: 2 * pairs.count) { out in
-            for (p, s) in pairs {
-                for d in directions { out.append(number(labels(p, ("direction", d.label)), s.bytes[Int(d.rawValue)])) }
+            for i in pairs.indices {
+                for d in directions { out.append(number(labels(pairs[i].0, ("direction", d.label)), pairs[i].1.bytes[Int(d.rawValue)])) }
             }
         }
         family(MetricCatalog.networkPackets, capacity: 2 * pairs.count) { out in
-            for (p, s) in pairs {
-                for d in directions { out.append(number(labels(p, ("direction", d.label)), s.packets[Int(d.rawValue)])) }
+            for i in pairs.indices {
+                for d in directions { out.append(number(labels(pairs[i].0, ("direction", d.label)), pairs[i].1.packets[Int(d.rawValue)])) }
             }
         }
         if drops {
@@ -542,34 +552,32 @@ public enum MetricsRenderer {
             }
         }
         family(MetricCatalog.tcpOpened, capacity: 2 * tcp.count) { out in
-            for (p, s) in tcp {
-                for (role, i) in roles { out.append(number(labels(p, ("role", role)), s.opened[i])) }
+            for t in tcp {
+                for (role, i) in roles { out.append(number(labels(pairs[t].0, ("role", role)), pairs[t].1.opened[i])) }
             }
         }
         family(MetricCatalog.tcpFailed, capacity: 0) { out in
-            for (p, s) in tcp {
-                for (reason, n) in s.failed.sorted(by: { $0.key < $1.key }) { out.append(number(labels(p, ("reason", reason)), n)) }
+            for t in tcp {
+                for (reason, n) in pairs[t].1.failed.sorted(by: { $0.key < $1.key }) { out.append(number(labels(pairs[t].0, ("reason", reason)), n)) }
             }
         }
         family(MetricCatalog.tcpActive, capacity: 2 * tcp.count) { out in
-            for (p, s) in tcp {
-                for (role, i) in roles { out.append(number(labels(p, ("role", role)), s.active[i])) }
+            for t in tcp {
+                for (role, i) in roles { out.append(number(labels(pairs[t].0, ("role", role)), pairs[t].1.active[i])) }
             }
         }
         family(MetricCatalog.tcpRetransmits, capacity: tcp.count) { out in
-            for (p, s) in tcp { out.append(number(labels(p), s.retransmits)) }
+            for t in tcp { out.append(number(labels(pairs[t].0), pairs[t].1.retransmits)) }
         }
         family(MetricCatalog.tcpResets, capacity: 2 * tcp.count) { out in
-            for (p, s) in tcp {
-                for d in directions { out.append(number(labels(p, ("direction", d.label)), s.resets[Int(d.rawValue)])) }
+            for t in tcp {
+                for d in directions { out.append(number(labels(pairs[t].0, ("direction", d.label)), pairs[t].1.resets[Int(d.rawValue)])) }
             }
         }
         family(MetricCatalog.tcpRTT, capacity: tcp.count) { out in
-            for (p, s) in tcp {
-                out.append(
-                    .init(
-                        labels: labels(p),
-                        value: .histogram(.init(bounds: s.rtt.bounds, counts: s.rtt.counts, sum: s.rtt.sum, count: s.rtt.count))))
+            for t in tcp {
+                let h = pairs[t].1.rtt
+                out.append(.init(labels: labels(pairs[t].0), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count))))
             }
         }
         if dns {
