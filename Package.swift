@@ -165,7 +165,10 @@ let package = Package(
         // flowtop's pure part: snapshot history and rates, views, keys, screen model (no I/O).
         .target(name: "FlowtopCore", dependencies: ["FlowmeterCore"]),
         // Benchmarks (tools/bench), most of them on the real kernel; not part of the tests.
-        .executableTarget(name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterExport"]),
+        // Counts calls into the allocator, for the benchmark's allocations per scrape (only it links this).
+        .target(name: "CMallocCount"),
+        .executableTarget(
+            name: "flowmeter-bench", dependencies: ["FlowmeterBPF", "FlowmeterCore", "FlowmeterExport", "CMallocCount"]),
 
         // What the test targets share: the seeded generator and bounded
         // property-test runs, and the freshness check of generated code.

@@ -167,13 +167,17 @@ public struct FlowTable: Sendable {
         var fromMap: UInt64 = 0, i = 0
         entries.withUnsafeMutableBufferPointer { all in
             while i < records.count {
-                // As many records as there is room for new flows: nothing moves while they go in.
-                if count == capacity { grow(toHold: 2 * capacity) }
-                let end = min(records.count, i + capacity - count)
+                // Records go in until one is a new flow and the table is full:
+                // then it grows, and nothing moves while records go in. Growing
+                // as soon as the table was full, before knowing whether another
+                // flow came, doubled a table that a burst had just filled (16 MB
+                // instead of 8 for 65,536 flows: twice the cache misses, and
+                // fresh pages to fault in; `flowmeter-bench ring`).
+                var full = false
                 let table = storage, seed = self.seed, mask = table.slots.count - 1
                 withUnsafeTemporaryAllocation(of: Int.self, capacity: Self.block) { home in
-                    while i < end {
-                        let blockEnd = min(end, i + Self.block)
+                    blocks: while i < records.count {
+                        let blockEnd = min(records.count, i + Self.block)
                         // Read each record's first slot before inserting any: the
                         // cache misses of a block (65536 flows are 8 MB of slots)
                         // then overlap instead of following one another.
@@ -187,12 +191,20 @@ public struct FlowTable: Sendable {
                         precondition(seen >= -1, "FlowTable: corrupt slot")
                         for j in i..<blockEnd {
                             let r = records[j]
-                            all[first + j] = Self.insert(r.key, r.stats.packets, r.stats.bytes, records: 1, at: home[j - i], into: table)
+                            let e = Self.insert(r.key, r.stats.packets, r.stats.bytes, records: 1, at: home[j - i], into: table)
+                            if e < 0 {
+                                // A new flow and no room: grow, then go on from this record.
+                                i = j
+                                full = true
+                                break blocks
+                            }
+                            all[first + j] = e
                             if r.source == .flowMap { fromMap += 1 }
                         }
                         i = blockEnd
                     }
                 }
+                if full { grow(toHold: 2 * capacity) }
             }
         }
         swap(&entries, &recordEntries)
@@ -237,7 +249,8 @@ public struct FlowTable: Sendable {
         insert(key, packets, bytes, records: records, at: Int(truncatingIfNeeded: hash(key, seed)) & (t.slots.count - 1), into: t)
     }
 
-    /// The same, from slot `home` (the key's hash, masked).
+    /// The same, from slot `home` (the key's hash, masked); -1 if the key is
+    /// new and the table has no room for another flow (nothing changed then).
     @inline(__always)
     private static func insert(
         _ key: FlowKey, _ packets: UInt64, _ bytes: UInt64, records: UInt64, at home: Int,
@@ -248,6 +261,7 @@ public struct FlowTable: Sendable {
         while true {
             let e = s[i].entry
             if e < 0 {
+                if t.count == t.info.count { return -1 }
                 let new = Int32(truncatingIfNeeded: t.count)
                 s[i] = Slot(key: key, entry: new, packets: packets, bytes: bytes)
                 t.info[t.count] = EntryInfo(slot: Int32(truncatingIfNeeded: i), records: records)

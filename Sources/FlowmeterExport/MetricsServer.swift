@@ -21,6 +21,20 @@ public enum MetricsServer {
         readiness: @escaping @Sendable () -> Readiness,
         render: @escaping @Sendable (_ openMetrics: Bool) -> String
     ) -> some ApplicationProtocol {
+        make(
+            listen: listen, logger: logger, security: security, onRunning: onRunning, readiness: readiness,
+            renderBytes: { Array(render($0).utf8) })
+    }
+
+    /// The same with the exposition rendered as UTF-8 bytes (what flowmeterd
+    /// serves: `MetricsRenderer.renderBytes`, no String in between).
+    public static func make(
+        listen: ListenAddress, logger: Logger,
+        security: WebSecurity? = nil,
+        onRunning: @escaping @Sendable (Int) async -> Void = { _ in },
+        readiness: @escaping @Sendable () -> Readiness,
+        renderBytes render: @escaping @Sendable (_ openMetrics: Bool) -> [UInt8]
+    ) -> some ApplicationProtocol {
         let router = Router(context: HTTPGuard.Context.self)
         // Authentication first: without credentials nothing else is answered.
         if let security { router.add(middleware: BasicAuthGate<HTTPGuard.Context>(security: security)) }
@@ -36,7 +50,7 @@ public enum MetricsServer {
             return Response(
                 status: .ok,
                 headers: [.contentType: om ? Exposition.openMetricsContentType : Exposition.textContentType],
-                body: .init(byteBuffer: ByteBuffer(string: body)))
+                body: .init(byteBuffer: ByteBuffer(bytes: body)))
         }
         router.get("/healthz") { _, _ -> String in "ok\n" }
         router.get("/readyz") { _, _ -> Response in

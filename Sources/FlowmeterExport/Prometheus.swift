@@ -15,7 +15,14 @@ public struct Exposition {
         public init(name: String, kind: Kind, help: String) { self.name = name; self.kind = kind; self.help = help }
     }
 
-    private(set) public var text = ""
+    /// The exposition so far, as UTF-8 bytes: written straight into one
+    /// buffer (`ExpositionBytes`), because building a String per sample and
+    /// per label made a scrape of 10,000 series cost 27 ms
+    /// (`flowmeter-bench scrape`, docs/benchmarks.md).
+    public var bytes: [UInt8] { out.bytes }
+    private var out = ExpositionBytes()
+    /// The text so far.
+    public var text: String { String(decoding: out.bytes, as: UTF8.self) }
     /// OpenMetrics 1.0 instead of the 0.0.4 text format: counter families are
     /// named without "_total" in HELP and TYPE, and the text ends with "# EOF".
     public let openMetrics: Bool
@@ -23,19 +30,14 @@ public struct Exposition {
     public static let textContentType = "text/plain; version=0.0.4; charset=utf-8"
     public static let openMetricsContentType = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-    public init(openMetrics: Bool = false) { self.openMetrics = openMetrics }
+    public init(openMetrics: Bool = false, reservingCapacity bytes: Int = 0) {
+        self.openMetrics = openMetrics
+        out.bytes.reserveCapacity(bytes)
+    }
 
     private mutating func header(_ f: Family) {
         let name = openMetrics && f.kind == .counter && f.name.hasSuffix("_total") ? String(f.name.dropLast(6)) : f.name
-        text += "# HELP \(name) \(Self.escapeHelp(f.help))\n# TYPE \(name) \(f.kind.rawValue)\n"
-    }
-
-    private mutating func sample(_ name: String, _ labels: [(String, String)], _ value: String) {
-        text += name
-        if !labels.isEmpty {
-            text += "{" + labels.map { "\($0.0)=\"\(Self.escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
-        }
-        text += " " + value + "\n"
+        out.append("# HELP \(name) \(Self.escapeHelp(f.help))\n# TYPE \(name) \(f.kind.rawValue)\n")
     }
 
     /// One family with its series: counters and gauges as one sample per
@@ -43,19 +45,46 @@ public struct Exposition {
     /// +Inf, sum and count.
     public mutating func family(_ f: MetricFamilyData) {
         header(Family(name: f.name, kind: f.kind, help: f.help))
+        // The bounds' text, made once per family unless a series has other bounds.
+        var boundsText: (bounds: [Double], text: [String]) = ([], [])
         for s in f.series {
             switch s.value {
             case .number(let v):
-                sample(f.name, s.labels, Self.format(v))
+                out.append(f.name)
+                out.labels(s.labels)
+                out.space()
+                out.value(v)
+                out.newline()
             case .histogram(let h):
+                if h.bounds != boundsText.bounds { boundsText = (h.bounds, h.bounds.map(Self.format)) }
                 var running: UInt64 = 0
-                for (i, bound) in h.bounds.enumerated() {
+                for (i, bound) in boundsText.text.enumerated() {
                     running += h.counts[i]
-                    sample(f.name + "_bucket", s.labels + [("le", Self.format(bound))], String(running))
+                    out.append(f.name)
+                    out.append("_bucket")
+                    out.labels(s.labels, le: bound)
+                    out.space()
+                    out.integer(running)
+                    out.newline()
                 }
-                sample(f.name + "_bucket", s.labels + [("le", "+Inf")], String(h.count))
-                sample(f.name + "_sum", s.labels, Self.format(h.sum))
-                sample(f.name + "_count", s.labels, String(h.count))
+                out.append(f.name)
+                out.append("_bucket")
+                out.labels(s.labels, le: "+Inf")
+                out.space()
+                out.integer(h.count)
+                out.newline()
+                out.append(f.name)
+                out.append("_sum")
+                out.labels(s.labels)
+                out.space()
+                out.value(h.sum)
+                out.newline()
+                out.append(f.name)
+                out.append("_count")
+                out.labels(s.labels)
+                out.space()
+                out.integer(h.count)
+                out.newline()
             }
         }
     }
@@ -85,36 +114,133 @@ public struct Exposition {
 
     /// The text of these families, in order.
     public static func render(_ families: [MetricFamilyData], openMetrics: Bool) -> String {
-        var e = Exposition(openMetrics: openMetrics)
+        String(decoding: renderBytes(families, openMetrics: openMetrics), as: UTF8.self)
+    }
+
+    /// The same as UTF-8 bytes (what is served).
+    public static func renderBytes(_ families: [MetricFamilyData], openMetrics: Bool) -> [UInt8] {
+        // About 110 bytes a sample (a service pair's sample is 100-130): one allocation for most scrapes.
+        let samples = families.reduce(0) { n, f in
+            n + f.series.reduce(0) { if case .histogram(let h) = $1.value { $0 + h.bounds.count + 3 } else { $0 + 1 } }
+        }
+        var e = Exposition(openMetrics: openMetrics, reservingCapacity: 16_384 + samples * 128)
         for f in families { e.family(f) }
-        return e.body
+        if openMetrics { e.out.append("# EOF\n") }
+        return e.out.bytes
     }
 
     /// The exposition as served: OpenMetrics ends with "# EOF".
     public var body: String { openMetrics ? text + "# EOF\n" : text }
 
     static func escapeLabel(_ v: String) -> String {
-        var o = ""
-        for c in v.unicodeScalars {
-            switch c {
-            case "\\": o += "\\\\"
-            case "\"": o += "\\\""
-            case "\n": o += "\\n"
-            default: o.unicodeScalars.append(c)
-            }
-        }
-        return o
+        var o = ExpositionBytes()
+        o.escaped(v)
+        return String(decoding: o.bytes, as: UTF8.self)
     }
 
     static func escapeHelp(_ v: String) -> String {
         v.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
     }
 
+    /// A sample value as Prometheus's own client libraries print it:
+    /// integers (below 1e15) without a fraction, other finite values in
+    /// Swift's shortest round-tripping form.
     static func format(_ v: Double) -> String {
         if v.isNaN { return "NaN" }
         if v.isInfinite { return v > 0 ? "+Inf" : "-Inf" }
         if v == v.rounded(), abs(v) < 1e15 { return String(Int64(v)) }
         return String(v)
+    }
+}
+
+/// The exposition's bytes, appended to one buffer. Integers (what nearly
+/// every sample is) are written digit by digit into it; other values go
+/// through `Exposition.format`, which stays the one definition of the
+/// number format (the integer path writes what it would).
+struct ExpositionBytes {
+    var bytes: [UInt8] = []
+
+    @inline(__always) mutating func append(_ s: String) {
+        var s = s
+        s.withUTF8 { bytes.append(contentsOf: $0) }
+    }
+
+    @inline(__always) mutating func byte(_ b: UInt8) { bytes.append(b) }
+    @inline(__always) mutating func space() { bytes.append(0x20) }
+    @inline(__always) mutating func newline() { bytes.append(0x0A) }
+
+    /// `{k="v",...}` (nothing for no labels), values escaped, `le` last if given.
+    mutating func labels(_ labels: [(String, String)], le: String? = nil) {
+        if labels.isEmpty && le == nil { return }
+        byte(UInt8(ascii: "{"))
+        var first = true
+        for (k, v) in labels {
+            if !first { byte(UInt8(ascii: ",")) }
+            first = false
+            pair(k, v)
+        }
+        if let le {
+            if !first { byte(UInt8(ascii: ",")) }
+            pair("le", le)
+        }
+        byte(UInt8(ascii: "}"))
+    }
+
+    @inline(__always) private mutating func pair(_ k: String, _ v: String) {
+        append(k)
+        byte(UInt8(ascii: "="))
+        byte(UInt8(ascii: "\""))
+        escaped(v)
+        byte(UInt8(ascii: "\""))
+    }
+
+    /// A label value with backslash, double quote and newline escaped. UTF-8
+    /// bytes of other characters never equal those three, so escaping bytes
+    /// is escaping characters.
+    mutating func escaped(_ v: String) {
+        var v = v
+        v.withUTF8 { u in
+            var from = 0
+            for i in 0..<u.count {
+                let c = u[i]
+                guard c == 0x5C || c == 0x22 || c == 0x0A else { continue }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[from..<i]))
+                bytes.append(0x5C)
+                bytes.append(c == 0x0A ? UInt8(ascii: "n") : c)
+                from = i + 1
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[from...]))
+        }
+    }
+
+    /// A sample value, as `Exposition.format` writes it.
+    @inline(__always) mutating func value(_ v: Double) {
+        if v == v.rounded(), abs(v) < 1e15 {
+            // Exactly String(Int64(v)) (-0.0 included: "0").
+            let i = Int64(v)
+            if i < 0 { byte(UInt8(ascii: "-")) }
+            integer(i.magnitude)
+        } else {
+            append(Exposition.format(v))
+        }
+    }
+
+    /// Decimal digits of `v`, as String(v) writes them.
+    @inline(__always) mutating func integer(_ v: UInt64) {
+        if v < 10 {
+            bytes.append(0x30 &+ UInt8(truncatingIfNeeded: v))
+            return
+        }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for UInt64.max's 20 digits
+        withUnsafeMutableBytes(of: &digits) { d in
+            var n = v, i = d.count
+            repeat {
+                i -= 1
+                d[i] = 0x30 &+ UInt8(truncatingIfNeeded: n % 10)
+                n /= 10
+            } while n > 0
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: d[i...]))
+        }
     }
 }
 
@@ -263,6 +389,11 @@ public enum MetricsRenderer {
         Exposition.render(families(a, version: version), openMetrics: openMetrics)
     }
 
+    /// The same as UTF-8 bytes, what /metrics sends (no String in between).
+    public static func renderBytes(_ a: Accounting, version: String, openMetrics: Bool = false) -> [UInt8] {
+        Exposition.renderBytes(families(a, version: version), openMetrics: openMetrics)
+    }
+
     typealias Samples = [(labels: [(String, String)], value: Double)]
 
     static func numbers(_ f: Exposition.Family, _ samples: Samples) -> MetricFamilyData {
@@ -363,82 +494,112 @@ public enum MetricsRenderer {
     }
 
     static func services(_ agg: ServiceAggregator, drops: Bool = false, dns: Bool = false) -> [MetricFamilyData] {
+        // Most series of a large scrape are here (four or more per pair), so
+        // each series' labels are one array made at its final size, and the
+        // series go straight into their family: concatenating label arrays
+        // and mapping samples into series cost three or four allocations a
+        // series (`flowmeter-bench scrape`). The pairs are read by index:
+        // a (pair, PairStats) tuple copied per family and pair retained and
+        // released every array and dictionary in PairStats each time.
         var out: [MetricFamilyData] = []
-        func add(_ f: Exposition.Family, _ samples: Samples) { out.append(numbers(f, samples)) }
         let sorted: [(key: ServicePair, value: PairStats)] = agg.pairs.sorted { $0.key < $1.key }
-        let pairs: [(ServicePair, PairStats)] = sorted.map { ($0.key, agg.exposed($0.key, $0.value)) }
-        let tcp = pairs.filter { $0.0.transport == "tcp" }
-        func base(_ p: ServicePair) -> [(String, String)] {
-            [("service", p.service), ("peer_service", p.peer), ("transport", p.transport)]
+        // As exposed (zero until a scrape saw the pair): copied only for the
+        // few new pairs, and the TCP pairs are indices, because each copy of
+        // a PairStats retains every array and dictionary in it.
+        var pairs = sorted
+        if !agg.unexposed.isEmpty {
+            for i in pairs.indices where agg.unexposed.contains(pairs[i].key) {
+                pairs[i].value = agg.exposed(pairs[i].key, pairs[i].value)
+            }
+        }
+        let tcp = pairs.indices.filter { pairs[$0].key.transport == "tcp" }
+        /// A pair's labels, then `extra` if given.
+        func labels(_ p: ServicePair, _ extra: (String, String)? = nil) -> [(String, String)] {
+            var l: [(String, String)] = []
+            l.reserveCapacity(extra == nil ? 3 : 4)
+            l.append(("service", p.service))
+            l.append(("peer_service", p.peer))
+            l.append(("transport", p.transport))
+            if let extra { l.append(extra) }
+            return l
+        }
+        func family(_ f: Exposition.Family, capacity: Int, _ fill: (inout [MetricFamilyData.Series]) -> Void) {
+            var series: [MetricFamilyData.Series] = []
+            series.reserveCapacity(capacity)
+            fill(&series)
+            out.append(MetricFamilyData(name: f.name, kind: f.kind, help: f.help, series: series))
+        }
+        func number(_ labels: [(String, String)], _ v: some BinaryInteger) -> MetricFamilyData.Series {
+            .init(labels: labels, value: .number(Double(v)))
         }
         let directions: [Direction] = [.transmit, .receive]
         let roles: [(String, Int)] = [("client", 0), ("server", 1)]
-        add(
-            MetricCatalog.networkBytes,
-            pairs.flatMap { p, s in
-                directions.map { (base(p) + [("direction", $0.label)], Double(s.bytes[Int($0.rawValue)])) }
-            })
-        add(
-            MetricCatalog.networkPackets,
-            pairs.flatMap { p, s in
-                directions.map { (base(p) + [("direction", $0.label)], Double(s.packets[Int($0.rawValue)])) }
-            })
-        if drops {
-            add(
-                MetricCatalog.packetDrops,
-                pairs.flatMap { p, s in
-                    s.drops.sorted { $0.key < $1.key }.map { (base(p) + [("reason", $0.key)], Double($0.value)) }
-                })
+        family(MetricCatalog.networkBytes, capacity: 2 * pairs.count) { out in
+            for i in pairs.indices {
+                for d in directions { out.append(number(labels(pairs[i].0, ("direction", d.label)), pairs[i].1.bytes[Int(d.rawValue)])) }
+            }
         }
-        add(
-            MetricCatalog.tcpOpened,
-            tcp.flatMap { p, s in
-                roles.map { (base(p) + [("role", $0.0)], Double(s.opened[$0.1])) }
-            })
-        add(
-            MetricCatalog.tcpFailed,
-            tcp.flatMap { p, s in
-                s.failed.sorted { $0.key < $1.key }.map { (base(p) + [("reason", $0.key)], Double($0.value)) }
-            })
-        add(
-            MetricCatalog.tcpActive,
-            tcp.flatMap { p, s in
-                roles.map { (base(p) + [("role", $0.0)], Double(s.active[$0.1])) }
-            })
-        add(MetricCatalog.tcpRetransmits, tcp.map { p, s in (base(p), Double(s.retransmits)) })
-        add(
-            MetricCatalog.tcpResets,
-            tcp.flatMap { p, s in
-                directions.map { (base(p) + [("direction", $0.label)], Double(s.resets[Int($0.rawValue)])) }
-            })
-        let rtt = MetricCatalog.tcpRTT
-        out.append(
-            MetricFamilyData(
-                name: rtt.name, kind: rtt.kind, help: rtt.help,
-                series: tcp.map { p, s in
-                    .init(
-                        labels: base(p),
-                        value: .histogram(.init(bounds: s.rtt.bounds, counts: s.rtt.counts, sum: s.rtt.sum, count: s.rtt.count)))
-                }))
+        family(MetricCatalog.networkPackets, capacity: 2 * pairs.count) { out in
+            for i in pairs.indices {
+                for d in directions { out.append(number(labels(pairs[i].0, ("direction", d.label)), pairs[i].1.packets[Int(d.rawValue)])) }
+            }
+        }
+        if drops {
+            family(MetricCatalog.packetDrops, capacity: 0) { out in
+                for (p, s) in pairs {
+                    for (reason, n) in s.drops.sorted(by: { $0.key < $1.key }) { out.append(number(labels(p, ("reason", reason)), n)) }
+                }
+            }
+        }
+        family(MetricCatalog.tcpOpened, capacity: 2 * tcp.count) { out in
+            for t in tcp {
+                for (role, i) in roles { out.append(number(labels(pairs[t].0, ("role", role)), pairs[t].1.opened[i])) }
+            }
+        }
+        family(MetricCatalog.tcpFailed, capacity: 0) { out in
+            for t in tcp {
+                for (reason, n) in pairs[t].1.failed.sorted(by: { $0.key < $1.key }) { out.append(number(labels(pairs[t].0, ("reason", reason)), n)) }
+            }
+        }
+        family(MetricCatalog.tcpActive, capacity: 2 * tcp.count) { out in
+            for t in tcp {
+                for (role, i) in roles { out.append(number(labels(pairs[t].0, ("role", role)), pairs[t].1.active[i])) }
+            }
+        }
+        family(MetricCatalog.tcpRetransmits, capacity: tcp.count) { out in
+            for t in tcp { out.append(number(labels(pairs[t].0), pairs[t].1.retransmits)) }
+        }
+        family(MetricCatalog.tcpResets, capacity: 2 * tcp.count) { out in
+            for t in tcp {
+                for d in directions { out.append(number(labels(pairs[t].0, ("direction", d.label)), pairs[t].1.resets[Int(d.rawValue)])) }
+            }
+        }
+        family(MetricCatalog.tcpRTT, capacity: tcp.count) { out in
+            for t in tcp {
+                let h = pairs[t].1.rtt
+                out.append(.init(labels: labels(pairs[t].0), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count))))
+            }
+        }
         if dns {
             // The label sets from the counts, the values as exposed (zero until a scrape saw the pair).
             let asked = sorted.filter { !$0.value.dns.requests.isEmpty }.map { ($0.key, agg.exposed($0.key, $0.value), $0.value) }
-            add(
-                MetricCatalog.dnsRequests,
-                asked.flatMap { p, shown, raw in
-                    raw.dns.requests.keys.sorted().map {
-                        (base(p) + [("qtype", $0.qtype), ("rcode", $0.rcode)], Double(shown.dns.requests[$0] ?? 0))
+            family(MetricCatalog.dnsRequests, capacity: 0) { out in
+                for (p, shown, raw) in asked {
+                    for k in raw.dns.requests.keys.sorted() {
+                        var l = labels(p)
+                        l.append(("qtype", k.qtype))
+                        l.append(("rcode", k.rcode))
+                        out.append(number(l, shown.dns.requests[k] ?? 0))
                     }
-                })
-            let lat = MetricCatalog.dnsLatency
-            out.append(
-                MetricFamilyData(
-                    name: lat.name, kind: lat.kind, help: lat.help,
-                    series: asked.map { p, s, _ in
-                        let h = s.dns.latency
-                        return .init(
-                            labels: base(p), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count)))
-                    }))
+                }
+            }
+            family(MetricCatalog.dnsLatency, capacity: asked.count) { out in
+                for (p, s, _) in asked {
+                    let h = s.dns.latency
+                    out.append(
+                        .init(labels: labels(p), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count))))
+                }
+            }
         }
         return out
     }

@@ -345,12 +345,15 @@ let usage = """
            flowmeter-bench ring [ROUNDS] --producer OUT/ring_producer.bpf.o --c-consumer OUT/ring_consumer
                                 [--records N] [--cpu C] [--only abcd]
            flowmeter-bench flowlog [ROUNDS] [--records N]
+           flowmeter-bench scrape [ROUNDS] [--series N]
            flowmeter-bench otlp SERIES ROUNDS HTTP_PORT GRPC_PORT TLS_HTTP_PORT TLS_GRPC_PORT CA_FILE
       tc: --baseline runs another build of flowmeter_tc.bpf.c in the same rounds (bench/tc_baseline.sh REV builds one)
       ring: bash bench/build.sh OUT builds both; ROUNDS default 15; N a multiple of 65536,
       default 1048576; C the CPU to pin to (default the last); --only runs some variants (profiling)
       flowlog: the flow log's encoder, Codable against the former hand-written one (no root needed);
       ROUNDS default 15, N records default 100000
+      scrape: one /metrics render with N service series (default 10000), time and allocations,
+      against the former String renderer (no root needed); ROUNDS default 15
       otlp: CPU per OTLP export, the former hand-written POST against the library transports
       (receivers on those loopback ports; tools/bench otlp starts them)
 
@@ -358,6 +361,26 @@ let usage = """
 // OTLP export cost: no root, no kernel.
 if args.first == "otlp" {
     do { try OTLPBench.run(Array(args.dropFirst())) } catch {
+        FileHandle.standardError.write(Data("flowmeter-bench: \(error)\n".utf8)); exit(1)
+    }
+    exit(0)
+}
+// The /metrics render needs neither root nor the kernel.
+if args.first == "scrape" {
+    var rest = Array(args.dropFirst())
+    var series = 10_000, rounds = 15
+    while let a = rest.first {
+        if a == "--series", rest.count >= 2, let n = Int(rest[1]), n > 0 {
+            series = n
+            rest.removeFirst(2)
+        } else if let n = Int(a), n > 0 {
+            rounds = n
+            rest.removeFirst()
+        } else {
+            FileHandle.standardError.write(Data(usage.utf8)); exit(2)
+        }
+    }
+    do { try ScrapeBench.run(series: series, rounds: rounds) } catch {
         FileHandle.standardError.write(Data("flowmeter-bench: \(error)\n".utf8)); exit(1)
     }
     exit(0)

@@ -502,9 +502,9 @@ struct Startup {
                 logger.info("serving metrics", metadata: ["url": "\(scheme)://\(listen.host):\(port)/metrics"])
                 dropper.done("metrics")
             }, readiness: { shared.read(\.readiness) },
-            render: { om in
+            renderBytes: { om in
                 let snapshot = shared.snapshot()
-                let text = MetricsRenderer.render(snapshot, version: FlowmeterVersion.current, openMetrics: om)
+                let text = MetricsRenderer.renderBytes(snapshot, version: FlowmeterVersion.current, openMetrics: om)
                 // New pairs were shown at zero; the next scrape shows their counts.
                 if let seen = snapshot.services?.unexposed, !seen.isEmpty {
                     shared.update { $0.services?.markExposed(seen) }

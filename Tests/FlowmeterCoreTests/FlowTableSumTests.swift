@@ -93,6 +93,30 @@ import Testing
         #expect(t.recordsFromMap + t.recordsFromRing == UInt64(records.count))
     }
 
+    /// A batch that fills the table exactly, then brings only flows it
+    /// already has, does not grow it (the ring bench's 65,536 flows: 8 MB of
+    /// slots, not 16); the first new flow after that does, and every sum is
+    /// the same as without a full table.
+    @Test func growsOnlyForANewFlow() {
+        var t = FlowTable(minimumCapacity: 64, seed: 5)
+        let full = t.capacity
+        let keys = (0..<full).map { Self.key($0) }
+        let repeated = (0..<4).flatMap { round in keys.map { Self.record($0, packets: UInt64(round + 1), bytes: 10) } }
+        t.add(repeated)
+        #expect(t.count == full && t.capacity == full && t.records == repeated.count)
+        #expect(t.entries.allSatisfy { $0.packets == 10 && $0.bytes == 40 && $0.records == 4 })
+        // In one batch: old flows, a new one (the table grows mid-batch), old ones again.
+        let extra = Self.key(full + 1)
+        let mixed = [Self.record(keys[0], packets: 1, bytes: 1), Self.record(extra, packets: 7, bytes: 7)]
+            + keys.map { Self.record($0, packets: 1, bytes: 1) }
+        t.add(mixed)
+        #expect(t.count == full + 1 && t.capacity > full)
+        #expect(t[t.index(of: extra)!] == FlowTable.Entry(key: extra, packets: 7, bytes: 7, records: 1))
+        #expect(t[0] == FlowTable.Entry(key: keys[0], packets: 12, bytes: 42, records: 6))
+        #expect(t.entries.dropFirst().filter { $0.key != extra }.allSatisfy { $0.packets == 11 && $0.records == 5 })
+        #expect((0..<mixed.count).allSatisfy { t[t.entry(ofRecord: repeated.count + $0)].key == mixed[$0].key })
+    }
+
     @Test func removeAllEmptiesAndKeepsWorking() {
         var t = FlowTable(minimumCapacity: 16, seed: 3)
         for n in 0..<10_000 { t.add(Self.key(n), packets: 1, bytes: 1) }

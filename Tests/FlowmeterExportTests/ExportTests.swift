@@ -12,6 +12,83 @@ import Testing
         #expect(e.text == "# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\nx_total{a=\"q\\\"u\\\\o\\nte\"} 3\nx_total 1.5\n")
     }
 
+    /// The byte writer prints every value as the former String renderer
+    /// did (integers below 1e15 without a fraction, anything else in Swift's
+    /// shortest form), counts up to UInt64.max, and escapes label values of
+    /// any script.
+    @Test func valuesAndLabelsAreWrittenExactly() {
+        var e = Exposition()
+        e.family(
+            .init(name: "v", kind: .gauge, help: "h"),
+            [
+                ([("a", "zero")], 0), ([("a", "negzero")], -0.0), ([("a", "neg")], -42), ([("a", "nine")], 9),
+                ([("a", "ten")], 10), ([("a", "max")], 999_999_999_999_999), ([("a", "e15")], 1e15), ([("a", "frac")], 0.1),
+                ([("a", "small")], 1e-05), ([("a", "nan")], .nan), ([("a", "inf")], .infinity), ([("a", "ninf")], -.infinity),
+                ([("a", "ts")], 1_796_000_123.25), ([("k", "ü\\\n✓\"x"), ("b", "")], 7),
+            ])
+        #expect(
+            e.text == """
+                # HELP v h
+                # TYPE v gauge
+                v{a="zero"} 0
+                v{a="negzero"} 0
+                v{a="neg"} -42
+                v{a="nine"} 9
+                v{a="ten"} 10
+                v{a="max"} 999999999999999
+                v{a="e15"} 1000000000000000.0
+                v{a="frac"} 0.1
+                v{a="small"} 1e-05
+                v{a="nan"} NaN
+                v{a="inf"} +Inf
+                v{a="ninf"} -Inf
+                v{a="ts"} 1796000123.25
+                v{k="ü\\\\\\n✓\\"x",b=""} 7
+
+                """)
+        var h = Exposition(openMetrics: true)
+        h.family(
+            MetricFamilyData(
+                name: "d_seconds", kind: .histogram, help: "d",
+                series: [
+                    .init(
+                        labels: [("s", "a")],
+                        value: .histogram(.init(bounds: [0.0001, 1, 2.5], counts: [UInt64.max - 3, 1, 2, 0], sum: 0.5, count: UInt64.max))),
+                    .init(labels: [], value: .histogram(.init(bounds: [1], counts: [0, 3], sum: 12, count: 3))),
+                ]))
+        #expect(
+            h.body == """
+                # HELP d_seconds d
+                # TYPE d_seconds histogram
+                d_seconds_bucket{s="a",le="0.0001"} 18446744073709551612
+                d_seconds_bucket{s="a",le="1"} 18446744073709551613
+                d_seconds_bucket{s="a",le="2.5"} 18446744073709551615
+                d_seconds_bucket{s="a",le="+Inf"} 18446744073709551615
+                d_seconds_sum{s="a"} 0.5
+                d_seconds_count{s="a"} 18446744073709551615
+                d_seconds_bucket{le="1"} 0
+                d_seconds_bucket{le="+Inf"} 3
+                d_seconds_sum 12
+                d_seconds_count 3
+                # EOF
+
+                """)
+        #expect(h.bytes == Array(h.text.utf8))
+    }
+
+    /// What /metrics sends (bytes) is the text, in both formats.
+    @Test func servedBytesAreTheText() {
+        var a = Accounting()
+        a.hooks = [HookMode(hook: "tc", mode: "tcx")]
+        a.services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: .defaults)
+        for om in [false, true] {
+            let bytes = MetricsRenderer.renderBytes(a, version: "1.2.3", openMetrics: om)
+            #expect(bytes == Array(MetricsRenderer.render(a, version: "1.2.3", openMetrics: om).utf8))
+            #expect(String(decoding: bytes, as: UTF8.self).hasSuffix("# EOF\n") == om)
+            #expect(String(decoding: bytes, as: UTF8.self).contains("# TYPE flowmeter_records counter\n") == om)
+        }
+    }
+
     @Test func renderedMetricsCoverTheCatalog() {
         var a = Accounting()
         a.add(
