@@ -18,5 +18,6 @@ public func fixMallocThresholds() {
 /// Gives back the heap that loading left free. Call once, after everything is
 /// loaded and attached.
 public func releaseLoaderMemory() {
+    KernelBTF.release()
     fm_malloc_trim()
 }
