@@ -1,5 +1,5 @@
 import CLibbpf
-import Synchronization
+import Foundation
 
 /// The running kernel's BTF (/sys/kernel/btf/vmlinux), parsed once for the
 /// daemon's own look-ups and shared by them until the loader lets go of it.
@@ -11,18 +11,20 @@ import Synchronization
 /// every object it loads and offers no way to hand it a parsed one.
 public enum KernelBTF {
     /// The parsed BTF; nil until first asked for. The pointer stays valid
-    /// until `release`, guarded by the lock while it is used.
-    private static let shared = Mutex<(btf: OpaquePointer?, tried: Bool)>((nil, false))
+    /// until `release`; both are only touched under `lock`.
+    nonisolated(unsafe) private static var btf: OpaquePointer?
+    nonisolated(unsafe) private static var tried = false
+    private static let lock = NSLock()
 
     /// Runs `body` with the kernel's BTF (nil: the kernel has none, e.g.
     /// without CONFIG_DEBUG_INFO_BTF), parsing it on first use.
     public static func with<T>(_ body: (OpaquePointer?) throws -> T) rethrows -> T {
-        try shared.withLock { s in
-            if !s.tried {
-                s.btf = btf__load_vmlinux_btf()
-                s.tried = true
+        try lock.withLock {
+            if !tried {
+                btf = btf__load_vmlinux_btf()
+                tried = true
             }
-            return try body(s.btf)
+            return try body(btf)
         }
     }
 
@@ -39,9 +41,10 @@ public enum KernelBTF {
     /// running daemon does not keep 5.5 MiB it no longer needs. A later
     /// look-up parses it again.
     public static func release() {
-        shared.withLock { s in
-            if let b = s.btf { btf__free(b) }
-            s = (nil, false)
+        lock.withLock {
+            if let b = btf { btf__free(b) }
+            btf = nil
+            tried = false
         }
     }
 }

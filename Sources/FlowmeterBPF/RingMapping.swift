@@ -1,6 +1,5 @@
 import CLibbpf
 import Foundation
-import Synchronization
 
 /// Opens a libbpf ring buffer consumer and gives back the resident memory of
 /// the second copy of its data pages, which the daemon never reads.
@@ -27,12 +26,12 @@ enum RingMapping {
     /// (with its 8-byte header) any of our rings carries.
     static let wrapWindow = 16 * 1024
 
-    private static let opening = Mutex(())
+    private static let opening = NSLock()
 
     /// `ring_buffer__new(fd, callback, ctx)`, then the second copy trimmed.
     /// A trim that cannot be done leaves the ring as libbpf mapped it.
     static func open(ringFD: Int32, _ callback: ring_buffer_sample_fn, _ ctx: UnsafeMutableRawPointer?) -> OpaquePointer? {
-        opening.withLock { _ in
+        opening.withLock {
             let before = Set(readOnlyRingMappings())
             guard let rb = ring_buffer__new(ringFD, callback, ctx, nil) else { return nil }
             trimSecondCopy(ringFD: ringFD, new: readOnlyRingMappings().filter { !before.contains($0) })
