@@ -41,7 +41,7 @@ public func releaseLoaderMemory() {
 /// Returns the number of mappings and KiB released.
 @discardableResult
 public func releaseStartupPages() -> (mappings: Int, kib: Int) {
-    guard let text = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return (0, 0) }
+    guard let text = readProcFile("/proc/self/smaps") else { return (0, 0) }
     struct Mapping { var start: UInt, end: UInt, eligible: Bool, rss = 0, anonymous = -1 }
     var maps: [Mapping] = []
     for line in text.split(separator: "\n") {
@@ -65,4 +65,25 @@ public func releaseStartupPages() -> (mappings: Int, kib: Int) {
         }
     }
     return (count, kib)
+}
+
+/// The whole text of a /proc file. Foundation's String(contentsOfFile:)
+/// reads as many bytes as the file's size says, and /proc files say 0 or
+/// a page: /proc/self/maps and smaps came back cut off after 4 KiB.
+func readProcFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return nil
+        }
+        if n == 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }

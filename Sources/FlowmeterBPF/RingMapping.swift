@@ -44,7 +44,7 @@ enum RingMapping {
     /// Read-only shared mappings of BPF maps at page offset 1: libbpf's
     /// producer-and-data mappings of ring buffers.
     static func readOnlyRingMappings() -> [Range] {
-        guard let text = try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8) else { return [] }
+        guard let text = readProcFile("/proc/self/maps") else { return [] }
         let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
         var out: [Range] = []
         for line in text.split(separator: "\n") where line.hasSuffix("anon_inode:bpf-map") {

@@ -21,7 +21,7 @@ import Testing
 
     /// Resident KiB of the mapping [start, end) in /proc/self/smaps.
     func residentKiB(_ r: RingMapping.Range) -> Int? {
-        guard let text = try? String(contentsOfFile: "/proc/self/smaps", encoding: .utf8) else { return nil }
+        guard let text = readProcFile("/proc/self/smaps") else { return nil }
         let head = String(r.start, radix: 16) + "-" + String(r.end, radix: 16) + " "
         var inside = false
         for line in text.split(separator: "\n") {
