@@ -92,7 +92,7 @@ public final class RingReader<Record>: @unchecked Sendable {
         self.handler = handler
         self.pending = pending
         self.fold = fold
-        guard let rb = RingMapping.open(ringFD: ringFD, ringSampleCallback, Unmanaged.passUnretained(handler).toOpaque()) else {
+        guard let rb = ring_buffer__new(ringFD, ringSampleCallback, Unmanaged.passUnretained(handler).toOpaque(), nil) else {
             pending.deinitialize(count: 1); pending.deallocate()
             throw BPFError.from("open ring buffer \(name)", result: -1)
         }
