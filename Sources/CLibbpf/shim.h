@@ -299,18 +299,6 @@ static inline struct bpf_link *fm_attach_map_iter(struct bpf_program *prog, int 
     return bpf_program__attach_iter(prog, &opts);
 }
 
-/* Whether the kernel's BTF has a type of this name and kind (e.g. the
- * "btf_trace_<tracepoint>" typedef behind every raw tracepoint). */
-static inline int fm_vmlinux_has_type(const char *name, int kind)
-{
-    struct btf *btf = btf__load_vmlinux_btf();
-    if (!btf)
-        return 0;
-    int id = btf__find_by_name_kind(btf, name, kind);
-    btf__free(btf);
-    return id > 0;
-}
-
 static inline int fm_errno(void) { return errno; }
 
 /* mallopt and malloc_trim are declared in <malloc.h>, which Swift's Glibc

@@ -47,8 +47,15 @@ public struct BPFError: Error, CustomStringConvertible {
 /// libbpf's messages: kept (last lines) so a failure can say what libbpf said,
 /// and printed to stderr when FLOWMETER_LIBBPF_DEBUG is set.
 enum LibbpfLog {
-    private static let lines = Mutex<[String]>([])
+    /// The last lines per thread (keyed by pthread_self): objects may load on
+    /// several threads at once, and a failure's detail must be its own load's lines.
+    private static let lines = Mutex<[UInt: [String]]>([:])
     private static let installed = Mutex(false)
+    /// FLOWMETER_LIBBPF_DEBUG, read once: libbpf calls the print function
+    /// for each of its debug lines (hundreds per object: every CO-RE
+    /// relocation), and reading the environment per line was a measurable
+    /// part of start-up.
+    static let debug = getenv("FLOWMETER_LIBBPF_DEBUG") != nil
 
     static func install() {
         installed.withLock { done in
@@ -56,11 +63,12 @@ enum LibbpfLog {
             done = true
             libbpf_set_print { level, format, args in
                 guard let format, let args else { return 0 }
+                // Debug lines are only ever printed: not formatted unless asked for.
+                guard LibbpfLog.debug || level.rawValue <= LIBBPF_INFO.rawValue else { return 0 }
                 var buf = [CChar](repeating: 0, count: 4096)
                 let n = vsnprintf(&buf, buf.count, format, args)
                 let text = String(cString: buf)
-                let debug = ProcessInfo.processInfo.environment["FLOWMETER_LIBBPF_DEBUG"] != nil
-                if debug { FileHandle.standardError.write(Data(text.utf8)) }
+                if LibbpfLog.debug { FileHandle.standardError.write(Data(text.utf8)) }
                 if level.rawValue <= LIBBPF_INFO.rawValue {
                     LibbpfLog.record(text)
                 }
@@ -69,10 +77,15 @@ enum LibbpfLog {
         }
     }
 
+    private static var thread: UInt { UInt(pthread_self()) }
+
     static func record(_ text: String) {
-        lines.withLock { l in
+        let me = thread
+        lines.withLock { all in
+            var l = all[me] ?? []
             for line in text.split(separator: "\n") { l.append(String(line)) }
             if l.count > 40 { l.removeFirst(l.count - 40) }
+            all[me] = l
         }
     }
 
@@ -81,9 +94,10 @@ enum LibbpfLog {
     /// on this kernel (`Errno.epermNote`): wrong where BPF memory is charged
     /// to the memory cgroup.
     static func recent() -> String {
-        let recent = lines.withLock { l in
-            defer { l.removeAll() }
-            return Array(l.suffix(20))
+        let me = thread
+        let recent = lines.withLock { all in
+            defer { all[me] = nil }
+            return Array((all[me] ?? []).suffix(20))
         }
         return recent.map { line in
             line.contains("ulimit -l") ? "  note: " + Errno.epermNote : "  libbpf: " + line
@@ -101,5 +115,8 @@ enum LibbpfLog {
         return nil
     }
 
-    static func clear() { lines.withLock { $0.removeAll() } }
+    static func clear() {
+        let me = thread
+        _ = lines.withLock { $0.removeValue(forKey: me) }
+    }
 }

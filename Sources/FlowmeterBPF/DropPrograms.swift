@@ -37,8 +37,10 @@ public final class DropPrograms: @unchecked Sendable {
     /// The names of `enum skb_drop_reason` in the running kernel's BTF; nil
     /// when the kernel has no such enum (before 5.17) or no BTF.
     public static func kernelReasons() -> DropReasonNames? {
-        guard let btf = btf__load_vmlinux_btf() else { return nil }
-        defer { btf__free(btf) }
+        KernelBTF.with { btf in btf.flatMap(reasons(in:)) }
+    }
+
+    private static func reasons(in btf: OpaquePointer) -> DropReasonNames? {
         let id = btf__find_by_name_kind(btf, "skb_drop_reason", UInt32(BTF_KIND_ENUM))
         guard id > 0, let t = btf__type_by_id(btf, UInt32(id)), let members = btf_enum(t) else { return nil }
         var list: [(name: String, value: UInt32)] = []

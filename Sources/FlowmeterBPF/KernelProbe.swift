@@ -76,11 +76,13 @@ public enum KernelProbe {
         func errText(_ e: Int32) -> String { String(cString: strerror(e)) }
 
         // BTF
-        if let btf = btf__load_vmlinux_btf() {
-            add("btf", true, "/sys/kernel/btf/vmlinux, \(btf__type_cnt(btf)) types")
-            btf__free(btf)
-        } else {
-            add("btf", false, "kernel BTF not found: \(errText(fm_errno())) (needs CONFIG_DEBUG_INFO_BTF)")
+        // Parsed once, shared with the drop probe's look-up of its reason names.
+        KernelBTF.with { btf in
+            if let btf {
+                add("btf", true, "/sys/kernel/btf/vmlinux, \(btf__type_cnt(btf)) types")
+            } else {
+                add("btf", false, "kernel BTF not found: \(errText(fm_errno())) (needs CONFIG_DEBUG_INFO_BTF)")
+            }
         }
 
         // Ring buffer
@@ -183,6 +185,7 @@ public enum KernelProbe {
         } else {
             add("cgroup_v2", false, "no cgroup2 mount in /proc/self/mounts")
         }
+        KernelBTF.release()
         return f
     }
 }

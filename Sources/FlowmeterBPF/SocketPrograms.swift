@@ -153,7 +153,7 @@ public final class SocketPrograms: @unchecked Sendable {
         case .fentry, .kprobe:
             return nil
         case .tpBTF:
-            if fm_vmlinux_has_type("btf_trace_sock_send_length", Int32(BTF_KIND_TYPEDEF)) == 0 {
+            if !KernelBTF.hasType("btf_trace_sock_send_length", kind: Int32(BTF_KIND_TYPEDEF)) {
                 return "this kernel has no sock:sock_send_length tracepoint (6.3+)"
             }
         case .tracepoint:

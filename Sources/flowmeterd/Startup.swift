@@ -15,6 +15,58 @@ struct StartupError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// The optional hooks start-up loads beside tc.
+struct HookPrograms: @unchecked Sendable {
+    let sockets: SocketPrograms?
+    let drops: DropPrograms?
+    let dns: DNSPrograms?
+    var taken: (SocketPrograms?, DropPrograms?, DNSPrograms?) { (sockets, drops, dns) }
+}
+
+/// A piece of start-up run on a thread of its own (or, not `concurrently`,
+/// on the caller's when it asks for the value); `value` waits for it.
+final class Background<T>: @unchecked Sendable {
+    private var result: Result<T, any Error>?
+    private let finished = DispatchSemaphore(value: 0)
+    private var body: (() throws -> T)?
+    private let started: Bool
+
+    init(name: String, concurrently: Bool, _ body: @escaping () throws -> T) {
+        self.body = body
+        started = concurrently
+        guard concurrently else { return }
+        let thread = Thread { [self] in
+            let run = self.body!
+            result = Result { try run() }
+            self.body = nil
+            finished.signal()
+        }
+        thread.name = name
+        // libbpf's BTF and ELF handling recurses: the main thread's stack size.
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    /// The result (waits for the thread; runs the body here if not started).
+    func value() throws -> T {
+        if started {
+            finished.wait()
+            finished.signal()  // a second call (settle) returns at once
+        } else if result == nil, let body {
+            result = Result { try body() }
+            self.body = nil
+        }
+        return try result!.get()
+    }
+
+    /// Waits for a started body and lets its result go (errors included);
+    /// one never started is not run.
+    func settle() {
+        if started { _ = try? value() }
+        result = nil
+    }
+}
+
 /// The one owner of what start-up attached to the host. A failure at any
 /// later step unwinds it; a normal stop detaches through the pipeline.
 final class Attachments: Sendable {
@@ -140,6 +192,19 @@ struct Startup {
         }
 
         try preparePins()
+        // The optional hooks (socket programs, drops, DNS) load and attach on
+        // a thread of their own while this one loads and attaches tc: each
+        // object costs a parse of the kernel's BTF in libbpf, the socket
+        // ladder's probes several, and the tc tables' preallocation is kernel
+        // time, so on two CPUs they overlap (docs/benchmarks.md, "Start-up").
+        // With --persist the socket tables are adopted after the tc maps'
+        // pins are checked and taken: then in order, after tc.
+        let hooks = Background(name: "flowmeter-hooks", concurrently: s.pins == nil) { [self] in
+            try HookPrograms(sockets: socketPrograms(), drops: dropPrograms(), dns: dnsPrograms())
+        }
+        // A failure before the hooks are taken waits for them: their
+        // programs detach as they are let go, before the error ends the run.
+        defer { hooks.settle() }
         let program = try FlowAccountingProgram(flowTableSize: s.flowTableSize, ringBytes: s.flowsRingSize, pins: s.pins)
         let attacher = TCAttacher(ingressFD: program.ingressFD, egressFD: program.egressFD, stateDir: s.stateDir, pins: s.pins)
         attached.own(attacher, persist: s.pins != nil)
@@ -177,9 +242,7 @@ struct Startup {
             }
         }
         let ring = try FlowsRing(ringFD: program.flowsRingFD)
-        let sockets = try socketPrograms()
-        let drops = dropPrograms()
-        let dns = dnsPrograms()
+        let (sockets, drops, dns) = try hooks.value().taken
         releaseLoaderMemory()
 
         let shared = SharedAccounting()
