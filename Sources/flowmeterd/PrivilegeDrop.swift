@@ -31,8 +31,5 @@ final class DropAfterStart: Sendable {
             // Telemetry matters more than the hardening: keep running as we are.
             logger.warning("could not drop capabilities; running with them", metadata: ["error": "\(error)"])
         }
-        // The last start step: what only starting touched leaves the resident set.
-        let released = releaseStartupPages()
-        logger.debug("released start-up pages", metadata: ["mappings": "\(released.mappings)", "kib": "\(released.kib)"])
     }
 }
