@@ -125,7 +125,7 @@ struct fm_parsed {
  * `len` is a constant at every call site, so the copy is a few loads and
  * stores. */
 static __always_inline long fm_load(struct __sk_buff *skb, struct fm_parsed *parsed, const int direct, __u32 off,
-                                   void *to, const __u32 len)
+                                    void *to, const __u32 len)
 {
     if (!direct)
         return bpf_skb_load_bytes(skb, off, to, len);

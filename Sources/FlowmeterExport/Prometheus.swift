@@ -558,7 +558,9 @@ public enum MetricsRenderer {
         }
         family(MetricCatalog.tcpFailed, capacity: 0) { out in
             for t in tcp {
-                for (reason, n) in pairs[t].1.failed.sorted(by: { $0.key < $1.key }) { out.append(number(labels(pairs[t].0, ("reason", reason)), n)) }
+                for (reason, n) in pairs[t].1.failed.sorted(by: { $0.key < $1.key }) {
+                    out.append(number(labels(pairs[t].0, ("reason", reason)), n))
+                }
             }
         }
         family(MetricCatalog.tcpActive, capacity: 2 * tcp.count) { out in
@@ -577,7 +579,10 @@ public enum MetricsRenderer {
         family(MetricCatalog.tcpRTT, capacity: tcp.count) { out in
             for t in tcp {
                 let h = pairs[t].1.rtt
-                out.append(.init(labels: labels(pairs[t].0), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count))))
+                out.append(
+                    .init(
+                        labels: labels(pairs[t].0), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count))
+                    ))
             }
         }
         if dns {

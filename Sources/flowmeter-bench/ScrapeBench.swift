@@ -196,7 +196,10 @@ enum ScrapeBench {
                     + String(format: "%10.2f %13.0f", median(times[v.key]!) / 1e6, median(allocs[v.key]!)))
         }
         let ratio = median(times["old"]!) / median(times["new"]!)
-        print(String(format: "new vs former: %.2fx faster; allocations per render %.0f (former %.0f)", ratio, median(allocs["new"]!), median(allocs["old"]!)))
+        print(
+            String(
+                format: "new vs former: %.2fx faster; allocations per render %.0f (former %.0f)", ratio, median(allocs["new"]!),
+                median(allocs["old"]!)))
         if sink == 42 { print("") }  // keeps the results used
     }
 }

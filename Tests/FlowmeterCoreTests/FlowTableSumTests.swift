@@ -107,7 +107,8 @@ import Testing
         #expect(t.entries.allSatisfy { $0.packets == 10 && $0.bytes == 40 && $0.records == 4 })
         // In one batch: old flows, a new one (the table grows mid-batch), old ones again.
         let extra = Self.key(full + 1)
-        let mixed = [Self.record(keys[0], packets: 1, bytes: 1), Self.record(extra, packets: 7, bytes: 7)]
+        let mixed =
+            [Self.record(keys[0], packets: 1, bytes: 1), Self.record(extra, packets: 7, bytes: 7)]
             + keys.map { Self.record($0, packets: 1, bytes: 1) }
         t.add(mixed)
         #expect(t.count == full + 1 && t.capacity > full)
