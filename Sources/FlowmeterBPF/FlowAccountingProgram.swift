@@ -91,18 +91,32 @@ public final class FlowAccountingProgram: @unchecked Sendable {
         guard ringBytes >= page, ringBytes & (ringBytes - 1) == 0 else {
             throw BPFError("ring size \(ringBytes) must be a power of two of at least \(page) bytes", errno: EINVAL)
         }
-        let obj = try BPFObject(BPFNames.FlowmeterTc.self)
-        for t in [Maps.flows_a, Maps.flows_b] {
-            let r = bpf_map__set_max_entries(try obj.map(t), UInt32(flowTableSize))
-            if r != 0 { throw BPFError.from("set size of flow table \(t)", result: r) }
-        }
-        let r = bpf_map__set_max_entries(try obj.map(Maps.flows), UInt32(ringBytes))
-        if r != 0 { throw BPFError.from("set size of ring \(Maps.flows)", result: r) }
-        let template = try Self.smallInnerTemplate(for: try obj.map(Maps.flow_tables))
-        defer { if template >= 0 { close(template) } }
         let adopt = pins?.inspect() == .compatible
-        if let pins, adopt { try pins.adopt(PinDirectory.mapNames, into: obj, required: true) }
-        try obj.load()
+        func openAndLoad(smallTemplate: Bool) throws -> BPFObject {
+            let obj = try BPFObject(BPFNames.FlowmeterTc.self)
+            for t in [Maps.flows_a, Maps.flows_b] {
+                let r = bpf_map__set_max_entries(try obj.map(t), UInt32(flowTableSize))
+                if r != 0 { throw BPFError.from("set size of flow table \(t)", result: r) }
+            }
+            let r = bpf_map__set_max_entries(try obj.map(Maps.flows), UInt32(ringBytes))
+            if r != 0 { throw BPFError.from("set size of ring \(Maps.flows)", result: r) }
+            let template = smallTemplate ? try Self.smallInnerTemplate(for: try obj.map(Maps.flow_tables)) : -1
+            defer { if template >= 0 { close(template) } }
+            if let pins, adopt { try pins.adopt(PinDirectory.mapNames, into: obj, required: true) }
+            try obj.load()
+            return obj
+        }
+        let obj: BPFObject
+        do {
+            obj = try openAndLoad(smallTemplate: true)
+        } catch let e as BPFError where e.errno == EINVAL && e.detail.contains(Maps.flow_tables.name) {
+            // Kernels 5.15 to 6.1 also compare the timer field's offset, which
+            // is -ENOENT for a table created with BTF (flows_a) and -EINVAL
+            // for our template, created without: the slot is refused (seen on
+            // Debian's 6.1 in tools/vmtest). Load again with libbpf's own
+            // template; such a kernel pays the old start-up cost.
+            obj = try openAndLoad(smallTemplate: false)
+        }
         object = obj
         adopted = adopt
         ingressFD = try obj.programFD(Program.ingress.name)
