@@ -1022,6 +1022,16 @@ def iperf_once(a: str, seconds: float, extra: tuple = ()) -> dict:
             "iperf_cpu": (cpu.get("host_total", 0) + cpu.get("remote_total", 0)) / 100 * rx["seconds"]}
 
 
+def rotated(configs: list, rounds: int):
+    """(round, configuration): each round runs every configuration once,
+    starting one further along than the round before, so none always runs
+    first (after the warm-up) or right after the same neighbour."""
+    for rnd in range(rounds):
+        k = rnd % len(configs)
+        for config in configs[k:] + configs[:k]:
+            yield rnd, config
+
+
 def ksoftirqd_pids(cpu: int) -> list[int]:
     """The softirq threads that take over the data path's softirqs when they pile up."""
     want = re.compile(rf"ksoftirqd/{cpu}$" if cpu >= 0 else r"ksoftirqd/\d+$")
@@ -1081,31 +1091,29 @@ def bench_iperf(args, scope: Scope, tmp: Path) -> dict:
     pin = () if args.cpu < 0 else ("-A", f"{args.cpu},{args.cpu}")
     softirq_threads = ksoftirqd_pids(args.cpu)
     iperf_once(a, 1, pin)  # warm-up: caches, the server's first accept
-    for rnd in range(args.rounds):
-        k = rnd % len(configs)
-        for config in configs[k:] + configs[:k]:
-            run = col.start(config)
-            try:
-                time.sleep(0.5)
-                c0 = Collectors.cpu(run)
-                s0 = system_busy_seconds()
-                k0 = sum(proc_cpu_seconds(p) for p in softirq_threads)
-                r = iperf_once(a, args.seconds, pin)
-                k1 = sum(proc_cpu_seconds(p) for p in softirq_threads)
-                s1 = system_busy_seconds()
-                c1 = Collectors.cpu(run)
-                r.update(round=rnd, config=config, collector_cpu=sum(c1) - sum(c0),
-                         collector_cpu_each=[y - x for x, y in zip(c0, c1)], system_cpu=s1 - s0,
-                         ksoftirqd_cpu=k1 - k0, datapath_cpu=r["iperf_cpu"] + k1 - k0)
-                if config in FLOWMETERD_CONFIGS:
-                    r["verify"] = verify_flowmeterd_iperf(run, r)
-                else:
-                    r["verify"] = Collectors.verify_peers(run)
-            finally:
-                col.stop(run)
-            runs.append(r)
-            print(f"  round {rnd + 1} {config:<17} {r['gbps']:7.2f} Gbit/s  collector CPU {r['collector_cpu']:5.2f} s  "
-                  f"system CPU {r['system_cpu']:5.2f} s", file=sys.stderr)
+    for rnd, config in rotated(configs, args.rounds):
+        run = col.start(config)
+        try:
+            time.sleep(0.5)
+            c0 = Collectors.cpu(run)
+            s0 = system_busy_seconds()
+            k0 = sum(proc_cpu_seconds(p) for p in softirq_threads)
+            r = iperf_once(a, args.seconds, pin)
+            k1 = sum(proc_cpu_seconds(p) for p in softirq_threads)
+            s1 = system_busy_seconds()
+            c1 = Collectors.cpu(run)
+            r.update(round=rnd, config=config, collector_cpu=sum(c1) - sum(c0),
+                     collector_cpu_each=[y - x for x, y in zip(c0, c1)], system_cpu=s1 - s0,
+                     ksoftirqd_cpu=k1 - k0, datapath_cpu=r["iperf_cpu"] + k1 - k0)
+            if config in FLOWMETERD_CONFIGS:
+                r["verify"] = verify_flowmeterd_iperf(run, r)
+            else:
+                r["verify"] = Collectors.verify_peers(run)
+        finally:
+            col.stop(run)
+        runs.append(r)
+        print(f"  round {rnd + 1} {config:<17} {r['gbps']:7.2f} Gbit/s  collector CPU {r['collector_cpu']:5.2f} s  "
+              f"system CPU {r['system_cpu']:5.2f} s", file=sys.stderr)
 
     # One more flowmeterd run, outside the comparison (the statistics cost two
     # clock reads per program run): what the programs themselves take per GB.
@@ -1399,28 +1407,26 @@ def bench_churn(args, scope: Scope, tmp: Path) -> dict:
     churn_phase(a, 1, procs, scope)  # warm-up
 
     phases = []
-    for rnd in range(args.churn_rounds):
-        k = rnd % len(configs)
-        for config in configs[k:] + configs[:k]:
-            run = col.start(config)
-            try:
-                time.sleep(0.5)
-                c0 = Collectors.cpu(run)
-                s0 = system_busy_seconds()
-                r = churn_phase(a, args.churn_seconds, procs, scope)
-                s1 = system_busy_seconds()
-                c1 = Collectors.cpu(run)
-                r.update(round=rnd, config=config, collector_cpu=sum(c1) - sum(c0),
-                         collector_cpu_each=[y - x for x, y in zip(c0, c1)], system_cpu=s1 - s0)
-                if config in FLOWMETERD_CONFIGS:
-                    r["verify"] = verify_churn(run, r["connections"])
-                else:
-                    r["verify"] = Collectors.verify_peers(run)
-            finally:
-                col.stop(run)
-            phases.append(r)
-            print(f"  round {rnd + 1} {config:<17} {r['rate']:8.0f} conn/s  collector CPU {r['collector_cpu']:5.2f} s",
-                  file=sys.stderr)
+    for rnd, config in rotated(configs, args.churn_rounds):
+        run = col.start(config)
+        try:
+            time.sleep(0.5)
+            c0 = Collectors.cpu(run)
+            s0 = system_busy_seconds()
+            r = churn_phase(a, args.churn_seconds, procs, scope)
+            s1 = system_busy_seconds()
+            c1 = Collectors.cpu(run)
+            r.update(round=rnd, config=config, collector_cpu=sum(c1) - sum(c0),
+                     collector_cpu_each=[y - x for x, y in zip(c0, c1)], system_cpu=s1 - s0)
+            if config in FLOWMETERD_CONFIGS:
+                r["verify"] = verify_churn(run, r["connections"])
+            else:
+                r["verify"] = Collectors.verify_peers(run)
+        finally:
+            col.stop(run)
+        phases.append(r)
+        print(f"  round {rnd + 1} {config:<17} {r['rate']:8.0f} conn/s  collector CPU {r['collector_cpu']:5.2f} s",
+              file=sys.stderr)
 
     # One more flowmeterd phase with kernel.bpf_stats_enabled=1, outside the
     # comparison (the statistics add two clock reads per program run): each

@@ -358,6 +358,34 @@ let usage = """
       (receivers on those loopback ports; tools/bench otlp starts them)
 
     """
+/// The arguments tc, scrape and flowlog take, in any order: a bare positive
+/// number is the rounds, and `flag VALUE` the subcommand's one option.
+/// Anything else prints the usage and exits.
+func roundsAndOption(_ args: ArraySlice<String>, flag: String) -> (rounds: Int?, option: String?) {
+    var rest = Array(args), rounds: Int?, option: String?
+    while let a = rest.first {
+        if a == flag, rest.count >= 2 {
+            option = rest[1]
+            rest.removeFirst(2)
+        } else if let n = Int(a), n > 0 {
+            rounds = n
+            rest.removeFirst()
+        } else {
+            FileHandle.standardError.write(Data(usage.utf8)); exit(2)
+        }
+    }
+    return (rounds, option)
+}
+
+/// An option's value that must be a positive count; nil when not given.
+func positive(_ value: String?) -> Int? {
+    guard let value else { return nil }
+    guard let n = Int(value), n > 0 else {
+        FileHandle.standardError.write(Data(usage.utf8)); exit(2)
+    }
+    return n
+}
+
 // OTLP export cost: no root, no kernel.
 if args.first == "otlp" {
     do { try OTLPBench.run(Array(args.dropFirst())) } catch {
@@ -367,40 +395,17 @@ if args.first == "otlp" {
 }
 // The /metrics render needs neither root nor the kernel.
 if args.first == "scrape" {
-    var rest = Array(args.dropFirst())
-    var series = 10_000, rounds = 15
-    while let a = rest.first {
-        if a == "--series", rest.count >= 2, let n = Int(rest[1]), n > 0 {
-            series = n
-            rest.removeFirst(2)
-        } else if let n = Int(a), n > 0 {
-            rounds = n
-            rest.removeFirst()
-        } else {
-            FileHandle.standardError.write(Data(usage.utf8)); exit(2)
-        }
-    }
-    do { try ScrapeBench.run(series: series, rounds: rounds) } catch {
+    let (rounds, option) = roundsAndOption(args.dropFirst(), flag: "--series")
+    let series = positive(option) ?? 10_000
+    do { try ScrapeBench.run(series: series, rounds: rounds ?? 15) } catch {
         FileHandle.standardError.write(Data("flowmeter-bench: \(error)\n".utf8)); exit(1)
     }
     exit(0)
 }
 // The flow log's encoding needs neither root nor the kernel.
 if args.first == "flowlog" {
-    var rest = Array(args.dropFirst())
-    var records = 100_000, rounds = 15
-    while let a = rest.first {
-        if a == "--records", rest.count >= 2, let n = Int(rest[1]), n > 0 {
-            records = n
-            rest.removeFirst(2)
-        } else if let n = Int(a), n > 0 {
-            rounds = n
-            rest.removeFirst()
-        } else {
-            FileHandle.standardError.write(Data(usage.utf8)); exit(2)
-        }
-    }
-    FlowLogBench.run(records: records, rounds: rounds)
+    let (rounds, option) = roundsAndOption(args.dropFirst(), flag: "--records")
+    FlowLogBench.run(records: positive(option) ?? 100_000, rounds: rounds ?? 15)
     exit(0)
 }
 guard getuid() == 0 else {
@@ -409,19 +414,8 @@ guard getuid() == 0 else {
 do {
     switch args.first ?? "tc" {
     case "tc":
-        var rest = Array(args.dropFirst()), rounds = 15, baseline: String?
-        while let a = rest.first {
-            if a == "--baseline", rest.count >= 2 {
-                baseline = rest[1]
-                rest.removeFirst(2)
-            } else if let n = Int(a), n > 0 {
-                rounds = n
-                rest.removeFirst()
-            } else {
-                FileHandle.standardError.write(Data(usage.utf8)); exit(2)
-            }
-        }
-        try tcCost(rounds: rounds, repeatCount: 1_000_000, baseline: baseline)
+        let (rounds, baseline) = roundsAndOption(args.dropFirst(), flag: "--baseline")
+        try tcCost(rounds: rounds ?? 15, repeatCount: 1_000_000, baseline: baseline)
     case "ring":
         // Flags with a value, in any order; a bare number is the rounds (as for tc).
         var opts: [String: String] = [:]

@@ -139,6 +139,12 @@ def test_parse_configs():
         be.parse_configs("flowmeterd,softflowd")
 
 
+def test_rotated_runs_each_config_once_per_round_starting_further_along():
+    got = list(be.rotated(["a", "b", "c"], 4))
+    assert got == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"),
+                   (2, "c"), (2, "a"), (2, "b"), (3, "a"), (3, "b"), (3, "c")]
+
+
 def test_pmacctd_counted_sums_every_refresh(tmp_path):
     out = tmp_path / "pm.csv"
     assert be.pmacctd_counted(out) == {"packets": 0, "bytes": 0, "rows": 0}
