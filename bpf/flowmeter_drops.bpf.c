@@ -8,9 +8,8 @@
  * enum skb_drop_reason. A packet that was not dropped but used up leaves
  * through consume_skb, which fires skb:consume_skb instead; on kernels where
  * kfree_skb_reason() can be called with SKB_CONSUMED, that value is left out
- * here too. The tc programs cannot see drops that happen after them, and
- * nothing of this runs on their per-packet path: this program costs only
- * dropped packets.
+ * here too, and so is QUEUE_PURGE (a queue freed with its socket or device). The tc programs cannot see drops that
+ * happen after them, and nothing of this runs on their per-packet path: this program costs only dropped packets.
  *
  * Twins, one of which the loader enables (bpf_program__set_autoload):
  *   tp_btf/kfree_skb          (BTF-typed arguments: where the kernel allows it)
@@ -144,6 +143,16 @@ static __always_inline void on_drop(struct sk_buff *skb, __u32 reason)
     /* Not a drop (kernels that pass consumed packets through here). */
     if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
         reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
+        return;
+    /* Nor is a queue freed with its owner (QUEUE_PURGE, 6.5+): a socket's
+     * queues as the socket is destroyed, a device's as it goes away. On a
+     * TCP connection whose client closes first, the server's FIN reaches
+     * the closed socket and is purged with it: once per connection, on no
+     * device (skb->dev is gone by then). Kept, each made a drop-table entry
+     * per connection, 1.2 us here and a read and a delete in the daemon,
+     * for nothing lost on the network (churn profile, docs/benchmarks.md). */
+    if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) &&
+        reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE))
         return;
     struct fm_drop_key k;
     __builtin_memset(&k, 0, sizeof(k));

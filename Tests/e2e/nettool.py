@@ -16,6 +16,11 @@ and time; every socket has a timeout. Servers print "ready" once listening.
   tcp-send ADDR PORT NBYTES SPORT like tcp-client, from local port SPORT
   udp-spray ADDR PORT FIRST COUNT one datagram from each local port FIRST..FIRST+COUNT-1,
                                   print how many sendto accepted
+  echo-server ADDR PORT COUNT     accept COUNT connections one by one: read up to 64
+                                  bytes, echo them, wait for the client's FIN, close
+  echo-clients ADDR PORT COUNT    COUNT connections one after another: send 32 bytes,
+                                  read the echo, close first (as tools/bench's churn
+                                  client does), print how many were echoed
   ping ADDR COUNT                 ICMP/ICMPv6 echo requests, wait for each reply
   get URL                         HTTP GET, print the body (exit 1 on failure)
 """
@@ -179,6 +184,37 @@ def tcp_send(addr: str, port: str, nbytes: str, sport: str) -> None:
     finish_client(s)
 
 
+def echo_server(addr: str, port: str, count: str) -> None:
+    l = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, int(port)))
+    l.listen(64)
+    l.settimeout(TIMEOUT)
+    ready()
+    for _ in range(int(count)):
+        c, _ = l.accept()
+        c.settimeout(TIMEOUT)
+        d = c.recv(64)
+        if d:
+            c.sendall(d)
+            c.recv(64)  # the client's FIN: the client closes first
+        c.close()
+    l.close()
+
+
+def echo_clients(addr: str, port: str, count: str) -> None:
+    echoed = 0
+    for _ in range(int(count)):
+        s = socket.socket(family_of(addr), socket.SOCK_STREAM)
+        s.settimeout(TIMEOUT)
+        s.connect((addr, int(port)))
+        s.sendall(b"x" * 32)
+        if s.recv(64):
+            echoed += 1
+        s.close()
+    print(echoed, flush=True)
+
+
 def _checksum(b: bytes) -> int:
     if len(b) % 2:
         b += b"\0"
@@ -227,7 +263,8 @@ def get(url: str) -> None:
 
 
 COMMANDS = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-stream": tcp_stream, "udp-echo": udp_echo,
-            "udp-client": udp_client, "udp-send": udp_send, "udp-spray": udp_spray, "tcp-send": tcp_send, "ping": ping, "get": get}
+            "udp-client": udp_client, "udp-send": udp_send, "udp-spray": udp_spray, "tcp-send": tcp_send,
+            "echo-server": echo_server, "echo-clients": echo_clients, "ping": ping, "get": get}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -11,12 +11,14 @@ sent from B is tied to the sending socket's service pair.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 
 import fmlib
 import pytest
-from conftest import IF_A, V4_A, V4_B, V6_A, scrape_settled, sh, unique_port
+from conftest import IF_A, V4_A, V4_B, V6_A, bpftool_json, scrape_settled, sh, unique_port
 
 FAMILIES = ("flowmeter_interface_drops_total", "flowmeter_packet_drops_total")
 
@@ -203,6 +205,64 @@ def test_tcp_drops_on_service_pair(netpair, daemons, tmp_path, kernel_reasons):
     assert m.value("flowmeter_tcp_retransmits_total", service="dropcli", peer_service="dropsrv", transport="tcp") > 0
     on_if = drops(m, "flowmeter_interface_drops_total", interface=IF_A, direction="receive")
     assert on_if.get(want) == dropped, on_if
+    assert d.terminate() == 0, d.stderr
+
+
+def test_queue_purge_at_close_is_not_a_drop(netpair, daemons, tmp_path, kernel_reasons):
+    """Connections whose client closes first, as tools/bench's churn does:
+    the server's FIN reaches the client's closed socket and is freed with
+    it (kfree_skb with QUEUE_PURGE, 6.5+), once per connection. Like
+    SKB_CONSUMED, that is no drop: no series, no flow-record drop, and no
+    drop-table key (each cost a hash insert in the kernel and a read and a
+    delete in the daemon, per connection)."""
+    if "QUEUE_PURGE" not in kernel_reasons:
+        pytest.skip("this kernel has no SKB_DROP_REASON_QUEUE_PURGE (before 6.5): purges carry another reason")
+    pair = netpair
+    dport, n = unique_port(), 200
+    d, port = start(pair, daemons, tmp_path, {"echosrv": dport})
+    # The kernel does purge here: a private tracefs instance counts the
+    # events of that reason (host-wide; other purges only add to it).
+    tracing = "/sys/kernel/tracing"
+    if not os.path.isdir(f"{tracing}/instances"):
+        sh("mount", "-t", "tracefs", "tracefs", tracing)
+    inst = f"{tracing}/instances/fm-purge-{os.getpid()}"
+    os.mkdir(inst)
+    try:
+        event = f"{inst}/events/skb/kfree_skb"
+        with open(f"{event}/filter", "w") as f:
+            f.write(f"reason == {kernel_reasons['QUEUE_PURGE']}")
+        with open(f"{event}/enable", "w") as f:
+            f.write("1")
+        server = pair.server(pair.b, "echo-server", V4_B, str(dport), str(n))
+        assert int(pair.nettool(pair.a, "echo-clients", V4_B, str(dport), str(n))) == n
+        pair.finish(server)
+        with open(f"{event}/enable", "w") as f:
+            f.write("0")
+        with open(f"{inst}/trace") as f:
+            counted = sum(1 for l in f if "QUEUE_PURGE" in l)
+    finally:
+        os.rmdir(inst)
+    assert counted >= n, f"the kernel purged {counted} queues for {n} connections: the test tests nothing"
+    # Right after the connections, while per-5-tuple keys would still be in
+    # the table (keys go only after an idle interval). The table is
+    # host-wide: only keys with the test's port are the test's. This
+    # daemon's table is found by the map ids its descriptors hold.
+    ids = set()
+    for fd in os.listdir(f"/proc/{d.proc.pid}/fdinfo"):
+        with contextlib.suppress(OSError), open(f"/proc/{d.proc.pid}/fdinfo/{fd}") as f:
+            ids.update(int(l.split()[1]) for l in f if l.startswith("map_id:"))
+    tables = [m for m in bpftool_json("map", "show") if m.get("name") == "fm_drops" and m["id"] in ids]
+    assert len(tables) == 1, tables
+    keys = [k["formatted"]["key"] for k in bpftool_json("map", "dump", "id", str(tables[0]["id"]))]
+    ours = [k for k in keys if dport in (k["sport"], k["dport"])]
+    assert ours == [], f"{len(ours)} drop-table keys with the test's port after {n} connections: {ours[:3]}"
+    _, body = scrape_settled(pair, pair.a, port, ("flowmeter_interface_packets_total",))
+    m = fmlib.parse_exposition(body)
+    assert m.value("flowmeter_tcp_connections_opened_total", service="echosrv", peer_service="python3",
+                   transport="tcp", role="server") == n
+    purges = [lbls for (name, lbls), _ in m.samples.items()
+              if name in FAMILIES and dict(lbls).get("reason") == "QUEUE_PURGE"]
+    assert purges == [], purges
     assert d.terminate() == 0, d.stderr
 
 
