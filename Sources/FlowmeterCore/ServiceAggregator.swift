@@ -277,13 +277,26 @@ public struct ServiceAggregator: Sendable {
         return "unknown"
     }
 
+    /// Updates a pair's stats in place, with one hash lookup for all of an
+    /// event's fields. `pairs[p]?.x += 1` hashes the pair's three strings and
+    /// moves the whole PairStats out of the table and back for every field,
+    /// and `var s = pairs[p]; ...; pairs[p] = s` copies each array it
+    /// touches: together a quarter of the daemon's CPU under connection
+    /// churn (perf, docs/benchmarks.md).
+    @inline(__always)
+    private mutating func withStats(_ p: ServicePair, _ body: (inout PairStats) -> Void) {
+        guard let i = pairs.index(forKey: p) else { return }
+        body(&pairs.values[i])
+    }
+
     private static func transport(_ proto: UInt8) -> String? { proto == 6 ? "tcp" : proto == 17 ? "udp" : nil }
 
     /// The pair for a new series, folded past the cap. `times`: how many
     /// records in a row ask for `p` (a flow summed over several); each that
     /// folds counts in `seriesDropped`, as it would one by one.
     private mutating func admit(_ p: ServicePair, times: UInt64 = 1) -> ServicePair {
-        if pairs[p] != nil { return p }
+        // index(forKey:), not `pairs[p] != nil`, which copies the stats out.
+        if pairs.index(forKey: p) != nil { return p }
         if pairs.count < limits.maxSeriesPerMetric {
             pairs[p] = PairStats()
             unexposed.insert(p)
@@ -293,8 +306,8 @@ public struct ServiceAggregator: Sendable {
         let allFold = ServicePair(service: "other", peer: "other", transport: p.transport)
         // p == allFold: the first record inserts it, and the rest find it.
         seriesDropped += p == allFold ? 1 : times
-        if pairs[peerFold] != nil { return peerFold }
-        if pairs[allFold] == nil {
+        if pairs.index(forKey: peerFold) != nil { return peerFold }
+        if pairs.index(forKey: allFold) == nil {
             pairs[allFold] = PairStats()
             unexposed.insert(allFold)
         }
@@ -316,8 +329,10 @@ public struct ServiceAggregator: Sendable {
         let now = e.timestampNanos
         if e.kind == .failed {
             guard let p = resolve(e, cgroupPath: cgroupPath, pod: pod) else { return }
-            pairs[p]?.failed[e.reason.label, default: 0] += 1
-            pairs[p]?.lastActiveNanos = now
+            withStats(p) {
+                $0.failed[e.reason.label, default: 0] += 1
+                $0.lastActiveNanos = now
+            }
             return
         }
         var t: Tracked
@@ -350,15 +365,20 @@ public struct ServiceAggregator: Sendable {
                     t.resetsSent = UInt64(e.resetsSent); t.resetsReceived = UInt64(e.resetsReceived)
                 }
                 if e.ipProtocol == 6 && e.kind != .close && e.role != .unknown {
-                    if e.kind == .open { pairs[p]?.opened[Self.roleIndex(e.role)] += 1 }
-                    pairs[p]?.active[Self.roleIndex(e.role)] += 1
+                    withStats(p) {
+                        if e.kind == .open { $0.opened[Self.roleIndex(e.role)] += 1 }
+                        $0.active[Self.roleIndex(e.role)] += 1
+                    }
                 }
-                var ep = endpoints[local] ?? EndpointUse(service: p.service, liveCount: 0, lastSeen: now, serves: false)
-                ep.service = p.service
-                ep.liveCount += 1
-                ep.lastSeen = now
-                ep.serves = ep.serves || e.role == .server
-                endpoints[local] = ep
+                // In place, as for pairs (withStats).
+                if let i = endpoints.index(forKey: local) {
+                    endpoints.values[i].service = p.service
+                    endpoints.values[i].liveCount += 1
+                    endpoints.values[i].lastSeen = now
+                    if e.role == .server { endpoints.values[i].serves = true }
+                } else {
+                    endpoints[local] = EndpointUse(service: p.service, liveCount: 1, lastSeen: now, serves: e.role == .server)
+                }
                 tuples[tuple] = (p, nil)
             }
             resolvedUnder[e.socketID] = rules
@@ -367,32 +387,39 @@ public struct ServiceAggregator: Sendable {
         // count to keep it): admit it again, folded if the cap says so.
         let p = admit(t.pair)
         t.pair = p
-        if e.kind == .update || e.kind == .close {
+        var dSent: UInt64 = 0, dRecv: UInt64 = 0, dRetr: UInt64 = 0, dRstS: UInt64 = 0, dRstR: UInt64 = 0
+        let counts = e.kind == .update || e.kind == .close
+        if counts {
             func delta(_ new: UInt64, _ old: inout UInt64) -> UInt64 {
                 defer { old = new }
                 return new >= old ? new - old : new
             }
-            let dSent = delta(e.bytesSent, &t.sent), dRecv = delta(e.bytesReceived, &t.received)
-            let dRetr = delta(UInt64(e.retransmits), &t.retransmits)
-            let dRstS = delta(UInt64(e.resetsSent), &t.resetsSent), dRstR = delta(UInt64(e.resetsReceived), &t.resetsReceived)
-            pairs[p]?.bytes[Int(Direction.transmit.rawValue)] += dSent
-            pairs[p]?.bytes[Int(Direction.receive.rawValue)] += dRecv
-            if e.ipProtocol == 6 {
-                pairs[p]?.retransmits += dRetr
-                pairs[p]?.resets[Int(Direction.transmit.rawValue)] += dRstS
-                pairs[p]?.resets[Int(Direction.receive.rawValue)] += dRstR
-                if e.srttMicros > 0 { pairs[p]?.rtt.observe(Double(e.srttMicros) / 1e6) }
-            }
+            dSent = delta(e.bytesSent, &t.sent)
+            dRecv = delta(e.bytesReceived, &t.received)
+            dRetr = delta(UInt64(e.retransmits), &t.retransmits)
+            dRstS = delta(UInt64(e.resetsSent), &t.resetsSent)
+            dRstR = delta(UInt64(e.resetsReceived), &t.resetsReceived)
         }
-        pairs[p]?.lastActiveNanos = now
-        if e.kind == .close {
-            if e.ipProtocol == 6 && e.role != .unknown && t.counted {
-                pairs[p]?.active[Self.roleIndex(t.role)] -= 1
+        let closesLive = e.kind == .close && e.ipProtocol == 6 && e.role != .unknown && t.counted
+        let role = t.role
+        withStats(p) { s in
+            if counts {
+                s.bytes[Int(Direction.transmit.rawValue)] += dSent
+                s.bytes[Int(Direction.receive.rawValue)] += dRecv
+                if e.ipProtocol == 6 {
+                    s.retransmits += dRetr
+                    s.resets[Int(Direction.transmit.rawValue)] += dRstS
+                    s.resets[Int(Direction.receive.rawValue)] += dRstR
+                    if e.srttMicros > 0 { s.rtt.observe(Double(e.srttMicros) / 1e6) }
+                }
             }
-            if var ep = endpoints[t.local] {
-                ep.liveCount = max(0, ep.liveCount - 1)
-                ep.lastSeen = now
-                endpoints[t.local] = ep
+            s.lastActiveNanos = now
+            if closesLive { s.active[Self.roleIndex(role)] -= 1 }
+        }
+        if e.kind == .close {
+            if let i = endpoints.index(forKey: t.local) {
+                endpoints.values[i].liveCount = max(0, endpoints.values[i].liveCount - 1)
+                endpoints.values[i].lastSeen = now
             }
             tuples[t.tuple] = (p, now)
             sockets[e.socketID] = nil
@@ -506,10 +533,10 @@ public struct ServiceAggregator: Sendable {
         for d in drops where d.packets > 0 {
             guard let asked = dropPair(of: d.key.flow) else { continue }
             let p = admit(asked)
-            guard var stats = pairs[p] else { continue }
-            stats.drops[d.reason, default: 0] += d.packets
-            stats.lastActiveNanos = max(stats.lastActiveNanos, now)
-            pairs[p] = stats
+            withStats(p) {
+                $0.drops[d.reason, default: 0] += d.packets
+                $0.lastActiveNanos = max($0.lastActiveNanos, now)
+            }
         }
     }
 
@@ -586,11 +613,11 @@ public struct ServiceAggregator: Sendable {
                     peer: peerService(proto: o.key.ipProtocol, address: o.key.server, port: o.key.serverPort),
                     transport: transport))
             out.append(p)
-            guard var stats = pairs[p] else { continue }
-            stats.dns.requests[DNSStats.Labels(qtype: o.qtype, rcode: o.rcode), default: 0] += 1
-            if let l = o.latency { stats.dns.latency.observe(l) }
-            stats.lastActiveNanos = max(stats.lastActiveNanos, o.timestampNanos)
-            pairs[p] = stats
+            withStats(p) {
+                $0.dns.requests[DNSStats.Labels(qtype: o.qtype, rcode: o.rcode), default: 0] += 1
+                if let l = o.latency { $0.dns.latency.observe(l) }
+                $0.lastActiveNanos = max($0.lastActiveNanos, o.timestampNanos)
+            }
         }
         return out
     }

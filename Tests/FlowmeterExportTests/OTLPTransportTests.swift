@@ -116,15 +116,23 @@ import Testing
         for _ in 0..<200 where !what() { try await Task.sleep(for: .milliseconds(20)) }
     }
 
-    @Test func queueDropsTheOldestAndCountsIt() throws {
+    @Test func queueDropsTheOldestAndCountsIt() async throws {
         let t = Scripted(Array(repeating: .retry("down", retryAfterSeconds: nil), count: 100))
         let p = OTLPPusher(transport: t, capacity: 2, minBackoffSeconds: 5, maxBackoffSeconds: 5)
         for i in 0..<5 { p.enqueue([UInt8(i)]) }
         let c = p.counters
         #expect(c.queued == 5 && c.dropped == 3 && c.queueLength == 2 && c.sent == 0)
         // Generous: the attempt runs as a Task, and other tests' synchronous
-        // work may hold the (2-thread) cooperative pool for a while.
-        p.stop(timeout: 60)
+        // work may hold the (2-thread) cooperative pool for a while. stop()
+        // blocks its caller until that Task ends, so it waits on a thread of
+        // its own: blocking one of the pool's two threads here left the
+        // Task one thread, or none while another test blocked the other
+        // (seen once: the stop timed out after 60 s).
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            Thread {
+                p.stop(timeout: 60); done.resume()
+            }.start()
+        }
         let end = p.counters
         // On stop, what could not be delivered is dropped too: nothing is left unaccounted.
         #expect(end.queued == end.sent + end.dropped && end.queueLength == 0 && end.failed >= 1)
