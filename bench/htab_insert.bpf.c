@@ -21,7 +21,7 @@
 /* The small table: its buckets and elements stay in the caches. */
 #define SMALL_SIZE 1024
 
-#define PCPU_TABLE(name, type_, size, key_t)                                                                          \
+#define PCPU_TABLE(name, type_, size, key_t)                                                                           \
     struct {                                                                                                           \
         __uint(type, type_);                                                                                           \
         __uint(max_entries, size);                                                                                     \
@@ -158,8 +158,7 @@ int hi_insert_key20(struct __sk_buff *skb)
     struct fm_flow_stats st;
     if (packet_key(skb, &k) == 0) {
         /* The words that vary (addresses, ports) and one more. */
-        struct key20 k20 = {{((__u32 *)&k)[3], ((__u32 *)&k)[4], ((__u32 *)&k)[5], ((__u32 *)&k)[6],
-                             ((__u32 *)&k)[7]}};
+        struct key20 k20 = {{((__u32 *)&k)[3], ((__u32 *)&k)[4], ((__u32 *)&k)[5], ((__u32 *)&k)[6], ((__u32 *)&k)[7]}};
         new_stats(&st, skb);
         bpf_map_update_elem(&t_key20, &k20, &st, BPF_NOEXIST);
     }

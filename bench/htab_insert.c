@@ -10,7 +10,9 @@
  * key no map has seen; then every table is emptied, as flowmeter-bench's
  * eviction empties the flow table between rounds. Prints per program the
  * median of the per-round medians, and the ratio to the empty programs.
- *   htab_insert HTAB_OBJ.o TC_OBJ.o [ROUNDS] [PER]
+ * With OLD_TC_OBJ (another build of bpf/flowmeter_tc.bpf.c, e.g. from
+ * bench/tc_baseline.sh REV), its flowmeter_ingress runs in the same rounds.
+ *   htab_insert HTAB_OBJ.o TC_OBJ.o [ROUNDS] [PER] [OLD_TC_OBJ.o]
  * (bench/htab_insert.sh builds both and runs it.)
  */
 #include <bpf/bpf.h>
@@ -24,9 +26,10 @@
 #define MAX_PER    2000
 
 struct prog {
-    const char *obj; /* "h": the htab object, "t": the tc object */
+    const char *obj; /* "h": the htab object, "t": the tc object, "o": the old tc object */
     const char *name;
     const char *what;
+    int syn; /* the packet is a SYN (else an ACK, as flowmeter-bench tc's) */
     int fd;
     double round_median[MAX_ROUNDS];
 };
@@ -34,6 +37,9 @@ struct prog {
 static struct prog progs[] = {
     {"t", "flowmeter_noop", "flowmeter_tc: empty classifier"},
     {"t", "flowmeter_ingress", "flowmeter_tc: new flow (the tc program)"},
+    {"t", "flowmeter_ingress", "flowmeter_tc: new flow, a SYN", 1},
+    {"o", "flowmeter_ingress", "OLD flowmeter_tc: new flow"},
+    {"o", "flowmeter_ingress", "OLD flowmeter_tc: new flow, a SYN", 1},
     {"h", "hi_empty", "empty"},
     {"h", "hi_key_only", "key copied from the packet, nothing else"},
     {"h", "hi_lookup", "lookup (miss), per-CPU hash (as the flow table)"},
@@ -97,8 +103,8 @@ static int map_fd(struct bpf_object *obj, const char *name)
 
 int main(int argc, char **argv)
 {
-    if (argc < 3 || argc > 5) {
-        fprintf(stderr, "usage: htab_insert HTAB_OBJ.o TC_OBJ.o [ROUNDS] [PER]\n");
+    if (argc < 3 || argc > 6) {
+        fprintf(stderr, "usage: htab_insert HTAB_OBJ.o TC_OBJ.o [ROUNDS] [PER] [OLD_TC_OBJ.o]\n");
         return 2;
     }
     int rounds = argc > 3 ? atoi(argv[3]) : 15, per = argc > 4 ? atoi(argv[4]) : 200;
@@ -106,24 +112,29 @@ int main(int argc, char **argv)
         fprintf(stderr, "htab_insert: ROUNDS 1..%d, PER 1..%d\n", MAX_ROUNDS, MAX_PER);
         return 2;
     }
-    struct bpf_object *h = load(argv[1]), *t = load(argv[2]);
+    struct bpf_object *h = load(argv[1]), *t = load(argv[2]), *o = argc > 5 ? load(argv[5]) : NULL;
+    size_t nprogs = 0;
     for (size_t i = 0; i < NPROGS; i++) {
-        struct bpf_program *p = bpf_object__find_program_by_name(progs[i].obj[0] == 'h' ? h : t, progs[i].name);
+        if (progs[i].obj[0] == 'o' && !o)
+            continue;
+        progs[nprogs] = progs[i];
+        struct bpf_object *obj = progs[i].obj[0] == 'h' ? h : progs[i].obj[0] == 't' ? t : o;
+        struct bpf_program *p = bpf_object__find_program_by_name(obj, progs[i].name);
         if (!p) {
             fprintf(stderr, "htab_insert: no program %s\n", progs[i].name);
             return 1;
         }
-        progs[i].fd = bpf_program__fd(p);
+        progs[nprogs++].fd = bpf_program__fd(p);
     }
     /* The packet flowmeter-bench tc uses for a new flow: IPv4 TCP, 10.0.0.1 ->
      * 10.0.0.2, port 443, the timestamp option, 1,448 bytes of payload; the
      * source port (bytes 34-35) and the source address's last byte (29) count
      * up, so every run is a key no table holds. */
     static unsigned char pkt[14 + 20 + 32 + 1448];
-    static const unsigned char head[] = {2,    0, 0,    0, 0, 2,  2,    0,    0, 0,  0,  1, 0x08, 0, 0x45, 0, 0x05,
-                                         0xdc, 0, 0,    0, 0, 64, 6,    0,    0, 10, 0,  0, 1,    10, 0,   0, 2,
-                                         0,    0, 0x01, 0xbb, 0, 0, 0,    1,    0, 0, 0,  1, 0x80, 0x10, 0xff, 0xff,
-                                         0,    0, 0,    0, 1, 1,  8,    10,   0, 0, 0,  1, 0,    0,  0,    2};
+    static const unsigned char head[] = {2,    0, 0,    0,    0, 2,  2,  0, 0, 0,  0, 1, 0x08, 0,    0x45, 0,    0x05,
+                                         0xdc, 0, 0,    0,    0, 64, 6,  0, 0, 10, 0, 0, 1,    10,   0,    0,    2,
+                                         0,    0, 0x01, 0xbb, 0, 0,  0,  1, 0, 0,  0, 1, 0x80, 0x10, 0xff, 0xff, 0,
+                                         0,    0, 0,    1,    1, 8,  10, 0, 0, 0,  1, 0, 0,    0,    2};
     memcpy(pkt, head, sizeof(head));
     memset(pkt + sizeof(head), 0xab, sizeof(pkt) - sizeof(head));
     static double times[NPROGS][MAX_PER];
@@ -131,8 +142,9 @@ int main(int argc, char **argv)
     struct __sk_buff ctx = {.ifindex = 1};
     for (int r = 0; r < rounds; r++) {
         for (int i = 0; i < per; i++) {
-            for (size_t j = 0; j < NPROGS; j++) {
-                size_t k = (i + j) % NPROGS;
+            for (size_t j = 0; j < nprogs; j++) {
+                size_t k = (i + j) % nprogs;
+                pkt[47] = progs[k].syn ? 0x02 : 0x10; /* the TCP flags */
                 pkt[34] = flow >> 8;
                 pkt[35] = flow & 0xff;
                 pkt[29] = 1 + (flow >> 16);
@@ -146,17 +158,25 @@ int main(int argc, char **argv)
                 times[k][i] = run.duration;
             }
         }
-        for (size_t k = 0; k < NPROGS; k++)
+        for (size_t k = 0; k < nprogs; k++)
             progs[k].round_median[r] = median(times[k], per);
         for (size_t m = 0; m < sizeof(htab_tables) / sizeof(htab_tables[0]); m++)
             empty(map_fd(h, htab_tables[m]), strcmp(htab_tables[m], "t_key20") == 0 ? 20 : 44);
         empty(map_fd(t, "flows_a"), 44);
+        if (o)
+            empty(map_fd(o, "flows_a"), 44);
     }
-    double base = median(progs[2].round_median, rounds), tcbase = median(progs[0].round_median, rounds);
+    double base = 0, tcbase = 0;
+    for (size_t k = 0; k < nprogs; k++) {
+        if (strcmp(progs[k].name, "hi_empty") == 0)
+            base = median(progs[k].round_median, rounds);
+        if (strcmp(progs[k].name, "flowmeter_noop") == 0)
+            tcbase = median(progs[k].round_median, rounds);
+    }
     printf("single runs, a new key each; median of %d rounds of %d runs per program (rotating order)\n", rounds, per);
     printf("%-46s %9s %9s %9s\n", "program", "median", "-empty", "/empty");
-    for (size_t k = 0; k < NPROGS; k++) {
-        double m = median(progs[k].round_median, rounds), b = progs[k].obj[0] == 't' ? tcbase : base;
+    for (size_t k = 0; k < nprogs; k++) {
+        double m = median(progs[k].round_median, rounds), b = progs[k].obj[0] == 'h' ? base : tcbase;
         printf("%-46s %6.0f ns %6.0f ns %8.2fx\n", progs[k].what, m, m - b, m / b);
     }
     return 0;

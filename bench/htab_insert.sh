@@ -4,7 +4,8 @@
 # object of bpf/flowmeter_tc.bpf.c (default: the committed one, built by
 # bench/tc_baseline.sh HEAD). Root. docs/benchmarks.md, "Where a new flow's
 # time goes".
-#   bash bench/htab_insert.sh [TC_OBJ] [ROUNDS] [PER]
+# OLD_TC_OBJ: another build's object, run in the same rounds (its rows say OLD).
+#   bash bench/htab_insert.sh [TC_OBJ] [ROUNDS] [PER] [OLD_TC_OBJ]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/out/bench"
@@ -26,4 +27,4 @@ if [ "$(sysctl -n kernel.bpf_stats_enabled)" != 0 ]; then
     echo "bench/htab_insert.sh: kernel.bpf_stats_enabled is on (it adds two clock reads to every run): turn it off" >&2
     exit 1
 fi
-"$out/htab_insert" "$out/htab_insert.bpf.o" "$tc_obj" "${2:-15}" "${3:-200}"
+"$out/htab_insert" "$out/htab_insert.bpf.o" "$tc_obj" "${2:-15}" "${3:-200}" ${4:+"$4"}
