@@ -36,7 +36,7 @@ struct prog {
 
 static struct prog progs[] = {
     {"t", "flowmeter_noop", "flowmeter_tc: empty classifier"},
-    {"t", "flowmeter_ingress", "flowmeter_tc: new flow (the tc program)"},
+    {"t", "flowmeter_ingress", "flowmeter_tc: new flow"},
     {"t", "flowmeter_ingress", "flowmeter_tc: new flow, a SYN", 1},
     {"o", "flowmeter_ingress", "OLD flowmeter_tc: new flow"},
     {"o", "flowmeter_ingress", "OLD flowmeter_tc: new flow, a SYN", 1},
