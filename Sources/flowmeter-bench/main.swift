@@ -14,18 +14,18 @@ func median(_ xs: [Double]) -> Double {
 
 func ethernet(_ type: UInt16) -> [UInt8] { [2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, UInt8(type >> 8), UInt8(type & 0xff)] }
 
-/// A TCP segment with `payload` bytes, timestamps option, ports as given.
-func tcp(sport: UInt16, dport: UInt16, payload: Int) -> [UInt8] {
+/// A TCP segment with `payload` bytes, timestamps option, ports and flag byte as given (0x10: ACK).
+func tcp(sport: UInt16, dport: UInt16, payload: Int, flags: UInt8 = 0x10) -> [UInt8] {
     var h: [UInt8] = [
-        UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff), 0, 0, 0, 1, 0, 0, 0, 1, 0x80, 0x10, 0xff, 0xff, 0,
+        UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff), 0, 0, 0, 1, 0, 0, 0, 1, 0x80, flags, 0xff, 0xff, 0,
         0, 0, 0,
     ]
     h += [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]
     return h + [UInt8](repeating: 0xab, count: payload)
 }
 
-func ipv4TCP(sport: UInt16, payload: Int = 1448) -> [UInt8] {
-    let l4 = tcp(sport: sport, dport: 443, payload: payload)
+func ipv4TCP(sport: UInt16, payload: Int = 1448, flags: UInt8 = 0x10) -> [UInt8] {
+    let l4 = tcp(sport: sport, dport: 443, payload: payload, flags: flags)
     let total = 20 + l4.count
     return ethernet(0x0800) + [0x45, 0, UInt8(total >> 8), UInt8(total & 0xff), 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2] + l4
 }
@@ -103,6 +103,14 @@ func tcCost(rounds: Int, repeatCount: Int32, baseline: String?) throws {
                 singles["old new", default: []].append(
                     Double(try old.testRun("flowmeter_ingress", packet: ipv4TCP(sport: nextPort), ifindex: 1).nanoseconds))
             }
+            // A SYN opens its flow: the program inserts it without a lookup first.
+            // The port from the other end of the range, so no flow repeats.
+            let syn = ipv4TCP(sport: 65535 &- nextPort, payload: 0, flags: 0x02)
+            singles["syn", default: []].append(Double(try prog.testRun(.ingress, packet: syn, ifindex: 1).nanoseconds))
+            if let old {
+                singles["old syn", default: []].append(
+                    Double(try old.testRun("flowmeter_ingress", packet: syn, ifindex: 1).nanoseconds))
+            }
             nextPort &+= 1
         }
         for (k, xs) in singles { t["single " + k, default: []].append(median(xs)) }
@@ -127,6 +135,8 @@ func tcCost(rounds: Int, repeatCount: Int32, baseline: String?) throws {
     row("empty classifier, single runs", "single noop", baseSingle)
     row("IPv4 TCP, new flow, single runs", "single new", baseSingle)
     row("IPv4 TCP, new flow, single runs (old)", "single old new", baseSingle)
+    row("IPv4 TCP SYN, new flow, single runs", "single syn", baseSingle)
+    row("IPv4 TCP SYN, new flow, single runs (old)", "single old syn", baseSingle)
     let noop = t["noop"]!, noopSingle = t["single noop"]!
     let existing4 = t["v4"]!, existing6 = t["v6"]!, newFlow = t["single new"]!
     let perRound = { (xs: [Double], bs: [Double]) in zip(xs, bs).map { $0 / $1 } }

@@ -267,6 +267,49 @@ import Testing
         #expect((viaRing + inMap).reduce(0) { $0 + $1.stats.bytes } == sentBytes)
     }
 
+    /// A SYN is inserted without a lookup first (bpf/flowmeter_tc.bpf.c): a
+    /// retransmitted SYN, and a SYN-ACK on the same key, find the flow there
+    /// and are added to it; in a full table a SYN of a flow it holds is still
+    /// added, and a SYN of a new flow goes through the ring, counted.
+    @Test func synsOfKnownFlowsAddAndNewOnesInAFullTableGoThroughTheRing() throws {
+        let size = 4
+        let prog = try FlowAccountingProgram(flowTableSize: size)
+        let ring = try FlowsRing(ringFD: prog.flowsRingFD)
+        func packet(_ sport: UInt16, _ flags: UInt8, _ payload: Int) -> [UInt8] {
+            PacketBuilder().ipv4(src: v4a, dst: v4b, l4: .tcp(sport: sport, dport: 443, flags: flags), payload: payload)
+        }
+        // Flow 1000: SYN, the SYN again, a SYN-ACK, an ACK.
+        var bytes1000: UInt64 = 0
+        for (flags, payload) in [(UInt8(0x02), 0), (0x02, 0), (0x12, 0), (0x10, 7)] {
+            let p = packet(1000, flags, payload)
+            bytes1000 += UInt64(p.count - 14)
+            _ = try prog.testRun(.ingress, packet: p, ifindex: 1)
+        }
+        // Fill the table with ACK-led flows, then SYNs: of flow 1000 (in the
+        // table) and of flow 2000 (not: no room).
+        for sport in 1001..<UInt16(1000 + size) { _ = try prog.testRun(.ingress, packet: packet(sport, 0x10, 1), ifindex: 1) }
+        let syn1000 = packet(1000, 0x02, 0), syn2000 = packet(2000, 0x02, 0)
+        bytes1000 += UInt64(syn1000.count - 14)
+        _ = try prog.testRun(.ingress, packet: syn1000, ifindex: 1)
+        _ = try prog.testRun(.ingress, packet: syn2000, ifindex: 1)
+
+        let inMap = try prog.drainAll()
+        ring.consumeNow()
+        let viaRing = ring.take()
+        let counters = try prog.readCounters()
+        #expect(inMap.count == size)
+        let flow1000 = try #require(inMap.first { $0.key.sourcePort == 1000 })
+        #expect(flow1000.stats.packets == 5)
+        #expect(flow1000.stats.bytes == bytes1000)
+        #expect(flow1000.stats.tcpFlags == 0x12)
+        #expect(viaRing.records.count == 1)
+        #expect(viaRing.records.first?.key.sourcePort == 2000)
+        #expect(viaRing.records.first?.stats.bytes == UInt64(syn2000.count - 14))
+        #expect(viaRing.records.first?.stats.tcpFlags == 0x02)
+        #expect(counters.flowInsertFailures == 1)
+        #expect(counters.flowsRingLost == 0)
+    }
+
     @Test func evictionsAreExactAndSwapTables() throws {
         let prog = try FlowAccountingProgram(flowTableSize: 1024)
         let p = PacketBuilder().ipv6(src: v6a, dst: v6b, l4: .tcp(sport: 9, dport: 10, flags: 0x10), payload: 3)
