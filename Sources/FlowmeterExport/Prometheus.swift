@@ -120,14 +120,17 @@ public struct Exposition {
 
     /// The same as UTF-8 bytes (what is served).
     /// `reusing`: a buffer to write into (emptied first), whose memory is
-    /// used again if nothing else holds it.
-    public static func renderBytes(_ families: [MetricFamilyData], openMetrics: Bool, reusing buffer: [UInt8] = []) -> [UInt8] {
+    /// used again if nothing else holds it (hence consumed: a copy held by
+    /// the caller during the call would make it shared).
+    public static func renderBytes(
+        _ families: [MetricFamilyData], openMetrics: Bool, reusing buffer: consuming [UInt8] = []
+    ) -> [UInt8] {
         // About 110 bytes a sample (a service pair's sample is 100-130): one allocation for most scrapes.
         let samples = families.reduce(0) { n, f in
             n + f.series.reduce(0) { if case .histogram(let h) = $1.value { $0 + h.bounds.count + 3 } else { $0 + 1 } }
         }
         var e = Exposition(openMetrics: openMetrics)
-        e.out.bytes = buffer
+        e.out.bytes = consume buffer
         e.out.bytes.removeAll(keepingCapacity: true)
         e.out.bytes.reserveCapacity(16_384 + samples * 128)
         for f in families { e.family(f) }

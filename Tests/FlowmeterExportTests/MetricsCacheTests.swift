@@ -85,6 +85,11 @@ import Testing
         Self.expectSame(a, cache, "a new pair")
         #expect(MetricsRenderer.renderBytes(a, version: "1.0", cache: cache) != held)
         #expect(held == heldCopy)
+        // Once no one holds the last scrape's bytes, the next scrape writes
+        // into the same memory (no fresh megabyte to map and fault in).
+        let address = { (b: [UInt8]) in b.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } }
+        let first = address(MetricsRenderer.renderBytes(a, version: "1.0", cache: cache))
+        #expect(address(MetricsRenderer.renderBytes(a, version: "1.0", cache: cache)) == first)
 
         // New rules name 10.128.0.1 "db": socket 1's traffic moves to (python3, db, udp).
         agg.reconfigure(
