@@ -38,7 +38,17 @@ public struct Exposition {
 
     private mutating func header(_ f: Family) {
         let name = openMetrics && f.kind == .counter && f.name.hasSuffix("_total") ? String(f.name.dropLast(6)) : f.name
-        out.append("# HELP \(name) \(Self.escapeHelp(f.help))\n# TYPE \(name) \(f.kind.rawValue)\n")
+        // Written as bytes: escaping the help through Foundation's
+        // replacingOccurrences was 4% of a scrape of 10,000 series (perf).
+        out.append("# HELP ")
+        out.append(name)
+        out.space()
+        out.escaped(f.help, quotes: false)
+        out.append("\n# TYPE ")
+        out.append(name)
+        out.space()
+        out.append(f.kind.rawValue)
+        out.newline()
     }
 
     /// One family with its series: counters and gauges as one sample per
@@ -147,10 +157,6 @@ public struct Exposition {
         return String(decoding: o.bytes, as: UTF8.self)
     }
 
-    static func escapeHelp(_ v: String) -> String {
-        v.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
-    }
-
     /// A sample value as Prometheus's own client libraries print it:
     /// integers (below 1e15) without a fraction, other finite values in
     /// Swift's shortest round-tripping form.
@@ -226,16 +232,17 @@ struct ExpositionBytes {
         byte(UInt8(ascii: "\""))
     }
 
-    /// A label value with backslash, double quote and newline escaped. UTF-8
-    /// bytes of other characters never equal those three, so escaping bytes
-    /// is escaping characters.
-    mutating func escaped(_ v: String) {
+    /// A label value with backslash, double quote and newline escaped (a
+    /// help text without `quotes`: backslash and newline). UTF-8 bytes of
+    /// other characters never equal those three, so escaping bytes is
+    /// escaping characters.
+    mutating func escaped(_ v: String, quotes: Bool = true) {
         var v = v
         v.withUTF8 { u in
             var from = 0
             for i in 0..<u.count {
                 let c = u[i]
-                guard c == 0x5C || c == 0x22 || c == 0x0A else { continue }
+                guard c == 0x5C || (quotes && c == 0x22) || c == 0x0A else { continue }
                 bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[from..<i]))
                 bytes.append(0x5C)
                 bytes.append(c == 0x0A ? UInt8(ascii: "n") : c)
