@@ -13,6 +13,10 @@ by one client inside the namespace, so the time is the daemon's render and
 transfer, not a client's start-up. With BENCH_FIGURES set (tools/bench does),
 appends the figures to that file for tools/bench_results.py. Root only;
 everything it creates is removed on exit.
+
+With --profile FILE (after N and the binary), also records the daemon with
+`perf record -g` while one client scrapes /metrics 200 times in a row, into
+FILE (read it with `perf report -i FILE --no-children`).
 """
 import os
 import socket
@@ -100,6 +104,7 @@ def udp_series(body):
 def main():
     n = max(1, (int(sys.argv[1]) if len(sys.argv) > 1 else 10_000) // 4)
     binary = sys.argv[2] if len(sys.argv) > 2 else "flowmeterd"
+    profile = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--profile" else None
     tmp = tempfile.mkdtemp(prefix="fmbench-")
     cfg = os.path.join(tmp, "bench.yaml")
     with open(cfg, "w") as f:
@@ -150,6 +155,14 @@ def main():
         loaded = sample_rss(daemon.pid, into=loaded_samples)
         _, times = scrapes(20)
         lines = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
+        if profile:
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", profile, "-p", str(daemon.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            _, ptimes = scrapes(200)
+            perf.send_signal(2)  # SIGINT: perf writes its file and exits
+            perf.wait(timeout=60)
+            print(f"  profiled 200 scrapes (median {statistics.median(ptimes) * 1000:.1f} ms) into {profile}")
         print(f"flowmeterd with {series} live UDP service pairs ({n} sockets, {4 * series} series), interval 1s")
         print(f"  RSS before:          {base / 1024:8.1f} MiB  (/metrics {len(base_body) / 1024:.0f} KiB, {base_secs * 1000:.1f} ms)")
         print(f"  RSS with the pairs:  {loaded / 1024:8.1f} MiB")

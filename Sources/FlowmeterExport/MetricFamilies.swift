@@ -23,12 +23,40 @@ public struct MetricFamilyData: Sendable, Equatable {
 
     /// One series: its labels in exposition order (without "le") and its value.
     public struct Series: Sendable, Equatable {
-        public var labels: [(String, String)]
+        /// The labels of a service pair, shared by every series of the pair
+        /// (nil for other series): one object per pair instead of one label
+        /// array per series, with its exposition text made once.
+        public private(set) var shared: SharedLabels?
+        /// After `shared`: one more label (direction, role, reason), if any.
+        public private(set) var extra: (String, String)?
+        private var own: [(String, String)]
         public var value: Value
-        public init(labels: [(String, String)], value: Value) { self.labels = labels; self.value = value }
+
+        public init(labels: [(String, String)], value: Value) {
+            self.own = labels; self.value = value
+        }
+
+        /// A series of a service pair: the pair's labels, then `extra`.
+        public init(shared: SharedLabels, extra: (String, String)? = nil, value: Value) {
+            self.shared = shared; self.extra = extra; self.own = []; self.value = value
+        }
+
+        /// Every label in exposition order (without "le").
+        public var labels: [(String, String)] {
+            get {
+                guard let shared else { return own }
+                var l = shared.labels
+                if let extra { l.append(extra) }
+                return l
+            }
+            set {
+                shared = nil; extra = nil; own = newValue
+            }
+        }
+
         public static func == (a: Series, b: Series) -> Bool {
-            a.value == b.value && a.labels.count == b.labels.count
-                && zip(a.labels, b.labels).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+            let (la, lb) = (a.labels, b.labels)
+            return a.value == b.value && la.count == lb.count && zip(la, lb).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
         }
     }
 
@@ -40,5 +68,23 @@ public struct MetricFamilyData: Sendable, Equatable {
 
     public init(name: String, kind: Exposition.Kind, help: String, series: [Series]) {
         self.name = name; self.kind = kind; self.help = help; self.series = series
+    }
+}
+
+/// The labels of one service pair (service, peer_service, transport), as
+/// the series of the pair share them, with their exposition text
+/// (`service="...",peer_service="...",transport="..."`, values escaped) made
+/// once. A pair's labels never change (a pair is its labels), so the object
+/// may live across scrapes (`MetricsCache`).
+public final class SharedLabels: Sendable {
+    public let labels: [(String, String)]
+    /// The labels as written between the braces of a sample.
+    let text: [UInt8]
+
+    public init(_ labels: [(String, String)]) {
+        self.labels = labels
+        var o = ExpositionBytes()
+        o.labelList(labels)
+        text = o.bytes
     }
 }

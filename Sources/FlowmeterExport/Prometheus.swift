@@ -1,4 +1,5 @@
 import FlowmeterCore
+import Synchronization
 
 /// Prometheus text exposition (format 0.0.4), written by hand rather than
 /// through swift-prometheus: the series set is rebuilt from the accounting
@@ -37,7 +38,17 @@ public struct Exposition {
 
     private mutating func header(_ f: Family) {
         let name = openMetrics && f.kind == .counter && f.name.hasSuffix("_total") ? String(f.name.dropLast(6)) : f.name
-        out.append("# HELP \(name) \(Self.escapeHelp(f.help))\n# TYPE \(name) \(f.kind.rawValue)\n")
+        // Written as bytes: escaping the help through Foundation's
+        // replacingOccurrences was 4% of a scrape of 10,000 series (perf).
+        out.append("# HELP ")
+        out.append(name)
+        out.space()
+        out.escaped(f.help, quotes: false)
+        out.append("\n# TYPE ")
+        out.append(name)
+        out.space()
+        out.append(f.kind.rawValue)
+        out.newline()
     }
 
     /// One family with its series: counters and gauges as one sample per
@@ -51,7 +62,7 @@ public struct Exposition {
             switch s.value {
             case .number(let v):
                 out.append(f.name)
-                out.labels(s.labels)
+                out.labels(s)
                 out.space()
                 out.value(v)
                 out.newline()
@@ -62,26 +73,26 @@ public struct Exposition {
                     running += h.counts[i]
                     out.append(f.name)
                     out.append("_bucket")
-                    out.labels(s.labels, le: bound)
+                    out.labels(s, le: bound)
                     out.space()
                     out.integer(running)
                     out.newline()
                 }
                 out.append(f.name)
                 out.append("_bucket")
-                out.labels(s.labels, le: "+Inf")
+                out.labels(s, le: "+Inf")
                 out.space()
                 out.integer(h.count)
                 out.newline()
                 out.append(f.name)
                 out.append("_sum")
-                out.labels(s.labels)
+                out.labels(s)
                 out.space()
                 out.value(h.sum)
                 out.newline()
                 out.append(f.name)
                 out.append("_count")
-                out.labels(s.labels)
+                out.labels(s)
                 out.space()
                 out.integer(h.count)
                 out.newline()
@@ -118,12 +129,20 @@ public struct Exposition {
     }
 
     /// The same as UTF-8 bytes (what is served).
-    public static func renderBytes(_ families: [MetricFamilyData], openMetrics: Bool) -> [UInt8] {
+    /// `reusing`: a buffer to write into (emptied first), whose memory is
+    /// used again if nothing else holds it (hence consumed: a copy held by
+    /// the caller during the call would make it shared).
+    public static func renderBytes(
+        _ families: [MetricFamilyData], openMetrics: Bool, reusing buffer: consuming [UInt8] = []
+    ) -> [UInt8] {
         // About 110 bytes a sample (a service pair's sample is 100-130): one allocation for most scrapes.
         let samples = families.reduce(0) { n, f in
             n + f.series.reduce(0) { if case .histogram(let h) = $1.value { $0 + h.bounds.count + 3 } else { $0 + 1 } }
         }
-        var e = Exposition(openMetrics: openMetrics, reservingCapacity: 16_384 + samples * 128)
+        var e = Exposition(openMetrics: openMetrics)
+        e.out.bytes = consume buffer
+        e.out.bytes.removeAll(keepingCapacity: true)
+        e.out.bytes.reserveCapacity(16_384 + samples * 128)
         for f in families { e.family(f) }
         if openMetrics { e.out.append("# EOF\n") }
         return e.out.bytes
@@ -136,10 +155,6 @@ public struct Exposition {
         var o = ExpositionBytes()
         o.escaped(v)
         return String(decoding: o.bytes, as: UTF8.self)
-    }
-
-    static func escapeHelp(_ v: String) -> String {
-        v.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
     }
 
     /// A sample value as Prometheus's own client libraries print it:
@@ -173,17 +188,40 @@ struct ExpositionBytes {
     mutating func labels(_ labels: [(String, String)], le: String? = nil) {
         if labels.isEmpty && le == nil { return }
         byte(UInt8(ascii: "{"))
+        labelList(labels)
+        if let le {
+            if !labels.isEmpty { byte(UInt8(ascii: ",")) }
+            pair("le", le)
+        }
+        byte(UInt8(ascii: "}"))
+    }
+
+    /// A series' labels as `labels(_:le:)` writes them: a service pair's
+    /// from their text made once (`SharedLabels`), then its one extra label.
+    @inline(__always) mutating func labels(_ s: MetricFamilyData.Series, le: String? = nil) {
+        guard let shared = s.shared else { return labels(s.labels, le: le) }
+        if shared.labels.isEmpty { return labels(s.labels, le: le) }
+        byte(UInt8(ascii: "{"))
+        bytes.append(contentsOf: shared.text)
+        if let extra = s.extra {
+            byte(UInt8(ascii: ","))
+            pair(extra.0, extra.1)
+        }
+        if let le {
+            byte(UInt8(ascii: ","))
+            pair("le", le)
+        }
+        byte(UInt8(ascii: "}"))
+    }
+
+    /// `k="v",...` without braces.
+    mutating func labelList(_ labels: [(String, String)]) {
         var first = true
         for (k, v) in labels {
             if !first { byte(UInt8(ascii: ",")) }
             first = false
             pair(k, v)
         }
-        if let le {
-            if !first { byte(UInt8(ascii: ",")) }
-            pair("le", le)
-        }
-        byte(UInt8(ascii: "}"))
     }
 
     @inline(__always) private mutating func pair(_ k: String, _ v: String) {
@@ -194,16 +232,17 @@ struct ExpositionBytes {
         byte(UInt8(ascii: "\""))
     }
 
-    /// A label value with backslash, double quote and newline escaped. UTF-8
-    /// bytes of other characters never equal those three, so escaping bytes
-    /// is escaping characters.
-    mutating func escaped(_ v: String) {
+    /// A label value with backslash, double quote and newline escaped (a
+    /// help text without `quotes`: backslash and newline). UTF-8 bytes of
+    /// other characters never equal those three, so escaping bytes is
+    /// escaping characters.
+    mutating func escaped(_ v: String, quotes: Bool = true) {
         var v = v
         v.withUTF8 { u in
             var from = 0
             for i in 0..<u.count {
                 let c = u[i]
-                guard c == 0x5C || c == 0x22 || c == 0x0A else { continue }
+                guard c == 0x5C || (quotes && c == 0x22) || c == 0x0A else { continue }
                 bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[from..<i]))
                 bytes.append(0x5C)
                 bytes.append(c == 0x0A ? UInt8(ascii: "n") : c)
@@ -385,13 +424,25 @@ public enum MetricCatalog {
 /// so a family, series, label or value cannot exist in one and not the other.
 public enum MetricsRenderer {
     /// Renders the whole exposition from one snapshot of the accounting state.
-    public static func render(_ a: Accounting, version: String, openMetrics: Bool = false) -> String {
-        Exposition.render(families(a, version: version), openMetrics: openMetrics)
+    /// `cache` keeps the service pairs' labels between scrapes (flowmeterd
+    /// passes one); without, they are made anew: the same text either way.
+    public static func render(_ a: Accounting, version: String, openMetrics: Bool = false, cache: MetricsCache? = nil)
+        -> String
+    {
+        Exposition.render(families(a, version: version, cache: cache), openMetrics: openMetrics)
     }
 
     /// The same as UTF-8 bytes, what /metrics sends (no String in between).
-    public static func renderBytes(_ a: Accounting, version: String, openMetrics: Bool = false) -> [UInt8] {
-        Exposition.renderBytes(families(a, version: version), openMetrics: openMetrics)
+    public static func renderBytes(
+        _ a: Accounting, version: String, openMetrics: Bool = false, cache: MetricsCache? = nil
+    ) -> [UInt8] {
+        let families = families(a, version: version, cache: cache)
+        guard let cache else { return Exposition.renderBytes(families, openMetrics: openMetrics) }
+        // The last scrape's buffer, written over: a fresh one of a megabyte
+        // or more is mapped and page-faulted in anew at every scrape.
+        let bytes = Exposition.renderBytes(families, openMetrics: openMetrics, reusing: cache.takeBuffer())
+        cache.keepBuffer(bytes)
+        return bytes
     }
 
     typealias Samples = [(labels: [(String, String)], value: Double)]
@@ -403,7 +454,7 @@ public enum MetricsRenderer {
     }
 
     /// Every family, in exposition order.
-    public static func families(_ a: Accounting, version: String) -> [MetricFamilyData] {
+    public static func families(_ a: Accounting, version: String, cache: MetricsCache? = nil) -> [MetricFamilyData] {
         var out: [MetricFamilyData] = []
         func add(_ f: Exposition.Family, _ samples: Samples) { out.append(numbers(f, samples)) }
         let ifaces = a.interfaces.keys.sorted()
@@ -489,123 +540,171 @@ public enum MetricsRenderer {
                     .map { ([("reason", $0.0)], Double($0.1)) })
             add(MetricCatalog.dnsNamesEvicted, [([], Double(a.services?.dnsNames.evicted ?? 0))])
         }
-        if let agg = a.services { out += services(agg, drops: a.dropsCounted, dns: a.dnsCounted) }
+        if let agg = a.services { out += services(agg, drops: a.dropsCounted, dns: a.dnsCounted, cache: cache) }
         return out
     }
 
-    static func services(_ agg: ServiceAggregator, drops: Bool = false, dns: Bool = false) -> [MetricFamilyData] {
-        // Most series of a large scrape are here (four or more per pair), so
-        // each series' labels are one array made at its final size, and the
-        // series go straight into their family: concatenating label arrays
-        // and mapping samples into series cost three or four allocations a
-        // series (`flowmeter-bench scrape`). The pairs are read by index:
-        // a (pair, PairStats) tuple copied per family and pair retained and
-        // released every array and dictionary in PairStats each time.
+    /// A service pair's labels, in exposition order.
+    static func pairLabels(_ p: ServicePair) -> [(String, String)] {
+        [("service", p.service), ("peer_service", p.peer), ("transport", p.transport)]
+    }
+
+    static func services(
+        _ agg: ServiceAggregator, drops: Bool = false, dns: Bool = false, cache: MetricsCache? = nil
+    ) -> [MetricFamilyData] {
+        // Most series of a large scrape are here (four or more per pair).
+        // The pairs are sorted as positions in the aggregator's dictionary
+        // and their counts read in place there: sorting (pair, PairStats)
+        // tuples copied every PairStats, retaining and releasing every array
+        // and dictionary in it, at each move of the sort (a tenth of a scrape
+        // of 10,000 series in `perf`, docs/benchmarks.md).
         var out: [MetricFamilyData] = []
-        let sorted: [(key: ServicePair, value: PairStats)] = agg.pairs.sorted { $0.key < $1.key }
-        // As exposed (zero until a scrape saw the pair): copied only for the
-        // few new pairs, and the TCP pairs are indices, because each copy of
-        // a PairStats retains every array and dictionary in it.
-        var pairs = sorted
+        let stored = agg.pairs
+        let positions = Array(stored.indices)
+        let unsortedKeys = Array(stored.keys)
+        let order = unsortedKeys.indices.sorted { unsortedKeys[$0] < unsortedKeys[$1] }
+        let at = order.map { positions[$0] }
+        let keys = order.map { unsortedKeys[$0] }
+        // As exposed (zero until a scrape saw the pair): made only for the few new pairs.
+        var fresh: [Int: PairStats] = [:]
         if !agg.unexposed.isEmpty {
-            for i in pairs.indices where agg.unexposed.contains(pairs[i].key) {
-                pairs[i].value = agg.exposed(pairs[i].key, pairs[i].value)
-            }
+            for i in keys.indices where agg.unexposed.contains(keys[i]) { fresh[i] = agg.exposed(keys[i], stored.values[at[i]]) }
         }
-        let tcp = pairs.indices.filter { pairs[$0].key.transport == "tcp" }
-        /// A pair's labels, then `extra` if given.
-        func labels(_ p: ServicePair, _ extra: (String, String)? = nil) -> [(String, String)] {
-            var l: [(String, String)] = []
-            l.reserveCapacity(extra == nil ? 3 : 4)
-            l.append(("service", p.service))
-            l.append(("peer_service", p.peer))
-            l.append(("transport", p.transport))
-            if let extra { l.append(extra) }
-            return l
+        /// What pair `i` (in exposition order) shows, read in place.
+        func shown<T>(_ i: Int, _ read: (PairStats) -> T) -> T {
+            if !fresh.isEmpty, let s = fresh[i] { return read(s) }
+            return read(stored.values[at[i]])
         }
+        let tcp = keys.indices.filter { keys[$0].transport == "tcp" }
+        // Each pair's labels: one shared object per pair, kept between
+        // scrapes by the cache (a pair is its labels, so a kept one is never
+        // stale), so a series costs no label array and no escaping.
+        let shared = cache?.labels(for: keys) ?? keys.map { SharedLabels(pairLabels($0)) }
         func family(_ f: Exposition.Family, capacity: Int, _ fill: (inout [MetricFamilyData.Series]) -> Void) {
             var series: [MetricFamilyData.Series] = []
             series.reserveCapacity(capacity)
             fill(&series)
             out.append(MetricFamilyData(name: f.name, kind: f.kind, help: f.help, series: series))
         }
-        func number(_ labels: [(String, String)], _ v: some BinaryInteger) -> MetricFamilyData.Series {
-            .init(labels: labels, value: .number(Double(v)))
+        func number(_ i: Int, _ extra: (String, String)? = nil, _ v: some BinaryInteger) -> MetricFamilyData.Series {
+            .init(shared: shared[i], extra: extra, value: .number(Double(v)))
+        }
+        func histogram(_ i: Int, _ h: Histogram) -> MetricFamilyData.Series {
+            .init(shared: shared[i], value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count)))
         }
         let directions: [Direction] = [.transmit, .receive]
         let roles: [(String, Int)] = [("client", 0), ("server", 1)]
-        family(MetricCatalog.networkBytes, capacity: 2 * pairs.count) { out in
-            for i in pairs.indices {
-                for d in directions { out.append(number(labels(pairs[i].0, ("direction", d.label)), pairs[i].1.bytes[Int(d.rawValue)])) }
+        family(MetricCatalog.networkBytes, capacity: 2 * keys.count) { out in
+            for i in keys.indices {
+                for d in directions { out.append(number(i, ("direction", d.label), shown(i) { $0.bytes[Int(d.rawValue)] })) }
             }
         }
-        family(MetricCatalog.networkPackets, capacity: 2 * pairs.count) { out in
-            for i in pairs.indices {
-                for d in directions { out.append(number(labels(pairs[i].0, ("direction", d.label)), pairs[i].1.packets[Int(d.rawValue)])) }
+        family(MetricCatalog.networkPackets, capacity: 2 * keys.count) { out in
+            for i in keys.indices {
+                for d in directions { out.append(number(i, ("direction", d.label), shown(i) { $0.packets[Int(d.rawValue)] })) }
             }
         }
         if drops {
             family(MetricCatalog.packetDrops, capacity: 0) { out in
-                for (p, s) in pairs {
-                    for (reason, n) in s.drops.sorted(by: { $0.key < $1.key }) { out.append(number(labels(p, ("reason", reason)), n)) }
+                for i in keys.indices {
+                    for (reason, n) in shown(i, { $0.drops }).sorted(by: { $0.key < $1.key }) {
+                        out.append(number(i, ("reason", reason), n))
+                    }
                 }
             }
         }
         family(MetricCatalog.tcpOpened, capacity: 2 * tcp.count) { out in
             for t in tcp {
-                for (role, i) in roles { out.append(number(labels(pairs[t].0, ("role", role)), pairs[t].1.opened[i])) }
+                for (role, r) in roles { out.append(number(t, ("role", role), shown(t) { $0.opened[r] })) }
             }
         }
         family(MetricCatalog.tcpFailed, capacity: 0) { out in
             for t in tcp {
-                for (reason, n) in pairs[t].1.failed.sorted(by: { $0.key < $1.key }) {
-                    out.append(number(labels(pairs[t].0, ("reason", reason)), n))
-                }
+                for (reason, n) in shown(t, { $0.failed }).sorted(by: { $0.key < $1.key }) { out.append(number(t, ("reason", reason), n)) }
             }
         }
         family(MetricCatalog.tcpActive, capacity: 2 * tcp.count) { out in
             for t in tcp {
-                for (role, i) in roles { out.append(number(labels(pairs[t].0, ("role", role)), pairs[t].1.active[i])) }
+                for (role, r) in roles { out.append(number(t, ("role", role), shown(t) { $0.active[r] })) }
             }
         }
         family(MetricCatalog.tcpRetransmits, capacity: tcp.count) { out in
-            for t in tcp { out.append(number(labels(pairs[t].0), pairs[t].1.retransmits)) }
+            for t in tcp { out.append(number(t, nil, shown(t) { $0.retransmits })) }
         }
         family(MetricCatalog.tcpResets, capacity: 2 * tcp.count) { out in
             for t in tcp {
-                for d in directions { out.append(number(labels(pairs[t].0, ("direction", d.label)), pairs[t].1.resets[Int(d.rawValue)])) }
+                for d in directions { out.append(number(t, ("direction", d.label), shown(t) { $0.resets[Int(d.rawValue)] })) }
             }
         }
         family(MetricCatalog.tcpRTT, capacity: tcp.count) { out in
-            for t in tcp {
-                let h = pairs[t].1.rtt
-                out.append(
-                    .init(
-                        labels: labels(pairs[t].0), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count))
-                    ))
-            }
+            for t in tcp { out.append(histogram(t, shown(t) { $0.rtt })) }
         }
         if dns {
             // The label sets from the counts, the values as exposed (zero until a scrape saw the pair).
-            let asked = sorted.filter { !$0.value.dns.requests.isEmpty }.map { ($0.key, agg.exposed($0.key, $0.value), $0.value) }
+            let asked = keys.indices.filter { !stored.values[at[$0]].dns.requests.isEmpty }
             family(MetricCatalog.dnsRequests, capacity: 0) { out in
-                for (p, shown, raw) in asked {
-                    for k in raw.dns.requests.keys.sorted() {
-                        var l = labels(p)
-                        l.append(("qtype", k.qtype))
-                        l.append(("rcode", k.rcode))
-                        out.append(number(l, shown.dns.requests[k] ?? 0))
+                for i in asked {
+                    let counts = shown(i) { $0.dns.requests }
+                    for k in stored.values[at[i]].dns.requests.keys.sorted() {
+                        // Two labels after the pair's: a label array of its own (few series).
+                        out.append(
+                            .init(
+                                labels: shared[i].labels + [("qtype", k.qtype), ("rcode", k.rcode)],
+                                value: .number(Double(counts[k] ?? 0))))
                     }
                 }
             }
             family(MetricCatalog.dnsLatency, capacity: asked.count) { out in
-                for (p, s, _) in asked {
-                    let h = s.dns.latency
-                    out.append(
-                        .init(labels: labels(p), value: .histogram(.init(bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count))))
-                }
+                for i in asked { out.append(histogram(i, shown(i) { $0.dns.latency })) }
             }
         }
         return out
+    }
+}
+
+/// What flowmeterd keeps from one /metrics scrape for the next, so that
+/// neither the output nor its cost depends on anything else:
+///  - service pairs' labels: flowmeterd renders /metrics every scrape from
+///    the aggregator's pairs, which live for minutes to hours, and making
+///    each pair's labels and their escaped text anew was a large part of a
+///    scrape of 10,000 series (`flowmeter-bench scrape`, docs/benchmarks.md).
+///    A pair's labels are a function of the pair alone, so an entry is never
+///    stale; entries of pairs that are gone (expired) are dropped at the next
+///    scrape that sees fewer pairs than entries.
+///  - the output buffer: written over by the next scrape once the HTTP
+///    server has copied it out (if a concurrent scrape still holds it, that
+///    one writes a copy: copy-on-write).
+public final class MetricsCache: Sendable {
+    private let entries = Mutex<[ServicePair: SharedLabels]>([:])
+    private let buffer = Mutex<[UInt8]>([])
+
+    func takeBuffer() -> [UInt8] {
+        buffer.withLock { b in
+            defer { b = [] }; return b
+        }
+    }
+    func keepBuffer(_ bytes: [UInt8]) { buffer.withLock { $0 = bytes } }
+
+    public init() {}
+
+    /// Pairs with labels kept (for tests).
+    public var count: Int { entries.withLock { $0.count } }
+
+    /// The labels of `pairs` (every pair there is now), in their order,
+    /// made for the pairs not kept yet; entries of other pairs are let go.
+    func labels(for pairs: [ServicePair]) -> [SharedLabels] {
+        entries.withLock { kept in
+            let out = pairs.map { p in
+                if let l = kept[p] { return l }
+                let l = SharedLabels(MetricsRenderer.pairLabels(p))
+                kept[p] = l
+                return l
+            }
+            if kept.count > pairs.count {
+                let current = Set(pairs)
+                kept = kept.filter { current.contains($0.key) }
+            }
+            return out
+        }
     }
 }

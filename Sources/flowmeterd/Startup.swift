@@ -559,6 +559,8 @@ struct Startup {
     func metricsServer(shared: SharedAccounting, dropper: DropAfterStart, security: WebSecurity?) -> some Service {
         let listen = settings.metricsListen, logger = self.logger
         let scheme = security?.usesTLS == true ? "https" : "http"
+        // Pair labels and the output buffer, kept from one scrape to the next.
+        let cache = MetricsCache()
         return MetricsServer.make(
             listen: listen, logger: logger, security: security,
             onRunning: { port in
@@ -567,7 +569,8 @@ struct Startup {
             }, readiness: { shared.read(\.readiness) },
             renderBytes: { om in
                 let snapshot = shared.snapshot()
-                let text = MetricsRenderer.renderBytes(snapshot, version: FlowmeterVersion.current, openMetrics: om)
+                let text = MetricsRenderer.renderBytes(
+                    snapshot, version: FlowmeterVersion.current, openMetrics: om, cache: cache)
                 // New pairs were shown at zero; the next scrape shows their counts.
                 if let seen = snapshot.services?.unexposed, !seen.isEmpty {
                     shared.update { $0.services?.markExposed(seen) }
