@@ -60,6 +60,12 @@ Subcommands (root only; each prints a plain-text table, --json dumps the raw num
   startup  Time from starting flowmeterd to tc attached, socket hooks attached, "serving
            metrics" and the first /metrics answer, median of --starts starts. Target:
            everything (the first answer) <= 1 s.
+  idle     Idle VmRSS (default flags, one veth) of --flowmeterd and each --also binary,
+           started in turn --starts times; then, from the last start of each, resident
+           MiB per kind of mapping (smaps: the binary's text, rodata and CoW data, the
+           Swift libraries, the BPF rings, malloc arenas, thread stacks), the binary's
+           resident pages per ELF section (pagemap) and, for an unstripped binary, per
+           library or Swift module (its symbol table), and the threads by name.
   all      startup, memory, iperf, churn, one after the other.
 
 Deployment. tc attaches by interface name inside the daemon's own network namespace, so
