@@ -60,6 +60,12 @@ Subcommands (root only; each prints a plain-text table, --json dumps the raw num
   startup  Time from starting flowmeterd to tc attached, socket hooks attached, "serving
            metrics" and the first /metrics answer, median of --starts starts. Target:
            everything (the first answer) <= 1 s.
+  idle     Idle VmRSS (default flags, one veth) of --flowmeterd and each --also binary,
+           started in turn --starts times; then, from the last start of each, resident
+           MiB per kind of mapping (smaps: the binary's text, rodata and CoW data, the
+           Swift libraries, the BPF rings, malloc arenas, thread stacks), the binary's
+           resident pages per ELF section (pagemap) and, for an unstripped binary, per
+           library or Swift module (its symbol table), and the threads by name.
   all      startup, memory, iperf, churn, one after the other.
 
 Deployment. tc attaches by interface name inside the daemon's own network namespace, so
@@ -96,6 +102,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import bisect
 import ctypes
 import http.client
 import json
@@ -385,6 +392,225 @@ def top_mappings_mib(pid: int, n: int = 6) -> list[tuple[str, float]]:
     return sorted(per.items(), key=lambda kv: -kv[1])[:n]
 
 
+SMAPS_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
+SWIFT_LIBS = re.compile(r"/libswift|/libFoundation|/lib_Foundation|/libicu|/libdispatch|/libBlocksRuntime|/lib_FoundationICU")
+ARENA_ALIGN = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: every thread arena's heap starts on it
+
+
+def smaps_breakdown(pid: int, binary: str) -> dict:
+    """Resident KiB of the idle daemon per kind of mapping, from /proc/PID/smaps:
+    what each MiB of VmRSS is. Anonymous mappings are told apart by their
+    neighbours: a thread stack has a one-page PROT_NONE guard just below it
+    (glibc's pthread stacks), a malloc arena's heap starts on a 64 MiB boundary
+    with the rest of its 64 MiB reserved PROT_NONE above it; the rest is
+    anonymous mmap (large malloc blocks, the Swift runtime's own allocations)."""
+    binary = os.path.realpath(binary)
+    maps = []
+    cur = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = SMAPS_HEAD.match(line)
+            if m:
+                cur = {"start": int(m.group(1), 16), "end": int(m.group(2), 16), "perms": m.group(3),
+                       "name": m.group(4).strip(), "rss": 0, "anon": 0}
+                maps.append(cur)
+            elif cur is not None and line.startswith("Rss:"):
+                cur["rss"] = int(line.split()[1])
+            elif cur is not None and line.startswith("Anonymous:"):
+                cur["anon"] = int(line.split()[1])
+    kinds: dict[str, list[int]] = {}
+
+    def add(kind: str, mp: dict) -> None:
+        k = kinds.setdefault(kind, [0, 0, 0])
+        k[0] += mp["rss"]
+        k[1] += 1
+        k[2] += mp["end"] - mp["start"]
+
+    for i, mp in enumerate(maps):
+        name, size = mp["name"], mp["end"] - mp["start"]
+        prev = maps[i - 1] if i else None
+        nxt = maps[i + 1] if i + 1 < len(maps) else None
+        if name.startswith("anon_inode:bpf"):
+            add("BPF ring buffers (mmapped " + name[len("anon_inode:"):] + ")", mp)
+        elif name and os.path.realpath(name) == binary:
+            add("the binary: " + ("text" if "x" in mp["perms"] else "rodata" if "w" not in mp["perms"] else "data")
+                + (" (its anonymous CoW pages)" if mp["anon"] and "w" in mp["perms"] else ""), mp)
+        elif name.startswith("/") and SWIFT_LIBS.search(name):
+            add("Swift runtime, Foundation, ICU, dispatch libraries", mp)
+        elif name.startswith("/"):
+            add("other libraries: " + os.path.basename(name).split(".so")[0], mp)
+        elif name == "[heap]":
+            add("anon: main arena ([heap])", mp)
+        elif name == "[stack]":
+            add("anon: main thread stack", mp)
+        elif name.startswith("["):
+            add("kernel: " + name, mp)
+        elif mp["perms"].startswith("---"):
+            add("reserved PROT_NONE (guards, arena reserve)", mp)
+        elif (prev and prev["end"] == mp["start"] and prev["perms"].startswith("---")
+              and prev["end"] - prev["start"] <= 64 << 10 and not prev["name"]):
+            add("anon: thread stacks", mp)
+        elif mp["start"] % ARENA_ALIGN == 0 and nxt and nxt["start"] == mp["end"] and nxt["perms"].startswith("---"):
+            add("anon: thread malloc arenas", mp)
+        else:
+            add("anon: other mmap (large malloc blocks, runtime)", mp)
+    threads = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            threads.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+        except FileNotFoundError:
+            continue
+    return {"kinds": {k: {"rss_kib": v[0], "mappings": v[1], "size_kib": v[2] // 1024} for k, v in kinds.items()},
+            "threads": threads, "rollup_kib": sum(m["rss"] for m in maps),
+            "binary_sections_kib": binary_sections_resident_kib(pid, binary),
+            "components_kib": resident_by_component_kib(pid, binary)}
+
+
+def binary_sections_resident_kib(pid: int, binary: str) -> dict[str, float]:
+    """Resident KiB of the binary per ELF section (readelf's section table,
+    /proc/PID/pagemap's present bit, root only): which part of the file the
+    resident pages are (code, relocations, symbol tables, unwind tables,
+    metadata). A page shared by two sections counts for each in proportion."""
+    binary = os.path.realpath(binary)
+    out = subprocess.run(["readelf", "-SW", binary], capture_output=True, text=True, check=True).stdout
+    sections = []
+    for line in out.splitlines():
+        m = re.match(r"^\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)", line)
+        if m and int(m.group(2), 16) and int(m.group(3), 16):
+            sections.append((int(m.group(2), 16), int(m.group(3), 16), m.group(1)))
+    base = None
+    ranges = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            head = line.split()
+            if len(head) > 5 and os.path.realpath(head[5]) == binary:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                if base is None and int(head[2], 16) == 0:
+                    base = lo
+                ranges.append((lo, hi))
+    per: dict[str, float] = {}
+    if base is None:
+        return per
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open(f"/proc/{pid}/pagemap", "rb") as pm:
+        for lo, hi in ranges:
+            pm.seek(lo // page * 8)
+            entries = pm.read((hi - lo) // page * 8)
+            for i in range(0, len(entries), 8):
+                if not int.from_bytes(entries[i:i + 8], "little") >> 63:
+                    continue
+                a = lo + i // 8 * page - base
+                hit = False
+                for start, size, name in sections:
+                    overlap = min(a + page, start + size) - max(a, start)
+                    if overlap > 0:
+                        per[name] = per.get(name, 0) + overlap / 1024
+                        hit = True
+                if not hit:
+                    per["(between sections)"] = per.get("(between sections)", 0) + page / 1024
+    return dict(sorted(per.items(), key=lambda kv: -kv[1]))
+
+
+def symbol_component(name: str) -> str:
+    """Which library or module a symbol of the static build belongs to, by its
+    name: the Swift module of a mangled name, else the C/C++ library's prefix."""
+    m = re.match(r"^\$s(\d+)([A-Za-z_]\w*)", name)
+    if m and len(m.group(2)) >= int(m.group(1)):
+        return "Swift module " + m.group(2)[:int(m.group(1))]
+    if name.startswith(("$s", "_swift", "swift")) or name.startswith("_ZN5swift"):
+        return "Swift runtime and standard library"
+    for prefix, comp in (("icudt", "ICU data (icudt*_dat)"), ("_ZN6icu_", "ICU"), ("u_", "ICU"), ("ucol_", "ICU"), ("ures_", "ICU"), ("ucnv_", "ICU"),
+                         ("udata_", "ICU"), ("uloc_", "ICU"), ("uprv_", "ICU"), ("utrie", "ICU"), ("ubrk_", "ICU"),
+                         ("bpf_", "libbpf"), ("btf_", "libbpf"), ("libbpf_", "libbpf"), ("bpf_object", "libbpf"),
+                         ("elf", "libelf"), ("gelf_", "libelf"), ("__libelf", "libelf"),
+                         ("_dispatch", "libdispatch"), ("dispatch_", "libdispatch"),
+                         ("CF", "CoreFoundation"), ("__CF", "CoreFoundation"), ("_CF", "CoreFoundation"),
+                         ("nghttp2", "nghttp2"), ("CNIOBoringSSL", "BoringSSL"), ("llhttp", "llhttp"),
+                         ("inflate", "zlib"), ("deflate", "zlib"), ("_ZNSt", "libstdc++"), ("_ZSt", "libstdc++"),
+                         ("_ZN9__gnu", "libstdc++"), ("yaml_", "libyaml")):
+        if name.startswith(prefix):
+            return comp
+    return "other C/C++ (" + ("C++" if name.startswith("_Z") else "C") + ")"
+
+
+def resident_by_component_kib(pid: int, binary: str) -> dict[str, float]:
+    """Resident KiB of the binary's pages per library or module, code and data
+    apart (pagemap's present bit against the symbol table; needs an unstripped
+    binary, e.g. tools/package's .build-vm one): whose code and data stay
+    mapped. Pages with no symbol (relocations, unwind and symbol tables) are
+    left out: binary_sections_resident_kib shows those."""
+    binary = os.path.realpath(binary)
+    nm = subprocess.run(["nm", "-n", "--defined-only", binary], capture_output=True, text=True)
+    syms = []
+    for line in nm.stdout.splitlines():
+        f = line.split(maxsplit=2)
+        if len(f) == 3 and f[1] in "tTwWdDrRbB":
+            syms.append((int(f[0], 16), ("code: " if f[1] in "tTwW" else "data: ") + f[2]))
+    if not syms:
+        return {}
+    ranges, base = [], None
+    with open(f"/proc/{pid}/maps") as fm:
+        for line in fm:
+            head = line.split()
+            if len(head) > 5 and os.path.realpath(head[5]) == binary:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                if base is None and int(head[2], 16) == 0:
+                    base = lo
+                ranges.append((lo, hi))
+    page = os.sysconf("SC_PAGE_SIZE")
+    per: dict[str, float] = {}
+    addrs = [a for a, _ in syms]
+    with open(f"/proc/{pid}/pagemap", "rb") as pm:
+        for lo, hi in ranges:
+            pm.seek(lo // page * 8)
+            entries = pm.read((hi - lo) // page * 8)
+            for i in range(0, len(entries), 8):
+                if not int.from_bytes(entries[i:i + 8], "little") >> 63:
+                    continue
+                a = lo + i // 8 * page - base
+                j = max(bisect.bisect_right(addrs, a) - 1, 0)
+                # Each symbol runs to the next one's address.
+                while j < len(syms) and syms[j][0] < a + page:
+                    start = max(syms[j][0], a)
+                    end = min(syms[j + 1][0] if j + 1 < len(syms) else a + page, a + page)
+                    if end > start:
+                        kind, _, name = syms[j][1].partition(": ")
+                        comp = kind + ": " + symbol_component(name)
+                        per[comp] = per.get(comp, 0) + (end - start) / 1024
+                    j += 1
+    return dict(sorted(per.items(), key=lambda kv: -kv[1]))
+
+
+def print_smaps_breakdowns(parts: dict) -> None:
+    """One table, a column per binary, a row per kind of mapping, resident MiB."""
+    names = list(parts)
+    kinds = sorted({k for p in parts.values() for k in p["kinds"]},
+                   key=lambda k: -max(p["kinds"].get(k, {"rss_kib": 0})["rss_kib"] for p in parts.values()))
+    print("\nresident MiB per kind of mapping (/proc/PID/smaps, last start of each binary):")
+    for i, b in enumerate(names):
+        print(f"  [{i}] {b}")
+    print(f"  {'':<62}" + "".join(f"{'[' + str(i) + ']':>9}" for i in range(len(names))))
+    for k in kinds:
+        row = "".join(f"{parts[b]['kinds'].get(k, {'rss_kib': 0})['rss_kib'] / 1024:9.2f}" for b in names)
+        print(f"  {k[:62]:<62}{row}")
+    print(f"  {'total (sum of Rss)':<62}" + "".join(f"{parts[b]['rollup_kib'] / 1024:9.2f}" for b in names))
+    for i, b in enumerate(names):
+        t = parts[b]["threads"]
+        counts: dict[str, int] = {}
+        for n in t:
+            counts[n] = counts.get(n, 0) + 1
+        print(f"  [{i}] {len(t)} threads: " + ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items()))
+    print("  the binary's resident pages per ELF section (pagemap), MiB:")
+    for i, b in enumerate(names):
+        secs = parts[b]["binary_sections_kib"]
+        print(f"  [{i}] " + ", ".join(f"{n} {k / 1024:.2f}" for n, k in list(secs.items())[:12] if k >= 64))
+    for i, b in enumerate(names):
+        comps = parts[b]["components_kib"]
+        if comps:
+            print(f"  [{i}] resident pages per library or Swift module (symbol table), MiB: "
+                  + ", ".join(f"{n} {k / 1024:.2f}" for n, k in list(comps.items())[:24] if k >= 64))
+
+
 def sample_rss_mib(pid: int, n: int = 5) -> tuple[float, list[float]]:
     values = []
     for i in range(n):
@@ -637,6 +863,7 @@ def bench_idle(args, scope: Scope, tmp: Path) -> dict:
     binaries = [args.flowmeterd] + [os.path.abspath(b) for b in args.also]
     samples: dict = {b: [] for b in binaries}
     anon: dict = {b: [] for b in binaries}
+    smaps: dict = {}
     for i in range(args.starts):
         for b in binaries:
             d = Daemon(scope, b, ns, daemon_args(tmp, f"idle-{i}", "fmi0"), f"flowmeterd-idle-{i}", tmp).start().ready()
@@ -644,6 +871,8 @@ def bench_idle(args, scope: Scope, tmp: Path) -> dict:
             mib, _ = sample_rss_mib(d.pid, 3)
             samples[b].append(mib)
             anon[b].append(rss_parts_mib(d.pid)["RssAnon"])
+            if i + 1 == args.starts:
+                smaps[b] = smaps_breakdown(d.pid, b)
             d.stop()
     result = {b: {"median_mib": statistics.median(v), "samples": v, "anon_median_mib": statistics.median(anon[b]),
                   "file_bytes": os.path.getsize(b)} for b, v in samples.items()}
@@ -654,6 +883,9 @@ def bench_idle(args, scope: Scope, tmp: Path) -> dict:
         r = result[b]
         print(f"  {r['median_mib']:6.1f} MiB (anon {r['anon_median_mib']:5.1f} MiB)  x{r['median_mib'] / base:.2f}  "
               f"{r['file_bytes'] / 2**20:6.1f} MiB file  {b}")
+    print_smaps_breakdowns(smaps)
+    for b in binaries:
+        result[b]["smaps"] = smaps[b]
     br.emit(args.figures, "idle.rss_mib", result[binaries[0]]["samples"])
     return {"binaries": result}
 

@@ -220,3 +220,37 @@ def test_cli_record_merges_and_compare_reports(tmp_path):
     figs.write_text(json.dumps({"id": "tc.bogus", "samples": [1]}) + "\n")
     r = subprocess.run([sys.executable, TOOL, "record", str(res), str(figs)], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown figure id 'tc.bogus'" in r.stderr
+
+
+def test_symbol_component_names_the_library_or_swift_module():
+    assert be.symbol_component("$s10Foundation4DataV5countSivg") == "Swift module Foundation"
+    assert be.symbol_component("$s7NIOCore10ByteBufferV") == "Swift module NIOCore"
+    assert be.symbol_component("$sSS5countSivg") == "Swift runtime and standard library"
+    assert be.symbol_component("swift_retain") == "Swift runtime and standard library"
+    assert be.symbol_component("icudt76_dat") == "ICU data (icudt*_dat)"
+    assert be.symbol_component("_ZN6icu_767UnicodeSetC2Ev") == "ICU"
+    assert be.symbol_component("bpf_object__load") == "libbpf"
+    assert be.symbol_component("_dispatch_worker_thread") == "libdispatch"
+    assert be.symbol_component("memcpy_fast") == "other C/C++ (C)"
+
+
+def test_smaps_breakdown_of_this_process():
+    """The classification on a live process (our own: no root): the
+    interpreter's text is the binary's, and a started thread's stack is told
+    apart from other anonymous memory by its guard page."""
+    import threading
+    import os
+    import sys
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        parts = be.smaps_breakdown(os.getpid(), sys.executable)
+    finally:
+        stop.set()
+        t.join()
+    kinds = parts["kinds"]
+    assert kinds["the binary: text"]["rss_kib"] > 0
+    assert kinds["anon: thread stacks"]["mappings"] >= 1
+    assert len(parts["threads"]) >= 2
+    assert parts["rollup_kib"] == sum(k["rss_kib"] for k in kinds.values())
