@@ -26,10 +26,13 @@ public final class RingReader<Record>: @unchecked Sendable {
         @usableFromInline init() {}
     }
 
-    /// One consume holds the lock for at most this many records, so `take`
+    /// One consume holds the lock for at most `chunk` records, so `take`
     /// never waits behind a drain that a sustained burst keeps feeding, and
-    /// the chunk then handed to `fold` (1.5 MB of flow records) is still in cache.
-    static var budgetPerLock: Int { 1 << 14 }
+    /// the chunk then handed to `fold` is still in cache. By default 16,384
+    /// (1.4 MB of flow records); `flowmeter-bench ring` measures another
+    /// size beside it (variant f).
+    public static var defaultChunk: Int { 1 << 14 }
+    public let chunk: Int
 
     /// Bounds on the records waiting for `take`, so the daemon's memory does
     /// not grow with the record rate times the interval. Past `softLimit`
@@ -67,6 +70,7 @@ public final class RingReader<Record>: @unchecked Sendable {
     @inlinable
     public convenience init(
         ringFD: Int32, name: String, softLimit: Int = .max, hardLimit: Int = .max,
+        chunk: Int = RingReader.defaultChunk,
         decode: @escaping (UnsafeRawBufferPointer) -> Record?,
         fold: ((UnsafeBufferPointer<Record>) -> Void)? = nil
     ) throws {
@@ -76,16 +80,18 @@ public final class RingReader<Record>: @unchecked Sendable {
             if let r = decode(bytes) { pending.pointee.records.append(r) } else { pending.pointee.rejected += 1 }
         }
         try self.init(
-            ringFD: ringFD, name: name, softLimit: softLimit, hardLimit: hardLimit, handler: handler,
+            ringFD: ringFD, name: name, softLimit: softLimit, hardLimit: hardLimit, chunk: chunk, handler: handler,
             pending: pending, fold: fold)
     }
 
     @usableFromInline
     init(
-        ringFD: Int32, name: String, softLimit: Int, hardLimit: Int, handler: RingSampleHandler,
+        ringFD: Int32, name: String, softLimit: Int, hardLimit: Int, chunk: Int, handler: RingSampleHandler,
         pending: UnsafeMutablePointer<Pending>, fold: ((UnsafeBufferPointer<Record>) -> Void)?
     ) throws {
         precondition(softLimit > 0 && hardLimit >= softLimit, "ring limits: 0 < soft <= hard")
+        precondition(chunk > 0, "ring chunk: at least one record")
+        self.chunk = chunk
         self.name = name
         self.softLimit = softLimit
         self.hardLimit = hardLimit
@@ -152,7 +158,7 @@ public final class RingReader<Record>: @unchecked Sendable {
                     more = false
                     return
                 }
-                handler.budget = min(Self.budgetPerLock, space)
+                handler.budget = min(chunk, space)
                 more = ring_buffer__consume(ring) < 0 && handler.budget <= 0
                 let after = pending.pointee.records.count
                 if let fold, after > before {
@@ -268,11 +274,12 @@ public final class FlowsRing: @unchecked Sendable {
     let reader: RingReader<FlowRecord>
     private let sums = Sums()
 
-    public init(ringFD: Int32) throws {
+    /// `chunk`: records per consume and `fold` (see `RingReader.chunk`).
+    public init(ringFD: Int32, chunk: Int = RingReader<FlowRecord>.defaultChunk) throws {
         let sums = self.sums
         reader = try RingReader(
             ringFD: ringFD, name: "flows-ring", softLimit: RingLimits.flowsSoft,
-            hardLimit: RingLimits.flowsHard, decode: ABI.decodeFlowEvent,
+            hardLimit: RingLimits.flowsHard, chunk: chunk, decode: ABI.decodeFlowEvent,
             fold: { sums.table.pointee.add($0) })
     }
     public func start() { reader.start() }

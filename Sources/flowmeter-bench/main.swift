@@ -184,14 +184,14 @@ final class CConsumer {
         }
     }
 
-    /// One fill and timed drain in the child: the drain's nanoseconds.
-    func run(_ variant: String) throws -> Double {
+    /// One fill and timed drain in the child: the drain's CPU and wall nanoseconds.
+    func run(_ variant: String) throws -> RingBench.Drain {
         toChild.fileHandleForWriting.write(Data((variant + "\n").utf8))
         let f = try line().split(separator: " ")
-        guard f.count == 6, f[0] == variant, let ns = Double(f[1]) else {
+        guard f.count == 7, f[0] == variant, let cpu = Double(f[1]), let wall = Double(f[6]) else {
             throw BenchError("ring_consumer answered \(f.joined(separator: " ")) to \(variant)")
         }
-        return ns
+        return RingBench.Drain(cpu: cpu, wall: wall)
     }
 
     func stop() {
@@ -213,10 +213,29 @@ enum RingBench {
     static let producerProgram = "ring_produce", producerRing = "bench_flows"
     static let recordBytes = (ABI.flowEventSize + 8 + 7) & ~7  // ring header + record, 8-aligned
 
-    static func monotonicNanos() -> UInt64 {
+    static func monotonicNanos() -> UInt64 { nanos(CLOCK_MONOTONIC) }
+
+    static func nanos(_ clock: clockid_t) -> UInt64 {
         var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
+        clock_gettime(clock, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    /// One drain's time. Compared by `cpu`, the draining thread's CPU clock,
+    /// on both sides (bench/ring_consumer.c times its drains the same way):
+    /// on a machine shared with builds the wall clock mostly measured how
+    /// long a drain waited for its CPU, and the longer drain waits more.
+    struct Drain {
+        var cpu: Double
+        var wall: Double
+    }
+
+    /// Times `body` on this thread by both clocks.
+    static func timed(_ body: () throws -> Void) rethrows -> Drain {
+        let w0 = nanos(CLOCK_MONOTONIC), c0 = nanos(CLOCK_THREAD_CPUTIME_ID)
+        try body()
+        let c1 = nanos(CLOCK_THREAD_CPUTIME_ID), w1 = nanos(CLOCK_MONOTONIC)
+        return Drain(cpu: Double(c1 - c0), wall: Double(w1 - w0))
     }
 
     /// Keeps this process and the C child (which inherits it) on one CPU:
@@ -251,38 +270,44 @@ enum RingBench {
         // the bare RingReader for (b), the daemon's FlowsRing for (c).
         let reader = try RingReader<Void>(ringFD: ringFD, name: "bench") { _ in () }
         let flowsRing = try FlowsRing(ringFD: ringFD)
+        // (f): the same with a smaller chunk per consume and fold (4,096 records,
+        // 360 KB, inside this machine's 1 MB L2), beside the default in one run.
+        let smallChunkRing = try FlowsRing(ringFD: ringFD, chunk: 1 << 12)
         let child = try CConsumer(path: cConsumer, producer: producer, records: records)
         defer { child.stop() }
 
         let wantPackets = UInt64(records) / 2 * 5, wantBytes = UInt64(records) * 575 + UInt64(records) / 2
         let names: [UInt32: String] = [1: "eth0", 2: "eth1", 3: "eth2", 4: "eth3"]
 
-        func countOnly() throws -> Double {
+        func countOnly() throws -> Drain {
             try fill()
-            let t0 = monotonicNanos()
-            reader.consumeNow()
-            let (got, rejected) = reader.take()
-            let t1 = monotonicNanos()
-            guard got.count == records, rejected == 0 else {
-                throw BenchError("b: \(got.count) records, \(rejected) rejected; want \(records)")
+            var got: (records: [Void], rejected: UInt64) = ([], 0)
+            let time = timed {
+                reader.consumeNow()
+                got = reader.take()
             }
-            return Double(t1 - t0)
+            guard got.records.count == records, got.rejected == 0 else {
+                throw BenchError("b: \(got.records.count) records, \(got.rejected) rejected; want \(records)")
+            }
+            return time
         }
 
         // Passed back every round, as the collector passes its table every tick.
         var table = FlowTable()
-        func aggregate() throws -> Double {
+        func aggregate() throws -> Drain { try aggregate(flowsRing, "c") }
+        func aggregate(_ flowsRing: FlowsRing, _ variant: String) throws -> Drain {
             try fill()
             var acc = Accounting()
             acc.services = ServiceAggregator(resolver: ServiceResolver(rules: [], peers: []), limits: .defaults)
             table.removeAll()  // not timed, as the C table's reset is not (take's own is then a no-op)
             let now = monotonicNanos()
             // What Collector.tick does with the ring's records, up to the flow log.
-            let t0 = monotonicNanos()
-            flowsRing.consumeNow()
-            let (batch, rejected) = flowsRing.take(summingInto: &table)
-            let pairs = acc.count(flows: table, names: names, now: now)
-            let t1 = monotonicNanos()
+            var batch: [FlowRecord] = [], rejected: UInt64 = 0, pairs: [ServicePair?] = []
+            let time = timed {
+                flowsRing.consumeNow()
+                (batch, rejected) = flowsRing.take(summingInto: &table)
+                pairs = acc.count(flows: table, names: names, now: now)
+            }
             let entries = table.entries
             let totals = acc.interfaces.values.flatMap(\.values)
             let sums = (
@@ -296,23 +321,26 @@ enum RingBench {
                 sums == (wantPackets, wantBytes, wantPackets, wantBytes, wantPackets)
             else {
                 throw BenchError(
-                    "c: \(batch.count) records (\(rejected) rejected), \(table.count) flows, "
+                    "\(variant): \(batch.count) records (\(rejected) rejected), \(table.count) flows, "
                         + "packets/bytes in the table, interfaces, pairs: \(sums); "
                         + "want \(records) records, \(flows) flows, \(wantPackets) packets, \(wantBytes) bytes")
             }
-            return Double(t1 - t0)
+            return time
         }
 
-        let variants: [(key: String, run: () throws -> Double)] = [
+        let variants: [(key: String, run: () throws -> Drain)] = [
             ("a", { try child.run("a") }), ("b", countOnly), ("c", aggregate), ("d", { try child.run("d") }),
+            ("e", { try child.run("e") }), ("f", { try aggregate(smallChunkRing, "f") }),
         ].filter { only.contains($0.0) }
         for v in variants { _ = try v.run() }  // warm-up: caches, the readers' buffers, the child's table
-        var times: [String: [Double]] = [:]
+        var times: [String: [Double]] = [:], walls: [String: [Double]] = [:]
         for r in 0..<rounds {
             // Rotate the order each round, so no variant always runs first or after the same one.
             for i in 0..<variants.count {
                 let v = variants[(i + r) % variants.count]
-                times[v.key, default: []].append(try v.run())
+                let d = try v.run()
+                times[v.key, default: []].append(d.cpu)
+                walls[v.key, default: []].append(d.wall)
             }
         }
 
@@ -320,7 +348,7 @@ enum RingBench {
         func perRecord(_ k: String) -> Double { median(times[k] ?? []) / n }
         print(
             "ring drain and aggregation: \(records) flows-ring records (\(flows) flows) per drain, "
-                + "median of \(rounds) interleaved rounds, pinned to CPU \(cpu)")
+                + "median of \(rounds) interleaved rounds, pinned to CPU \(cpu), the draining thread's CPU time")
         print("variant".padding(toLength: 58, withPad: " ", startingAt: 0) + "  ns/record  Mrecords/s  ratio")
         func row(_ name: String, _ k: String, _ ref: String) {
             let ns = perRecord(k)
@@ -332,12 +360,20 @@ enum RingBench {
         row("(b) flowmeterd RingReader, consume + take, count", "b", "a")
         row("(d) C, consume + open-addressing flow table", "d", "d")
         row("(c) flowmeterd FlowsRing + Accounting.count", "c", "d")
+        if only.contains("e") { row("(e) C, (d) + keeps every record (not the target)", "e", "e") }
+        if only.contains("f") { row("(f) as (c), chunks of 4,096 records (not the default)", "f", "d") }
         print("(c) does more than (d): it also keeps every record (the flow log's), sums per interface and per service pair")
+        print(
+            "wall clock, ns/record (includes waiting for the CPU): "
+                + ["a", "b", "d", "c", "e", "f"].filter(only.contains).map { k in
+                    String(format: "(\(k)) %.2f", median(walls[k] ?? []) / Double(records))
+                }
+                .joined(separator: ", "))
         let b = perRecord("a") / perRecord("b"), c = perRecord("d") / perRecord("c")
         // Per-round ratios pair the variants of one round (each ran once per round).
         let ns = { (k: String) in (times[k] ?? []).map { $0 / n } }
         let ratios = { (ref: String, k: String) in zip(ns(ref), ns(k)).map { $0 / $1 } }
-        if only == "abcd" {
+        if "abcd".allSatisfy(only.contains) {
             emitFigure("ring.count_c_ns", samples: ns("a"))
             emitFigure("ring.count_flowmeterd_ns", samples: ns("b"))
             emitFigure("ring.count_ratio", samples: ratios("a", "b"), value: b)
@@ -346,6 +382,9 @@ enum RingBench {
             emitFigure("ring.aggregate_ratio", samples: ratios("d", "c"), value: c)
         }
         print(String(format: "(a) / (b): %.2fx, (d) / (c): %.2fx (targets: tools/bench_results.py)", b, c))
+        if only.contains("e") && only.contains("c") {
+            print(String(format: "(e) / (c): %.2fx (both keep every record)", perRecord("e") / perRecord("c")))
+        }
     }
 }
 
@@ -353,7 +392,7 @@ let args = CommandLine.arguments.dropFirst()
 let usage = """
     usage: flowmeter-bench [tc [ROUNDS] [--baseline OBJ.o]]
            flowmeter-bench ring [ROUNDS] --producer OUT/ring_producer.bpf.o --c-consumer OUT/ring_consumer
-                                [--records N] [--cpu C] [--only abcd]
+                                [--records N] [--cpu C] [--only abcdef]
            flowmeter-bench flowlog [ROUNDS] [--records N]
            flowmeter-bench scrape [ROUNDS] [--series N]
            flowmeter-bench otlp SERIES ROUNDS HTTP_PORT GRPC_PORT TLS_HTTP_PORT TLS_GRPC_PORT CA_FILE
@@ -452,7 +491,7 @@ do {
             records: opts["records"].flatMap(Int.init) ?? 1 << 20,
             rounds: opts["rounds"].flatMap(Int.init) ?? 15,
             cpu: opts["cpu"].flatMap(Int.init) ?? max(0, possibleCPUs - 1),
-            only: opts["only"] ?? "abcd")
+            only: opts["only"] ?? "abcdef")
     default:
         FileHandle.standardError.write(Data(usage.utf8)); exit(2)
     }
