@@ -9,13 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$root/out/bench}"
 mkdir -p "$out"
-clang="${FLOWMETER_BPF_CLANG:-}"
-if [ -z "$clang" ]; then
-    for c in clang clang-16 clang-15 clang-14; do
-        if command -v "$c" >/dev/null; then clang="$c"; break; fi
-    done
-fi
-[ -n "$clang" ] || { echo "bench/build.sh: no clang for -target bpf (set FLOWMETER_BPF_CLANG)" >&2; exit 1; }
+. "$root/bench/bpf_clang.sh" bench/build.sh
 "$clang" -target bpf -O2 -g -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror -Wno-unused-function \
     -I "$root/bpf/include" -I "$root/bpf" -I "$root/Sources/FlowmeterABI/include" \
     -c "$root/bench/ring_producer.bpf.c" -o "$out/ring_producer.bpf.o"

@@ -15,13 +15,7 @@ out="$root/out/bench"
 mkdir -p "$out"
 tc_obj="${1:-}"
 [ -n "$tc_obj" ] || tc_obj=$(bash "$root/bench/tc_baseline.sh" HEAD "$out")
-clang="${FLOWMETER_BPF_CLANG:-}"
-if [ -z "$clang" ]; then
-    for c in /opt/swift/usr/bin/clang clang clang-16 clang-15 clang-14; do
-        if command -v "$c" >/dev/null; then clang="$c"; break; fi
-    done
-fi
-[ -n "$clang" ] || { echo "bench/htab_insert.sh: no clang for -target bpf (set FLOWMETER_BPF_CLANG)" >&2; exit 1; }
+. "$root/bench/bpf_clang.sh" bench/htab_insert.sh
 "$clang" -target bpf -O2 -g -mcpu=v3 -D__TARGET_ARCH_x86 -Wall -Werror -Wno-unused-function \
     -I "$root/bpf/include" -I "$root/bpf" -I "$root/Sources/FlowmeterABI/include" \
     -c "$root/bench/htab_insert.bpf.c" -o "$out/htab_insert.bpf.o"

@@ -9,13 +9,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 rev="${1:?usage: bench/tc_baseline.sh REV [OUT]}"
 out="${2:-$root/out/bench}"
 mkdir -p "$out"
-clang="${FLOWMETER_BPF_CLANG:-}"
-if [ -z "$clang" ]; then
-    for c in /opt/swift/usr/bin/clang clang clang-16 clang-15 clang-14; do
-        if command -v "$c" >/dev/null; then clang="$c"; break; fi
-    done
-fi
-[ -n "$clang" ] || { echo "bench/tc_baseline.sh: no clang for -target bpf (set FLOWMETER_BPF_CLANG)" >&2; exit 1; }
+. "$root/bench/bpf_clang.sh" bench/tc_baseline.sh
 sha=$(git -C "$root" rev-parse --short "$rev^{commit}")
 src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT

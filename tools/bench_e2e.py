@@ -466,6 +466,21 @@ def smaps_breakdown(pid: int, binary: str) -> dict:
             "components_kib": resident_by_component_kib(pid, binary)}
 
 
+def binary_mappings(pid: int, binary: str) -> tuple[list[tuple[int, int]], int | None]:
+    """The address ranges `binary` is mapped at in process `pid`, and its load
+    base (the start of its mapping at file offset 0; None if not mapped)."""
+    ranges, base = [], None
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            head = line.split()
+            if len(head) > 5 and os.path.realpath(head[5]) == binary:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                if base is None and int(head[2], 16) == 0:
+                    base = lo
+                ranges.append((lo, hi))
+    return ranges, base
+
+
 def binary_sections_resident_kib(pid: int, binary: str) -> dict[str, float]:
     """Resident KiB of the binary per ELF section (readelf's section table,
     /proc/PID/pagemap's present bit, root only): which part of the file the
@@ -478,16 +493,7 @@ def binary_sections_resident_kib(pid: int, binary: str) -> dict[str, float]:
         m = re.match(r"^\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)", line)
         if m and int(m.group(2), 16) and int(m.group(3), 16):
             sections.append((int(m.group(2), 16), int(m.group(3), 16), m.group(1)))
-    base = None
-    ranges = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            head = line.split()
-            if len(head) > 5 and os.path.realpath(head[5]) == binary:
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                if base is None and int(head[2], 16) == 0:
-                    base = lo
-                ranges.append((lo, hi))
+    ranges, base = binary_mappings(pid, binary)
     per: dict[str, float] = {}
     if base is None:
         return per
@@ -548,15 +554,7 @@ def resident_by_component_kib(pid: int, binary: str) -> dict[str, float]:
             syms.append((int(f[0], 16), ("code: " if f[1] in "tTwW" else "data: ") + f[2]))
     if not syms:
         return {}
-    ranges, base = [], None
-    with open(f"/proc/{pid}/maps") as fm:
-        for line in fm:
-            head = line.split()
-            if len(head) > 5 and os.path.realpath(head[5]) == binary:
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                if base is None and int(head[2], 16) == 0:
-                    base = lo
-                ranges.append((lo, hi))
+    ranges, base = binary_mappings(pid, binary)
     page = os.sysconf("SC_PAGE_SIZE")
     per: dict[str, float] = {}
     addrs = [a for a, _ in syms]

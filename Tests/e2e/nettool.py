@@ -50,14 +50,20 @@ def pin_cpu() -> None:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
-def tcp_server(addr: str, port: str) -> None:
-    pin_cpu()
+def listening(addr: str, port: str, backlog: int) -> socket.socket:
+    """A TCP listener with the accept timeout, after printing "ready"."""
     s = socket.socket(family_of(addr), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, int(port)))
-    s.listen(1)
+    s.listen(backlog)
     s.settimeout(TIMEOUT)
     ready()
+    return s
+
+
+def tcp_server(addr: str, port: str) -> None:
+    pin_cpu()
+    s = listening(addr, port, 1)
     c, _ = s.accept()
     c.settimeout(TIMEOUT)
     total = 0
@@ -185,12 +191,7 @@ def tcp_send(addr: str, port: str, nbytes: str, sport: str) -> None:
 
 
 def echo_server(addr: str, port: str, count: str) -> None:
-    l = socket.socket(family_of(addr), socket.SOCK_STREAM)
-    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    l.bind((addr, int(port)))
-    l.listen(64)
-    l.settimeout(TIMEOUT)
-    ready()
+    l = listening(addr, port, 64)
     for _ in range(int(count)):
         c, _ = l.accept()
         c.settimeout(TIMEOUT)
